@@ -1,0 +1,65 @@
+"""Load and validate the catalog: every ``*.yaml`` under the catalog folder is one source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.paths import REPO_ROOT, catalog_dir, raw_dir
+
+
+class CatalogError(ValueError):
+    """A spec that cannot be used; the message names the file and the field."""
+
+
+def _field_name(loc: tuple) -> str:
+    # Drop pydantic's discriminator tags (e.g. 'dicom') so the path reads as the YAML does.
+    return ".".join(str(part) for part in loc) or "<top level>"
+
+
+def load_spec(path: Path) -> SourceSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise CatalogError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        spec = SourceSpec.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            field = _field_name(item["loc"])
+            if item["type"] == "extra_forbidden":
+                problems.append(f"field '{field}': unknown key")
+            elif item["type"] == "missing":
+                problems.append(f"field '{field}': required but missing")
+            else:
+                problems.append(f"field '{field}': {item['msg']} (got {item.get('input')!r})")
+        raise CatalogError(f"{path}: invalid source spec:\n  " + "\n  ".join(problems)) from None
+    if spec.id != path.stem:
+        raise CatalogError(f"{path}: field 'id': '{spec.id}' must match the file name '{path.stem}'")
+    return spec
+
+
+def load_catalog(folder: Path | None = None) -> dict[str, SourceSpec]:
+    folder = Path(folder) if folder else catalog_dir()
+    specs = {}
+    for path in sorted(folder.glob("*.yaml")):
+        spec = load_spec(path)
+        specs[spec.id] = spec
+    if not specs:
+        raise CatalogError(f"{folder}: no source specs (*.yaml) found")
+    return specs
+
+
+def source_root(spec: SourceSpec) -> Path:
+    """The folder holding a source's files: its ``root`` if set, else ``data/raw/<id>``."""
+    if spec.root:
+        root = Path(spec.root)
+        return root if root.is_absolute() else (REPO_ROOT / root).resolve()
+    return raw_dir() / spec.id

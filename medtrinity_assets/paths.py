@@ -1,0 +1,74 @@
+"""Where things live on disk.
+
+Everything the pipeline writes goes under one data root (``MEDTRINITY_HOME``, default
+``<repo>/var``) so a run can be moved, wiped or pointed at another disk in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """The layout of the pipeline's outputs under one root folder."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> "DataRoot":
+        return cls(_env_path("MEDTRINITY_HOME", REPO_ROOT / "var"))
+
+    def table(self, asset: str, partition: str | None = None) -> Path:
+        """Parquet file of one asset (one file per partition for partitioned assets)."""
+        if partition is None:
+            return self.root / "tables" / f"{asset}.parquet"
+        return self.root / "tables" / asset / f"{partition}.parquet"
+
+    def table_glob(self, asset: str) -> str:
+        return str(self.root / "tables" / asset / "*.parquet")
+
+    def quarantine(self, stage: str, partition: str) -> Path:
+        return self.root / "tables" / "quarantine" / stage / f"{partition}.parquet"
+
+    def quarantine_glob(self) -> str:
+        return str(self.root / "tables" / "quarantine" / "*" / "*.parquet")
+
+    @property
+    def blobs(self) -> Path:
+        """Content-addressed store: de-identified pixel arrays, PNG images, masks."""
+        return self.root / "blobs"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def chroma(self) -> Path:
+        return self.root / "chroma"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+
+def catalog_dir() -> Path:
+    return _env_path("MEDTRINITY_CATALOG", REPO_ROOT / "data" / "sources")
+
+
+def raw_dir() -> Path:
+    """Where users put downloaded sources: ``<raw>/<source_id>/`` in the publisher's layout."""
+    return _env_path("MEDTRINITY_RAW", REPO_ROOT / "data" / "raw")
+
+
+def knowledge_dir() -> Path:
+    return _env_path("MEDTRINITY_KNOWLEDGE", REPO_ROOT / "data" / "knowledge")

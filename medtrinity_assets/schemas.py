@@ -1,0 +1,196 @@
+"""Column schemas of every stage's table: the contract between stages.
+
+Each stage writes exactly these columns (Parquet, one file per source partition), so the next
+stage, the DuckDB checks and the SQL models can rely on them. Nested values that vary in shape
+(annotation lists, ROI relations, provenance) are JSON strings, which DuckDB reads with its JSON
+functions and which keep the Parquet schema stable across sources.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+STR = pa.string()
+INT = pa.int64()
+FLOAT = pa.float64()
+BOOL = pa.bool_()
+STR_LIST = pa.list_(pa.string())
+FLOAT_LIST = pa.list_(pa.float64())
+
+# Stage 1 — ingest. One row per 2D image (a volume slice or a frame is one image). Holds no
+# protected health information: the pixels are de-identified arrays in the blob store.
+RAW_RECORDS = pa.schema(
+    [
+        ("record_id", STR),  # stable: hash of source id, relative path, sequence, slice
+        ("source_id", STR),
+        ("source_file", STR),  # path relative to the source root
+        ("sequence", STR),  # e.g. "T1" for multi-sequence MRI, else null
+        ("slice_index", INT),  # index along the slicing axis / frame number; -1 for 2D
+        ("slice_count", INT),  # slices in the volume; 1 for 2D
+        ("modality", STR),  # catalog modality code (spec, or per-file rule)
+        ("dicom_modality", STR),  # DICOM Modality tag when the file is DICOM
+        ("organs", STR_LIST),
+        ("labels", STR_LIST),  # findings of this image (class folder, CSV, annotation labels)
+        ("patient_hash", STR),  # salted sha256 of the patient id; never the id itself
+        ("pixel_ref", STR),  # blob path of the de-identified pixel array (.npy)
+        ("height", INT),
+        ("width", INT),
+        ("channels", INT),
+        ("pixel_dtype", STR),
+        ("pixel_units", STR),  # "HU", "SUV", "raw", "rgb"
+        ("pixel_spacing_mm", FLOAT_LIST),  # [row, col] or null
+        ("annotations", STR),  # JSON list: {"kind": "mask"|"box"|"contour", "label", ...}
+        ("photometric", STR),
+    ]
+)
+
+# Every stage may quarantine inputs it cannot use; the rest of the partition goes on.
+QUARANTINE = pa.schema(
+    [
+        ("source_id", STR),
+        ("source_file", STR),
+        ("record_id", STR),  # null when the failure came before a record existed
+        ("stage", STR),
+        ("reason", STR),
+    ]
+)
+
+# Stage 2 — normalize. Content-addressed PNG, bounded size.
+NORMALIZED_IMAGES = pa.schema(
+    [
+        ("record_id", STR),
+        ("source_id", STR),
+        ("image_sha256", STR),
+        ("image_path", STR),  # relative to the data root
+        ("height", INT),
+        ("width", INT),
+        ("channels", INT),
+        ("scale", FLOAT),  # normalized size / original size
+        ("intensity_method", STR),  # e.g. "ct_window:brain(L40,W80)", "percentile:0.5-99.5"
+        ("phash", STR),  # 64-bit DCT perceptual hash, hex
+    ]
+)
+
+# Stage 3 — ground. One row per ROI, in normalized image coordinates (x1, y1 exclusive).
+ROIS = pa.schema(
+    [
+        ("roi_id", STR),
+        ("record_id", STR),
+        ("source_id", STR),
+        ("label", STR),
+        ("origin", STR),  # annotation:mask | annotation:box | annotation:contour | whole_image
+        ("confidence", FLOAT),
+        ("image_height", INT),
+        ("image_width", INT),
+        ("x0", INT),
+        ("y0", INT),
+        ("x1", INT),
+        ("y1", INT),
+        ("mask_path", STR),  # blob path of the ROI mask PNG (null for whole_image)
+        ("contour", STR),  # JSON [[x, y], ...], simplified outline
+        ("area_px", INT),
+        ("area_fraction", FLOAT),
+        ("area_mm2", FLOAT),
+        ("centroid_x", FLOAT),  # fraction of width
+        ("centroid_y", FLOAT),  # fraction of height
+        ("horizontal", STR),  # image side: left | center | right
+        ("vertical", STR),  # upper | middle | lower
+        ("patient_side", STR),  # right | left | midline | null (radiological convention)
+        ("size_class", STR),  # small | medium | large
+        ("shape", STR),  # round | oval | elongated | irregular
+        ("circularity", FLOAT),
+        ("solidity", FLOAT),
+        ("eccentricity", FLOAT),
+        ("intensity_contrast", FLOAT),  # (mean inside - mean ring) / dynamic range
+        ("intensity_word", STR),  # e.g. hyperdense, hypoechoic, darker, brighter
+        ("texture", STR),  # homogeneous | heterogeneous
+        ("texture_ratio", FLOAT),  # std inside / std ring
+        ("margin", STR),  # well-defined | ill-defined
+        ("margin_sharpness", FLOAT),
+        ("colour", STR),  # colour name for RGB images, else null
+        ("count_same_label", INT),  # ROIs with this label in the image
+        ("relations", STR),  # JSON [{"roi_id", "relation", "distance"}]
+    ]
+)
+
+# Stage 4 — coarse caption (MedTrinity's metadata integration).
+COARSE_CAPTIONS = pa.schema(
+    [
+        ("record_id", STR),
+        ("source_id", STR),
+        ("coarse_caption", STR),
+        ("caption_version", STR),
+    ]
+)
+
+# Stage 5 — knowledge chunks (unpartitioned) and per-record retrieval.
+KNOWLEDGE_CHUNKS = pa.schema(
+    [
+        ("chunk_id", STR),
+        ("entry_id", STR),
+        ("finding", STR),
+        ("modalities", STR_LIST),
+        ("organs", STR_LIST),
+        ("text", STR),
+        ("origin", STR),  # file the entry came from
+    ]
+)
+
+RETRIEVED_KNOWLEDGE = pa.schema(
+    [
+        ("record_id", STR),
+        ("source_id", STR),
+        ("query", STR),
+        ("knowledge_ids", STR_LIST),
+        ("knowledge_texts", STR_LIST),
+        ("distances", FLOAT_LIST),
+    ]
+)
+
+# Stage 6 — multigranular description, MedTrinity's five parts, verified.
+DESCRIPTION_PARTS = ("modality", "organ_tissue", "roi_analysis", "texture_colour", "relations")
+DESCRIPTIONS = pa.schema(
+    [
+        ("record_id", STR),
+        ("source_id", STR),
+        ("description", STR),
+        ("part_modality", STR),
+        ("part_organ_tissue", STR),
+        ("part_roi_analysis", STR),
+        ("part_texture_colour", STR),
+        ("part_relations", STR),
+        ("writer", STR),
+        ("prompt_version", STR),
+        ("knowledge_ids", STR_LIST),
+        ("verified", BOOL),  # True when the verifier found no contradiction
+        ("verifier_flags", STR_LIST),  # one entry per contradiction found
+    ]
+)
+
+# Stage 7 — assembled triplets (per source) and the final dataset (all sources).
+TRIPLETS = pa.schema(
+    [
+        ("record_id", STR),
+        ("source_id", STR),
+        ("image_path", STR),
+        ("image_sha256", STR),
+        ("phash", STR),
+        ("height", INT),
+        ("width", INT),
+        ("modality", STR),
+        ("organs", STR_LIST),
+        ("labels", STR_LIST),
+        ("rois", STR),  # JSON list of {roi_id, label, box, mask_path, origin}
+        ("primary_roi_id", STR),
+        ("coarse_caption", STR),
+        ("description", STR),
+        ("verified", BOOL),
+        ("verifier_flags", STR_LIST),
+        ("patient_hash", STR),
+        ("split", STR),  # train | val | test, by patient
+        ("license", STR),
+        ("provenance", STR),  # JSON: source file, slice, stage versions, knowledge ids
+    ]
+)
+
+DATASET = pa.schema(list(TRIPLETS) + [pa.field("duplicate_of", STR)])

@@ -1,0 +1,1 @@
+"""Layout-family readers. ``read_source`` dispatches on the spec's ``layout.family``."""
