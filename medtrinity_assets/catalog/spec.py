@@ -83,6 +83,8 @@ class DicomLayout(Strict):
     glob: str = "**/*.dcm"
     # Stack files of one SeriesInstanceUID into a volume (CT/MR series) and slice it by rule.
     stack_series: bool = False
+    # Glob (relative to the root) of files to leave out, e.g. a DICOMDIR or vendor extras.
+    exclude_glob: Optional[str] = None
 
 
 class NiftiLayout(Strict):
@@ -92,7 +94,14 @@ class NiftiLayout(Strict):
     image_glob: str = "**/*.nii.gz"
     exclude_glob: Optional[str] = None
     label_replace: list[Replace] = Field(default_factory=list)
-    slice_axis: int = 2
+    # Axis of the canonical (RAS) volume to slice along: 0 sagittal, 1 coronal, 2 axial.
+    slice_axis: Literal[0, 1, 2] = 2
+    # Label value -> finding name; empty means {1: the spec's first disease}.
+    label_names: dict[int, str] = Field(default_factory=dict)
+    # For probability maps (e.g. a grey-matter map): voxels >= threshold become label 1.
+    label_threshold: Optional[float] = None
+    # Regex on the relative path whose first group names the MR sequence (e.g. "(T1|T2)").
+    sequence_regex: Optional[str] = None
 
 
 class ImageMaskLayout(Strict):
@@ -178,6 +187,12 @@ class Acquisition(Strict):
     method: Literal["package", "manual"] = "manual"
     files: list[PackageFile] = Field(default_factory=list)
     instructions: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _package_needs_files(self) -> "Acquisition":
+        if self.method == "package" and not self.files:
+            raise ValueError("acquisition.method 'package' needs at least one entry in 'files'")
+        return self
 
 
 class SourceSpec(Strict):

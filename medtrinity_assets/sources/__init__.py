@@ -1,1 +1,28 @@
-"""Layout-family readers. ``read_source`` dispatches on the spec's ``layout.family``."""
+"""Layout-family readers, one module per family; ``read_source`` dispatches on the spec."""
+
+from __future__ import annotations
+
+import importlib
+
+from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
+
+FAMILY_MODULES = {
+    "dicom": "medtrinity_assets.sources.dicom",
+    "nifti": "medtrinity_assets.sources.nifti",
+    "image_mask": "medtrinity_assets.sources.image_mask",
+    "image_csv": "medtrinity_assets.sources.image_csv",
+    "coco": "medtrinity_assets.sources.coco",
+    "image_folder": "medtrinity_assets.sources.image_folder",
+}
+
+
+def read_source(ctx: IngestContext) -> IngestStream:
+    """Yield a RAW_RECORDS row per 2D image and a ``Quarantined`` per unusable file."""
+    if not ctx.root.is_dir():
+        yield Quarantined(str(ctx.root), f"source folder does not exist: {ctx.root} (download the source into it)")
+        return
+    module = importlib.import_module(FAMILY_MODULES[ctx.spec.layout.family])
+    yield from module.read(ctx)
+
+
+__all__ = ["IngestContext", "Quarantined", "read_source"]

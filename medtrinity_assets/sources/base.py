@@ -45,3 +45,67 @@ def patient_hash(salt: str, source_id: str, patient_id: str) -> str:
     """Salted hash of a patient id: usable for patient-level splits, not reversible without the salt."""
     key = f"{salt}\x1f{source_id}\x1f{patient_id}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def make_record(
+    ctx: IngestContext,
+    *,
+    source_file: str,
+    pixels,
+    patient_id: str,
+    labels: list[str],
+    annotations: list[dict],
+    pixel_units: str,
+    photometric: str,
+    sequence: str | None = None,
+    slice_index: int = -1,
+    slice_count: int = 1,
+    dicom_modality: str | None = None,
+    pixel_spacing_mm: list[float] | None = None,
+    modality: str | None = None,
+) -> dict:
+    """Store the de-identified pixel array and return the RAW_RECORDS row for it.
+
+    ``pixels`` is 2D (H, W) or (H, W, 3) RGB. ``annotations`` entries are
+    {"kind": "mask", "label", "mask_ref"} (mask stored with ``store_mask``),
+    {"kind": "box", "label", "box": [x0, y0, x1, y1]} in pixel coordinates (x1, y1 exclusive),
+    or {"kind": "contour", "label", "points": [[x, y], ...]}.
+    """
+    import json
+
+    import numpy as np
+
+    pixels = np.asarray(pixels)
+    _, pixel_ref = ctx.blobs.put_array("pixels", pixels)
+    return {
+        "record_id": record_id_for(ctx.spec.id, source_file, sequence, slice_index),
+        "source_id": ctx.spec.id,
+        "source_file": source_file,
+        "sequence": sequence,
+        "slice_index": slice_index,
+        "slice_count": slice_count,
+        "modality": modality or ctx.spec.modality_for(source_file),
+        "dicom_modality": dicom_modality,
+        "organs": list(ctx.spec.organs),
+        "labels": sorted(set(labels)),
+        "patient_hash": patient_hash(ctx.salt, ctx.spec.id, patient_id),
+        "pixel_ref": pixel_ref,
+        "height": int(pixels.shape[0]),
+        "width": int(pixels.shape[1]),
+        "channels": int(pixels.shape[2]) if pixels.ndim == 3 else 1,
+        "pixel_dtype": str(pixels.dtype),
+        "pixel_units": pixel_units,
+        "pixel_spacing_mm": pixel_spacing_mm,
+        "annotations": json.dumps(annotations, sort_keys=True),
+        "photometric": photometric,
+    }
+
+
+def store_mask(ctx: IngestContext, mask) -> str:
+    """Store a 2D label/binary mask (same H, W as its image) and return its blob path."""
+    import numpy as np
+
+    mask = np.asarray(mask)
+    dtype = np.uint8 if mask.max(initial=0) < 256 else np.uint16
+    _, ref = ctx.blobs.put_array("masks", mask.astype(dtype))
+    return ref

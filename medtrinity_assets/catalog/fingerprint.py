@@ -1,0 +1,56 @@
+"""Fingerprints of a source's files, for the sensor and the staleness schedule."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def folder_fingerprint(root: Path) -> str | None:
+    """Hash of every file's relative path, size and modification time under ``root``.
+
+    Unchanged files give the same fingerprint, so the sensor never re-triggers on them; adding,
+    removing, replacing or touching a file changes it. ``None`` when the folder is absent or empty.
+    Hidden files (editor swap files, partial downloads named .*) are ignored.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            entries.append(f"{path.relative_to(root).as_posix()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}")
+    if not entries:
+        return None
+    digest = hashlib.sha256()
+    for entry in sorted(entries):
+        digest.update(entry.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()[:32]
+
+
+def partitions_to_refresh(
+    current: dict[str, str | None], last_materialized: dict[str, str | None]
+) -> dict[str, str]:
+    """Which sources need a run, and why: never materialized, or files changed since.
+
+    ``current``: source id -> fingerprint of its files now (None: no files, nothing to do).
+    ``last_materialized``: source id -> fingerprint recorded by its last ingest (absent: never).
+    """
+    reasons = {}
+    for source_id, fingerprint in sorted(current.items()):
+        if fingerprint is None:
+            continue
+        if source_id not in last_materialized:
+            reasons[source_id] = "missing"
+        elif last_materialized[source_id] != fingerprint:
+            reasons[source_id] = "stale"
+    return reasons

@@ -1,0 +1,18 @@
+"""The one Definitions object: assets, checks, SQL models, sensor, schedule and resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from medtrinity_assets.defs.assets import ASSETS, quarantine
+from medtrinity_assets.defs.automation import raw_files_sensor, refresh_sources_schedule, source_pipeline_job
+from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.defs.sql_models import SQL_ASSETS
+
+defs = dg.Definitions(
+    assets=[*ASSETS, quarantine, *SQL_ASSETS],
+    jobs=[source_pipeline_job],
+    sensors=[raw_files_sensor],
+    schedules=[refresh_sources_schedule],
+    resources={"settings": PipelineSettings()},
+)

@@ -1,0 +1,73 @@
+"""Each SQL file in dbt_like_sql/ becomes an asset; its upstream assets are the refs in its SQL."""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+import duckdb
+
+from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.paths import REPO_ROOT, DataRoot
+from medtrinity_assets.quality.sql_models import discover_models, run_model
+
+SQL_FOLDER = REPO_ROOT / "dbt_like_sql"
+PARTITIONED_TABLES = {
+    "raw_records", "normalized_images", "rois", "coarse_captions", "retrieved_knowledge", "descriptions", "triplets",
+}
+MODELS = discover_models(SQL_FOLDER)
+MODEL_NAMES = {model.name for model in MODELS}
+
+
+def relation_for(data_root: DataRoot, ref: str) -> str:
+    """The DuckDB relation a ref reads: Parquet of a pipeline asset, or an upstream model's table."""
+    if ref in MODEL_NAMES:
+        return ref
+    if ref in PARTITIONED_TABLES:
+        return f"read_parquet('{data_root.table_glob(ref)}', union_by_name = true)"
+    if ref == "quarantine":
+        return f"read_parquet('{data_root.quarantine_glob()}', union_by_name = true)"
+    return f"read_parquet('{data_root.table(ref)}')"
+
+
+def _connect_warehouse(path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse, waiting while another process holds DuckDB's single-writer lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _model_asset(model) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=model.name,
+        deps=[dg.AssetKey(ref) for ref in model.refs],
+        group_name="warehouse",
+        description=f"SQL model {model.path.name}, run by DuckDB in the warehouse file.\n\n```sql\n{model.sql.strip()}\n```",
+        kinds={"duckdb", "sql"},
+    )
+    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+        root = settings.root()
+        con = _connect_warehouse(root.warehouse)
+        try:
+            rows = run_model(con, model, lambda ref: relation_for(root, ref))
+            preview = con.sql(f"SELECT * FROM {model.name} LIMIT 10").to_arrow_table().to_pylist()
+        finally:
+            con.close()
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": rows,
+                "warehouse": dg.MetadataValue.path(str(root.warehouse)),
+                "preview": dg.MetadataValue.json(preview),
+            }
+        )
+
+    return _asset
+
+
+SQL_ASSETS = [_model_asset(model) for model in MODELS]

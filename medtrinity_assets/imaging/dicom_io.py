@@ -1,0 +1,296 @@
+"""Decode DICOM pixels into physically meaningful arrays, reading only allowlisted header values.
+
+``read_header`` is the only place a DICOM header is looked at: it returns a ``DicomHeader`` of
+technical values (``deid.ALLOWED_KEYWORDS``), the grouping values used in memory to stack series,
+and the patient id, which the reader hashes at once. ``decode_frame`` returns pixels with the
+Modality LUT applied (CT in Hounsfield units, PET in SUV when the header allows), MONOCHROME1
+inverted so that bright always means dense, and colour images as 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, pixel_array
+
+# Objects that carry no image to describe (structure sets, segmentations, reports, plans, dose
+# grids, presentation states...). RTSTRUCT and SEG become ROIs in a later release.
+NON_IMAGE_MODALITIES = frozenset(
+    {"RTSTRUCT", "SEG", "SR", "RTPLAN", "RTDOSE", "RTRECORD", "RTIMAGE_PLAN", "KO", "PR", "REG", "DOC", "RWV", "FID", "PLAN", "AU", "ECG", "HD"}
+)
+
+# Transfer syntax -> the pydicom plugin package that decodes it, for quarantine reasons.
+DECODER_HINTS = {
+    "1.2.840.10008.1.2.4.50": "Pillow (8-bit) or pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (12-bit JPEG Extended; Pillow reads only 8-bit)",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg or python-gdcm",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg or python-gdcm",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg or pyjpegls",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg or pyjpegls",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg (HTJ2K)",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg (HTJ2K)",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg (HTJ2K)",
+}
+
+
+class NotAnImageObject(ValueError):
+    """A DICOM object without an image to describe (RTSTRUCT, SEG, SR...)."""
+
+
+class PixelDecodeError(ValueError):
+    """Pixel data present but not decodable here; the message names the missing plugin."""
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """The values a reader may use. Nothing else of the header leaves ``read_header``."""
+
+    modality: Optional[str]
+    body_part: Optional[str]
+    rows: int
+    columns: int
+    n_frames: int
+    photometric: str
+    pixel_spacing_mm: Optional[list[float]]
+    slice_thickness: Optional[float]
+    has_pixels: bool
+    # In memory only, for grouping and ordering a series; never written to a record.
+    series_uid: Optional[str]
+    position: Optional[tuple[float, float, float]]
+    orientation: Optional[tuple[float, ...]]
+    instance_number: Optional[int]
+    # In memory only, hashed at once by the reader (sources.base.patient_hash).
+    patient_id: Optional[str]
+
+    @property
+    def slice_normal(self) -> Optional[np.ndarray]:
+        if not self.orientation or len(self.orientation) != 6:
+            return None
+        row, col = np.array(self.orientation[:3]), np.array(self.orientation[3:])
+        return np.cross(row, col)
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    pixels: np.ndarray  # (H, W) or (H, W, 3) uint8 RGB
+    pixel_units: str  # "HU", "SUV", "raw", "rgb"
+    photometric: str  # of ``pixels``: MONOCHROME2 (bright = dense) or RGB
+
+
+def _floats(value) -> Optional[list[float]]:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value])]
+    except (TypeError, ValueError):
+        return None
+
+
+def _functional_group_value(ds: Dataset, group: str, keyword: str, frame: Optional[int] = None):
+    """A value from Enhanced multi-frame functional groups: per-frame first, then shared."""
+    sources = []
+    if frame is not None and "PerFrameFunctionalGroupsSequence" in ds and frame < len(ds.PerFrameFunctionalGroupsSequence):
+        sources.append(ds.PerFrameFunctionalGroupsSequence[frame])
+    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
+        sources.append(ds.SharedFunctionalGroupsSequence[0])
+    for item in sources:
+        if group in item and len(item[group].value):
+            value = item[group].value[0].get(keyword)
+            if value is not None:
+                return value
+    return None
+
+
+def read_dicom(path: Path, with_pixels: bool = True) -> Dataset:
+    """Parse a DICOM file; an empty file gets a clear error instead of pydicom's EOF."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    return pydicom.dcmread(path, stop_before_pixels=not with_pixels)
+
+
+def read_header(ds: Dataset) -> DicomHeader:
+    spacing = _floats(ds.get("PixelSpacing")) or _floats(ds.get("ImagerPixelSpacing"))
+    if spacing is None:
+        spacing = _floats(_functional_group_value(ds, "PixelMeasuresSequence", "PixelSpacing"))
+    position = _floats(ds.get("ImagePositionPatient")) or _floats(
+        _functional_group_value(ds, "PlanePositionSequence", "ImagePositionPatient", 0)
+    )
+    orientation = _floats(ds.get("ImageOrientationPatient")) or _floats(
+        _functional_group_value(ds, "PlaneOrientationSequence", "ImageOrientationPatient", 0)
+    )
+    thickness = _floats(ds.get("SliceThickness"))
+    instance = ds.get("InstanceNumber")
+    patient_id = ds.get("PatientID")
+    return DicomHeader(
+        modality=(str(ds.get("Modality")).strip().upper() or None) if ds.get("Modality") else None,
+        body_part=str(ds.get("BodyPartExamined")) if ds.get("BodyPartExamined") else None,
+        rows=int(ds.get("Rows") or 0),
+        columns=int(ds.get("Columns") or 0),
+        n_frames=int(ds.get("NumberOfFrames") or 1),
+        photometric=str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
+        pixel_spacing_mm=spacing[:2] if spacing and len(spacing) >= 2 else None,
+        slice_thickness=thickness[0] if thickness else None,
+        has_pixels=any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+        series_uid=str(ds.get("SeriesInstanceUID")) if ds.get("SeriesInstanceUID") else None,
+        position=tuple(position[:3]) if position and len(position) >= 3 else None,
+        orientation=tuple(orientation[:6]) if orientation and len(orientation) >= 6 else None,
+        instance_number=int(instance) if instance not in (None, "") else None,
+        patient_id=str(patient_id) if patient_id not in (None, "") else None,
+    )
+
+
+def check_is_image(header: DicomHeader) -> None:
+    if header.modality in NON_IMAGE_MODALITIES:
+        raise NotAnImageObject(
+            f"not an image object (Modality={header.modality}): handled by the RTSTRUCT/SEG reader in a later release"
+        )
+    if not header.has_pixels:
+        raise NotAnImageObject(f"not an image object (Modality={header.modality}): the file has no pixel data")
+
+
+def _rescale(ds: Dataset, frame: Optional[int]) -> tuple[float, float, Optional[str]]:
+    slope = ds.get("RescaleSlope")
+    intercept = ds.get("RescaleIntercept")
+    rescale_type = ds.get("RescaleType")
+    if slope is None and intercept is None:
+        slope = _functional_group_value(ds, "PixelValueTransformationSequence", "RescaleSlope", frame)
+        intercept = _functional_group_value(ds, "PixelValueTransformationSequence", "RescaleIntercept", frame)
+        rescale_type = _functional_group_value(ds, "PixelValueTransformationSequence", "RescaleType", frame)
+    return (
+        float(slope) if slope not in (None, "") else 1.0,
+        float(intercept) if intercept not in (None, "") else 0.0,
+        str(rescale_type).upper() if rescale_type else None,
+    )
+
+
+def _stored_range(ds: Dataset) -> tuple[float, float]:
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    if int(ds.get("PixelRepresentation") or 0) == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def _dicom_time_seconds(value) -> Optional[float]:
+    if not value:
+        return None
+    text = str(value).strip()
+    try:
+        hours, minutes = int(text[0:2]), int(text[2:4] or 0)
+        seconds = float(text[4:] or 0)
+    except ValueError:
+        return None
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def suv_factor(ds: Dataset) -> Optional[float]:
+    """Body-weight SUV per (Bq/ml): weight [g] / decay-corrected injected dose [Bq].
+
+    None when the header lacks what is needed (units other than BQML, no weight, dose, half-life
+    or times); the reader then keeps raw values and says so. Only the factor leaves this function.
+    """
+    units = str(ds.get("Units") or "").upper()
+    weight_kg = ds.get("PatientWeight")
+    info = ds.get("RadiopharmaceuticalInformationSequence")
+    if units != "BQML" or not weight_kg or not info:
+        return None
+    try:
+        item = info[0]
+        dose = float(item.RadionuclideTotalDose)
+        half_life = float(item.RadionuclideHalfLife)
+        start = _dicom_time_seconds(item.get("RadiopharmaceuticalStartTime"))
+        scan = _dicom_time_seconds(ds.get("SeriesTime") or ds.get("AcquisitionTime"))
+        if dose <= 0 or half_life <= 0 or start is None or scan is None:
+            return None
+        elapsed = (scan - start) % 86400  # an injection before midnight and a scan after it
+        decay = str(ds.get("DecayCorrection") or "START").upper()
+        decayed_dose = dose * 2.0 ** (-elapsed / half_life) if decay == "START" else dose
+        return float(weight_kg) * 1000.0 / decayed_dose
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """Integral values as the smallest fitting int type (CT HU as int16), else float32."""
+    if values.dtype.kind in "iu":
+        return values
+    finite = np.isfinite(values).all()
+    if finite and values.size and np.array_equal(values, np.round(values)):
+        low, high = values.min(), values.max()
+        for dtype in (np.int16, np.int32):
+            info = np.iinfo(dtype)
+            if info.min <= low and high <= info.max:
+                return values.astype(dtype)
+    return values.astype(np.float32)
+
+
+def _to_uint8_rgb(rgb: np.ndarray, bits: int) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        return rgb
+    top = float(2**bits - 1) if bits > 8 else float(rgb.max() or 1)
+    return np.clip(np.round(rgb.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def _decode_error(ds: Dataset, error: Exception) -> PixelDecodeError:
+    syntax = getattr(getattr(ds, "file_meta", None), "get", lambda *_: None)("TransferSyntaxUID")
+    name = getattr(syntax, "name", str(syntax))
+    hint = DECODER_HINTS.get(str(syntax))
+    advice = f"; install {hint} to decode it" if hint else ""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return PixelDecodeError(f"cannot decode pixel data ({name}){advice}: {type(error).__name__}: {first_line}")
+
+
+def decode_frame(ds: Dataset, header: DicomHeader, index: Optional[int] = None) -> DecodedFrame:
+    """Pixels of one frame (``index``) or of a single-frame file (``index=None``)."""
+    decoded_meta = Dataset()
+    try:
+        raw = pixel_array(ds, index=index, ds_out=decoded_meta)
+    except Exception as error:  # pydicom raises RuntimeError/ValueError/NotImplementedError
+        raise _decode_error(ds, error) from error
+    # pydicom converts YBR to RGB while decoding and reports the result in ds_out.
+    photometric = str(decoded_meta.get("PhotometricInterpretation") or header.photometric).upper()
+    bits = int(ds.get("BitsStored") or 8)
+
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(raw, ds)
+        lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2]) if "RedPaletteColorLookupTableDescriptor" in ds else 8
+        return DecodedFrame(_to_uint8_rgb(rgb, lut_bits), "rgb", "RGB")
+    if photometric.startswith("YBR"):
+        rgb = convert_color_space(raw, photometric, "RGB")
+        return DecodedFrame(_to_uint8_rgb(rgb, bits), "rgb", "RGB")
+    if raw.ndim == 3 and raw.shape[-1] == 3:
+        return DecodedFrame(_to_uint8_rgb(raw, bits), "rgb", "RGB")
+    if raw.ndim != 2:
+        raise PixelDecodeError(f"unexpected pixel array shape {raw.shape} for one frame")
+
+    if "ModalityLUTSequence" in ds:
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        rescale_type = None
+    else:
+        slope, intercept, rescale_type = _rescale(ds, index)
+        values = raw.astype(np.float64) * slope + intercept
+        stored_low, stored_high = _stored_range(ds)
+        low, high = sorted((stored_low * slope + intercept, stored_high * slope + intercept))
+
+    units = "raw"
+    if header.modality == "CT" and rescale_type in (None, "HU"):
+        units = "HU"
+    elif header.modality == "PT":
+        factor = suv_factor(ds)
+        if factor is not None:
+            values = values * factor
+            units = "SUV"
+
+    if photometric == "MONOCHROME1":
+        # MONOCHROME1 shows low values white; flip within the value range so bright = dense.
+        values = (low + high) - values
+    return DecodedFrame(_compact(values), units, "MONOCHROME2")

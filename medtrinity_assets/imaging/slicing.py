@@ -1,0 +1,57 @@
+"""Which 2D slices (or frames) of a volume become records: a pure, deterministic rule.
+
+A CT or MR volume has hundreds of near-identical slices; keeping them all floods the dataset
+with duplicates of one patient. MedTrinity keeps the slices that show the annotated region,
+plus a few neighbours for context; volumes without labels are sampled every k-th slice over
+their middle, where the anatomy is (the ends are mostly air and partial volumes).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from medtrinity_assets.catalog.spec import Slicing
+
+
+def thin_evenly(indices: list[int], max_count: int) -> list[int]:
+    """At most ``max_count`` of the sorted ``indices``, spread evenly, first and last kept."""
+    if len(indices) <= max_count:
+        return list(indices)
+    if max_count == 1:
+        return [indices[len(indices) // 2]]
+    positions = np.linspace(0, len(indices) - 1, max_count).round().astype(int)
+    return [indices[p] for p in sorted(set(positions.tolist()))]
+
+
+def every_k_central(n_slices: int, rule: Slicing) -> list[int]:
+    """Every ``rule.every_k``-th slice of the middle ``rule.central_fraction`` of the volume."""
+    if n_slices <= 0:
+        return []
+    margin = int(np.floor(n_slices * (1.0 - rule.central_fraction) / 2.0))
+    start, stop = margin, max(n_slices - margin, margin + 1)
+    return thin_evenly(list(range(start, stop, max(rule.every_k, 1))), rule.max_slices)
+
+
+def select_slices(n_slices: int, label_presence: Optional[np.ndarray], rule: Slicing) -> list[int]:
+    """Sorted slice indices to keep.
+
+    ``label_presence`` is one bool per slice (does the label volume cut this slice?), or None
+    when the volume has no labels. ``annotated_plus_context`` keeps labelled slices plus
+    ``rule.context`` neighbours each side; with no labelled slice it falls back to every_k.
+    """
+    if n_slices <= 0:
+        return []
+    if rule.rule == "annotated_plus_context" and label_presence is not None:
+        presence = np.asarray(label_presence, dtype=bool)
+        if presence.shape != (n_slices,):
+            raise ValueError(f"label_presence has shape {presence.shape}, expected ({n_slices},)")
+        labelled = np.flatnonzero(presence)
+        if labelled.size:
+            keep = np.zeros(n_slices, dtype=bool)
+            for offset in range(-rule.context, rule.context + 1):
+                shifted = labelled + offset
+                keep[shifted[(shifted >= 0) & (shifted < n_slices)]] = True
+            return thin_evenly(np.flatnonzero(keep).tolist(), rule.max_slices)
+    return every_k_central(n_slices, rule)

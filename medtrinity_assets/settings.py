@@ -1,0 +1,26 @@
+"""Run-time settings that are not part of a source spec: the patient-hash salt."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from medtrinity_assets.storage import write_bytes_atomic
+
+
+def load_or_create_salt(data_root: Path) -> str:
+    """The secret salt for patient hashes.
+
+    ``MEDTRINITY_SALT`` wins; otherwise a random salt is created once under the data root and
+    reused, so patient hashes (and therefore splits) are stable across runs but cannot be
+    recomputed from a patient id by anyone without this file.
+    """
+    from_env = os.environ.get("MEDTRINITY_SALT")
+    if from_env:
+        return from_env
+    path = Path(data_root) / "secrets" / "patient_salt"
+    if not path.exists():
+        write_bytes_atomic(path, secrets.token_hex(32).encode("ascii"))
+        path.chmod(0o600)
+    return path.read_text(encoding="ascii").strip()

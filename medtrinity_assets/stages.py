@@ -1,0 +1,458 @@
+"""Each pipeline stage run over one source partition: read the upstream tables, call the
+functional core, write this stage's table and its quarantine rows.
+
+This is the seam between the core (sources/, imaging/, grounding/, knowledge/, generation/,
+dataset/) and the Dagster layer (defs/): everything here is plain Python, testable without
+Dagster, and the assets in defs/ only call these functions and publish their reports.
+
+Every stage streams: upstream rows are read in batches (DuckDB record-batch readers), outputs
+are written in batches (storage.TableWriter), so memory does not grow with a partition's size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import numpy as np
+from PIL import Image
+
+from medtrinity_assets import schemas
+from medtrinity_assets.catalog import SourceSpec, source_root
+from medtrinity_assets.paths import DataRoot
+from medtrinity_assets.storage import BlobStore, TableWriter, write_table
+
+PIPELINE_VERSION = "0.1.0"
+
+
+@dataclass
+class StageReport:
+    """What one stage did on one partition: shown as Dagster metadata and in benchmarks."""
+
+    stage: str
+    source_id: str | None
+    rows: int = 0
+    inputs: int = 0
+    quarantined: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    output: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.inputs / self.seconds if self.seconds > 0 else 0.0
+
+    def as_metadata(self) -> dict:
+        return {
+            "rows": self.rows,
+            "inputs": self.inputs,
+            "quarantined": self.quarantined,
+            "seconds": round(self.seconds, 3),
+            "inputs_per_second": round(self.rows_per_second, 2),
+            "quarantine_reasons": dict(self.reasons.most_common(20)),
+            **self.extra,
+        }
+
+
+class _QuarantineLog:
+    """Collects one stage's quarantine rows for one partition."""
+
+    def __init__(self, writer: TableWriter, stage: str, source_id: str, report: StageReport):
+        self.writer, self.stage, self.source_id, self.report = writer, stage, source_id, report
+
+    def add(self, source_file: str | None, reason: str, record_id: str | None = None) -> None:
+        self.writer.write(
+            {
+                "source_id": self.source_id,
+                "source_file": source_file,
+                "record_id": record_id,
+                "stage": self.stage,
+                "reason": reason,
+            }
+        )
+        self.report.quarantined += 1
+        # Group reasons by their first clause so the report stays readable.
+        self.report.reasons[reason.split(":")[0][:80]] += 1
+
+
+def _describe_error(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _stream(sql: str, batch_rows: int = 256) -> Iterator[dict]:
+    """Rows of a DuckDB query, streamed in record batches."""
+    con = duckdb.connect()
+    try:
+        reader = con.sql(sql).to_arrow_reader(batch_rows)
+        for batch in reader:
+            yield from batch.to_pylist()
+    finally:
+        con.close()
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _load_png(blobs: BlobStore, rel: str) -> np.ndarray:
+    with Image.open(blobs.path(rel)) as image:
+        return np.asarray(image)
+
+
+def _require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{stage} needs {path}, which does not exist: materialize the upstream asset first")
+    return path
+
+
+# --- Stage 1: ingest ---------------------------------------------------------------------
+
+
+def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
+    from medtrinity_assets.sources import IngestContext, Quarantined, read_source
+
+    report = StageReport("raw_records", spec.id)
+    started = time.perf_counter()
+    ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(data_root.root), salt=salt)
+    out = data_root.table("raw_records", spec.id)
+    seen: set[str] = set()
+    with TableWriter(out, schemas.RAW_RECORDS) as records, TableWriter(
+        data_root.quarantine("ingest", spec.id), schemas.QUARANTINE
+    ) as q_writer:
+        quarantine = _QuarantineLog(q_writer, "ingest", spec.id, report)
+        stream = read_source(ctx)
+        while True:
+            try:
+                item = next(stream)
+            except StopIteration:
+                break
+            except Exception as error:  # a reader bug must not lose the rows already read
+                quarantine.add(None, f"reader stopped early: {_describe_error(error)}")
+                break
+            report.inputs += 1
+            if isinstance(item, Quarantined):
+                quarantine.add(item.source_file, item.reason, item.record_id)
+            elif item["record_id"] in seen:
+                quarantine.add(item["source_file"], "duplicate record id (same file and slice listed twice)", item["record_id"])
+            else:
+                seen.add(item["record_id"])
+                records.write(item)
+    report.rows = records.rows_written
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+    return report
+
+
+# --- Stage 2: normalize ------------------------------------------------------------------
+
+
+def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) -> StageReport:
+    from medtrinity_assets.imaging.normalize import encode_png, normalize_pixels
+    from medtrinity_assets.imaging.phash import phash
+
+    report = StageReport("normalized_images", spec.id)
+    started = time.perf_counter()
+    blobs = BlobStore(data_root.root)
+    source = _require(data_root.table("raw_records", spec.id), "normalized_images")
+    out = data_root.table("normalized_images", spec.id)
+    with TableWriter(out, schemas.NORMALIZED_IMAGES) as writer, TableWriter(
+        data_root.quarantine("normalize", spec.id), schemas.QUARANTINE
+    ) as q_writer:
+        quarantine = _QuarantineLog(q_writer, "normalize", spec.id, report)
+        for record in _stream(f"SELECT * FROM read_parquet({_sql_path(source)}) ORDER BY record_id"):
+            report.inputs += 1
+            try:
+                pixels = blobs.get_array(record["pixel_ref"])
+                normalized = normalize_pixels(pixels, record, spec, max_side=max_side)
+                png = encode_png(normalized.display)
+                digest, rel = blobs.put("images", png, "png")
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot normalize: {_describe_error(error)}", record["record_id"])
+                continue
+            display = normalized.display
+            writer.write(
+                {
+                    "record_id": record["record_id"],
+                    "source_id": spec.id,
+                    "image_sha256": digest,
+                    "image_path": rel,
+                    "height": int(display.shape[0]),
+                    "width": int(display.shape[1]),
+                    "channels": int(display.shape[2]) if display.ndim == 3 else 1,
+                    "scale": float(normalized.scale),
+                    "intensity_method": normalized.intensity_method,
+                    "phash": phash(display),
+                }
+            )
+    report.rows = writer.rows_written
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+    return report
+
+
+# --- Stage 3: ground ---------------------------------------------------------------------
+
+
+def _records_with_images(data_root: DataRoot, source_id: str) -> str:
+    raw = _sql_path(data_root.table("raw_records", source_id))
+    norm = _sql_path(data_root.table("normalized_images", source_id))
+    return f"""
+        SELECT r.*, n.image_path, n.scale, n.height AS image_height, n.width AS image_width,
+               n.intensity_method, n.image_sha256, n.phash
+        FROM read_parquet({raw}) r JOIN read_parquet({norm}) n USING (record_id)
+        ORDER BY r.record_id
+    """
+
+
+def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
+    from medtrinity_assets.grounding.relations import relate
+    from medtrinity_assets.grounding.rois import ground_record
+
+    report = StageReport("rois", spec.id)
+    started = time.perf_counter()
+    blobs = BlobStore(data_root.root)
+    _require(data_root.table("normalized_images", spec.id), "rois")
+    out = data_root.table("rois", spec.id)
+    origins: Counter = Counter()
+    with TableWriter(out, schemas.ROIS) as writer, TableWriter(
+        data_root.quarantine("ground", spec.id), schemas.QUARANTINE
+    ) as q_writer:
+        quarantine = _QuarantineLog(q_writer, "ground", spec.id, report)
+        for record in _stream(_records_with_images(data_root, spec.id)):
+            report.inputs += 1
+            try:
+                display = _load_png(blobs, record["image_path"])
+                rois, problems = ground_record(record, display, record["scale"], blobs, spec)
+                relate(rois)
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot ground: {_describe_error(error)}", record["record_id"])
+                continue
+            # An annotation that yields no usable region is reported; the image keeps its
+            # other ROIs (or its whole-image entry), so nothing else is lost.
+            for problem in problems:
+                quarantine.add(record["source_file"], f"annotation dropped: {problem}", record["record_id"])
+            for roi in rois:
+                origins[roi["origin"]] += 1
+                writer.write(roi)
+    report.rows = writer.rows_written
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+    report.extra["rois_by_origin"] = dict(origins)
+    return report
+
+
+def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:
+    """Each record with its ROIs as a list of structs, ordered by record id."""
+    raw = _sql_path(data_root.table("raw_records", source_id))
+    rois = _sql_path(data_root.table("rois", source_id))
+    return f"""
+        WITH grouped AS (
+            SELECT record_id, list(r ORDER BY roi_id) AS rois
+            FROM read_parquet({rois}) r GROUP BY record_id
+        )
+        SELECT rec.*, g.rois {extra_cols}
+        FROM read_parquet({raw}) rec JOIN grouped g USING (record_id) {extra_joins}
+        ORDER BY rec.record_id
+    """
+
+
+# --- Stage 4: coarse captions ------------------------------------------------------------
+
+
+def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
+    from medtrinity_assets.generation.coarse import CAPTION_VERSION, coarse_caption
+
+    report = StageReport("coarse_captions", spec.id)
+    started = time.perf_counter()
+    _require(data_root.table("rois", spec.id), "coarse_captions")
+    out = data_root.table("coarse_captions", spec.id)
+    with TableWriter(out, schemas.COARSE_CAPTIONS) as writer, TableWriter(
+        data_root.quarantine("coarse_caption", spec.id), schemas.QUARANTINE
+    ) as q_writer:
+        quarantine = _QuarantineLog(q_writer, "coarse_caption", spec.id, report)
+        for record in _stream(_records_with_rois(data_root, spec.id)):
+            report.inputs += 1
+            try:
+                caption = coarse_caption(record, record["rois"], spec)
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot caption: {_describe_error(error)}", record["record_id"])
+                continue
+            writer.write(
+                {
+                    "record_id": record["record_id"],
+                    "source_id": spec.id,
+                    "coarse_caption": caption,
+                    "caption_version": CAPTION_VERSION,
+                }
+            )
+    report.rows = writer.rows_written
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+    return report
+
+
+# --- Stage 5: knowledge ------------------------------------------------------------------
+
+
+def run_knowledge_base(data_root: DataRoot, knowledge_folder: Path) -> StageReport:
+    from medtrinity_assets.knowledge.corpus import chunk_corpus, corpus_fingerprint, load_corpus
+    from medtrinity_assets.knowledge.store import build_knowledge_base
+
+    report = StageReport("knowledge_base", None)
+    started = time.perf_counter()
+    entries = load_corpus(knowledge_folder)
+    chunks = chunk_corpus(entries)
+    report.inputs = len(entries)
+    out = data_root.table("knowledge_chunks")
+    write_table(out, schemas.KNOWLEDGE_CHUNKS, chunks)
+    stats = build_knowledge_base(chunks, data_root.chroma)
+    report.rows = len(chunks)
+    report.seconds = time.perf_counter() - started
+    report.output = str(data_root.chroma)
+    report.extra.update({"entries": len(entries), "corpus_fingerprint": corpus_fingerprint(knowledge_folder), **stats})
+    return report
+
+
+def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 4, batch: int = 64) -> StageReport:
+    from medtrinity_assets.knowledge.retrieval import KnowledgeRetriever
+
+    report = StageReport("retrieved_knowledge", spec.id)
+    started = time.perf_counter()
+    _require(data_root.table("rois", spec.id), "retrieved_knowledge")
+    retriever = KnowledgeRetriever(data_root.chroma)
+    out = data_root.table("retrieved_knowledge", spec.id)
+    with TableWriter(out, schemas.RETRIEVED_KNOWLEDGE) as writer:
+        pending: list[dict] = []
+
+        def flush() -> None:
+            for row in retriever.retrieve_many([(r, r["rois"]) for r in pending], spec, k=k):
+                writer.write(row)
+            pending.clear()
+
+        for record in _stream(_records_with_rois(data_root, spec.id)):
+            report.inputs += 1
+            pending.append(record)
+            if len(pending) >= batch:
+                flush()
+        flush()
+    report.rows = writer.rows_written
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+    return report
+
+
+# --- Stage 6: describe and verify --------------------------------------------------------
+
+
+def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
+    from medtrinity_assets.generation.grounded_writer import write_description
+    from medtrinity_assets.generation.verifier import verify
+
+    report = StageReport("descriptions", spec.id)
+    started = time.perf_counter()
+    for upstream in ("coarse_captions", "retrieved_knowledge"):
+        _require(data_root.table(upstream, spec.id), "descriptions")
+    captions = _sql_path(data_root.table("coarse_captions", spec.id))
+    retrieved = _sql_path(data_root.table("retrieved_knowledge", spec.id))
+    sql = _records_with_rois(
+        data_root,
+        spec.id,
+        extra_joins=f"JOIN read_parquet({captions}) c USING (record_id) JOIN read_parquet({retrieved}) k USING (record_id)",
+        extra_cols=", c.coarse_caption, k.knowledge_ids, k.knowledge_texts, k.distances",
+    )
+    out = data_root.table("descriptions", spec.id)
+    flagged = 0
+    with TableWriter(out, schemas.DESCRIPTIONS) as writer, TableWriter(
+        data_root.quarantine("describe", spec.id), schemas.QUARANTINE
+    ) as q_writer:
+        quarantine = _QuarantineLog(q_writer, "describe", spec.id, report)
+        for record in _stream(sql):
+            report.inputs += 1
+            knowledge = {
+                "knowledge_ids": record["knowledge_ids"] or [],
+                "knowledge_texts": record["knowledge_texts"] or [],
+                "distances": record["distances"] or [],
+            }
+            try:
+                parts = write_description(record, record["rois"], knowledge, record["coarse_caption"], spec)
+                flags = verify(parts["description"], record, record["rois"], spec)
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot describe: {_describe_error(error)}", record["record_id"])
+                continue
+            flagged += bool(flags)
+            writer.write(
+                {
+                    **{name: parts[name] for name in schemas.DESCRIPTIONS.names if name in parts},
+                    "record_id": record["record_id"],
+                    "source_id": spec.id,
+                    "verified": not flags,
+                    "verifier_flags": list(flags),
+                }
+            )
+    report.rows = writer.rows_written
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+    report.extra["contradictions"] = flagged
+    return report
+
+
+# --- Stage 7: assemble -------------------------------------------------------------------
+
+
+def run_triplets(spec: SourceSpec, data_root: DataRoot) -> StageReport:
+    from medtrinity_assets.dataset.triplets import assemble_triplets
+
+    report = StageReport("triplets", spec.id)
+    started = time.perf_counter()
+    _require(data_root.table("descriptions", spec.id), "triplets")
+    out = data_root.table("triplets", spec.id)
+    stats = assemble_triplets(data_root, spec.id, spec, out)
+    report.rows = report.inputs = int(stats.get("rows", 0))
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+    report.extra.update({k: v for k, v in stats.items() if k != "rows"})
+    return report
+
+
+def run_dataset(data_root: DataRoot, source_ids: list[str]) -> StageReport:
+    from medtrinity_assets.dataset.exports import build_dataset
+
+    report = StageReport("medtrinity_dataset", None)
+    started = time.perf_counter()
+    paths = [data_root.table("triplets", s) for s in sorted(source_ids) if data_root.table("triplets", s).exists()]
+    out = data_root.table("medtrinity_dataset")
+    stats = build_dataset(paths, out, data_root.exports)
+    report.rows = int(stats.get("rows", 0))
+    report.inputs = len(paths)
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+    report.extra.update({k: v for k, v in stats.items() if k != "rows"})
+    report.extra["sources"] = [p.stem for p in paths]
+    return report
+
+
+PARTITION_STAGES = (
+    ("raw_records", "run_ingest"),
+    ("normalized_images", "run_normalize"),
+    ("rois", "run_ground"),
+    ("coarse_captions", "run_coarse_captions"),
+    ("retrieved_knowledge", "run_retrieval"),
+    ("descriptions", "run_descriptions"),
+    ("triplets", "run_triplets"),
+)
+
+
+def preview_rows(path: Path, limit: int = 5) -> list[dict]:
+    """A few rows of a table, for UI metadata."""
+    if not path.exists():
+        return []
+    con = duckdb.connect()
+    try:
+        return con.sql(f"SELECT * FROM read_parquet({_sql_path(path)}) LIMIT {int(limit)}").to_arrow_table().to_pylist()
+    finally:
+        con.close()
