@@ -55,13 +55,13 @@ def bench_specs(root: Path):
     return [ct, photos]
 
 
-def make_workload(n_images: int) -> Path:
-    """Write the workload once (cached by size); returns its folder."""
+def make_workload(n_images: int, cache: Path = CACHE) -> Path:
+    """Write the workload once (cached by size under ``cache``); returns its folder."""
     import numpy as np
     import pydicom
     from PIL import Image
 
-    root = CACHE / f"workload_{n_images}"
+    root = Path(cache) / f"workload_{n_images}"
     done = root / ".complete"
     if done.exists():
         return root

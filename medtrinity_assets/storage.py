@@ -26,7 +26,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    _remove_orphaned_temporaries(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -35,6 +36,23 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_orphaned_temporaries(final: Path) -> None:
+    """Delete temporaries left by killed writers of ``final`` (their process no longer exists).
+
+    The writer's pid is in the temporary's name, so a live concurrent writer's file is kept.
+    """
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        pid_part = tmp.name[len(final.name) + 2 :].split(".", 1)[0]
+        if not pid_part.isdigit() or int(pid_part) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_part), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, owned by someone else
 
 
 def write_bytes_atomic(final: Path, data: bytes) -> None:

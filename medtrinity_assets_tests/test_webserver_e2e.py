@@ -21,7 +21,7 @@ from medtrinity_assets.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-SOURCE = "demo_fundus"
+SOURCE = "demo_microscopy_cell"
 
 LAUNCH = """
 mutation Launch($executionParams: ExecutionParams!) {

@@ -112,6 +112,14 @@ class ImageMaskLayout(Strict):
     mask_replace: list[Replace]
     # An image whose mask is absent is kept without ROI (True) or quarantined (False).
     mask_optional: bool = False
+    # Further masks of the same image, globbed beside the first mask; "{mask_stem}" is the
+    # first mask's file stem (BUSI: "{mask_stem}_[0-9]*.png" finds "x_mask_1.png").
+    extra_mask_glob: Optional[str] = None
+    # Masks hold one integer per object (nuclei): kept as ONE label mask marked "instances".
+    instances: bool = False
+    # Label of the mask annotations when the image has no label of its own; default: the
+    # spec's first disease. Set it where that would be wrong (HAM10000 masks every class).
+    mask_label: Optional[str] = None
 
 
 class ImageCsvLayout(Strict):
@@ -125,7 +133,19 @@ class ImageCsvLayout(Strict):
     label_columns: list[str] = Field(default_factory=list)
     # Single categorical label column (e.g. "finding").
     label_column: Optional[str] = None
+    # A single label cell holding several findings ("COVID-19, ARDS") is split on this.
+    label_separator: Optional[str] = None
     csv_encoding: str = "utf-8"
+    # Per-row modality (mixed X-ray/CT sources): raw value -> catalog modality; rows whose
+    # value is not mapped are quarantined rather than described with a guessed modality.
+    modality_column: Optional[str] = None
+    modality_map: dict[str, Modality] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _modality_map_needed(self) -> "ImageCsvLayout":
+        if self.modality_column and not self.modality_map:
+            raise ValueError("layout.modality_column needs layout.modality_map")
+        return self
 
 
 class CocoLayout(Strict):

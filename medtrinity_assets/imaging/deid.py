@@ -12,8 +12,10 @@ often wrong, and the demo sources were chosen among files without identifying bu
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -104,7 +106,8 @@ def scan_for_identifiers(paths: Iterable[Path], identifiers: Iterable[str], chun
     """Every (file, identifier) where a planted identifier appears in a file's bytes.
 
     Scans every file under the given folders whatever its format (Parquet, npy, PNG, JSON,
-    DuckDB, Chroma's SQLite...), case-insensitively, in UTF-8 and UTF-16LE. Parquet and DuckDB
+    DuckDB, Chroma's SQLite...), case-insensitively, in UTF-8 and UTF-16LE; gzip files also
+    decompressed. Parquet and DuckDB
     may compress pages, so pipeline tests should also check decoded table values; this scan
     catches the uncompressed copies (dictionary pages, logs, SQLite, JSON, sidecars).
     """
@@ -115,18 +118,28 @@ def scan_for_identifiers(paths: Iterable[Path], identifiers: Iterable[str], chun
         found: set[str] = set()
         try:
             with open(file, "rb") as handle:
-                tail = b""
-                while True:
-                    chunk = handle.read(chunk_bytes)
-                    if not chunk:
-                        break
-                    # Keep the end of the previous chunk so an identifier split across chunks is found.
-                    window = (tail + chunk).lower()
-                    for ident, form in wanted:
-                        if ident not in found and form in window:
-                            found.add(ident)
-                    tail = window[-(longest - 1):] if longest > 1 else b""
-        except OSError:
-            continue
+                _scan_stream(handle, wanted, longest, found, chunk_bytes)
+            # gzip members (.nii.gz, .json.gz...) are scanned decompressed as well.
+            with open(file, "rb") as handle:
+                is_gzip = handle.read(2) == b"\x1f\x8b"
+            if is_gzip:
+                with gzip.open(file, "rb") as handle:
+                    _scan_stream(handle, wanted, longest, found, chunk_bytes)
+        except (OSError, EOFError, zlib.error):
+            pass  # unreadable or corrupt compressed data: the raw bytes were still scanned
         hits.extend((file, ident) for ident in sorted(found))
     return hits
+
+
+def _scan_stream(handle, wanted, longest: int, found: set[str], chunk_bytes: int) -> None:
+    tail = b""
+    while True:
+        chunk = handle.read(chunk_bytes)
+        if not chunk:
+            return
+        # Keep the end of the previous chunk so an identifier split across chunks is found.
+        window = (tail + chunk).lower()
+        for ident, form in wanted:
+            if ident not in found and form in window:
+                found.add(ident)
+        tail = window[-(longest - 1):] if longest > 1 else b""

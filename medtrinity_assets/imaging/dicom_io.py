@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
 # Objects that carry no image to describe (structure sets, segmentations, reports, plans, dose
 # grids, presentation states...). RTSTRUCT and SEG become ROIs in a later release.
@@ -33,8 +33,8 @@ DECODER_HINTS = {
     "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg or python-gdcm",
     "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg or pyjpegls",
     "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg or pyjpegls",
-    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.90": "Pillow built with OpenJPEG, or pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "Pillow built with OpenJPEG, or pylibjpeg-openjpeg",
     "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg (HTJ2K)",
     "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg (HTJ2K)",
     "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg (HTJ2K)",
@@ -118,9 +118,13 @@ def read_dicom(path: Path, with_pixels: bool = True) -> Dataset:
 
 
 def read_header(ds: Dataset) -> DicomHeader:
-    spacing = _floats(ds.get("PixelSpacing")) or _floats(ds.get("ImagerPixelSpacing"))
-    if spacing is None:
-        spacing = _floats(_functional_group_value(ds, "PixelMeasuresSequence", "PixelSpacing"))
+    # Some writers fill PixelSpacing with zeros (e.g. a CR without calibration): not a spacing.
+    candidates = (
+        _floats(ds.get("PixelSpacing")),
+        _floats(ds.get("ImagerPixelSpacing")),
+        _floats(_functional_group_value(ds, "PixelMeasuresSequence", "PixelSpacing", 0)),
+    )
+    spacing = next((c for c in candidates if c and len(c) >= 2 and min(c[:2]) > 0), None)
     position = _floats(ds.get("ImagePositionPatient")) or _floats(
         _functional_group_value(ds, "PlanePositionSequence", "ImagePositionPatient", 0)
     )
@@ -148,12 +152,14 @@ def read_header(ds: Dataset) -> DicomHeader:
     )
 
 
-def check_is_image(header: DicomHeader) -> None:
+def check_is_image(header: DicomHeader, pixels_read: bool = True) -> None:
+    """Raise ``NotAnImageObject`` for objects without an image; ``pixels_read=False`` when the
+    header was read with ``stop_before_pixels`` (pixel presence is then checked on decode)."""
     if header.modality in NON_IMAGE_MODALITIES:
         raise NotAnImageObject(
             f"not an image object (Modality={header.modality}): handled by the RTSTRUCT/SEG reader in a later release"
         )
-    if not header.has_pixels:
+    if pixels_read and not header.has_pixels:
         raise NotAnImageObject(f"not an image object (Modality={header.modality}): the file has no pixel data")
 
 
@@ -250,22 +256,18 @@ def _decode_error(ds: Dataset, error: Exception) -> PixelDecodeError:
 
 def decode_frame(ds: Dataset, header: DicomHeader, index: Optional[int] = None) -> DecodedFrame:
     """Pixels of one frame (``index``) or of a single-frame file (``index=None``)."""
-    decoded_meta = Dataset()
     try:
-        raw = pixel_array(ds, index=index, ds_out=decoded_meta)
+        # as_rgb: pydicom (or the JPEG / JPEG 2000 codec) turns every YBR variant into RGB.
+        raw = pixel_array(ds, index=index, as_rgb=True)
     except Exception as error:  # pydicom raises RuntimeError/ValueError/NotImplementedError
         raise _decode_error(ds, error) from error
-    # pydicom converts YBR to RGB while decoding and reports the result in ds_out.
-    photometric = str(decoded_meta.get("PhotometricInterpretation") or header.photometric).upper()
+    photometric = "RGB" if header.photometric.startswith("YBR") else header.photometric
     bits = int(ds.get("BitsStored") or 8)
 
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(raw, ds)
         lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2]) if "RedPaletteColorLookupTableDescriptor" in ds else 8
         return DecodedFrame(_to_uint8_rgb(rgb, lut_bits), "rgb", "RGB")
-    if photometric.startswith("YBR"):
-        rgb = convert_color_space(raw, photometric, "RGB")
-        return DecodedFrame(_to_uint8_rgb(rgb, bits), "rgb", "RGB")
     if raw.ndim == 3 and raw.shape[-1] == 3:
         return DecodedFrame(_to_uint8_rgb(raw, bits), "rgb", "RGB")
     if raw.ndim != 2:
@@ -286,7 +288,9 @@ def decode_frame(ds: Dataset, header: DicomHeader, index: Optional[int] = None) 
         units = "HU"
     elif header.modality == "PT":
         factor = suv_factor(ds)
-        if factor is not None:
+        if str(ds.get("Units") or "").upper() == "GML":  # the scanner already stored body-weight SUV
+            units = "SUV"
+        elif factor is not None:
             values = values * factor
             units = "SUV"
 

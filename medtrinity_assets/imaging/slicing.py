@@ -29,7 +29,8 @@ def every_k_central(n_slices: int, rule: Slicing) -> list[int]:
     """Every ``rule.every_k``-th slice of the middle ``rule.central_fraction`` of the volume."""
     if n_slices <= 0:
         return []
-    margin = int(np.floor(n_slices * (1.0 - rule.central_fraction) / 2.0))
+    # The epsilon keeps float error from dropping a margin slice (10 * 0.2 / 2 = 0.999...).
+    margin = int(np.floor(n_slices * (1.0 - rule.central_fraction) / 2.0 + 1e-9))
     start, stop = margin, max(n_slices - margin, margin + 1)
     return thin_evenly(list(range(start, stop, max(rule.every_k, 1))), rule.max_slices)
 

@@ -1,0 +1,32 @@
+-- Staging: one typed, flat row per triplet, with the primary ROI's box pulled out of the JSON.
+-- The primary ROI is the first of the ordered rois list (annotated before whole-image, larger first).
+SELECT
+    CAST(record_id AS VARCHAR) AS record_id,
+    CAST(source_id AS VARCHAR) AS source_id,
+    CAST(modality AS VARCHAR) AS modality,
+    CAST(organs AS VARCHAR[]) AS organs,
+    CAST(coalesce(labels, []) AS VARCHAR[]) AS labels,
+    CAST(split AS VARCHAR) AS split,
+    CAST(license AS VARCHAR) AS license,
+    CAST(patient_hash AS VARCHAR) AS patient_hash,
+    CAST(image_path AS VARCHAR) AS image_path,
+    CAST(height AS INTEGER) AS height,
+    CAST(width AS INTEGER) AS width,
+    coalesce(CAST(verified AS BOOLEAN), false) AS verified,
+    coalesce(len(verifier_flags), 0) AS verifier_flag_count,
+    coalesce(CAST(json_array_length(rois) AS INTEGER), 0) AS roi_count,
+    CAST(primary_roi_id AS VARCHAR) AS primary_roi_id,
+    json_extract_string(rois, '$[0].label') AS primary_roi_label,
+    json_extract_string(rois, '$[0].origin') AS primary_roi_origin,
+    CAST(json_extract(rois, '$[0].box[0]') AS INTEGER) AS primary_x0,
+    CAST(json_extract(rois, '$[0].box[1]') AS INTEGER) AS primary_y0,
+    CAST(json_extract(rois, '$[0].box[2]') AS INTEGER) AS primary_x1,
+    CAST(json_extract(rois, '$[0].box[3]') AS INTEGER) AS primary_y1,
+    CAST(json_extract(rois, '$[0].confidence') AS DOUBLE) AS primary_confidence,
+    length(description) AS description_chars,
+    json_extract_string(provenance, '$.source_file') AS source_file,
+    CAST(json_extract(provenance, '$.slice_index') AS INTEGER) AS slice_index,
+    json_extract_string(provenance, '$.writer') AS writer,
+    json_extract_string(provenance, '$.prompt_version') AS prompt_version,
+    json_extract_string(provenance, '$.pipeline_version') AS pipeline_version
+FROM {{ ref('triplets') }}

@@ -1,0 +1,139 @@
+"""Stage 7a: assemble one source's image - ROI - description triplets.
+
+The join runs inside DuckDB and is written with ``COPY ... TO`` so the rows stream from the
+stage tables to the output file without passing through Python: memory stays bounded by
+DuckDB's limit, not by the size of the partition. The file is written beside its final path and
+renamed into place, so a killed run leaves the previous triplets intact.
+
+Inner joins on ``record_id``: a record that a later stage quarantined (no normalized image, no
+ROI, no caption or no description) does not become a triplet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from medtrinity_assets import __version__ as PIPELINE_VERSION
+from medtrinity_assets.dataset.splits import SPLIT_VERSION, split_sql
+from medtrinity_assets.paths import DataRoot
+from medtrinity_assets.storage import atomic_path
+
+# Annotated ROIs describe what the source's experts drew, so they lead; model-made ROIs next;
+# the whole-image fallback last. Larger regions first, roi_id breaks ties so reruns agree.
+ROI_ORDER = (
+    "CASE WHEN origin LIKE 'annotation:%' THEN 0 WHEN origin = 'whole_image' THEN 2 ELSE 1 END, "
+    "area_px DESC NULLS LAST, roi_id"
+)
+INPUT_TABLES = ("raw_records", "normalized_images", "rois", "coarse_captions", "descriptions")
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal (COPY statements take no bound parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def connect(memory_limit: str = "1GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with a memory cap: larger joins spill to disk instead of growing."""
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+    con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def triplets_query(inputs: dict[str, Path], source_id: str, license: str) -> str:
+    """The SELECT producing exactly ``schemas.TRIPLETS`` columns for one source."""
+    read = {name: f"read_parquet({sql_string(path)})" for name, path in inputs.items()}
+    source = sql_string(source_id)
+    split = split_sql("coalesce(nullif(r.patient_hash, ''), r.record_id)")
+    return f"""
+WITH roi_lists AS (
+    SELECT
+        record_id,
+        list(struct_pack(
+            roi_id := roi_id, label := label, origin := origin,
+            box := [x0, y0, x1, y1], mask_path := mask_path, confidence := confidence
+        ) ORDER BY {ROI_ORDER}) AS roi_list
+    FROM {read['rois']}
+    WHERE source_id = {source}
+    GROUP BY record_id
+)
+SELECT
+    r.record_id::VARCHAR AS record_id,
+    r.source_id::VARCHAR AS source_id,
+    n.image_path::VARCHAR AS image_path,
+    n.image_sha256::VARCHAR AS image_sha256,
+    n.phash::VARCHAR AS phash,
+    n.height::BIGINT AS height,
+    n.width::BIGINT AS width,
+    r.modality::VARCHAR AS modality,
+    r.organs::VARCHAR[] AS organs,
+    r.labels::VARCHAR[] AS labels,
+    to_json(l.roi_list)::VARCHAR AS rois,
+    l.roi_list[1].roi_id::VARCHAR AS primary_roi_id,
+    c.coarse_caption::VARCHAR AS coarse_caption,
+    d.description::VARCHAR AS description,
+    d.verified::BOOLEAN AS verified,
+    d.verifier_flags::VARCHAR[] AS verifier_flags,
+    r.patient_hash::VARCHAR AS patient_hash,
+    {split} AS split,
+    {sql_string(license)} AS license,
+    json_object(
+        'source_file', r.source_file,
+        'sequence', r.sequence,
+        'slice_index', r.slice_index,
+        'intensity_method', n.intensity_method,
+        'caption_version', c.caption_version,
+        'writer', d.writer,
+        'prompt_version', d.prompt_version,
+        'knowledge_ids', d.knowledge_ids,
+        'split_version', {sql_string(SPLIT_VERSION)},
+        'pipeline_version', {sql_string(PIPELINE_VERSION)}
+    )::VARCHAR AS provenance
+FROM {read['raw_records']} AS r
+JOIN {read['normalized_images']} AS n USING (record_id)
+JOIN roi_lists AS l USING (record_id)
+JOIN {read['coarse_captions']} AS c USING (record_id)
+JOIN {read['descriptions']} AS d USING (record_id)
+WHERE r.source_id = {source}
+ORDER BY r.record_id
+"""
+
+
+def assemble_triplets(
+    data_root: DataRoot,
+    source_id: str,
+    spec,
+    out_path: Path,
+    *,
+    memory_limit: str = "1GB",
+) -> dict:
+    """Write the TRIPLETS table of one source to ``out_path``; return its row counts.
+
+    Returns {"rows", "by_split": {split: n}, "records", "records_without_triplet"}.
+    Raises FileNotFoundError naming the first missing input table.
+    """
+    inputs = {name: data_root.table(name, source_id) for name in INPUT_TABLES}
+    for name, path in inputs.items():
+        if not path.exists():
+            raise FileNotFoundError(f"triplets for '{source_id}' need the {name} table, missing: {path}")
+    out_path = Path(out_path)
+    query = triplets_query(inputs, source_id, spec.license)
+    con = connect(memory_limit=memory_limit)
+    try:
+        with atomic_path(out_path) as tmp:
+            con.execute(f"COPY ({query}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+        by_split = dict(
+            con.execute(
+                f"SELECT split, count(*) FROM read_parquet({sql_string(out_path)}) GROUP BY split ORDER BY split"
+            ).fetchall()
+        )
+        records = con.execute(
+            f"SELECT count(*) FROM read_parquet({sql_string(inputs['raw_records'])}) WHERE source_id = {sql_string(source_id)}"
+        ).fetchall()[0][0]
+    finally:
+        con.close()
+    rows = sum(by_split.values())
+    return {"rows": rows, "by_split": by_split, "records": records, "records_without_triplet": records - rows}
+

@@ -1,0 +1,260 @@
+"""Words shared by the caption writer, the description writer, the retriever and the verifier.
+
+One table per idea (how a modality is named, which body region an organ word belongs to, how
+a position is put in words) so that the writer and the verifier cannot drift apart: the
+verifier reads back exactly the phrases the writer produces.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterable
+
+# How each catalog modality code is named in running text, and the noun for one of its images.
+MODALITY_NAME = {
+    "ct": "CT",
+    "mri": "MRI",
+    "xray": "X-ray",
+    "ultrasound": "ultrasound",
+    "dermoscopy": "dermoscopy",
+    "endoscopy": "endoscopy",
+    "fundus": "fundus photography",
+    "histopathology": "histopathology",
+    "microscopy": "fluorescence microscopy",
+    "pet": "PET",
+    "mammography": "mammography",
+    "nuclear_medicine": "nuclear medicine scintigraphy",
+}
+MODALITY_IMAGE_NOUN = {
+    "ct": "CT image",
+    "mri": "MRI image",
+    "xray": "X-ray radiograph",
+    "ultrasound": "ultrasound image",
+    "dermoscopy": "dermoscopic photograph",
+    "endoscopy": "endoscopic image",
+    "fundus": "fundus photograph",
+    "histopathology": "histopathology image",
+    "microscopy": "fluorescence microscopy image",
+    "pet": "PET image",
+    "mammography": "mammogram",
+    "nuclear_medicine": "nuclear medicine scan",
+}
+
+# Words that name a modality as the imaging technique. The verifier looks for these; each
+# entry is (regex, case_sensitive). Acronyms are case-sensitive so "ct" inside a word or a
+# lower-case "pet" never counts.
+MODALITY_TERMS: dict[str, list[tuple[str, bool]]] = {
+    "ct": [(r"\bCT\b", True), (r"\bcomputed tomograph", False)],
+    "mri": [(r"\bMRI?\b", True), (r"\bmagnetic resonance", False)],
+    "xray": [(r"\bx-?ray", False), (r"\bradiograph", False)],
+    "ultrasound": [(r"\bultrasound", False), (r"\bsonograph", False), (r"\bultrasonograph", False)],
+    "dermoscopy": [(r"\bdermoscop", False), (r"\bdermatoscop", False)],
+    "endoscopy": [(r"\bendoscop", False), (r"\bcolonoscop", False)],
+    "fundus": [(r"\bfundus photograph", False), (r"\bfundoscop", False)],
+    "histopathology": [(r"\bhistopatholog", False), (r"\bhistolog", False), (r"\bH&E\b", True)],
+    "microscopy": [(r"\bfluorescence microscop", False)],
+    "pet": [(r"\bPET\b", True), (r"\bpositron emission", False)],
+    "mammography": [(r"\bmammogra", False)],
+    "nuclear_medicine": [(r"\bscintigra", False), (r"\bnuclear medicine", False), (r"\bbone scan", False)],
+}
+# A modality whose images may truthfully be named with another's words (a mammogram is an
+# X-ray technique; an H&E slide is read under a light microscope).
+COMPATIBLE_MODALITIES = {
+    "mammography": {"xray"},
+    "histopathology": {"microscopy"},
+}
+
+# Organ words -> body region. The verifier flags an organ word whose region is not a region of
+# the record's organs (a breast ultrasound described as "brain"). Regions are coarse on purpose.
+ORGAN_REGION = {
+    "brain": "head",
+    "head": "head",
+    "skull": "head",
+    "grey matter": "head",
+    "gray matter": "head",
+    "white matter": "head",
+    "cerebral": "head",
+    "eye": "eye",
+    "retina": "eye",
+    "retinal": "eye",
+    "optic disc": "eye",
+    "lung": "chest",
+    "lungs": "chest",
+    "chest": "chest",
+    "thorax": "chest",
+    "thoracic": "chest",
+    "pleura": "chest",
+    "pleural": "chest",
+    "heart": "chest",
+    "breast": "breast",
+    "breasts": "breast",
+    "liver": "abdomen",
+    "hepatic": "abdomen",
+    "pancreas": "abdomen",
+    "kidney": "abdomen",
+    "spleen": "abdomen",
+    "abdomen": "abdomen",
+    "abdominal": "abdomen",
+    "stomach": "abdomen",
+    "colon": "abdomen",
+    "bowel": "abdomen",
+    "rectum": "abdomen",
+    "skin": "skin",
+    "shoulder": "limb",
+    "knee": "limb",
+    "thigh": "limb",
+    "arm": "limb",
+    "leg": "limb",
+    "extremity": "limb",
+    "soft tissue": "limb",
+    "muscle": "limb",
+    "bone": "skeleton",
+    "bones": "skeleton",
+    "skeleton": "skeleton",
+    "spine": "skeleton",
+}
+# Record organs that span every region: no organ word contradicts them.
+WHOLE_BODY_ORGANS = {"whole body", "body", "skeleton"}
+# Cell-level "organs" (microscopy, histopathology): any tissue of origin may be named.
+CELL_LEVEL_ORGANS = {"cell", "cells", "nuclei", "nucleus", "cell nuclei", "tissue"}
+
+# Spelling variants of organ names in specs and labels, folded before filtering and matching.
+ORGAN_SYNONYMS = {
+    "lungs": "lung",
+    "thorax": "chest",
+    "eye": "retina",
+    "gray matter": "grey matter",
+    "breasts": "breast",
+    "cells": "cell",
+    "nucleus": "nuclei",
+    "cell nuclei": "nuclei",
+}
+
+SIZE_WORD = {"small": "small", "medium": "medium-sized", "large": "large"}
+
+NUMBER_WORDS = {
+    "one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+    "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+}
+
+# Origins that mean "no region was annotated; the ROI is the whole picture".
+WHOLE_IMAGE_ORIGINS = {"whole_image"}
+
+
+def normalize_organ(organ: str) -> str:
+    word = " ".join(str(organ).strip().lower().replace("_", " ").split())
+    return ORGAN_SYNONYMS.get(word, word)
+
+
+def normalize_label(label: str) -> str:
+    return " ".join(str(label).strip().lower().replace("_", " ").replace("-", " ").split())
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", normalize_label(text)).strip("_")
+
+
+def display_label(label: str) -> str:
+    return " ".join(str(label).replace("_", " ").split())
+
+
+def article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def join_words(words: Iterable[str]) -> str:
+    words = [w for w in words if w]
+    if not words:
+        return ""
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def as_list(value) -> list:
+    """Lists arrive as lists, numpy arrays, tuples or None depending on who read the table."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def is_annotated(roi: dict) -> bool:
+    return roi.get("origin") not in WHOLE_IMAGE_ORIGINS
+
+
+def annotated_rois(rois: Iterable[dict]) -> list[dict]:
+    return [roi for roi in (rois or []) if is_annotated(roi)]
+
+
+def primary_roi(rois: Iterable[dict]) -> dict | None:
+    """The ROI a one-line caption talks about: the largest annotated one (ties by id)."""
+    candidates = annotated_rois(rois)
+    if not candidates:
+        return None
+    return sorted(candidates, key=lambda r: (-(r.get("area_px") or 0), str(r.get("roi_id"))))[0]
+
+
+def position_phrase(roi: dict) -> str | None:
+    """'the upper left part of the image' from the ROI's image-position words."""
+    vertical = roi.get("vertical")
+    horizontal = roi.get("horizontal")
+    if not vertical and not horizontal:
+        return None
+    horizontal_word = {"left": "left", "right": "right", "center": "central"}.get(horizontal or "center", "central")
+    vertical_word = vertical or "middle"
+    if vertical_word == "middle" and horizontal_word == "central":
+        return "the central part of the image"
+    return f"the {vertical_word} {horizontal_word} part of the image"
+
+
+def patient_side_phrase(roi: dict, spec) -> str | None:
+    """Side of the patient, only where the display convention makes it meaningful."""
+    side = roi.get("patient_side")
+    if not side or not getattr(spec, "is_radiological", False):
+        return None
+    if side == "midline":
+        return "near the patient's midline"
+    return f"patient's {side}"
+
+
+def parse_relations(value) -> list[dict]:
+    if not value:
+        return []
+    if isinstance(value, list):
+        return [r for r in value if isinstance(r, dict)]
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return []
+    return [r for r in parsed if isinstance(r, dict)] if isinstance(parsed, list) else []
+
+
+def plane_for(spec, record: dict) -> str | None:
+    """Anatomical plane of a volume slice, known only when the layout fixes the slicing axis."""
+    if (record.get("slice_count") or 1) <= 1:
+        return None
+    layout = getattr(spec, "layout", None)
+    axis = getattr(layout, "slice_axis", None) if getattr(layout, "family", None) == "nifti" else None
+    return {0: "sagittal", 1: "coronal", 2: "axial"}.get(axis)
+
+
+def record_organs(record: dict, spec) -> list[str]:
+    organs = as_list(record.get("organs")) or as_list(getattr(spec, "organs", None))
+    seen: list[str] = []
+    for organ in organs:
+        word = normalize_organ(organ)
+        if word and word not in seen:
+            seen.append(word)
+    return seen
+
+
+def record_labels(record: dict, rois: Iterable[dict]) -> list[str]:
+    """Findings of the image: its labels, then any annotated ROI label not already named."""
+    labels: list[str] = []
+    for label in as_list(record.get("labels")) + [r.get("label") for r in annotated_rois(rois)]:
+        if label and display_label(label) not in labels:
+            labels.append(display_label(label))
+    return labels

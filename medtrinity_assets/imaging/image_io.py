@@ -1,0 +1,180 @@
+"""Decode 2D image files (PNG, JPEG, TIFF, BMP) and masks into plain numpy arrays.
+
+Only pixels leave this module: PNG text chunks, EXIF and TIFF tags can carry names, dates and
+device serials, so nothing of the file's metadata is returned. EXIF orientation is the one
+piece of metadata applied (to the pixels), because a rotated photo would put the lesion on
+the wrong side of the description.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+TIFF_SUFFIXES = {".tif", ".tiff"}
+TEXT_MASK_SUFFIXES = {".txt"}
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be decoded as an image or mask; the message names file and cause."""
+
+    def __init__(self, path: Path | str, cause: str):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{path}: {cause}")
+
+
+def _check_not_empty(path: Path) -> None:
+    if not path.is_file():
+        raise ImageReadError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+
+
+# A grayscale X-ray saved as colour JPEG differs between channels by chroma rounding only
+# (a few levels); a real colour image (skin, stain, a coloured arrow) differs far more.
+JPEG_CHROMA_NOISE = 6
+MAX_COLOURED_FRACTION = 0.0005
+
+
+def _is_jpeg_gray(rgb: np.ndarray) -> bool:
+    signed = rgb.astype(np.int16)
+    spread = np.maximum(np.abs(signed[:, :, 0] - signed[:, :, 1]), np.abs(signed[:, :, 0] - signed[:, :, 2]))
+    return np.count_nonzero(spread > JPEG_CHROMA_NOISE) <= spread.size * MAX_COLOURED_FRACTION
+
+
+def _rgb_or_gray(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """(H, W) stays grayscale; (H, W, 3) whose channels are all equal becomes (H, W)."""
+    if array.ndim == 2:
+        return array, "MONOCHROME2"
+    if array.ndim == 3 and array.shape[2] == 1:
+        return array[:, :, 0], "MONOCHROME2"
+    if array.ndim == 3 and array.shape[2] >= 3:
+        rgb = array[:, :, :3]
+        # Many grayscale scans (BUSI ultrasound, TBX11K X-rays) are saved as 3 equal channels.
+        if np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2]):
+            return np.ascontiguousarray(rgb[:, :, 0]), "MONOCHROME2"
+        if rgb.dtype == np.uint8 and _is_jpeg_gray(rgb):
+            return rgb.mean(axis=2).round().astype(np.uint8), "MONOCHROME2"
+        if rgb.dtype != np.uint8:
+            # 16-bit colour is rare; scale to 8 bits so every RGB record has one dtype.
+            rgb = (rgb.astype(np.float64) / max(float(rgb.max()), 1.0) * 255.0).round().astype(np.uint8)
+        return np.ascontiguousarray(rgb), "RGB"
+    raise ValueError(f"unsupported pixel array shape {array.shape}")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            # The first page is the image; further pages (pyramids, thumbnails) are not frames
+            # of the same picture in the 2D sources this reads.
+            array = tif.pages[0].asarray()
+    except Exception as error:  # tifffile raises many types for broken files
+        raise ImageReadError(path, f"not a readable TIFF ({type(error).__name__}: {error})") from error
+    array = np.squeeze(array) if array.ndim > 3 else array
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (C, H, W) storage
+    return array
+
+
+def _decode_with_pillow(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now so a truncated file fails here, inside the try
+            return ImageOps.exif_transpose(image)
+    except UnidentifiedImageError as error:
+        raise ImageReadError(path, "not an image file Pillow can identify") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(path, f"corrupt or truncated image ({error})") from error
+
+
+def _pillow_to_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA"):
+        # Composite on black: the transparent border of a cut-out tile is background.
+        background = Image.new(mode, image.size, (0, 0, 0, 255) if mode == "RGBA" else (0, 255))
+        image = Image.alpha_composite(background, image).convert("RGB" if mode == "RGBA" else "L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    elif mode == "1":
+        image = image.convert("L")
+    return np.asarray(image)
+
+
+def read_image(path: Path | str) -> tuple[np.ndarray, str]:
+    """Pixels of a 2D image file as (H, W) grayscale (dtype kept) or (H, W, 3) RGB uint8.
+
+    Returns ``(pixels, photometric)`` with photometric "MONOCHROME2" or "RGB". Raises
+    ``ImageReadError`` for empty, truncated or non-image files.
+    """
+    path = Path(path)
+    _check_not_empty(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = _read_tiff(path)
+    else:
+        array = _pillow_to_array(_decode_with_pillow(path))
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]  # TIFF alpha: dropped, it carries no anatomy
+    try:
+        pixels, photometric = _rgb_or_gray(array)
+    except ValueError as error:
+        raise ImageReadError(path, str(error)) from error
+    if pixels.ndim == 2 and pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8) * 255
+    if min(pixels.shape[:2]) == 0:
+        raise ImageReadError(path, f"image has no pixels (shape {pixels.shape})")
+    return np.ascontiguousarray(pixels), photometric
+
+
+def _read_text_mask(path: Path) -> np.ndarray:
+    """MICCAI 2015 nucleus format: "W H", then W*H integers in row-major (x fastest) order."""
+    try:
+        with open(path, "r", encoding="ascii") as handle:
+            header = handle.readline().split()
+            body = np.loadtxt(handle, dtype=np.int64, ndmin=1)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ImageReadError(path, f"not an ASCII integer mask ({error})") from error
+    if len(header) != 2 or not all(part.isdigit() for part in header):
+        raise ImageReadError(path, f"first line must be 'W H', got {' '.join(header)!r}")
+    width, height = int(header[0]), int(header[1])
+    if body.size != width * height:
+        raise ImageReadError(path, f"header says {width}x{height} = {width * height} values, file has {body.size}")
+    if body.size and body.min() < 0:
+        raise ImageReadError(path, "negative label values")
+    return body.reshape(height, width)
+
+
+def read_mask(path: Path | str, binarize: bool) -> np.ndarray:
+    """A 2D mask: uint8 0/1 when ``binarize``, else the integer labels as stored.
+
+    RGB and lossy JPEG masks are reduced to their brightest channel and thresholded at > 127
+    (JPEG ringing leaves values near 0 and 255, never a clean 0/255).
+    """
+    path = Path(path)
+    _check_not_empty(path)
+    if path.suffix.lower() in TEXT_MASK_SUFFIXES:
+        labels = _read_text_mask(path)
+    elif path.suffix.lower() in TIFF_SUFFIXES:
+        labels = _read_tiff(path)
+    else:
+        labels = _pillow_to_array(_decode_with_pillow(path))
+    if labels.ndim == 3:
+        labels = labels[:, :, :3].max(axis=2)
+        if binarize:
+            return (labels > 127).astype(np.uint8)
+    if labels.ndim != 2:
+        raise ImageReadError(path, f"mask must be 2D, got shape {labels.shape}")
+    if binarize:
+        # 0/255 masks (possibly JPEG-noisy) are thresholded mid-range; 0/1 or small label
+        # ids are foreground wherever non-zero.
+        if labels.dtype == np.uint8 and labels.max(initial=0) > 127:
+            return (labels > 127).astype(np.uint8)
+        return (labels > 0).astype(np.uint8)
+    return np.ascontiguousarray(labels)

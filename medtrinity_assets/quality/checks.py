@@ -1,0 +1,512 @@
+"""Stage 8: DuckDB-backed quality checks on every stage's Parquet tables.
+
+Each check is a SQL query over the files, so it runs in bounded memory however large the
+partition, and returns a ``CheckOutcome`` (what the Dagster layer turns into an asset check
+result). A check never raises for bad or missing data: a missing file, a missing column or a
+query error is itself a failed outcome with a message that says what is wrong.
+
+``checks_for(asset)`` is the table-driven registry: which checks, with which thresholds, guard
+which asset. ``run_checks`` runs them for one partition.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import duckdb
+
+from medtrinity_assets import schemas
+from medtrinity_assets.dataset.splits import SPLIT_NAMES
+from medtrinity_assets.paths import DataRoot
+
+# Above this share of inputs quarantined, a source's layout or parameters are probably wrong.
+MAX_QUARANTINE_RATE = 0.2
+# Above this share of descriptions with a verifier contradiction, the writer needs attention.
+MAX_CONTRADICTION_RATE = 0.05
+MIN_ROWS = 1
+MAX_EXAMPLES = 5
+
+PathLike = str | Path
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    severity: str  # "ERROR" | "WARN"
+    description: str
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckDef:
+    """One registered check: its name, what it guards, and how to run it for a partition."""
+
+    name: str
+    description: str
+    severity: str
+    run: Callable[[duckdb.DuckDBPyConnection, DataRoot, str | None], CheckOutcome]
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _lit(value: PathLike) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _json_safe(value):
+    """Metadata must be JSON: dates, decimals and bytes become text."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _rows(con, sql: str) -> list[tuple]:
+    return con.execute(sql).fetchall()
+
+
+def _dicts(con, sql: str) -> list[dict]:
+    return _json_safe(con.sql(sql).to_arrow_table().to_pylist())
+
+
+def _existing(path: PathLike) -> list[str]:
+    return sorted(glob.glob(str(path))) if any(c in str(path) for c in "*?[") else ([str(path)] if Path(path).exists() else [])
+
+
+def _relation(files: list[str]) -> str:
+    return "read_parquet([" + ", ".join(_lit(f) for f in files) + "], union_by_name = true)"
+
+
+def _missing(name: str, severity: str, path: PathLike) -> CheckOutcome:
+    return CheckOutcome(name, False, severity, f"table file missing: {path} (the stage has not written it)", {"path": str(path)})
+
+
+def _columns(con, relation: str) -> list[str]:
+    return [row[0] for row in _rows(con, f"DESCRIBE SELECT * FROM {relation}")]
+
+
+def _guarded(name: str, severity: str, path: PathLike, body: Callable[[str], CheckOutcome]) -> CheckOutcome:
+    """Run ``body`` on the relation of ``path``; a missing file or SQL error is a failed outcome."""
+    files = _existing(path)
+    if not files:
+        return _missing(name, severity, path)
+    try:
+        return body(_relation(files))
+    except duckdb.Error as error:
+        return CheckOutcome(name, False, severity, f"check could not run on {path}: {error}", {"path": str(path)})
+
+
+def _missing_columns(con, relation: str, columns: Iterable[str]) -> list[str]:
+    present = set(_columns(con, relation))
+    return [c for c in columns if c not in present]
+
+
+def _key_columns(con, relation: str, wanted: Iterable[str]) -> list[str]:
+    """Columns that identify a row in examples, as far as the table has them."""
+    present = set(_columns(con, relation))
+    return [c for c in wanted if c in present]
+
+
+EXAMPLE_KEYS = ("roi_id", "record_id", "chunk_id", "source_id", "source_file")
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+def check_not_null(con, path: PathLike, columns: list[str], *, name: str = "not_null", severity: str = "ERROR") -> CheckOutcome:
+    def body(rel: str) -> CheckOutcome:
+        absent = _missing_columns(con, rel, columns)
+        if absent:
+            return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
+        counts = _rows(con, "SELECT count(*), " + ", ".join(f"count(*) FILTER ({_ident(c)} IS NULL)" for c in columns) + f" FROM {rel}")[0]
+        nulls = {c: int(n) for c, n in zip(columns, counts[1:]) if n}
+        examples = []
+        if nulls:
+            keys = _key_columns(con, rel, EXAMPLE_KEYS)
+            where = " OR ".join(f"{_ident(c)} IS NULL" for c in nulls)
+            examples = _dicts(con, f"SELECT {', '.join(map(_ident, keys + list(nulls)))} FROM {rel} WHERE {where} LIMIT {MAX_EXAMPLES}")
+        return CheckOutcome(
+            name,
+            not nulls,
+            severity,
+            f"no nulls in {', '.join(columns)}" if not nulls else f"nulls in {', '.join(nulls)}",
+            {"rows": int(counts[0]), "null_counts": nulls, "examples": examples},
+        )
+
+    return _guarded(name, severity, path, body)
+
+
+def check_unique(con, path: PathLike, columns: list[str], *, name: str = "unique", severity: str = "ERROR") -> CheckOutcome:
+    def body(rel: str) -> CheckOutcome:
+        absent = _missing_columns(con, rel, columns)
+        if absent:
+            return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
+        key = ", ".join(map(_ident, columns))
+        duplicated = f"SELECT {key}, count(*) AS copies FROM {rel} GROUP BY {key} HAVING count(*) > 1"
+        n_keys, n_rows = _rows(con, f"SELECT count(*), coalesce(sum(copies), 0) FROM ({duplicated})")[0]
+        examples = _dicts(con, f"{duplicated} ORDER BY copies DESC, {key} LIMIT {MAX_EXAMPLES}") if n_keys else []
+        return CheckOutcome(
+            name,
+            n_keys == 0,
+            severity,
+            f"({', '.join(columns)}) unique" if n_keys == 0 else f"{n_keys} duplicated keys over ({', '.join(columns)})",
+            {"duplicated_keys": int(n_keys), "rows_with_duplicated_keys": int(n_rows), "examples": examples},
+        )
+
+    return _guarded(name, severity, path, body)
+
+
+def check_rois_inside_image(con, rois_path: PathLike, *, name: str = "rois_inside_image", severity: str = "ERROR") -> CheckOutcome:
+    """Boxes lie inside their image with positive size; real (non-whole-image) ROIs have area."""
+    problem = """CASE
+        WHEN x0 IS NULL OR y0 IS NULL OR x1 IS NULL OR y1 IS NULL THEN 'box has nulls'
+        WHEN image_width IS NULL OR image_height IS NULL THEN 'image size missing'
+        WHEN x0 < 0 OR y0 < 0 THEN 'box starts before the image'
+        WHEN x1 > image_width OR y1 > image_height THEN 'box ends past the image'
+        WHEN x0 >= x1 OR y0 >= y1 THEN 'box has no width or height'
+        WHEN origin <> 'whole_image' AND coalesce(area_px, 0) <= 0 THEN 'ROI has no area'
+    END"""
+
+    def body(rel: str) -> CheckOutcome:
+        bad = f"SELECT *, {problem} AS problem FROM {rel}"
+        totals = _rows(con, f"SELECT count(*), count(problem) FROM ({bad})")[0]
+        by_problem = dict(_rows(con, f"SELECT problem, count(*) FROM ({bad}) WHERE problem IS NOT NULL GROUP BY 1 ORDER BY 2 DESC"))
+        examples = _dicts(
+            con,
+            f"""SELECT roi_id, record_id, origin, x0, y0, x1, y1, image_width, image_height, area_px, problem
+                FROM ({bad}) WHERE problem IS NOT NULL ORDER BY roi_id LIMIT {MAX_EXAMPLES}""",
+        )
+        n_bad = int(totals[1])
+        return CheckOutcome(
+            name,
+            n_bad == 0,
+            severity,
+            "every ROI box inside its image, with area" if n_bad == 0 else f"{n_bad} of {totals[0]} ROIs outside their image or empty",
+            {"rois": int(totals[0]), "failing": n_bad, "by_problem": {k: int(v) for k, v in by_problem.items()}, "examples": examples},
+        )
+
+    return _guarded(name, severity, rois_path, body)
+
+
+def check_five_parts(con, descriptions_path: PathLike, *, name: str = "five_parts", severity: str = "ERROR") -> CheckOutcome:
+    """MedTrinity's five description parts are all written (not null, not blank)."""
+    parts = [f"part_{p}" for p in schemas.DESCRIPTION_PARTS]
+
+    def body(rel: str) -> CheckOutcome:
+        absent = _missing_columns(con, rel, parts)
+        if absent:
+            return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
+        blank = {p: f"coalesce(trim({_ident(p)}), '') = ''" for p in parts}
+        counts = _rows(
+            con,
+            "SELECT count(*), count(*) FILTER (" + " OR ".join(blank.values()) + "), "
+            + ", ".join(f"count(*) FILTER ({cond})" for cond in blank.values()) + f" FROM {rel}",
+        )[0]
+        by_part = {p: int(n) for p, n in zip(parts, counts[2:]) if n}
+        examples = []
+        if by_part:
+            examples = _dicts(
+                con,
+                f"SELECT record_id, source_id, {', '.join(by_part)} FROM {rel} WHERE "
+                + " OR ".join(blank[p] for p in by_part) + f" ORDER BY record_id LIMIT {MAX_EXAMPLES}",
+            )
+        return CheckOutcome(
+            name,
+            counts[1] == 0,
+            severity,
+            "all five description parts written" if counts[1] == 0 else f"{counts[1]} descriptions miss a part: {', '.join(by_part)}",
+            {"descriptions": int(counts[0]), "incomplete": int(counts[1]), "blank_by_part": by_part, "examples": examples},
+        )
+
+    return _guarded(name, severity, descriptions_path, body)
+
+
+def check_quarantine_rate(
+    con,
+    quarantine_paths: list[PathLike],
+    records_path: PathLike,
+    max_rate: float = MAX_QUARANTINE_RATE,
+    *,
+    name: str = "quarantine_rate",
+    severity: str = "WARN",
+) -> CheckOutcome:
+    """quarantined / (quarantined + records), records counted by distinct record_id.
+
+    An absent quarantine file counts as nothing quarantined (a stage writes one only when it
+    runs); an absent records table fails, since there is nothing to compare with.
+    """
+    quarantine_files = sorted({f for p in quarantine_paths for f in _existing(p)})
+
+    def body(records_rel: str) -> CheckOutcome:
+        key = "DISTINCT record_id" if "record_id" in _columns(con, records_rel) else "*"
+        records = int(_rows(con, f"SELECT count({key}) FROM {records_rel}")[0][0])
+        by_reason: list[dict] = []
+        quarantined = 0
+        if quarantine_files:
+            q = _relation(quarantine_files)
+            quarantined = int(_rows(con, f"SELECT count(*) FROM {q}")[0][0])
+            by_reason = _dicts(
+                con, f"SELECT stage, reason, count(*) AS files FROM {q} GROUP BY stage, reason ORDER BY files DESC, reason LIMIT 20"
+            )
+        total = quarantined + records
+        rate = quarantined / total if total else 0.0
+        return CheckOutcome(
+            name,
+            rate <= max_rate,
+            severity,
+            f"{quarantined} of {total} inputs quarantined ({rate:.1%}; limit {max_rate:.0%})",
+            {
+                "quarantined": quarantined,
+                "records": records,
+                "rate": round(rate, 4),
+                "max_rate": max_rate,
+                "by_reason": by_reason,
+                "quarantine_files": len(quarantine_files),
+            },
+        )
+
+    return _guarded(name, severity, records_path, body)
+
+
+def check_contradiction_rate(
+    con, descriptions_path: PathLike, max_rate: float = MAX_CONTRADICTION_RATE, *, name: str = "contradiction_rate", severity: str = "WARN"
+) -> CheckOutcome:
+    """Share of descriptions the verifier did not pass (a null verdict counts as not verified)."""
+
+    def body(rel: str) -> CheckOutcome:
+        total, flagged = _rows(con, f"SELECT count(*), count(*) FILTER (NOT coalesce(verified, false)) FROM {rel}")[0]
+        rate = flagged / total if total else 0.0
+        by_flag = dict(
+            _rows(
+                con,
+                f"""SELECT split_part(flag, ':', 1) AS kind, count(*) FROM
+                    (SELECT unnest(verifier_flags) AS flag FROM {rel}) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20""",
+            )
+        )
+        examples = _dicts(
+            con,
+            f"""SELECT record_id, source_id, verifier_flags FROM {rel}
+                WHERE NOT coalesce(verified, false) ORDER BY record_id LIMIT {MAX_EXAMPLES}""",
+        )
+        return CheckOutcome(
+            name,
+            rate <= max_rate,
+            severity,
+            f"{flagged} of {total} descriptions contradicted by the measurements ({rate:.1%}; limit {max_rate:.0%})",
+            {
+                "descriptions": int(total),
+                "contradicted": int(flagged),
+                "rate": round(rate, 4),
+                "max_rate": max_rate,
+                "flags_by_kind": {k: int(v) for k, v in by_flag.items()},
+                "examples": examples,
+            },
+        )
+
+    return _guarded(name, severity, descriptions_path, body)
+
+
+def check_row_count(con, path: PathLike, min_rows: int = MIN_ROWS, *, name: str = "row_count", severity: str = "ERROR") -> CheckOutcome:
+    def body(rel: str) -> CheckOutcome:
+        rows = int(_rows(con, f"SELECT count(*) FROM {rel}")[0][0])
+        return CheckOutcome(name, rows >= min_rows, severity, f"{rows} rows (minimum {min_rows})", {"rows": rows, "min_rows": min_rows})
+
+    return _guarded(name, severity, path, body)
+
+
+def check_accepted_values(
+    con, path: PathLike, column: str, accepted: Iterable[str], *, name: str = "accepted_values", severity: str = "ERROR"
+) -> CheckOutcome:
+    accepted = list(accepted)
+
+    def body(rel: str) -> CheckOutcome:
+        values = ", ".join(_lit(v) for v in accepted)
+        bad = dict(_rows(con, f"SELECT {_ident(column)}, count(*) FROM {rel} WHERE {_ident(column)} IS NULL OR {_ident(column)} NOT IN ({values}) GROUP BY 1"))
+        return CheckOutcome(
+            name,
+            not bad,
+            severity,
+            f"{column} in {accepted}" if not bad else f"{sum(bad.values())} rows with {column} outside {accepted}",
+            {"unexpected": {str(k): int(v) for k, v in bad.items()}},
+        )
+
+    return _guarded(name, severity, path, body)
+
+
+def check_patient_single_split(
+    con, path: PathLike, *, where: str = "TRUE", name: str = "patient_single_split", severity: str = "ERROR"
+) -> CheckOutcome:
+    """No patient's images in two splits: that would leak the patient from train into test."""
+
+    def body(rel: str) -> CheckOutcome:
+        leaking = f"""SELECT patient_hash, list(DISTINCT split ORDER BY split) AS splits, count(*) AS images
+            FROM {rel} WHERE patient_hash IS NOT NULL AND ({where})
+            GROUP BY patient_hash HAVING count(DISTINCT split) > 1"""
+        n = int(_rows(con, f"SELECT count(*) FROM ({leaking})")[0][0])
+        examples = _dicts(con, f"{leaking} ORDER BY patient_hash LIMIT {MAX_EXAMPLES}") if n else []
+        return CheckOutcome(
+            name, n == 0, severity,
+            "every patient in one split" if n == 0 else f"{n} patients span more than one split",
+            {"leaking_patients": n, "examples": examples},
+        )
+
+    return _guarded(name, severity, path, body)
+
+
+# --- registry --------------------------------------------------------------------------
+
+# Assets whose table has another name on disk.
+TABLE_OF_ASSET = {"knowledge_base": "knowledge_chunks"}
+# Stage name each asset's inputs are quarantined under (see stages.py).
+QUARANTINE_STAGE = {
+    "raw_records": "ingest",
+    "normalized_images": "normalize",
+    "rois": "ground",
+    "coarse_captions": "coarse_caption",
+    "descriptions": "describe",
+}
+
+
+def _table(asset: str, root: DataRoot, partition: str | None) -> Path:
+    return root.table(TABLE_OF_ASSET.get(asset, asset), partition)
+
+
+def _not_null(asset: str, columns: list[str]) -> CheckDef:
+    return CheckDef(
+        "not_null", f"No nulls in {', '.join(columns)}.", "ERROR",
+        lambda con, root, part: check_not_null(con, _table(asset, root, part), columns, name="not_null"),
+    )
+
+
+def _unique(asset: str, columns: list[str]) -> CheckDef:
+    return CheckDef(
+        "unique_key", f"({', '.join(columns)}) identifies one row.", "ERROR",
+        lambda con, root, part: check_unique(con, _table(asset, root, part), columns, name="unique_key"),
+    )
+
+
+def _row_count(asset: str, min_rows: int = MIN_ROWS) -> CheckDef:
+    return CheckDef(
+        "row_count", f"At least {min_rows} row(s).", "ERROR",
+        lambda con, root, part: check_row_count(con, _table(asset, root, part), min_rows, name="row_count"),
+    )
+
+
+def _quarantine(asset: str) -> CheckDef:
+    stage = QUARANTINE_STAGE[asset]
+    return CheckDef(
+        "quarantine_rate",
+        f"At most {MAX_QUARANTINE_RATE:.0%} of this stage's inputs quarantined (stage '{stage}'), grouped by reason.",
+        "WARN",
+        lambda con, root, part: check_quarantine_rate(
+            con, [root.quarantine(stage, part)], _table(asset, root, part), MAX_QUARANTINE_RATE, name="quarantine_rate"
+        ),
+    )
+
+
+def _registry() -> dict[str, list[CheckDef]]:
+    return {
+        "raw_records": [
+            _row_count("raw_records"),
+            _not_null("raw_records", ["record_id", "source_id", "source_file", "modality", "pixel_ref", "height", "width"]),
+            _unique("raw_records", ["record_id"]),
+            _quarantine("raw_records"),
+        ],
+        "normalized_images": [
+            _not_null("normalized_images", ["record_id", "image_sha256", "image_path", "phash", "height", "width"]),
+            _unique("normalized_images", ["record_id"]),
+            _quarantine("normalized_images"),
+        ],
+        "rois": [
+            _not_null("rois", ["roi_id", "record_id", "origin", "x0", "y0", "x1", "y1", "image_width", "image_height"]),
+            _unique("rois", ["roi_id"]),
+            CheckDef(
+                "rois_inside_image", "0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height; annotated ROIs have area.", "ERROR",
+                lambda con, root, part: check_rois_inside_image(con, _table("rois", root, part)),
+            ),
+            _quarantine("rois"),
+        ],
+        "coarse_captions": [
+            _not_null("coarse_captions", ["record_id", "coarse_caption", "caption_version"]),
+            _unique("coarse_captions", ["record_id"]),
+            _quarantine("coarse_captions"),
+        ],
+        "retrieved_knowledge": [
+            _not_null("retrieved_knowledge", ["record_id", "query", "knowledge_ids"]),
+            _unique("retrieved_knowledge", ["record_id"]),
+        ],
+        "descriptions": [
+            _not_null("descriptions", ["record_id", "description", "verified", "writer"]),
+            _unique("descriptions", ["record_id"]),
+            CheckDef(
+                "five_parts", "All five MedTrinity description parts are written (not blank).", "ERROR",
+                lambda con, root, part: check_five_parts(con, _table("descriptions", root, part)),
+            ),
+            CheckDef(
+                "contradiction_rate",
+                f"At most {MAX_CONTRADICTION_RATE:.0%} of descriptions contradicted by the measured attributes.", "WARN",
+                lambda con, root, part: check_contradiction_rate(con, _table("descriptions", root, part), MAX_CONTRADICTION_RATE),
+            ),
+            _quarantine("descriptions"),
+        ],
+        "triplets": [
+            _row_count("triplets"),
+            _not_null("triplets", ["record_id", "image_path", "image_sha256", "primary_roi_id", "description", "split", "license"]),
+            _unique("triplets", ["record_id"]),
+            CheckDef(
+                "split_values", f"split is one of {', '.join(SPLIT_NAMES)}.", "ERROR",
+                lambda con, root, part: check_accepted_values(con, _table("triplets", root, part), "split", SPLIT_NAMES, name="split_values"),
+            ),
+            CheckDef(
+                "patient_single_split", "No patient has images in two splits.", "ERROR",
+                lambda con, root, part: check_patient_single_split(con, _table("triplets", root, part)),
+            ),
+        ],
+        "knowledge_base": [
+            _row_count("knowledge_base"),
+            _not_null("knowledge_base", ["chunk_id", "entry_id", "text"]),
+            _unique("knowledge_base", ["chunk_id"]),
+        ],
+        "medtrinity_dataset": [
+            _unique("medtrinity_dataset", ["record_id"]),
+            _not_null("medtrinity_dataset", ["record_id", "source_id", "image_path", "description", "split", "license"]),
+            CheckDef(
+                "patient_single_split", "Among non-duplicate rows, no patient has images in two splits.", "ERROR",
+                lambda con, root, part: check_patient_single_split(
+                    con, _table("medtrinity_dataset", root, part), where="duplicate_of IS NULL"
+                ),
+            ),
+        ],
+    }
+
+
+_REGISTRY = _registry()
+
+
+def checks_for(asset_name: str) -> list[CheckDef]:
+    """The checks registered for an asset (empty for an asset without checks)."""
+    return list(_REGISTRY.get(asset_name, []))
+
+
+def run_checks(asset_name: str, data_root: DataRoot, partition: str | None) -> list[CheckOutcome]:
+    """Run every registered check of an asset for one partition (None: unpartitioned asset)."""
+    con = duckdb.connect()
+    try:
+        outcomes = []
+        for check in checks_for(asset_name):
+            try:
+                outcome = check.run(con, data_root, partition)
+            except Exception as error:  # a check bug must show as a failed check, not kill the run
+                outcome = CheckOutcome(check.name, False, check.severity, f"check raised {type(error).__name__}: {error}", {})
+            outcome.name, outcome.severity = check.name, check.severity
+            outcomes.append(outcome)
+        return outcomes
+    finally:
+        con.close()

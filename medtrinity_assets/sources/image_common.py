@@ -1,0 +1,123 @@
+"""What the 2D layout families share: file walking, labels, patients, one image → one record."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.imaging.image_io import ImageReadError, read_image
+from medtrinity_assets.sources.base import IngestContext, Quarantined, make_record
+
+# Files a publisher ships beside the images that no glob should turn into records.
+NOT_IMAGES = {".md", ".txt", ".csv", ".json", ".html", ".pdf", ".xlsx", ".zip"}
+
+
+def iter_image_files(root: Path, pattern: str) -> Iterator[str]:
+    """Image files under ``root`` matching ``pattern``, as sorted POSIX paths relative to it.
+
+    Sorted so a rerun yields records in the same order; hidden files (.DS_Store, ._x.png from
+    macOS archives) are not data.
+    """
+    found = []
+    for path in root.glob(pattern):
+        relative = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix.lower() in NOT_IMAGES:
+            continue
+        found.append(relative.as_posix())
+    yield from sorted(found)
+
+
+def rename_label(spec: SourceSpec, raw: str) -> str | None:
+    """Catalog name of a raw label; None when it means "no finding" (renamed to "")."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    name = spec.labels.rename.get(raw, raw)
+    return name.strip().lower() or None
+
+
+def path_labels(spec: SourceSpec, relative_path: str) -> list[str]:
+    """Labels of an image from its path (class folder) or the spec's fixed labels."""
+    rule = spec.labels
+    if rule.source == "fixed":
+        return [label.lower() for label in rule.fixed]
+    if rule.source == "folder":
+        parts = PurePosixPath(relative_path).parts[:-1]
+        if rule.folder_depth < len(parts):
+            label = rename_label(spec, parts[rule.folder_depth])
+            return [label] if label else []
+    return []
+
+
+def patient_id_for(spec: SourceSpec, relative_path: str, row: Mapping[str, str] | None = None) -> str:
+    """The raw patient id (hashed by make_record, never stored) of one image.
+
+    Rules that cannot apply to this file (no CSV row, no folder that deep, regex no match)
+    fall back to the file itself, so unrelated images never share a patient by accident.
+    """
+    rule = spec.patient
+    if rule.source == "column" and row is not None and rule.column and (row.get(rule.column) or "").strip():
+        return f"column:{row[rule.column].strip()}"
+    if rule.source == "folder":
+        parts = PurePosixPath(relative_path).parts[:-1]
+        if rule.folder_depth < len(parts):
+            return f"folder:{parts[rule.folder_depth]}"
+    if rule.source == "regex" and rule.pattern:
+        match = re.search(rule.pattern, relative_path)
+        if match:
+            return f"regex:{match.group(1) if match.groups() else match.group(0)}"
+    return f"file:{relative_path}"
+
+
+def decode_image(ctx: IngestContext, relative_path: str) -> tuple[np.ndarray, str] | Quarantined:
+    """Pixels of one image file, or the Quarantined saying why it cannot be read."""
+    try:
+        return read_image(ctx.root / relative_path)
+    except ImageReadError as error:
+        return Quarantined(relative_path, f"unreadable image: {error.cause}")
+    except Exception as error:  # a decoder bug on one file must not stop the source
+        return Quarantined(relative_path, f"unreadable image: {type(error).__name__}: {error}")
+
+
+def image_record(
+    ctx: IngestContext,
+    relative_path: str,
+    pixels: np.ndarray,
+    photometric: str,
+    *,
+    labels: list[str],
+    annotations: list[dict],
+    patient_id: str,
+    modality: str | None = None,
+) -> dict:
+    return make_record(
+        ctx,
+        source_file=relative_path,
+        pixels=pixels,
+        patient_id=patient_id,
+        labels=labels,
+        annotations=annotations,
+        pixel_units="rgb" if photometric == "RGB" else "raw",
+        photometric=photometric,
+        modality=modality,
+    )
+
+
+def clamp_box(box: list[float], width: int, height: int) -> list[int] | None:
+    """[x0, y0, x1, y1] clamped into the image (x1, y1 exclusive); None when nothing is left."""
+    x0, y0, x1, y1 = box
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    cx0 = int(np.clip(np.floor(x0), 0, width))
+    cy0 = int(np.clip(np.floor(y0), 0, height))
+    cx1 = int(np.clip(np.ceil(x1), 0, width))
+    cy1 = int(np.clip(np.ceil(y1), 0, height))
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None
+    return [cx0, cy0, cx1, cy1]

@@ -1,0 +1,450 @@
+"""Stage 3 core: ROIs from masks, boxes and contours, their measured attributes and relations."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from scipy import ndimage
+from skimage import data as skdata
+from skimage import draw
+
+from medtrinity_assets import schemas
+from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.grounding.attributes import colour_name, measure_roi
+from medtrinity_assets.grounding.relations import relate
+from medtrinity_assets.grounding.rois import ground_record
+from medtrinity_assets.imaging.normalize import normalize_pixels
+from medtrinity_assets.storage import BlobStore, write_table
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not present")
+
+
+def make_spec(modality: str, organs: list[str]) -> SourceSpec:
+    return SourceSpec.model_validate(
+        {
+            "id": "test_source",
+            "name": "test",
+            "description": "test",
+            "homepage": "https://example.org",
+            "license": "CC0",
+            "citation": "test",
+            "access": "open",
+            "modality": modality,
+            "organs": organs,
+            "annotation_kinds": ["mask"],
+            "approx_size": "1",
+            "layout": {"family": "image_folder", "image_glob": "*.png"},
+        }
+    )
+
+
+@pytest.fixture
+def blobs(tmp_path) -> BlobStore:
+    return BlobStore(tmp_path)
+
+
+def make_record(shape, annotations, modality="ct", spacing=None, record_id="rec-1") -> dict:
+    return {
+        "record_id": record_id,
+        "source_id": "test_source",
+        "modality": modality,
+        "height": shape[0],
+        "width": shape[1],
+        "pixel_spacing_mm": spacing,
+        "annotations": json.dumps(annotations),
+    }
+
+
+def disk_mask(shape, center, radius) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    rr, cc = draw.disk(center, radius, shape=shape)
+    mask[rr, cc] = True
+    return mask
+
+
+def bright_disk_image(shape, center, radius, inside=200, outside=40, noise=5.0, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, outside, dtype=np.float64)
+    image[disk_mask(shape, center, radius)] = inside
+    return np.clip(image + rng.normal(0, noise, shape), 0, 255).astype(np.uint8)
+
+
+def mask_annotation(blobs, mask, label="lesion", **extra) -> dict:
+    _, ref = blobs.put_array("masks", np.asarray(mask).astype(np.uint8 if np.max(mask) < 256 else np.uint16))
+    return {"kind": "mask", "label": label, "mask_ref": ref, **extra}
+
+
+# --- masks -----------------------------------------------------------------------------------
+
+
+def test_mask_gives_exact_box_closed_contour_and_stored_mask(blobs):
+    shape = (256, 256)
+    mask = disk_mask(shape, (100, 50), 20)  # |offset| < 20: rows 81..119, cols 31..69
+    display = bright_disk_image(shape, (100, 50), 20)
+    record = make_record(shape, [mask_annotation(blobs, mask)])
+    rois, problems = ground_record(record, display, 1.0, blobs, make_spec("ct", ["liver"]))
+    assert problems == []
+    (roi,) = rois
+    assert list(roi) == schemas.ROIS.names or set(roi) == set(schemas.ROIS.names)
+    assert (roi["x0"], roi["y0"], roi["x1"], roi["y1"]) == (31, 81, 70, 120)
+    assert roi["origin"] == "annotation:mask" and roi["confidence"] == 1.0 and roi["label"] == "lesion"
+    assert roi["area_px"] == int(mask.sum())
+    contour = json.loads(roi["contour"])
+    assert 8 <= len(contour) <= 64
+    assert contour[0] == contour[-1]
+    xs, ys = [p[0] for p in contour], [p[1] for p in contour]
+    assert 30 <= min(xs) and max(xs) <= 70 and 80 <= min(ys) and max(ys) <= 120
+    stored = np.asarray(Image.open(io.BytesIO(blobs.path(roi["mask_path"]).read_bytes())))
+    assert np.array_equal(stored > 0, mask)
+    assert roi["image_height"] == 256 and roi["relations"] == "[]"
+
+
+def test_mask_is_resized_to_display_and_area_in_mm(blobs):
+    shape = (512, 512)
+    mask = disk_mask(shape, (256, 256), 100)
+    display = np.zeros((256, 256), dtype=np.uint8)
+    record = make_record(shape, [mask_annotation(blobs, mask)], spacing=[0.5, 0.5])
+    (roi,), _ = ground_record(record, display, 0.5, blobs, make_spec("ct", ["liver"]))
+    assert abs(roi["x0"] - 78) <= 1 and abs(roi["x1"] - 178) <= 1
+    # One display pixel is 1 mm x 1 mm; the disk is pi * (50 mm)^2.
+    assert roi["area_mm2"] == pytest.approx(np.pi * 50**2, rel=0.03)
+    assert roi["area_mm2"] == pytest.approx(roi["area_px"] * 1.0)
+
+
+def test_instance_mask_splits_into_one_roi_per_instance(blobs):
+    shape = (128, 128)
+    labels = np.zeros(shape, dtype=np.uint16)
+    for value, center in ((1, (30, 30)), (2, (30, 90)), (300, (90, 60))):
+        labels[disk_mask(shape, center, 10)] = value
+    record = make_record(shape, [mask_annotation(blobs, labels, label="nucleus", instances=True)], modality="microscopy")
+    display = np.full(shape, 30, dtype=np.uint8)
+    display[labels > 0] = 220
+    rois, problems = ground_record(record, display, 1.0, blobs, make_spec("microscopy", ["cell"]))
+    assert problems == [] and len(rois) == 3
+    assert [r["count_same_label"] for r in rois] == [3, 3, 3]
+    assert len({r["roi_id"] for r in rois}) == 3
+    assert all(r["intensity_word"] == "brighter" for r in rois)
+
+
+def test_non_instance_label_mask_is_one_roi(blobs):
+    shape = (64, 64)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[5:15, 5:15] = 1
+    labels[40:50, 40:50] = 2
+    record = make_record(shape, [mask_annotation(blobs, labels)])
+    rois, _ = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert len(rois) == 1 and rois[0]["area_px"] == 200
+
+
+def test_empty_mask_gives_no_roi_a_problem_and_a_whole_image_entry(blobs):
+    shape = (64, 80)
+    record = make_record(shape, [mask_annotation(blobs, np.zeros(shape, np.uint8))])
+    rois, problems = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert len(problems) == 1 and "no pixels" in problems[0]
+    assert [r["origin"] for r in rois] == ["whole_image"]
+
+
+def test_mask_of_wrong_size_is_a_problem(blobs):
+    record = make_record((64, 64), [mask_annotation(blobs, np.ones((32, 64), np.uint8))])
+    rois, problems = ground_record(record, np.zeros((64, 64), np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert "differs from image shape" in problems[0] and rois[0]["origin"] == "whole_image"
+
+
+def test_unreadable_annotations_are_problems_not_crashes(blobs):
+    record = make_record((32, 32), [])
+    record["annotations"] = "{not json"
+    rois, problems = ground_record(record, np.zeros((32, 32), np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert "not valid JSON" in problems[0] and rois[0]["origin"] == "whole_image"
+    record = make_record((32, 32), [{"kind": "mask", "label": "x", "mask_ref": "blobs/masks/none.npy"}, {"kind": "polygon"}])
+    rois, problems = ground_record(record, np.zeros((32, 32), np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert len(problems) == 2 and "unknown annotation kind" in problems[1]
+
+
+# --- boxes and contours ----------------------------------------------------------------------
+
+
+def test_box_becomes_coarse_mask_scaled_to_display(blobs):
+    record = make_record((256, 256), [{"kind": "box", "label": "nodule", "box": [10, 20, 50, 60]}], modality="xray")
+    display = np.zeros((128, 128), dtype=np.uint8)
+    (roi,), problems = ground_record(record, display, 0.5, blobs, make_spec("xray", ["chest"]))
+    assert problems == []
+    assert (roi["x0"], roi["y0"], roi["x1"], roi["y1"]) == (5, 10, 25, 30)
+    assert roi["origin"] == "annotation:box" and roi["confidence"] == 0.7
+    assert roi["area_px"] == 400
+    stored = np.asarray(Image.open(io.BytesIO(blobs.path(roi["mask_path"]).read_bytes()))) > 0
+    expected = np.zeros((128, 128), bool)
+    expected[10:30, 5:25] = True
+    assert np.array_equal(stored, expected)
+    # A rectangle is the annotator's frame, not the lesion's outline.
+    assert roi["shape"] is None and roi["margin"] is None
+
+
+def test_bad_boxes_are_problems(blobs):
+    annotations = [
+        {"kind": "box", "label": "a", "box": [10, 10, 10, 30]},  # zero width
+        {"kind": "box", "label": "b", "box": [300, 300, 400, 400]},  # outside a 256 image
+        {"kind": "box", "label": "c", "box": [0, 0, 64, 64]},
+    ]
+    record = make_record((256, 256), annotations)
+    rois, problems = ground_record(record, np.zeros((256, 256), np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert [r["label"] for r in rois] == ["c"]
+    assert len(problems) == 2 and "zero area" in problems[0] and "outside" in problems[1]
+
+
+def test_contour_is_rasterized(blobs):
+    square = [[20, 20], [60, 20], [60, 60], [20, 60]]
+    record = make_record((100, 100), [{"kind": "contour", "label": "GTV", "points": square}])
+    (roi,), problems = ground_record(record, np.zeros((100, 100), np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert problems == [] and roi["origin"] == "annotation:contour"
+    # Edge points belong to the region: x and y span 20..60 inclusive.
+    assert (roi["x0"], roi["y0"], roi["x1"], roi["y1"]) == (20, 20, 61, 61)
+    assert roi["area_px"] == 41 * 41
+    bad = make_record((100, 100), [{"kind": "contour", "label": "GTV", "points": [[1, 1], [2, 2]]}])
+    rois, problems = ground_record(bad, np.zeros((100, 100), np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert "at least 3" in problems[0]
+
+
+# --- whole image ------------------------------------------------------------------------------
+
+
+def test_no_annotations_gives_one_whole_image_roi(blobs):
+    tissue = skdata.immunohistochemistry()
+    record = make_record(tissue.shape[:2], [], modality="histopathology")
+    rois, problems = ground_record(record, tissue, 1.0, blobs, make_spec("histopathology", ["colon"]))
+    assert problems == []
+    (roi,) = rois
+    assert roi["origin"] == "whole_image" and roi["label"] is None and roi["confidence"] == 0.0
+    assert (roi["x0"], roi["y0"], roi["x1"], roi["y1"]) == (0, 0, 512, 512)
+    assert roi["mask_path"] is None and roi["relations"] == "[]" and roi["count_same_label"] == 0
+    # Nothing that reads as a lesion: no position, size, shape, contrast or margin words.
+    for key in ("horizontal", "vertical", "patient_side", "size_class", "shape", "intensity_word", "margin", "texture"):
+        assert roi[key] is None
+    assert roi["colour"] in {"pink", "brown", "purple", "white", "grey"}
+
+
+def test_roi_rows_write_with_the_rois_schema(blobs, tmp_path):
+    shape = (128, 128)
+    record = make_record(shape, [mask_annotation(blobs, disk_mask(shape, (64, 64), 20))])
+    rois, _ = ground_record(record, bright_disk_image(shape, (64, 64), 20), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert set(rois[0]) == set(schemas.ROIS.names)
+    out = tmp_path / "rois.parquet"
+    assert write_table(out, schemas.ROIS, rois) == 1
+    assert pq.read_table(out).column("shape").to_pylist() == ["round"]
+
+
+def test_roi_ids_are_stable(blobs):
+    shape = (64, 64)
+    record = make_record(shape, [{"kind": "box", "label": "a", "box": [1, 1, 20, 20]}])
+    first, _ = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    second, _ = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    other, _ = ground_record({**record, "record_id": "rec-2"}, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert first[0]["roi_id"] == second[0]["roi_id"] != other[0]["roi_id"]
+
+
+# --- attributes -------------------------------------------------------------------------------
+
+
+def test_position_words_and_patient_side_for_disk_on_image_left():
+    shape = (300, 300)
+    mask = disk_mask(shape, (250, 50), 20)
+    image = bright_disk_image(shape, (250, 50), 20)
+    ct = measure_roi(mask, image, modality="ct", radiological=True)
+    assert (ct["horizontal"], ct["vertical"], ct["patient_side"]) == ("left", "lower", "right")
+    assert ct["centroid_x"] == pytest.approx(50.5 / 300, abs=1e-3)
+    photo = measure_roi(mask, image, modality="dermoscopy", radiological=False)
+    assert photo["patient_side"] is None and photo["horizontal"] == "left"
+    middle = measure_roi(disk_mask(shape, (150, 150), 20), image, modality="ct", radiological=True)
+    assert (middle["horizontal"], middle["vertical"], middle["patient_side"]) == ("center", "middle", "midline")
+
+
+@pytest.mark.parametrize("radius, expected", [(5, "small"), (40, "medium"), (80, "large")])
+def test_size_classes(radius, expected):
+    shape = (256, 256)
+    mask = disk_mask(shape, (128, 128), radius)
+    assert measure_roi(mask, bright_disk_image(shape, (128, 128), radius), modality="ct", radiological=True)["size_class"] == expected
+
+
+def test_shapes():
+    shape = (256, 256)
+    image = np.zeros(shape, np.uint8)
+
+    def shape_of(mask):
+        return measure_roi(mask, image, modality="ct", radiological=True)["shape"]
+
+    assert shape_of(disk_mask(shape, (128, 128), 30)) == "round"
+    oval = np.zeros(shape, bool)
+    oval[draw.ellipse(128, 128, 30, 45, shape=shape)] = True
+    assert shape_of(oval) == "oval"
+    thin = np.zeros(shape, bool)
+    thin[draw.ellipse(128, 128, 8, 60, shape=shape)] = True
+    assert shape_of(thin) == "elongated"
+    star = np.zeros(shape, bool)
+    angles = np.linspace(0, 2 * np.pi, 21)[:-1]
+    radii = np.where(np.arange(20) % 2 == 0, 60, 25)
+    star[draw.polygon(128 + radii * np.sin(angles), 128 + radii * np.cos(angles), shape)] = True
+    assert shape_of(star) == "irregular"
+
+
+def test_bright_disk_is_hyperdense_with_sharp_margin_and_blurred_disk_is_ill_defined():
+    shape = (256, 256)
+    mask = disk_mask(shape, (128, 128), 25)
+    sharp = bright_disk_image(shape, (128, 128), 25)
+    result = measure_roi(mask, sharp, modality="ct", radiological=True)
+    assert result["intensity_word"] == "hyperdense" and result["intensity_contrast"] > 0.5
+    assert result["margin"] == "well-defined" and result["texture"] == "homogeneous"
+    blurred = ndimage.gaussian_filter(bright_disk_image(shape, (128, 128), 25, noise=0).astype(float), 5)
+    blurred = np.clip(blurred + np.random.default_rng(1).normal(0, 5, shape), 0, 255).astype(np.uint8)
+    soft = measure_roi(mask, blurred, modality="ct", radiological=True)
+    assert soft["margin"] == "ill-defined"
+    assert soft["margin_sharpness"] < result["margin_sharpness"]
+
+
+@pytest.mark.parametrize(
+    "modality, inside, word",
+    [("mri", 200, "hyperintense"), ("ultrasound", 10, "hypoechoic"), ("xray", 200, "more opaque"),
+     ("pet", 200, "increased uptake"), ("dermoscopy", 10, "darker"), ("ct", 45, "isodense")],
+)
+def test_intensity_words_by_modality(modality, inside, word):
+    shape = (128, 128)
+    mask = disk_mask(shape, (64, 64), 20)
+    image = bright_disk_image(shape, (64, 64), 20, inside=inside, outside=40)
+    assert measure_roi(mask, image, modality=modality, radiological=True)["intensity_word"] == word
+
+
+def test_heterogeneous_versus_homogeneous():
+    shape = (256, 256)
+    mask = disk_mask(shape, (128, 128), 40)
+    smooth = bright_disk_image(shape, (128, 128), 40, inside=160, outside=60, noise=6)
+    mottled = smooth.copy()
+    rng = np.random.default_rng(2)
+    mottled[mask] = np.clip(160 + rng.normal(0, 40, int(mask.sum())), 0, 255).astype(np.uint8)
+    assert measure_roi(mask, smooth, modality="mri", radiological=True)["texture"] == "homogeneous"
+    result = measure_roi(mask, mottled, modality="mri", radiological=True)
+    assert result["texture"] == "heterogeneous" and result["texture_ratio"] > 3
+
+
+def test_colour_of_red_patch_on_real_fundus_photo():
+    retina = skdata.retina()[::4, ::4].copy()
+    mask = np.zeros(retina.shape[:2], bool)
+    mask[100:140, 150:200] = True
+    retina[mask] = (185, 35, 45)
+    assert measure_roi(mask, retina, modality="fundus", radiological=False)["colour"] == "red"
+    grey = measure_roi(mask, retina[:, :, 0], modality="fundus", radiological=False)
+    assert grey["colour"] is None
+
+
+@pytest.mark.parametrize(
+    "rgb, name",
+    [((190, 40, 40), "red"), ((95, 55, 30), "dark brown"), ((160, 100, 60), "brown"), ((250, 250, 250), "white"),
+     ((30, 60, 200), "blue"), ((240, 160, 185), "pink"), ((10, 10, 10), "black")],
+)
+def test_colour_names(rgb, name):
+    assert colour_name(rgb) == name
+
+
+# --- relations --------------------------------------------------------------------------------
+
+
+def test_relations_left_of_contains_and_lone(blobs):
+    shape = (200, 200)
+    left, right = disk_mask(shape, (100, 40), 15), disk_mask(shape, (100, 160), 15)
+    organ, lesion = disk_mask(shape, (100, 100), 30), disk_mask(shape, (100, 100), 8)
+    annotations = [
+        mask_annotation(blobs, left, "a"),
+        mask_annotation(blobs, right, "b"),
+        mask_annotation(blobs, organ, "organ"),
+        mask_annotation(blobs, lesion, "lesion"),
+    ]
+    rois, _ = ground_record(make_record(shape, annotations), np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    by_label = {r["label"]: r for r in rois}
+
+    def relations(of, to):
+        return [e["relation"] for e in json.loads(by_label[of]["relations"]) if e["roi_id"] == by_label[to]["roi_id"]]
+
+    assert relations("a", "b") == ["left_of"] and relations("b", "a") == ["right_of"]
+    assert relations("organ", "lesion") == ["contains"] and relations("lesion", "organ") == ["inside"]
+    # Boxes 16 px apart (8% of the width): beside, but not adjacent.
+    assert relations("a", "organ") == ["left_of"]
+    distance = next(e["distance"] for e in json.loads(by_label["a"]["relations"]) if e["roi_id"] == by_label["b"]["roi_id"])
+    assert distance == pytest.approx(120 / np.hypot(200, 200), abs=0.01)
+
+
+def test_relate_from_boxes_without_masks():
+    base = {"image_width": 100, "image_height": 100, "label": "x", "relations": None}
+    top = {**base, "roi_id": "top", "x0": 40, "y0": 5, "x1": 60, "y1": 20, "centroid_x": 0.5, "centroid_y": 0.125}
+    bottom = {**base, "roi_id": "bottom", "x0": 40, "y0": 21, "x1": 60, "y1": 40, "centroid_x": 0.5, "centroid_y": 0.3}
+    big = {**base, "roi_id": "big", "x0": 0, "y0": 50, "x1": 100, "y1": 100, "centroid_x": 0.5, "centroid_y": 0.75}
+    small = {**base, "roi_id": "small", "x0": 10, "y0": 60, "x1": 20, "y1": 70, "centroid_x": 0.15, "centroid_y": 0.65}
+    rois = [top, bottom, big, small]
+    relate(rois)
+    rel = {r["roi_id"]: {(e["roi_id"], e["relation"]) for e in json.loads(r["relations"])} for r in rois}
+    assert ("bottom", "above") in rel["top"] and ("bottom", "adjacent") in rel["top"]
+    assert ("top", "below") in rel["bottom"]
+    assert ("small", "contains") in rel["big"] and ("big", "inside") in rel["small"]
+    lone = [{**top, "relations": None}]
+    relate(lone)
+    assert lone[0]["relations"] == "[]"
+
+
+# --- real data --------------------------------------------------------------------------------
+
+
+def _busi_rois(blobs, folder: str):
+    spec = make_spec("ultrasound", ["breast"])
+    results = []
+    for image_path in sorted((REALDATA / "busi" / folder / "images").glob("*.png")):
+        mask_path = REALDATA / "busi" / folder / "mask" / image_path.name.replace(".png", "_mask.png")
+        pixels = np.asarray(Image.open(image_path).convert("L"))
+        mask = np.asarray(Image.open(mask_path))
+        record = make_record(pixels.shape, [mask_annotation(blobs, mask, folder)], modality="ultrasound", record_id=image_path.name)
+        record["pixel_units"] = "raw"
+        normalized = normalize_pixels(pixels, record, spec)
+        results.append(ground_record(record, normalized.display, normalized.scale, blobs, spec))
+    return results
+
+
+@needs_realdata
+def test_busi_lesions_are_hypoechoic_and_malignant_margins_less_sharp(blobs):
+    benign, malignant = _busi_rois(blobs, "benign"), _busi_rois(blobs, "malignant")
+    assert benign and malignant
+    for rois, problems in benign + malignant:
+        assert problems == [] and rois[0]["origin"] == "annotation:mask"
+        # Breast masses on ultrasound are darker than the surrounding tissue.
+        assert rois[0]["intensity_word"] == "hypoechoic"
+    benign_sharpness = np.mean([rois[0]["margin_sharpness"] for rois, _ in benign])
+    malignant_sharpness = np.mean([rois[0]["margin_sharpness"] for rois, _ in malignant])
+    assert malignant_sharpness < benign_sharpness
+
+
+@needs_realdata
+def test_busi_normal_images_have_empty_masks_reported(blobs):
+    for rois, problems in _busi_rois(blobs, "normal"):
+        assert [r["origin"] for r in rois] == ["whole_image"]
+        assert len(problems) == 1 and "no pixels" in problems[0]
+
+
+@needs_realdata
+def test_dsb2018_nuclei_instances_become_rois(blobs):
+    import tifffile
+
+    labels = tifffile.imread(REALDATA / "dsb2018" / "images" / "mask2d.tif")
+    pixels = tifffile.imread(REALDATA / "dsb2018" / "images" / "img2d.tif")
+    spec = make_spec("microscopy", ["cell"])
+    record = make_record(labels.shape, [mask_annotation(blobs, labels, "nucleus", instances=True)], modality="microscopy")
+    record["pixel_units"] = "raw"
+    normalized = normalize_pixels(pixels, record, spec)
+    rois, problems = ground_record(record, normalized.display, normalized.scale, blobs, spec)
+    instances = len(np.unique(labels)) - 1
+    assert problems == [] and len(rois) == instances
+    assert all(r["count_same_label"] == instances for r in rois)
+    # Fluorescent nuclei are brighter than the dark background around them.
+    assert np.mean([r["intensity_word"] == "brighter" for r in rois]) > 0.9
+    # Relations are kept to the nearest neighbours, not every pair.
+    assert max(len(json.loads(r["relations"])) for r in rois) <= 2 * 8 + 4
