@@ -1,6 +1,5 @@
 """The one Definitions object: assets, checks, SQL models, sensor, schedule and resources."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -64,9 +64,9 @@ def test_sql_models_take_their_upstreams_from_the_sql():
 
 
 def test_sensor_schedule_and_job_are_defined():
-    assert defs.get_sensor_def("raw_files_sensor")
-    assert defs.get_schedule_def("refresh_sources_schedule")
-    assert defs.get_job_def("source_pipeline")
+    assert defs.resolve_sensor_def("raw_files_sensor")
+    assert defs.resolve_schedule_def("refresh_sources_schedule")
+    assert defs.resolve_job_def("source_pipeline")
 
 
 def test_dagster_cli_validates_the_workspace():

@@ -92,7 +92,7 @@ def test_mask_gives_exact_box_closed_contour_and_stored_mask(blobs):
     rois, problems = ground_record(record, display, 1.0, blobs, make_spec("ct", ["liver"]))
     assert problems == []
     (roi,) = rois
-    assert list(roi) == schemas.ROIS.names or set(roi) == set(schemas.ROIS.names)
+    assert set(roi) == set(schemas.ROIS.names)
     assert (roi["x0"], roi["y0"], roi["x1"], roi["y1"]) == (31, 81, 70, 120)
     assert roi["origin"] == "annotation:mask" and roi["confidence"] == 1.0 and roi["label"] == "lesion"
     assert roi["area_px"] == int(mask.sum())
@@ -264,6 +264,16 @@ def test_position_words_and_patient_side_for_disk_on_image_left():
     assert (middle["horizontal"], middle["vertical"], middle["patient_side"]) == ("center", "middle", "midline")
 
 
+def test_tiny_roi_has_no_shape_but_is_measured():
+    shape = (64, 64)
+    mask = np.zeros(shape, bool)
+    mask[10, 10] = True
+    result = measure_roi(mask, bright_disk_image(shape, (10, 10), 1), modality="ct", radiological=True)
+    assert result["area_px"] == 1 and result["size_class"] == "small"
+    assert result["shape"] is None and result["circularity"] is None
+    assert result["intensity_word"] is not None
+
+
 @pytest.mark.parametrize("radius, expected", [(5, "small"), (40, "medium"), (80, "large")])
 def test_size_classes(radius, expected):
     shape = (256, 256)
@@ -374,6 +384,25 @@ def test_relations_left_of_contains_and_lone(blobs):
     assert relations("a", "organ") == ["left_of"]
     distance = next(e["distance"] for e in json.loads(by_label["a"]["relations"]) if e["roi_id"] == by_label["b"]["roi_id"])
     assert distance == pytest.approx(120 / np.hypot(200, 200), abs=0.01)
+
+
+def test_mask_relations_are_exact_and_kept_by_a_later_relate(blobs):
+    shape = (100, 100)
+    # A thin diagonal band whose bounding box encloses a small disk that it never touches.
+    band = np.zeros(shape, bool)
+    for row in range(61):
+        band[row, max(0, 60 - row - 1) : 60 - row + 2] = True
+    disk = disk_mask(shape, (50, 50), 8)
+    annotations = [mask_annotation(blobs, band, "band"), mask_annotation(blobs, disk, "disk")]
+    rois, _ = ground_record(make_record(shape, annotations), np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    from_masks = [r["relations"] for r in rois]
+    assert "contains" not in from_masks[0] and "overlaps" not in from_masks[0]
+    relate(rois)  # what the stage does next, without masks: keeps the exact relations
+    assert [r["relations"] for r in rois] == from_masks
+    for roi in rois:
+        roi["relations"] = None
+    relate(rois)  # boxes only: the band's box encloses the disk's box
+    assert json.loads(rois[0]["relations"])[0]["relation"] == "contains"
 
 
 def test_relate_from_boxes_without_masks():

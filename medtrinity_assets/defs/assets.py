@@ -6,7 +6,6 @@ themselves are Parquet files under the data root (written atomically by the stag
 pass no data through Dagster's IO managers; lineage comes from ``deps``.
 """
 
-from __future__ import annotations
 
 from typing import Callable
 

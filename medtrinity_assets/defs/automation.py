@@ -1,6 +1,5 @@
 """Sensor and schedule that keep source partitions current."""
 
-from __future__ import annotations
 
 import json
 

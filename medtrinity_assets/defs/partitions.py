@@ -1,6 +1,5 @@
 """Partition = source: one static partition per catalog entry."""
 
-from __future__ import annotations
 
 import dagster as dg
 

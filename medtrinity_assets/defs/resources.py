@@ -1,6 +1,5 @@
 """The one resource every asset shares: where data lives and which catalog to read."""
 
-from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path

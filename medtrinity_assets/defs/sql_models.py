@@ -1,6 +1,5 @@
 """Each SQL file in dbt_like_sql/ becomes an asset; its upstream assets are the refs in its SQL."""
 
-from __future__ import annotations
 
 import time
 

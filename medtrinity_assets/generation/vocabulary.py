@@ -71,6 +71,7 @@ ORGAN_REGION = {
     "brain": "head",
     "head": "head",
     "skull": "head",
+    "head and neck": "head",
     "grey matter": "head",
     "gray matter": "head",
     "white matter": "head",
@@ -129,6 +130,7 @@ ORGAN_SYNONYMS = {
     "cells": "cell",
     "nucleus": "nuclei",
     "cell nuclei": "nuclei",
+    "cell nucleus": "nuclei",
 }
 
 SIZE_WORD = {"small": "small", "medium": "medium-sized", "large": "large"}

@@ -32,6 +32,7 @@ RING_GRADIENT_FLOOR = 0.02
 # Shape: solidity < 0.80 is concave / lobulated; eccentricity >= 0.92 is an axis ratio below
 # ~0.4; a round ROI has axis ratio > 0.8 (eccentricity < 0.6) and a smooth outline.
 IRREGULAR_SOLIDITY = 0.80
+MIN_SHAPE_PIXELS = 16
 IRREGULAR_CIRCULARITY = 0.55
 ELONGATED_ECCENTRICITY = 0.92
 ROUND_ECCENTRICITY = 0.60
@@ -211,7 +212,8 @@ def measure_roi(
     crop_display = display[cy0:cy1, cx0:cx1]
     grey = grey_of(crop_display)
 
-    if outline_is_exact:
+    # Below MIN_SHAPE_PIXELS the pixel grid, not the region, decides perimeter and axes.
+    if outline_is_exact and area_px >= MIN_SHAPE_PIXELS:
         props = measure.regionprops(crop_mask.astype(np.uint8))[0]
         perimeter = float(props.perimeter)
         circularity = min(1.0, 4 * math.pi * area_px / perimeter**2) if perimeter > 0 else 0.0
