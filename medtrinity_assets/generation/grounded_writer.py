@@ -37,8 +37,20 @@ WRITER = "grounded-v1"
 PROMPT_VERSION = "five-part-v1"
 MAX_PASSAGES = 3
 MAX_OTHER_ROIS = 5
+MAX_RELATIONS = 6  # nearest first (grounding orders them): enough for the local-global picture
 
 BACKGROUND_PREFIX = "Background knowledge"
+# grounding.relations words, read as "this ROI <relation> that ROI" in image coordinates.
+RELATION_VERBS = {
+    "left_of": "lies to the left of",
+    "right_of": "lies to the right of",
+    "above": "lies above",
+    "below": "lies below",
+    "adjacent": "is adjacent to",
+    "contains": "contains",
+    "inside": "lies inside",
+    "overlaps": "overlaps",
+}
 
 
 def background(chunk_id: str, text: str) -> str:
@@ -96,7 +108,10 @@ def _part_organ_tissue(record: dict, rois: list[dict], spec, passages: list[tupl
     labels = record_labels(record, rois)
     if labels:
         quoted = join_words([f"'{label}'" for label in labels])
-        sentences.append(f"The finding labels given by the source are {quoted}.")
+        if len(labels) == 1:
+            sentences.append(f"The finding label given by the source is {quoted}.")
+        else:
+            sentences.append(f"The finding labels given by the source are {quoted}.")
     else:
         sentences.append("The source gives no finding label for this image.")
     if passages:
@@ -209,13 +224,15 @@ def _part_relations(record: dict, rois: list[dict], primary: dict | None) -> str
         other = by_id.get(relation.get("roi_id"))
         if other is None or not relation.get("relation"):
             continue
-        words = str(relation["relation"]).replace("_", " ")
+        verb = RELATION_VERBS.get(str(relation["relation"]), str(relation["relation"]).replace("_", " "))
         distance = relation.get("distance")
-        tail = f" (distance {float(distance):.3g})" if isinstance(distance, (int, float)) else ""
-        phrases.append(f"{words} the region labelled '{display_label(other.get('label') or 'finding')}'{tail}")
+        tail = f" (centre distance {100 * float(distance):.0f}% of the image diagonal)" if isinstance(distance, (int, float)) else ""
+        if len(phrases) >= MAX_RELATIONS:
+            break
+        phrases.append(f"{verb} the region labelled '{display_label(other.get('label') or 'finding')}'{tail}")
     sentences = []
     if phrases:
-        sentences.append("Relative to the other regions, the primary region is " + "; ".join(phrases) + ".")
+        sentences.append("Relative to the other annotated regions, the primary region " + "; ".join(phrases) + ".")
     else:
         sentences.append("No relation to another annotated region was recorded for the primary region.")
     fraction = primary.get("area_fraction")

@@ -162,7 +162,11 @@ def display_label(label: str) -> str:
 
 
 def article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
+    first = word.split(" ")[0]
+    # Acronyms are read letter by letter: "an MRI", "an X-ray", but "a CT", "a PET".
+    if first[:2].isupper() and first.upper() not in {"PET"}:
+        return "an" if first[0] in "AEFHILMNORSX" else "a"
+    return "an" if first[:1].lower() in "aeiou" else "a"
 
 
 def join_words(words: Iterable[str]) -> str:
