@@ -72,3 +72,8 @@ def raw_dir() -> Path:
 
 def knowledge_dir() -> Path:
     return _env_path("MEDTRINITY_KNOWLEDGE", REPO_ROOT / "data" / "knowledge")
+
+
+def realdata_dir() -> Path:
+    """The shared real-data extracts that tests read in place (never copied into the project)."""
+    return _env_path("MEDTRINITY_REALDATA", REPO_ROOT.parent / "shared" / "realdata")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medtrinity_assets.paths import realdata_dir
 import io
 import json
 from pathlib import Path
@@ -22,7 +23,7 @@ from medtrinity_assets.grounding.rois import ground_record
 from medtrinity_assets.imaging.normalize import normalize_pixels
 from medtrinity_assets.storage import BlobStore, write_table
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REALDATA = realdata_dir()
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not present")
 
 

@@ -6,6 +6,7 @@ files copied into tmp_path); nothing is mocked.
 
 from __future__ import annotations
 
+from medtrinity_assets.paths import realdata_dir
 import csv
 import io
 import json
@@ -23,7 +24,7 @@ from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import IngestContext, Quarantined, patient_hash, record_id_for
 from medtrinity_assets.storage import BlobStore
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REALDATA = realdata_dir()
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not present")
 
 BASE_SPEC = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medtrinity_assets.paths import realdata_dir
 import copy
 import json
 import shutil
@@ -327,7 +328,7 @@ def test_unreadable_nifti_is_quarantined(tmp_path):
     assert not records and quarantined[0].reason.startswith("not a readable NIfTI volume")
 
 
-REALDATA_PET = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "ibsi_sts" / "dicom" / "STS_001" / "PET"
+REALDATA_PET = realdata_dir() / "ibsi_sts" / "dicom" / "STS_001" / "PET"
 
 
 @pytest.mark.skipif(not REALDATA_PET.is_dir(), reason="../shared/realdata is not present")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medtrinity_assets.paths import realdata_dir
 import hashlib
 import io
 import struct
@@ -23,7 +24,7 @@ from medtrinity_assets.imaging.normalize import (
 )
 from medtrinity_assets.imaging.phash import hamming, phash
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REALDATA = realdata_dir()
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not present")
 PYDICOM_DATA = Path(pydicom.__file__).resolve().parents[1] / "data_store" / "data"
 

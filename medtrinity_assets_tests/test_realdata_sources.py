@@ -3,6 +3,7 @@ own files, CSVs and annotation JSONs (read here with plain Pillow / csv / json /
 
 from __future__ import annotations
 
+from medtrinity_assets.paths import realdata_dir
 import csv
 import json
 import re
@@ -18,7 +19,7 @@ from medtrinity_assets.paths import REPO_ROOT
 from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import IngestContext, Quarantined
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REALDATA = realdata_dir()
 pytestmark = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not present")
 CATALOG = REPO_ROOT / "data" / "sources"
 REALDATA_SOURCES = {

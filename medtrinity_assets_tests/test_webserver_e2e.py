@@ -155,7 +155,7 @@ def test_launch_partition_through_graphql(webserver):
     assert _wait(webserver, run_id) == "SUCCESS"
 
     triplets = webserver["data_root"] / "tables" / "triplets" / f"{SOURCE}.parquet"
-    rows = duckdb.sql(f"SELECT count(*), count(description), count(DISTINCT image_sha256) FROM read_parquet('{triplets}')").fetchone()
+    rows = duckdb.sql(f"SELECT count(*), count(description), count(DISTINCT image_sha256) FROM read_parquet('{triplets}')").fetchall()[0]
     assert rows[0] > 0 and rows[1] == rows[0] and rows[2] == rows[0]
 
     checks = _graphql(webserver["url"], CHECKS, {"key": {"path": ["triplets"]}})["assetNodes"][0]["assetChecksOrError"]["checks"]
