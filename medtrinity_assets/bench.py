@@ -221,4 +221,6 @@ def benchmark_scaling(small: int, large: int) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from medtrinity_assets.shutdown import exit_quietly
+
+    exit_quietly(main())

@@ -58,6 +58,8 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
             resources=resources,
             raise_on_error=False,
             tags={"medtrinity/trigger": "cli"},
+            # Step-by-step events stay in the instance (and the UI); the terminal gets warnings.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         failed_checks = [
             f"{e.asset_check_evaluation_data.asset_check_key.name}"
@@ -138,4 +140,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from medtrinity_assets.shutdown import exit_quietly
+
+    exit_quietly(main())

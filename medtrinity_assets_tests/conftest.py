@@ -29,3 +29,20 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(paths["dagster_home"]))
     monkeypatch.setenv("MEDTRINITY_SALT", "test-salt")
     return paths
+
+
+_exit_status = {"code": 0}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status["code"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    # After pytest has printed its summary and run every other unconfigure hook: skip the
+    # interpreter teardown in which duckdb 2.0 prints its binding leak report
+    # (see medtrinity_assets/shutdown.py).
+    from medtrinity_assets.shutdown import exit_quietly
+
+    exit_quietly(_exit_status["code"])
