@@ -441,3 +441,19 @@ def test_build_dataset_with_no_sources_writes_empty_outputs(tmp_path):
     assert stats["rows"] == 0 and stats["rejected_fraction"] == 0.0
     assert pq.read_table(tmp_path / "dataset.parquet").schema.names == schemas.DATASET.names
     assert (tmp_path / "exports" / llava_file("train")).read_text() == ""
+
+
+def test_slices_of_one_volume_are_not_near_duplicates_of_each_other():
+    from medtrinity_assets.dataset.dedup import find_duplicates
+
+    close = "0f0f0f0f0f0f0f0f"
+    one_bit_off = "0f0f0f0f0f0f0f0e"
+    rows = [
+        ("mri", "a", "sha-a", close, "mri/vol1.nii.gz"),
+        ("mri", "b", "sha-b", one_bit_off, "mri/vol1.nii.gz"),  # neighbouring slice: kept
+        ("mri", "c", "sha-c", one_bit_off, "mri/vol2.nii.gz"),  # another volume: near duplicate
+        ("mri", "d", "sha-a", close, "mri/vol1.nii.gz"),  # identical bytes: exact duplicate
+    ]
+    found = find_duplicates(rows)
+    assert set(found) == {"c", "d"}
+    assert found["c"].kind == "near" and found["d"].kind == "exact"

@@ -60,23 +60,28 @@ def _blocks(hash_value: int, layout: list[tuple[int, int]]) -> list[tuple[int, i
 
 
 def find_duplicates(
-    rows: Iterable[tuple[str, str, str | None, str | None]],
+    rows: Iterable[tuple],
     max_hamming: int = NEAR_DUPLICATE_MAX_HAMMING,
 ) -> dict[str, Duplicate]:
     """Map record_id -> Duplicate for every row that is not kept.
 
-    ``rows`` are (source_id, record_id, image_sha256, phash). They are sorted here by
-    (source_id, record_id), so the result does not depend on input order. Duplicates always
-    point at a kept row, never at another duplicate.
+    ``rows`` are (source_id, record_id, image_sha256, phash) with an optional fifth item, a
+    group: rows of one group (the slices or frames of one volume) are never near duplicates of
+    each other, since neighbouring slices look alike by nature and were chosen on purpose by the
+    slicing rule; identical bytes still count. They are sorted here by (source_id, record_id), so
+    the result does not depend on input order. Duplicates always point at a kept row, never at
+    another duplicate.
     """
     if not 0 <= max_hamming < HASH_BITS:
         raise ValueError(f"max_hamming must be in [0, {HASH_BITS}), got {max_hamming}")
     layout = block_layout(max_hamming)
     kept_by_sha: dict[str, str] = {}
-    kept_by_block: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
+    kept_by_block: dict[tuple[int, int], list[tuple[int, int, str, object]]] = {}
     duplicates: dict[str, Duplicate] = {}
     ordered = sorted(rows, key=lambda row: (row[0], row[1]))
-    for order, (_source_id, record_id, sha, phash_text) in enumerate(ordered):
+    for order, row in enumerate(ordered):
+        _source_id, record_id, sha, phash_text = row[:4]
+        group = row[4] if len(row) > 4 else None
         if sha and sha in kept_by_sha:
             duplicates[record_id] = Duplicate(record_id, kept_by_sha[sha], "exact", 0)
             continue
@@ -84,7 +89,9 @@ def find_duplicates(
         match: tuple[int, int, str] | None = None  # (distance, kept order, kept id)
         if hash_value is not None:
             for block in _blocks(hash_value, layout):
-                for kept_hash, kept_order, kept_id in kept_by_block.get(block, ()):
+                for kept_hash, kept_order, kept_id, kept_group in kept_by_block.get(block, ()):
+                    if group is not None and kept_group == group:
+                        continue
                     distance = hamming(hash_value, kept_hash)
                     # The closest kept row wins; among equals the earliest, so reruns agree.
                     if distance <= max_hamming and (match is None or (distance, kept_order) < match[:2]):
@@ -98,5 +105,5 @@ def find_duplicates(
             kept_by_sha[sha] = record_id
         if hash_value is not None:
             for block in _blocks(hash_value, layout):
-                kept_by_block.setdefault(block, []).append((hash_value, order, record_id))
+                kept_by_block.setdefault(block, []).append((hash_value, order, record_id, group))
     return duplicates

@@ -108,10 +108,12 @@ def _empty_triplets_relation(con) -> str:
 
 def _mark_duplicates(con, relation: str, max_hamming: int) -> dict:
     keys = con.execute(
-        f"SELECT source_id, record_id, image_sha256, phash, split FROM {relation} ORDER BY source_id, record_id"
+        f"""SELECT source_id, record_id, image_sha256, phash, split,
+                   source_id || '/' || json_extract_string(provenance, '$.source_file') AS volume
+            FROM {relation} ORDER BY source_id, record_id"""
     ).fetchall()
-    split_of = {record_id: split for _, record_id, _, _, split in keys}
-    duplicates = find_duplicates(((s, r, sha, ph) for s, r, sha, ph, _ in keys), max_hamming=max_hamming)
+    split_of = {record_id: split for _, record_id, _, _, split, _ in keys}
+    duplicates = find_duplicates(((s, r, sha, ph, volume) for s, r, sha, ph, _, volume in keys), max_hamming=max_hamming)
     records = [d.record_id for d in duplicates.values()]
     table = pa.table(
         {
