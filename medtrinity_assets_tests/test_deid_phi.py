@@ -129,3 +129,45 @@ def test_pixels_are_unchanged_by_planting_so_only_the_header_carried_phi(tmp_pat
     planted_rows = pl.read_parquet(planted.table("raw_records", "phi_dicom")).filter(pl.col("source_file") == "ct_a.dcm")
     clean_rows = pl.read_parquet(clean.table("raw_records", "phi_dicom"))
     assert planted_rows["pixel_ref"].to_list() == clean_rows["pixel_ref"].to_list()
+
+
+def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path):
+    """Every stage, the knowledge base, the final dataset, its exports and the SQL warehouse:
+    the scan covers every byte the pipeline wrote (tables, PNGs, masks, Chroma, DuckDB, JSONL)."""
+    import duckdb
+    from PIL import Image, PngImagePlugin
+
+    from medtrinity_assets import stages
+    from medtrinity_assets.defs.sql_models import relation_for
+    from medtrinity_assets.paths import REPO_ROOT, knowledge_dir
+    from medtrinity_assets.quality.sql_models import discover_models, run_model
+
+    dicom_spec, nifti_spec = _build_sources(tmp_path / "inputs")
+    # A photo whose file metadata (PNG text chunks) names the patient.
+    photo_root = tmp_path / "inputs" / "photos"
+    photo_root.mkdir()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", PLANTED["PatientName"])
+    info.add_text("Comment", PLANTED["PatientID"])
+    Image.open(SITE / "skimage" / "data" / "ihc.png").convert("RGB").save(photo_root / "slide.png", pnginfo=info)
+    photo_spec = _spec("phi_photo", photo_root, {"family": "image_folder", "image_glob": "*.png"}, "histopathology")
+
+    root = DataRoot(tmp_path / "out")
+    stages.run_knowledge_base(root, knowledge_dir())
+    specs = (dicom_spec, nifti_spec, photo_spec)
+    for spec in specs:
+        stages.run_ingest(spec, root, salt="pepper")
+        for runner in (stages.run_normalize, stages.run_ground, stages.run_coarse_captions,
+                       stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
+            runner(spec, root)
+    report = stages.run_dataset(root, [s.id for s in specs])
+    assert report.rows > 0
+    con = duckdb.connect(str(root.warehouse))
+    for model in discover_models(REPO_ROOT / "dbt_like_sql"):
+        run_model(con, model, lambda ref: relation_for(root, ref))
+    con.close()
+
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".png" for p in written) and any(p.name.endswith(".jsonl") for p in written)
+    assert scan_for_identifiers([tmp_path / "out"], _identifiers()) == []
+

@@ -1,0 +1,125 @@
+"""Each kind of bad input named in the foundation issue: the file is quarantined with its
+reason, the partition still completes to triplets, and the quarantine check reports it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrinity_assets import stages
+from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.paths import DataRoot, knowledge_dir
+from medtrinity_assets.quality.checks import run_checks
+
+SITE = Path(np.__file__).resolve().parent.parent
+CT = SITE / "data_store" / "data" / "693_UNCR.dcm"
+IHC = SITE / "skimage" / "data" / "ihc.png"
+MNI = SITE / "nilearn" / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def _spec(root: Path, layout: dict, modality: str = "histopathology", organs=("colon",)) -> SourceSpec:
+    return SourceSpec.model_validate(
+        dict(id="bad_input", name="bad input", description="bad input", homepage="https://example.org",
+             license="test", citation="test", access="open", modality=modality, organs=list(organs),
+             diseases=["adenocarcinoma"], annotation_kinds=["mask"], approx_size="small", layout=layout,
+             root=str(root), slicing={"rule": "every_k", "every_k": 20, "max_slices": 2})
+    )
+
+
+def truncated_dicom(root: Path) -> tuple[SourceSpec, str, str]:
+    shutil.copy(CT, root / "good.dcm")
+    (root / "truncated.dcm").write_bytes(CT.read_bytes()[: CT.stat().st_size // 2])
+    return _spec(root, {"family": "dicom"}, "ct", ("head", "brain")), "truncated.dcm", ""
+
+
+def zero_byte_png(root: Path) -> tuple[SourceSpec, str, str]:
+    shutil.copy(IHC, root / "good.png")
+    (root / "empty.png").write_bytes(b"")
+    return _spec(root, {"family": "image_folder", "image_glob": "*.png"}), "empty.png", ""
+
+
+def mask_of_another_size(root: Path) -> tuple[SourceSpec, str, str]:
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    image = Image.open(IHC).convert("RGB")
+    mask = np.zeros((image.height, image.width), np.uint8)
+    mask[100:200, 150:300] = 255
+    for name in ("good", "wrong"):
+        image.save(root / "images" / f"{name}.png")
+    Image.fromarray(mask).save(root / "masks" / "good.png")
+    Image.fromarray(mask).resize((image.width // 2, image.height // 2)).save(root / "masks" / "wrong.png")
+    layout = {"family": "image_mask", "image_glob": "images/*.png", "mask_replace": [{"old": "images/", "new": "masks/"}]}
+    return _spec(root, layout), "images/wrong.png", ""
+
+
+def label_volume_of_another_shape(root: Path) -> tuple[SourceSpec, str, str]:
+    t1 = nib.load(MNI).slicer[60:120, 70:140, 50:90]
+    data = np.asanyarray(t1.dataobj)
+    label = (data > np.percentile(data, 80)).astype(np.uint8)
+    for name, label_data in (("good", label), ("wrong", label[:, :, :-5])):
+        nib.save(nib.Nifti1Image(data, t1.affine), root / f"{name}_image.nii.gz")
+        nib.save(nib.Nifti1Image(label_data, t1.affine), root / f"{name}_label.nii.gz")
+    layout = {"family": "nifti", "image_glob": "*_image.nii.gz", "label_replace": [{"old": "_image", "new": "_label"}]}
+    return _spec(root, layout, "mri", ("brain",)), "wrong_image.nii.gz", "shape"
+
+
+def csv_row_naming_a_missing_file(root: Path) -> tuple[SourceSpec, str, str]:
+    shutil.copy(IHC, root / "slide1.png")
+    (root / "labels.csv").write_text("image,finding\nslide1,adenocarcinoma\nslide2,adenocarcinoma\n")
+    layout = {"family": "image_csv", "csv": "labels.csv", "id_column": "image", "path_template": "{id}.png", "label_column": "finding"}
+    return _spec(root, layout), "slide2.png", "absent"
+
+
+def non_utf8_metadata(root: Path) -> tuple[SourceSpec, str, str]:
+    shutil.copy(IHC, root / "slide1.png")
+    # Latin-1 bytes in a file read as UTF-8: the row naming "slidé2" cannot be decoded.
+    (root / "labels.csv").write_bytes("image,finding\nslide1,adenocarcinoma\nslidé2,adenocarcinoma\n".encode("latin-1"))
+    layout = {"family": "image_csv", "csv": "labels.csv", "id_column": "image", "path_template": "{id}.png", "label_column": "finding"}
+    return _spec(root, layout), "", "UTF-8"
+
+
+@pytest.fixture(scope="module")
+def knowledge(tmp_path_factory):
+    root = DataRoot(tmp_path_factory.mktemp("kb"))
+    stages.run_knowledge_base(root, knowledge_dir())
+    return root.chroma
+
+
+@pytest.mark.parametrize(
+    "make",
+    [truncated_dicom, zero_byte_png, mask_of_another_size, label_volume_of_another_shape,
+     csv_row_naming_a_missing_file, non_utf8_metadata],
+)
+def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_path, make, knowledge):
+    source = tmp_path / "source"
+    source.mkdir()
+    spec, bad_file, reason_word = make(source)
+    root = DataRoot(tmp_path / "var")
+    shutil.copytree(knowledge, root.chroma)
+
+    ingest = stages.run_ingest(spec, root, "salt")
+    assert ingest.rows >= 1 and ingest.quarantined == 1, ingest.reasons
+    import duckdb
+
+    quarantined = duckdb.connect().sql(
+        f"SELECT source_file, reason FROM read_parquet('{root.quarantine('ingest', spec.id)}')"
+    ).fetchall()
+    (file, reason), = quarantined
+    if bad_file:
+        assert file == bad_file
+    assert reason and reason_word.lower() in reason.lower()
+
+    for runner in (stages.run_normalize, stages.run_ground, stages.run_coarse_captions,
+                   stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
+        runner(spec, root)
+    triplets = duckdb.connect().sql(f"SELECT count(*) FROM read_parquet('{root.table('triplets', spec.id)}')").fetchall()[0][0]
+    assert triplets == ingest.rows  # everything readable made it to the end
+
+    outcome = next(o for o in run_checks("raw_records", root, spec.id) if o.name == "quarantine_rate")
+    assert outcome.metadata["quarantined"] == 1
+    assert [r["reason"] for r in outcome.metadata["by_reason"]] == [reason]
