@@ -38,7 +38,12 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
     """Knowledge base, then every per-source stage for each source, then the dataset and SQL models."""
     import dagster as dg
 
-    from medtrinity_assets.defs.assets import ASSETS, PARTITIONED_ASSETS, knowledge_base, medtrinity_dataset
+    from medtrinity_assets.defs.assets import (
+        ASSETS,
+        PARTITIONED_ASSETS,
+        knowledge_base,
+        medtrinity_dataset,
+    )
     from medtrinity_assets.defs.resources import PipelineSettings
     from medtrinity_assets.defs.sql_models import SQL_ASSETS
 

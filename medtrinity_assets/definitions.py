@@ -4,7 +4,11 @@
 import dagster as dg
 
 from medtrinity_assets.defs.assets import ASSETS, quarantine
-from medtrinity_assets.defs.automation import raw_files_sensor, refresh_sources_schedule, source_pipeline_job
+from medtrinity_assets.defs.automation import (
+    raw_files_sensor,
+    refresh_sources_schedule,
+    source_pipeline_job,
+)
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
 

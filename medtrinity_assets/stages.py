@@ -300,7 +300,11 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 
 def run_knowledge_base(data_root: DataRoot, knowledge_folder: Path) -> StageReport:
-    from medtrinity_assets.knowledge.corpus import chunk_corpus, corpus_fingerprint, load_corpus
+    from medtrinity_assets.knowledge.corpus import (
+        chunk_corpus,
+        corpus_fingerprint,
+        load_corpus,
+    )
     from medtrinity_assets.knowledge.store import build_knowledge_base
 
     report = StageReport("knowledge_base", None)

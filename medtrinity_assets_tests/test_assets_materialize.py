@@ -3,21 +3,22 @@ with bad files completes, quarantines them and reports it in a failing check."""
 
 from __future__ import annotations
 
-import shutil
 
 import dagster as dg
 import duckdb
 import pytest
-from PIL import Image
 
 from medtrinity_assets.catalog import load_catalog
 from medtrinity_assets.catalog.acquire import fetch_package_files
-from medtrinity_assets.defs.assets import ASSETS, PARTITIONED_ASSETS, knowledge_base, medtrinity_dataset
+from medtrinity_assets.defs.assets import (
+    ASSETS,
+    PARTITIONED_ASSETS,
+    knowledge_base,
+    medtrinity_dataset,
+)
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
-from medtrinity_assets.paths import DataRoot
-
-from medtrinity_assets.paths import realdata_dir
+from medtrinity_assets.paths import DataRoot, realdata_dir
 
 REALDATA = realdata_dir()
 

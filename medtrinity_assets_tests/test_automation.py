@@ -8,7 +8,10 @@ import time
 
 import dagster as dg
 
-from medtrinity_assets.catalog.fingerprint import folder_fingerprint, partitions_to_refresh
+from medtrinity_assets.catalog.fingerprint import (
+    folder_fingerprint,
+    partitions_to_refresh,
+)
 from medtrinity_assets.defs.automation import raw_files_sensor, refresh_sources_schedule
 from medtrinity_assets.defs.partitions import DEMO_SOURCES
 

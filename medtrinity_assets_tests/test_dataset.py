@@ -19,8 +19,18 @@ import pytest
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.dataset.dedup import find_duplicates, hamming, parse_phash
-from medtrinity_assets.dataset.exports import CARD_FILE, REJECTED_FILE, build_dataset, llava_file
-from medtrinity_assets.dataset.splits import SPLIT_NAMES, patient_split, split_bucket, split_sql
+from medtrinity_assets.dataset.exports import (
+    CARD_FILE,
+    REJECTED_FILE,
+    build_dataset,
+    llava_file,
+)
+from medtrinity_assets.dataset.splits import (
+    SPLIT_NAMES,
+    patient_split,
+    split_bucket,
+    split_sql,
+)
 from medtrinity_assets.dataset.triplets import assemble_triplets
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.storage import write_table

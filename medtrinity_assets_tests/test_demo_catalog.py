@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
 from medtrinity_assets.catalog import load_catalog
-from medtrinity_assets.catalog.acquire import AcquisitionError, fetch_demo_sources, fetch_package_files
+from medtrinity_assets.catalog.acquire import (
+    AcquisitionError,
+    fetch_demo_sources,
+    fetch_package_files,
+)
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.paths import REPO_ROOT
 from medtrinity_assets.sources import read_source

@@ -12,7 +12,12 @@ from PIL import Image
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.generation.coarse import CAPTION_VERSION, coarse_caption
-from medtrinity_assets.generation.grounded_writer import PROMPT_VERSION, WRITER, build_llm_prompt, write_description
+from medtrinity_assets.generation.grounded_writer import (
+    PROMPT_VERSION,
+    WRITER,
+    build_llm_prompt,
+    write_description,
+)
 from medtrinity_assets.generation.verifier import checkable_text, verify
 from medtrinity_assets.grounding.attributes import measure_roi
 from medtrinity_assets.grounding.relations import relate

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from medtrinity_assets.paths import realdata_dir
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,6 +19,7 @@ from medtrinity_assets.grounding.attributes import colour_name, measure_roi
 from medtrinity_assets.grounding.relations import relate
 from medtrinity_assets.grounding.rois import ground_record
 from medtrinity_assets.imaging.normalize import normalize_pixels
+from medtrinity_assets.paths import realdata_dir
 from medtrinity_assets.storage import BlobStore, write_table
 
 REALDATA = realdata_dir()

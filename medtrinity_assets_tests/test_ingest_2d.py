@@ -6,12 +6,10 @@ files copied into tmp_path); nothing is mocked.
 
 from __future__ import annotations
 
-from medtrinity_assets.paths import realdata_dir
 import csv
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +18,14 @@ from PIL import Image, PngImagePlugin
 
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.imaging.image_io import ImageReadError, read_image, read_mask
+from medtrinity_assets.paths import realdata_dir
 from medtrinity_assets.sources import read_source
-from medtrinity_assets.sources.base import IngestContext, Quarantined, patient_hash, record_id_for
+from medtrinity_assets.sources.base import (
+    IngestContext,
+    Quarantined,
+    patient_hash,
+    record_id_for,
+)
 from medtrinity_assets.storage import BlobStore
 
 REALDATA = realdata_dir()

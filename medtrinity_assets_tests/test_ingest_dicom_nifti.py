@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from medtrinity_assets.paths import realdata_dir
 import copy
 import json
 import shutil
@@ -16,9 +15,10 @@ from pydicom.pixels import convert_color_space
 
 from medtrinity_assets.catalog.spec import Slicing, SourceSpec
 from medtrinity_assets.imaging.slicing import select_slices
-from medtrinity_assets.sources.base import IngestContext, Quarantined
+from medtrinity_assets.paths import realdata_dir
 from medtrinity_assets.sources import dicom as dicom_reader
 from medtrinity_assets.sources import nifti as nifti_reader
+from medtrinity_assets.sources.base import IngestContext, Quarantined
 from medtrinity_assets.storage import BlobStore
 
 SITE = Path(pydicom.__file__).resolve().parent.parent

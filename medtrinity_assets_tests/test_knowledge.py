@@ -20,10 +20,23 @@ from medtrinity_assets.catalog.load import load_catalog
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.generation.vocabulary import normalize_label, normalize_organ
 from medtrinity_assets.knowledge import embedder as embedder_module
-from medtrinity_assets.knowledge.corpus import CorpusError, chunk_corpus, corpus_fingerprint, load_corpus
-from medtrinity_assets.knowledge.embedder import EmbedderUnavailable, LocalMiniLMEmbedding, load_embedding_model
+from medtrinity_assets.knowledge.corpus import (
+    CorpusError,
+    chunk_corpus,
+    corpus_fingerprint,
+    load_corpus,
+)
+from medtrinity_assets.knowledge.embedder import (
+    EmbedderUnavailable,
+    LocalMiniLMEmbedding,
+    load_embedding_model,
+)
 from medtrinity_assets.knowledge.retrieval import KnowledgeRetriever, retrieve
-from medtrinity_assets.knowledge.store import COLLECTION, build_knowledge_base, open_client
+from medtrinity_assets.knowledge.store import (
+    COLLECTION,
+    build_knowledge_base,
+    open_client,
+)
 from medtrinity_assets.paths import REPO_ROOT
 
 CORPUS = REPO_ROOT / "data" / "knowledge"

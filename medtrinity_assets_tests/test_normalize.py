@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from medtrinity_assets.paths import realdata_dir
 import hashlib
 import io
 import struct
@@ -23,6 +22,7 @@ from medtrinity_assets.imaging.normalize import (
     resize_mask,
 )
 from medtrinity_assets.imaging.phash import hamming, phash
+from medtrinity_assets.paths import realdata_dir
 
 REALDATA = realdata_dir()
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not present")

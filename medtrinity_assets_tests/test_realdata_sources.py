@@ -3,7 +3,6 @@ own files, CSVs and annotation JSONs (read here with plain Pillow / csv / json /
 
 from __future__ import annotations
 
-from medtrinity_assets.paths import realdata_dir
 import csv
 import json
 import re
@@ -15,7 +14,7 @@ import tifffile
 from PIL import Image
 
 from medtrinity_assets.catalog.load import load_spec, source_root
-from medtrinity_assets.paths import REPO_ROOT
+from medtrinity_assets.paths import REPO_ROOT, realdata_dir
 from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import IngestContext, Quarantined
 

@@ -7,6 +7,7 @@ pass no data through Dagster's IO managers; lineage comes from ``deps``.
 """
 
 
+import warnings
 from typing import Callable
 
 import dagster as dg
@@ -22,17 +23,22 @@ PIPELINE_GROUP = "pipeline"
 
 
 def _check_specs(asset_name: str, partitioned: bool) -> list[dg.AssetCheckSpec]:
-    return [
-        dg.AssetCheckSpec(
-            check.name,
-            asset=asset_name,
-            description=check.description,
-            # Blocking: a failed ERROR check stops the downstream assets of this partition,
-            # so bad rows never reach the final dataset.
-            blocking=True,
-        )
-        for check in checks_for(asset_name)
-    ]
+    # Partitioned checks are a Dagster preview feature; dagster is pinned (requirements.lock),
+    # and per-source check results are what a user backfilling sources needs to read.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                check.name,
+                asset=asset_name,
+                description=check.description,
+                # Blocking: a failed ERROR check stops the downstream assets of this partition,
+                # so bad rows never reach the final dataset.
+                blocking=True,
+                partitions_def=source_partitions if partitioned else None,
+            )
+            for check in checks_for(asset_name)
+        ]
 
 
 def _check_results(asset_name: str, data_root: DataRoot, partition: str | None) -> list[dg.AssetCheckResult]:

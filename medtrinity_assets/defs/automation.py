@@ -6,7 +6,10 @@ import json
 import dagster as dg
 
 from medtrinity_assets.catalog import source_root
-from medtrinity_assets.catalog.fingerprint import folder_fingerprint, partitions_to_refresh
+from medtrinity_assets.catalog.fingerprint import (
+    folder_fingerprint,
+    partitions_to_refresh,
+)
 from medtrinity_assets.defs.assets import PARTITIONED_ASSETS
 from medtrinity_assets.defs.partitions import CATALOG
 

@@ -9,7 +9,6 @@ inverted so that bright always means dense, and colour images as 8-bit RGB.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional

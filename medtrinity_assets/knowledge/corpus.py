@@ -16,10 +16,21 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medtrinity_assets.catalog.spec import Modality
-from medtrinity_assets.generation.vocabulary import MODALITY_NAME, normalize_label, normalize_organ
+from medtrinity_assets.generation.vocabulary import (
+    MODALITY_NAME,
+    normalize_label,
+    normalize_organ,
+)
 
 ENTRY_ID = re.compile(r"^[a-z][a-z0-9_]{1,80}$")
 SECTION_ORDER = ("definition", "appearance", "typical_location", "differential")

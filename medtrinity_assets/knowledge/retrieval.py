@@ -26,7 +26,13 @@ from medtrinity_assets.generation.vocabulary import (
     record_labels,
     record_organs,
 )
-from medtrinity_assets.knowledge.store import finding_flag, modality_flag, open_client, open_collection, organ_flag
+from medtrinity_assets.knowledge.store import (
+    finding_flag,
+    modality_flag,
+    open_client,
+    open_collection,
+    organ_flag,
+)
 
 # Ask Chroma for a few more than k so ties at the cut are broken by id, not by index order.
 _OVERFETCH = 4

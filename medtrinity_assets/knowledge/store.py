@@ -17,7 +17,11 @@ from pathlib import Path
 import chromadb
 from chromadb.config import Settings
 
-from medtrinity_assets.generation.vocabulary import normalize_label, normalize_organ, slug
+from medtrinity_assets.generation.vocabulary import (
+    normalize_label,
+    normalize_organ,
+    slug,
+)
 from medtrinity_assets.knowledge.embedder import LocalMiniLMEmbedding
 
 COLLECTION = "medical_knowledge"

@@ -12,8 +12,19 @@ import posixpath
 from collections import defaultdict
 
 from medtrinity_assets.catalog.spec import CocoLayout
-from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, record_id_for
-from medtrinity_assets.sources.image_common import clamp_box, decode_image, image_record, patient_id_for, rename_label
+from medtrinity_assets.sources.base import (
+    IngestContext,
+    IngestStream,
+    Quarantined,
+    record_id_for,
+)
+from medtrinity_assets.sources.image_common import (
+    clamp_box,
+    decode_image,
+    image_record,
+    patient_id_for,
+    rename_label,
+)
 
 
 def polygon_points(segmentation) -> list[list[list[float]]]:

@@ -22,7 +22,13 @@ from medtrinity_assets.imaging.dicom_io import (
     read_header,
 )
 from medtrinity_assets.imaging.slicing import select_slices
-from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, make_record, record_id_for
+from medtrinity_assets.sources.base import (
+    IngestContext,
+    IngestStream,
+    Quarantined,
+    make_record,
+    record_id_for,
+)
 
 
 def _describe(error: Exception) -> str:

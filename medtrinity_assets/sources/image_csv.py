@@ -14,7 +14,12 @@ from pathlib import Path
 
 from medtrinity_assets.catalog.spec import ImageCsvLayout, SourceSpec
 from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
-from medtrinity_assets.sources.image_common import decode_image, image_record, patient_id_for, rename_label
+from medtrinity_assets.sources.image_common import (
+    decode_image,
+    image_record,
+    patient_id_for,
+    rename_label,
+)
 
 TRUTHY = {"1", "1.0", "yes", "y", "true", "t"}
 REPLACEMENT_CHAR = "\ufffd"

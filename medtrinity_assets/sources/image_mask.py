@@ -14,7 +14,12 @@ import numpy as np
 
 from medtrinity_assets.catalog.spec import ImageMaskLayout
 from medtrinity_assets.imaging.image_io import ImageReadError, read_mask
-from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, store_mask
+from medtrinity_assets.sources.base import (
+    IngestContext,
+    IngestStream,
+    Quarantined,
+    store_mask,
+)
 from medtrinity_assets.sources.image_common import (
     decode_image,
     image_record,

@@ -20,7 +20,14 @@ from nibabel.orientations import apply_orientation, io_orientation
 
 from medtrinity_assets.imaging.deid import patient_identifier
 from medtrinity_assets.imaging.slicing import select_slices
-from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, make_record, record_id_for, store_mask
+from medtrinity_assets.sources.base import (
+    IngestContext,
+    IngestStream,
+    Quarantined,
+    make_record,
+    record_id_for,
+    store_mask,
+)
 from medtrinity_assets.sources.dicom import list_files, spec_labels
 
 
