@@ -440,23 +440,13 @@ def run_dataset(data_root: DataRoot, source_ids: list[str]) -> StageReport:
     return report
 
 
-PARTITION_STAGES = (
-    ("raw_records", "run_ingest"),
-    ("normalized_images", "run_normalize"),
-    ("rois", "run_ground"),
-    ("coarse_captions", "run_coarse_captions"),
-    ("retrieved_knowledge", "run_retrieval"),
-    ("descriptions", "run_descriptions"),
-    ("triplets", "run_triplets"),
+# The per-source tables, in pipeline order (one Parquet file per source under tables/<name>/).
+PARTITION_TABLES = (
+    "raw_records",
+    "normalized_images",
+    "rois",
+    "coarse_captions",
+    "retrieved_knowledge",
+    "descriptions",
+    "triplets",
 )
-
-
-def preview_rows(path: Path, limit: int = 5) -> list[dict]:
-    """A few rows of a table, for UI metadata."""
-    if not path.exists():
-        return []
-    con = duckdb.connect()
-    try:
-        return con.sql(f"SELECT * FROM read_parquet({_sql_path(path)}) LIMIT {int(limit)}").to_arrow_table().to_pylist()
-    finally:
-        con.close()

@@ -3,7 +3,6 @@ with bad files completes, quarantines them and reports it in a failing check."""
 
 from __future__ import annotations
 
-
 import dagster as dg
 import duckdb
 import pytest

@@ -77,7 +77,7 @@ def test_rerun_of_every_stage_gives_the_same_rows(tmp_path):
                        stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
             report = runner(spec, root)
             assert report.quarantined == 0, report.reasons
-        return {name: _rows(root.table(name, spec.id)) for name, _ in stages.PARTITION_STAGES}
+        return {name: _rows(root.table(name, spec.id)) for name in stages.PARTITION_TABLES}
 
     first = run_all()
     second = run_all()

@@ -9,11 +9,9 @@ import duckdb
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.quality.sql_models import discover_models, run_model
+from medtrinity_assets.stages import PARTITION_TABLES
 
 SQL_FOLDER = REPO_ROOT / "dbt_like_sql"
-PARTITIONED_TABLES = {
-    "raw_records", "normalized_images", "rois", "coarse_captions", "retrieved_knowledge", "descriptions", "triplets",
-}
 MODELS = discover_models(SQL_FOLDER)
 MODEL_NAMES = {model.name for model in MODELS}
 
@@ -22,7 +20,7 @@ def relation_for(data_root: DataRoot, ref: str) -> str:
     """The DuckDB relation a ref reads: Parquet of a pipeline asset, or an upstream model's table."""
     if ref in MODEL_NAMES:
         return ref
-    if ref in PARTITIONED_TABLES:
+    if ref in PARTITION_TABLES:
         return f"read_parquet('{data_root.table_glob(ref)}', union_by_name = true)"
     if ref == "quarantine":
         return f"read_parquet('{data_root.quarantine_glob()}', union_by_name = true)"
