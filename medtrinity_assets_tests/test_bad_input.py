@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from spec_factory import build_spec
 
 from medtrinity_assets import stages
 from medtrinity_assets.catalog.spec import SourceSpec
@@ -23,13 +24,10 @@ MNI = SITE / "nilearn" / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_
 
 
 def _spec(root: Path, layout: dict, modality: str = "histopathology", organs=("colon",)) -> SourceSpec:
-    return SourceSpec.model_validate(
-        dict(id="bad_input", name="bad input", description="bad input", homepage="https://example.org",
-             license="test", citation="test", access="open", modality=modality, organs=list(organs),
-             diseases=["adenocarcinoma"], annotation_kinds=["mask"], approx_size="small", layout=layout,
-             root=str(root), slicing={"rule": "every_k", "every_k": 20, "max_slices": 2})
+    return build_spec(
+        id="bad_input", modality=modality, organs=list(organs), diseases=["adenocarcinoma"], layout=layout,
+        root=str(root), slicing={"rule": "every_k", "every_k": 20, "max_slices": 2},
     )
-
 
 def truncated_dicom(root: Path) -> tuple[SourceSpec, str, str]:
     shutil.copy(CT, root / "good.dcm")

@@ -15,6 +15,7 @@ from collections import Counter
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from spec_factory import build_spec
 
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog.spec import SourceSpec
@@ -37,23 +38,10 @@ from medtrinity_assets.storage import write_table
 
 
 def make_spec(source_id: str, modality: str, organs: list[str], license: str) -> SourceSpec:
-    return SourceSpec.model_validate(
-        {
-            "id": source_id,
-            "name": source_id.replace("_", " ").title(),
-            "description": "test source",
-            "homepage": "https://example.org/dataset",
-            "license": license,
-            "citation": "Author et al.",
-            "access": "open",
-            "modality": modality,
-            "organs": organs,
-            "annotation_kinds": ["mask"],
-            "approx_size": "small",
-            "layout": {"family": "image_folder", "image_glob": "**/*.png"},
-        }
+    return build_spec(
+        id=source_id, name=source_id.replace("_", " ").title(), modality=modality, organs=organs, license=license,
+        layout={"family": "image_folder", "image_glob": "**/*.png"},
     )
-
 
 def roi_row(record_id, source_id, n, label, origin, box, width, height, confidence=1.0):
     x0, y0, x1, y1 = box

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import polars as pl
 import pydicom
+from spec_factory import build_spec
 
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.imaging.deid import scan_for_identifiers
@@ -35,16 +36,11 @@ NIFTI_DESCRIP = "PLANTEDNIFTI Doe^Planted"
 
 
 def _spec(source_id: str, root: Path, layout: dict, modality: str) -> SourceSpec:
-    return SourceSpec.model_validate(
-        dict(
-            id=source_id, name="phi test", description="phi test", homepage="https://example.org",
-            license="test", citation="test", access="open", modality=modality, organs=["brain"],
-            annotation_kinds=["none"], approx_size="small", layout=layout, root=str(root),
-            patient={"source": "dicom"} if layout["family"] == "dicom" else {"source": "file"},
-            slicing={"rule": "every_k", "every_k": 3, "max_slices": 3},
-        )
+    return build_spec(
+        id=source_id, modality=modality, annotation_kinds=["none"], layout=layout, root=str(root),
+        patient={"source": "dicom"} if layout["family"] == "dicom" else {"source": "file"},
+        slicing={"rule": "every_k", "every_k": 3, "max_slices": 3},
     )
-
 
 def _plant(source: Path, target: Path, patient_id: str) -> None:
     ds = pydicom.dcmread(source)

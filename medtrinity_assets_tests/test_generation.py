@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from spec_factory import build_spec
 
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog.spec import SourceSpec
@@ -28,24 +29,10 @@ LESION_WORDS = re.compile(r"\b(lesions?|mass(es)?|tumou?rs?|nodules?|cysts?|poly
 
 
 def make_spec(source_id, modality, organs, layout=None, **extra) -> SourceSpec:
-    return SourceSpec.model_validate(
-        {
-            "id": source_id,
-            "name": source_id.replace("_", " ").title(),
-            "description": "test source",
-            "homepage": "https://example.org/",
-            "license": "CC0",
-            "citation": "none",
-            "access": "open",
-            "modality": modality,
-            "organs": organs,
-            "annotation_kinds": ["mask"],
-            "approx_size": "1 image",
-            "layout": layout or {"family": "image_folder", "image_glob": "*.png"},
-            **extra,
-        }
+    return build_spec(
+        id=source_id, name=source_id.replace("_", " ").title(), modality=modality, organs=organs,
+        **({"layout": layout} if layout else {}), **extra,
     )
-
 
 def make_record(modality, organs, labels=(), **extra) -> dict:
     record = {

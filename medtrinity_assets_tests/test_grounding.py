@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw
+from spec_factory import build_spec
 
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog.spec import SourceSpec
@@ -27,23 +28,7 @@ needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/rea
 
 
 def make_spec(modality: str, organs: list[str]) -> SourceSpec:
-    return SourceSpec.model_validate(
-        {
-            "id": "test_source",
-            "name": "test",
-            "description": "test",
-            "homepage": "https://example.org",
-            "license": "CC0",
-            "citation": "test",
-            "access": "open",
-            "modality": modality,
-            "organs": organs,
-            "annotation_kinds": ["mask"],
-            "approx_size": "1",
-            "layout": {"family": "image_folder", "image_glob": "*.png"},
-        }
-    )
-
+    return build_spec(modality=modality, organs=organs)
 
 @pytest.fixture
 def blobs(tmp_path) -> BlobStore:

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels import convert_color_space
+from spec_factory import build_spec
 
 from medtrinity_assets.catalog.spec import Slicing, SourceSpec
 from medtrinity_assets.imaging.slicing import select_slices
@@ -30,26 +31,11 @@ MNI_GM = NILEARN_DATA / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"
 
 
 def make_spec(layout: dict, modality: str = "ct", **extra) -> SourceSpec:
-    return SourceSpec.model_validate(
-        dict(
-            id="test_source",
-            name="test",
-            description="test",
-            homepage="https://example.org",
-            license="test",
-            citation="test",
-            access="open",
-            modality=modality,
-            organs=["brain"],
-            diseases=extra.pop("diseases", []),
-            annotation_kinds=["mask"],
-            approx_size="small",
-            layout=layout,
-            patient={"source": "dicom"} if layout["family"] == "dicom" else {"source": "file"},
-            **extra,
-        )
+    return build_spec(
+        modality=modality, layout=layout,
+        patient={"source": "dicom"} if layout["family"] == "dicom" else {"source": "file"},
+        **extra,
     )
-
 
 def ingest(spec: SourceSpec, root: Path, out: Path):
     ctx = IngestContext(spec=spec, root=root, blobs=BlobStore(out), salt="salt")

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
+from spec_factory import build_spec
 
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog.load import load_catalog
@@ -44,24 +45,9 @@ CATALOG = REPO_ROOT / "data" / "sources"
 
 
 def make_spec(source_id: str, modality: str, organs: list[str], diseases: list[str] = ()) -> SourceSpec:
-    return SourceSpec.model_validate(
-        {
-            "id": source_id,
-            "name": source_id.replace("_", " "),
-            "description": "test source",
-            "homepage": "https://example.org/",
-            "license": "CC0",
-            "citation": "none",
-            "access": "open",
-            "modality": modality,
-            "organs": organs,
-            "diseases": list(diseases),
-            "annotation_kinds": ["mask"],
-            "approx_size": "1 image",
-            "layout": {"family": "image_folder", "image_glob": "*.png"},
-        }
+    return build_spec(
+        id=source_id, name=source_id.replace("_", " "), modality=modality, organs=organs, diseases=list(diseases)
     )
-
 
 # --- corpus ------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from skimage import data as skdata
+from spec_factory import build_spec
 
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.imaging.normalize import (
@@ -30,24 +31,7 @@ PYDICOM_DATA = Path(pydicom.__file__).resolve().parents[1] / "data_store" / "dat
 
 
 def make_spec(modality: str, organs: list[str], **intensity) -> SourceSpec:
-    return SourceSpec.model_validate(
-        {
-            "id": "test_source",
-            "name": "test",
-            "description": "test",
-            "homepage": "https://example.org",
-            "license": "CC0",
-            "citation": "test",
-            "access": "open",
-            "modality": modality,
-            "organs": organs,
-            "annotation_kinds": ["none"],
-            "approx_size": "1",
-            "layout": {"family": "image_folder", "image_glob": "*.png"},
-            "intensity": intensity,
-        }
-    )
-
+    return build_spec(modality=modality, organs=organs, annotation_kinds=["none"], intensity=intensity)
 
 def record_for(modality: str, units: str) -> dict:
     return {"modality": modality, "pixel_units": units}
