@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -80,6 +81,26 @@ class _QuarantineLog:
         self.report.reasons[reason.split(":")[0][:80]] += 1
 
 
+@contextmanager
+def _stage_tables(
+    report: StageReport, data_root: DataRoot, out: Path, schema, quarantine_stage: str | None = None
+) -> Iterator[tuple[TableWriter, _QuarantineLog | None]]:
+    """Open a stage's output table (and its quarantine table); on success fill in the report."""
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        writer = stack.enter_context(TableWriter(out, schema))
+        quarantine = None
+        if quarantine_stage:
+            q_writer = stack.enter_context(
+                TableWriter(data_root.quarantine(quarantine_stage, report.source_id), schemas.QUARANTINE)
+            )
+            quarantine = _QuarantineLog(q_writer, quarantine_stage, report.source_id, report)
+        yield writer, quarantine
+    report.rows = writer.rows_written
+    report.seconds = time.perf_counter() - started
+    report.output = str(out)
+
+
 def _describe_error(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -117,14 +138,10 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
     from medtrinity_assets.sources import IngestContext, Quarantined, read_source
 
     report = StageReport("raw_records", spec.id)
-    started = time.perf_counter()
     ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(data_root.root), salt=salt)
     out = data_root.table("raw_records", spec.id)
     seen: set[str] = set()
-    with TableWriter(out, schemas.RAW_RECORDS) as records, TableWriter(
-        data_root.quarantine("ingest", spec.id), schemas.QUARANTINE
-    ) as q_writer:
-        quarantine = _QuarantineLog(q_writer, "ingest", spec.id, report)
+    with _stage_tables(report, data_root, out, schemas.RAW_RECORDS, "ingest") as (records, quarantine):
         stream = read_source(ctx)
         while True:
             try:
@@ -142,9 +159,6 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
             else:
                 seen.add(item["record_id"])
                 records.write(item)
-    report.rows = records.rows_written
-    report.seconds = time.perf_counter() - started
-    report.output = str(out)
     return report
 
 
@@ -156,14 +170,10 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
     from medtrinity_assets.imaging.phash import phash
 
     report = StageReport("normalized_images", spec.id)
-    started = time.perf_counter()
     blobs = BlobStore(data_root.root)
     source = _require(data_root.table("raw_records", spec.id), "normalized_images")
     out = data_root.table("normalized_images", spec.id)
-    with TableWriter(out, schemas.NORMALIZED_IMAGES) as writer, TableWriter(
-        data_root.quarantine("normalize", spec.id), schemas.QUARANTINE
-    ) as q_writer:
-        quarantine = _QuarantineLog(q_writer, "normalize", spec.id, report)
+    with _stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES, "normalize") as (writer, quarantine):
         for record in _stream(f"SELECT * FROM read_parquet({_sql_path(source)}) ORDER BY record_id"):
             report.inputs += 1
             try:
@@ -189,9 +199,6 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
                     "phash": phash(display),
                 }
             )
-    report.rows = writer.rows_written
-    report.seconds = time.perf_counter() - started
-    report.output = str(out)
     return report
 
 
@@ -214,15 +221,11 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     from medtrinity_assets.grounding.rois import ground_record
 
     report = StageReport("rois", spec.id)
-    started = time.perf_counter()
     blobs = BlobStore(data_root.root)
     _require(data_root.table("normalized_images", spec.id), "rois")
     out = data_root.table("rois", spec.id)
     origins: Counter = Counter()
-    with TableWriter(out, schemas.ROIS) as writer, TableWriter(
-        data_root.quarantine("ground", spec.id), schemas.QUARANTINE
-    ) as q_writer:
-        quarantine = _QuarantineLog(q_writer, "ground", spec.id, report)
+    with _stage_tables(report, data_root, out, schemas.ROIS, "ground") as (writer, quarantine):
         for record in _stream(_records_with_images(data_root, spec.id)):
             report.inputs += 1
             try:
@@ -239,9 +242,6 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
             for roi in rois:
                 origins[roi["origin"]] += 1
                 writer.write(roi)
-    report.rows = writer.rows_written
-    report.seconds = time.perf_counter() - started
-    report.output = str(out)
     report.extra["rois_by_origin"] = dict(origins)
     return report
 
@@ -268,13 +268,9 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     from medtrinity_assets.generation.coarse import CAPTION_VERSION, coarse_caption
 
     report = StageReport("coarse_captions", spec.id)
-    started = time.perf_counter()
     _require(data_root.table("rois", spec.id), "coarse_captions")
     out = data_root.table("coarse_captions", spec.id)
-    with TableWriter(out, schemas.COARSE_CAPTIONS) as writer, TableWriter(
-        data_root.quarantine("coarse_caption", spec.id), schemas.QUARANTINE
-    ) as q_writer:
-        quarantine = _QuarantineLog(q_writer, "coarse_caption", spec.id, report)
+    with _stage_tables(report, data_root, out, schemas.COARSE_CAPTIONS, "coarse_caption") as (writer, quarantine):
         for record in _stream(_records_with_rois(data_root, spec.id)):
             report.inputs += 1
             try:
@@ -290,9 +286,6 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
                     "caption_version": CAPTION_VERSION,
                 }
             )
-    report.rows = writer.rows_written
-    report.seconds = time.perf_counter() - started
-    report.output = str(out)
     return report
 
 
@@ -326,11 +319,10 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 4, batch: int 
     from medtrinity_assets.knowledge.retrieval import KnowledgeRetriever
 
     report = StageReport("retrieved_knowledge", spec.id)
-    started = time.perf_counter()
     _require(data_root.table("rois", spec.id), "retrieved_knowledge")
     retriever = KnowledgeRetriever(data_root.chroma)
     out = data_root.table("retrieved_knowledge", spec.id)
-    with TableWriter(out, schemas.RETRIEVED_KNOWLEDGE) as writer:
+    with _stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE) as (writer, _):
         pending: list[dict] = []
 
         def flush() -> None:
@@ -344,9 +336,6 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 4, batch: int 
             if len(pending) >= batch:
                 flush()
         flush()
-    report.rows = writer.rows_written
-    report.seconds = time.perf_counter() - started
-    report.output = str(out)
     return report
 
 
@@ -358,7 +347,6 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     from medtrinity_assets.generation.verifier import verify
 
     report = StageReport("descriptions", spec.id)
-    started = time.perf_counter()
     for upstream in ("coarse_captions", "retrieved_knowledge"):
         _require(data_root.table(upstream, spec.id), "descriptions")
     captions = _sql_path(data_root.table("coarse_captions", spec.id))
@@ -371,10 +359,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     )
     out = data_root.table("descriptions", spec.id)
     flagged = 0
-    with TableWriter(out, schemas.DESCRIPTIONS) as writer, TableWriter(
-        data_root.quarantine("describe", spec.id), schemas.QUARANTINE
-    ) as q_writer:
-        quarantine = _QuarantineLog(q_writer, "describe", spec.id, report)
+    with _stage_tables(report, data_root, out, schemas.DESCRIPTIONS, "describe") as (writer, quarantine):
         for record in _stream(sql):
             report.inputs += 1
             knowledge = {
@@ -398,9 +383,6 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
                     "verifier_flags": list(flags),
                 }
             )
-    report.rows = writer.rows_written
-    report.seconds = time.perf_counter() - started
-    report.output = str(out)
     report.extra["contradictions"] = flagged
     return report
 
