@@ -127,9 +127,11 @@ def _ingest(settings: PipelineSettings, source_id: str) -> stages.StageReport:
     from medtrinity_assets.catalog.fingerprint import folder_fingerprint
 
     spec = settings.spec(source_id)
+    # Taken before reading, so a file that changes during the run makes the source stale
+    # for the schedule instead of being recorded as already ingested.
+    fingerprint = folder_fingerprint(source_root(spec)) or ""
     report = stages.run_ingest(spec, settings.root(), settings.salt())
-    # Recorded so the staleness schedule can tell whether the files changed since this run.
-    report.extra["input_fingerprint"] = folder_fingerprint(source_root(spec)) or ""
+    report.extra["input_fingerprint"] = fingerprint
     return report
 
 
