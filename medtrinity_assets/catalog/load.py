@@ -9,15 +9,11 @@ from pydantic import ValidationError
 
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.paths import REPO_ROOT, catalog_dir, raw_dir
+from medtrinity_assets.validation import validation_problems
 
 
 class CatalogError(ValueError):
     """A spec that cannot be used; the message names the file and the field."""
-
-
-def _field_name(loc: tuple) -> str:
-    # Drop pydantic's discriminator tags (e.g. 'dicom') so the path reads as the YAML does.
-    return ".".join(str(part) for part in loc) or "<top level>"
 
 
 def load_spec(path: Path) -> SourceSpec:
@@ -31,15 +27,7 @@ def load_spec(path: Path) -> SourceSpec:
     try:
         spec = SourceSpec.model_validate(data)
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            field = _field_name(item["loc"])
-            if item["type"] == "extra_forbidden":
-                problems.append(f"field '{field}': unknown key")
-            elif item["type"] == "missing":
-                problems.append(f"field '{field}': required but missing")
-            else:
-                problems.append(f"field '{field}': {item['msg']} (got {item.get('input')!r})")
+        problems = validation_problems(error, show_input=True)
         raise CatalogError(f"{path}: invalid source spec:\n  " + "\n  ".join(problems)) from None
     if spec.id != path.stem:
         raise CatalogError(f"{path}: field 'id': '{spec.id}' must match the file name '{path.stem}'")

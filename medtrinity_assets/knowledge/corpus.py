@@ -31,6 +31,7 @@ from medtrinity_assets.generation.vocabulary import (
     normalize_label,
     normalize_organ,
 )
+from medtrinity_assets.validation import validation_problems
 
 ENTRY_ID = re.compile(r"^[a-z][a-z0-9_]{1,80}$")
 SECTION_ORDER = ("definition", "appearance", "typical_location", "differential")
@@ -80,19 +81,6 @@ class KnowledgeEntry(_Strict):
         return self
 
 
-def _problems(error: ValidationError) -> list[str]:
-    problems = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "<top level>"
-        if item["type"] == "extra_forbidden":
-            problems.append(f"field '{field}': unknown key")
-        elif item["type"] == "missing":
-            problems.append(f"field '{field}': required but missing")
-        else:
-            problems.append(f"field '{field}': {item['msg']}")
-    return problems
-
-
 def load_corpus_file(path: Path) -> list[dict]:
     path = Path(path)
     try:
@@ -107,7 +95,7 @@ def load_corpus_file(path: Path) -> list[dict]:
         try:
             entry = KnowledgeEntry.model_validate(raw)
         except ValidationError as error:
-            detail = "\n  ".join(f"entries[{index}] ({label}) {p}" for p in _problems(error))
+            detail = "\n  ".join(f"entries[{index}] ({label}) {p}" for p in validation_problems(error))
             raise CorpusError(f"{path}: invalid knowledge entry:\n  {detail}") from None
         entries.append({**entry.model_dump(), "origin": path.name})
     return entries
