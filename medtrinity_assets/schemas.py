@@ -109,7 +109,7 @@ ROIS = pa.schema(
         ("margin_sharpness", FLOAT),
         ("colour", STR),  # colour name for RGB images, else null
         ("count_same_label", INT),  # ROIs with this label in the image
-        ("relations", STR),  # JSON [{"roi_id", "relation", "distance"}]
+        ("relations", STR),  # JSON [{"roi_id", "label", "relation", "distance"}]
     ]
 )
 
