@@ -41,6 +41,12 @@ RAW_RECORDS = pa.schema(
         ("pixel_spacing_mm", FLOAT_LIST),  # [row, col] or null
         ("annotations", STR),  # JSON list: {"kind": "mask"|"box"|"contour", "label", ...}
         ("photometric", STR),
+        # The publisher's own text for this image (captions, question-answer pairs), JSON
+        # {"captions": [...], "qa": [{"question", "answer"}]}; null when it has none. Kept
+        # beside the generated description, never replaced by it.
+        ("source_text", STR),
+        # Review flags, e.g. "burned_in_annotation" (DICOM says text is burned into pixels).
+        ("flags", STR_LIST),
     ]
 )
 

@@ -10,46 +10,28 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    HttpUrl,
-    field_validator,
-    model_validator,
+from pydantic import Field, HttpUrl, field_validator, model_validator
+
+from medtrinity_assets.catalog.layouts import (
+    BoxAnnotations,
+    BoxesLayout,
+    CaptionsLayout,
+    CocoLayout,
+    DicomLayout,
+    ImageCsvLayout,
+    ImageFolderLayout,
+    ImageMaskLayout,
+    MaskFile,
+    Modality,
+    NiftiLayout,
+    Replace,
+    Strict,
 )
 
-Modality = Literal[
-    "ct",
-    "mri",
-    "xray",
-    "ultrasound",
-    "dermoscopy",
-    "endoscopy",
-    "fundus",
-    "histopathology",
-    "microscopy",
-    "pet",
-    "mammography",
-    "nuclear_medicine",
-]
 Access = Literal["open", "registration", "credentialed", "package"]
-AnnotationKind = Literal["mask", "box", "contour", "label", "caption", "none"]
+AnnotationKind = Literal["mask", "box", "contour", "label", "caption", "vqa", "none"]
 
 SOURCE_ID = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo in a spec must not be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Replace(Strict):
-    """One string replacement applied to a path relative to the source root."""
-
-    old: str
-    new: str
 
 
 class Labels(Strict):
@@ -83,97 +65,17 @@ class PatientRule(Strict):
         return self
 
 
-class DicomLayout(Strict):
-    """DICOM files: single images, multi-frame files, or series stacked into volumes."""
-
-    family: Literal["dicom"]
-    glob: str = "**/*.dcm"
-    # Stack files of one SeriesInstanceUID into a volume (CT/MR series) and slice it by rule.
-    stack_series: bool = False
-    # Glob (relative to the root) of files to leave out, e.g. a DICOMDIR or vendor extras.
-    exclude_glob: Optional[str] = None
-
-
-class NiftiLayout(Strict):
-    """NIfTI volumes, each with an optional label volume found by path replacement."""
-
-    family: Literal["nifti"]
-    image_glob: str = "**/*.nii.gz"
-    exclude_glob: Optional[str] = None
-    label_replace: list[Replace] = Field(default_factory=list)
-    # Axis of the canonical (RAS) volume to slice along: 0 sagittal, 1 coronal, 2 axial.
-    slice_axis: Literal[0, 1, 2] = 2
-    # Label value -> finding name; empty means {1: the spec's first disease}.
-    label_names: dict[int, str] = Field(default_factory=dict)
-    # For probability maps (e.g. a grey-matter map): voxels >= threshold become label 1.
-    label_threshold: Optional[float] = None
-    # Regex on the relative path whose first group names the MR sequence (e.g. "(T1|T2)").
-    sequence_regex: Optional[str] = None
-
-
-class ImageMaskLayout(Strict):
-    """2D images with binary or label masks found by path replacement."""
-
-    family: Literal["image_mask"]
-    image_glob: str
-    mask_replace: list[Replace]
-    # An image whose mask is absent is kept without ROI (True) or quarantined (False).
-    mask_optional: bool = False
-    # Further masks of the same image, globbed beside the first mask; "{mask_stem}" is the
-    # first mask's file stem (BUSI: "{mask_stem}_[0-9]*.png" finds "x_mask_1.png").
-    extra_mask_glob: Optional[str] = None
-    # Masks hold one integer per object (nuclei): kept as ONE label mask marked "instances".
-    instances: bool = False
-    # Label of the mask annotations when the image has no label of its own; default: the
-    # spec's first disease. Set it where that would be wrong (HAM10000 masks every class).
-    mask_label: Optional[str] = None
-
-
-class ImageCsvLayout(Strict):
-    """Image folders with a CSV of labels, one row per image."""
-
-    family: Literal["image_csv"]
-    csv: str
-    id_column: str
-    path_template: str  # e.g. "images/{id}.jpg"
-    # Multi-label: each column is a label, present when its value is truthy (1, 1.0, "yes").
-    label_columns: list[str] = Field(default_factory=list)
-    # Single categorical label column (e.g. "finding").
-    label_column: Optional[str] = None
-    # A single label cell holding several findings ("COVID-19, ARDS") is split on this.
-    label_separator: Optional[str] = None
-    csv_encoding: str = "utf-8"
-    # Per-row modality (mixed X-ray/CT sources): raw value -> catalog modality; rows whose
-    # value is not mapped are quarantined rather than described with a guessed modality.
-    modality_column: Optional[str] = None
-    modality_map: dict[str, Modality] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _modality_map_needed(self) -> "ImageCsvLayout":
-        if self.modality_column and not self.modality_map:
-            raise ValueError("layout.modality_column needs layout.modality_map")
-        return self
-
-
-class CocoLayout(Strict):
-    """Images with boxes (and optional polygons) in a COCO JSON file."""
-
-    family: Literal["coco"]
-    annotations: str
-    image_root: str = "."
-    # Keep images of the JSON that have no annotation (as whole-image records).
-    keep_unannotated: bool = True
-
-
-class ImageFolderLayout(Strict):
-    """Plain images (class folders or a flat folder), no annotations."""
-
-    family: Literal["image_folder"]
-    image_glob: str
-
-
 Layout = Annotated[
-    Union[DicomLayout, NiftiLayout, ImageMaskLayout, ImageCsvLayout, CocoLayout, ImageFolderLayout],
+    Union[
+        DicomLayout,
+        NiftiLayout,
+        ImageMaskLayout,
+        ImageCsvLayout,
+        CocoLayout,
+        BoxesLayout,
+        ImageFolderLayout,
+        CaptionsLayout,
+    ],
     Field(discriminator="family"),
 ]
 
@@ -210,15 +112,37 @@ class PackageFile(Strict):
     to: str = ""  # folder under data/raw/<id>/
 
 
+class Download(Strict):
+    """One file of an open source, fetched over HTTP(S) into data/raw/<id>/<to>/."""
+
+    url: HttpUrl
+    # File name to save as; default: the last part of the URL path.
+    filename: Optional[str] = None
+    to: str = ""
+    # The publisher's checksum; a download that does not match is deleted, never kept.
+    # Where the publisher gives none, the first download's sha256 is recorded and later
+    # downloads are checked against it.
+    sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$")
+    md5: Optional[str] = Field(None, pattern=r"^[0-9a-f]{32}$")
+    size_bytes: Optional[int] = Field(None, ge=0)
+    # Unpack a .zip / .tar(.gz) archive into the target folder after verification.
+    extract: bool = False
+
+
 class Acquisition(Strict):
-    method: Literal["package", "manual"] = "manual"
+    # package: files an installed package ships (demo); download: URLs below; manual: the user
+    # fetches the files by hand after registering or being credentialed (see instructions).
+    method: Literal["package", "download", "manual"] = "manual"
     files: list[PackageFile] = Field(default_factory=list)
+    downloads: list[Download] = Field(default_factory=list)
     instructions: Optional[str] = None
 
     @model_validator(mode="after")
-    def _package_needs_files(self) -> "Acquisition":
+    def _method_needs(self) -> "Acquisition":
         if self.method == "package" and not self.files:
             raise ValueError("acquisition.method 'package' needs at least one entry in 'files'")
+        if self.method == "download" and not self.downloads:
+            raise ValueError("acquisition.method 'download' needs at least one entry in 'downloads'")
         return self
 
 
@@ -246,6 +170,8 @@ class SourceSpec(Strict):
     intensity: Intensity = Field(default_factory=Intensity)
     # Per-file modality where one source mixes them: regex on the relative path -> modality.
     modality_by_path: dict[str, Modality] = Field(default_factory=dict)
+    # Boxes from a second annotation file added to the records of any layout family.
+    extra_boxes: Optional[BoxAnnotations] = None
     # Radiological display convention: image left is patient right (set false for photos).
     radiological_orientation: Optional[bool] = None
 
@@ -260,6 +186,12 @@ class SourceSpec(Strict):
     @classmethod
     def _lower_names(cls, values: list[str]) -> list[str]:
         return [v.strip().lower() for v in values]
+
+    @model_validator(mode="after")
+    def _gated_access_needs_instructions(self) -> "SourceSpec":
+        if self.access in ("registration", "credentialed") and not self.acquisition.instructions:
+            raise ValueError(f"access '{self.access}' needs acquisition.instructions (what the user must do)")
+        return self
 
     def modality_for(self, relative_path: str) -> str:
         for pattern, modality in self.modality_by_path.items():

@@ -63,13 +63,16 @@ def make_record(
     dicom_modality: str | None = None,
     pixel_spacing_mm: list[float] | None = None,
     modality: str | None = None,
+    source_text: dict | None = None,
+    flags: list[str] | None = None,
 ) -> dict:
     """Store the de-identified pixel array and return the RAW_RECORDS row for it.
 
     ``pixels`` is 2D (H, W) or (H, W, 3) RGB. ``annotations`` entries are
     {"kind": "mask", "label", "mask_ref"} (mask stored with ``store_mask``),
     {"kind": "box", "label", "box": [x0, y0, x1, y1]} in pixel coordinates (x1, y1 exclusive),
-    or {"kind": "contour", "label", "points": [[x, y], ...]}.
+    or {"kind": "contour", "label", "points": [[x, y], ...]}. ``source_text`` is the
+    publisher's caption / question-answer text ({"captions": [...], "qa": [...]}).
     """
     import json
 
@@ -98,6 +101,8 @@ def make_record(
         "pixel_spacing_mm": pixel_spacing_mm,
         "annotations": json.dumps(annotations, sort_keys=True),
         "photometric": photometric,
+        "source_text": json.dumps(source_text, sort_keys=True, ensure_ascii=False) if source_text else None,
+        "flags": sorted(set(flags or [])),
     }
 
 

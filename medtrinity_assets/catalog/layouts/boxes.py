@@ -1,0 +1,92 @@
+"""Parameters of the box families: COCO JSON, YOLO text, Pascal VOC XML, CSV rows, circles.
+
+``BoxAnnotations`` is the one description of "where the boxes are"; it serves both as the
+``boxes`` layout family (images + boxes) and as a source's ``extra_boxes`` overlay, which adds
+boxes from a second file to the records any family reads (covid-chestxray: CSV labels plus
+COCO lung boxes), matched by the image path relative to the source root.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from medtrinity_assets.catalog.layouts.common import Strict
+
+
+class BoxAnnotations(Strict):
+    format: Literal["coco", "yolo", "voc", "csv", "circles"]
+    # coco: the JSON file; csv / circles: the table file.
+    file: Optional[str] = None
+    # coco / csv / circles: folder the table's image names are relative to.
+    image_root: str = "."
+    # yolo / voc: template of the annotation file of an image: {stem}, {name}, {parent}
+    # (e.g. "labels/{stem}.txt", "Annotations/{stem}.xml"); an image without one has no box.
+    annotation_template: Optional[str] = None
+    # yolo: class index -> name, in order; or a file with one name per line / data.yaml.
+    class_names: list[str] = Field(default_factory=list)
+    class_names_file: Optional[str] = None
+    # csv / circles: table parsing.
+    delimiter: str = ","
+    has_header: bool = True
+    columns: list[str] = Field(default_factory=list)  # names for a header-less table
+    id_column: Optional[str] = None  # image name / id column
+    path_template: str = "{id}"  # image path from the id: "{id}.png", "stage_2_train_images/{id}.dcm"
+    label_column: Optional[str] = None
+    fixed_label: Optional[str] = None
+    # csv: the four box columns, in the order `box_format` reads them.
+    box_columns: list[str] = Field(default_factory=list)
+    box_format: Literal["xyxy", "xywh", "cxcywh"] = "xyxy"
+    normalized: bool = False  # coordinates in 0..1 of the image size
+    # circles: centre and radius columns, in pixels; the origin of y (MIAS: bottom left).
+    center_columns: list[str] = Field(default_factory=list)
+    radius_column: Optional[str] = None
+    y_origin: Literal["top", "bottom"] = "top"
+    # Rows whose label is in `empty_labels` mark an image without finding (RSNA "Target 0",
+    # VinDr "No finding"): the image is kept, no box is made.
+    empty_labels: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _needs(self) -> "BoxAnnotations":
+        fmt = self.format
+        if fmt in ("coco", "csv", "circles") and not self.file:
+            raise ValueError(f"box format '{fmt}' needs 'file'")
+        if fmt in ("yolo", "voc") and not self.annotation_template:
+            raise ValueError(f"box format '{fmt}' needs 'annotation_template'")
+        if fmt == "yolo" and not (self.class_names or self.class_names_file):
+            raise ValueError("box format 'yolo' needs 'class_names' or 'class_names_file'")
+        if fmt in ("csv", "circles") and not self.id_column:
+            raise ValueError(f"box format '{fmt}' needs 'id_column'")
+        if fmt == "csv" and len(self.box_columns) != 4:
+            raise ValueError("box format 'csv' needs four 'box_columns'")
+        if fmt == "circles" and (len(self.center_columns) != 2 or not self.radius_column):
+            raise ValueError("box format 'circles' needs two 'center_columns' and 'radius_column'")
+        return self
+
+
+class CocoLayout(Strict):
+    """Images with boxes (and optional polygons) in a COCO JSON file."""
+
+    family: Literal["coco"]
+    annotations: str
+    image_root: str = "."
+    # Keep images of the JSON that have no annotation (as whole-image records).
+    keep_unannotated: bool = True
+
+
+class BoxesLayout(Strict):
+    """Images listed by a glob (yolo, voc) or by the box table (csv, circles), with boxes."""
+
+    family: Literal["boxes"]
+    boxes: BoxAnnotations
+    # yolo / voc: the images; csv / circles: optional, to also keep images with no row.
+    image_glob: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _needs_images(self) -> "BoxesLayout":
+        if self.boxes.format in ("yolo", "voc") and not self.image_glob:
+            raise ValueError(f"layout.image_glob is needed for box format '{self.boxes.format}'")
+        if self.boxes.format == "coco":
+            raise ValueError("COCO files use layout family 'coco'")
+        return self

@@ -1,0 +1,34 @@
+"""Parameters of the DICOM family: images, multi-frame files, series, RTSTRUCT and SEG."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from medtrinity_assets.catalog.layouts.common import Strict
+
+
+class DicomLayout(Strict):
+    """DICOM files: single images, multi-frame files, or series stacked into volumes.
+
+    Annotation objects found among the files are matched to the images they reference by UID:
+    RTSTRUCT contours (rasterized per slice) and DICOM SEG segments (binary or fractional).
+    """
+
+    family: Literal["dicom"]
+    glob: str = "**/*.dcm"
+    # Stack files of one SeriesInstanceUID into a volume (CT/MR series) and slice it by rule.
+    stack_series: bool = False
+    # Glob (relative to the root) of files to leave out, e.g. a DICOMDIR or vendor extras.
+    exclude_glob: Optional[str] = None
+    # RTSTRUCT ROI name (regex, matched case-insensitively against ROIName) -> finding label.
+    # ROIs matching no entry are ignored (body outlines, couch, planning structures). Empty:
+    # every ROI is kept under its own name.
+    rtstruct_rois: dict[str, str] = Field(default_factory=dict)
+    # DICOM SEG segment label (regex on SegmentLabel) -> finding label; empty keeps all segments.
+    seg_segments: dict[str, str] = Field(default_factory=dict)
+    # Image with BurnedInAnnotation = YES (text such as names burned into the pixels):
+    # "quarantine" leaves it out with that reason; "flag" keeps it with the record flag
+    # "burned_in_annotation" so exports can leave it out or a reviewer can check it.
+    burned_in_annotation: Literal["quarantine", "flag"] = "quarantine"

@@ -1,0 +1,57 @@
+"""Parameters of the NIfTI family: image/label pairs, per-case folders, sequences, MSD."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from medtrinity_assets.catalog.layouts.common import Replace, Strict
+
+
+class NiftiLayout(Strict):
+    """NIfTI volumes, each with an optional label volume.
+
+    Three ways to find the pairs, in this order of precedence:
+    - ``dataset_json`` (Medical Segmentation Decathlon): the JSON's "training" list gives image
+      and label paths, "labels" the label names, "modality" the channel names of 4D images;
+    - ``case_glob`` + ``sequences`` (per-case folders, one file per MR sequence, BraTS-style):
+      each case folder holds one file per sequence and one label file, found by templates in
+      which ``{case}`` is the case folder's name;
+    - ``image_glob`` + ``label_replace`` (image and label side by side or in parallel folders).
+    """
+
+    family: Literal["nifti"]
+    image_glob: str = "**/*.nii.gz"
+    exclude_glob: Optional[str] = None
+    label_replace: list[Replace] = Field(default_factory=list)
+    # MSD-style dataset description, relative to the source root.
+    dataset_json: Optional[str] = None
+    # Per-case folders: glob of case folders, e.g. "*/" or "MICCAI_BraTS2020_TrainingData/*/".
+    case_glob: Optional[str] = None
+    # Sequence name -> file template inside the case folder, e.g. {flair: "{case}_flair.nii.gz"}.
+    sequences: dict[str, str] = Field(default_factory=dict)
+    # Label file template inside the case folder, e.g. "{case}_seg.nii.gz".
+    label_template: Optional[str] = None
+    # Which sequences become records (default: all); each chosen sequence yields its own
+    # records for the same slices, sharing the case's label, with ``sequence`` set.
+    use_sequences: list[str] = Field(default_factory=list)
+    # Axis of the canonical (RAS) volume to slice along: 0 sagittal, 1 coronal, 2 axial.
+    slice_axis: Literal[0, 1, 2] = 2
+    # Label value -> finding name; empty means {1: the spec's first disease} (or dataset.json's).
+    label_names: dict[int, str] = Field(default_factory=dict)
+    # For probability maps (e.g. a grey-matter map): voxels >= threshold become label 1.
+    label_threshold: Optional[float] = None
+    # Regex on the relative path whose first group names the MR sequence (e.g. "(T1|T2)").
+    sequence_regex: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _sequences_need_cases(self) -> "NiftiLayout":
+        if self.sequences and not self.case_glob:
+            raise ValueError("layout.sequences needs layout.case_glob (the per-case folders)")
+        if self.case_glob and not self.sequences:
+            raise ValueError("layout.case_glob needs layout.sequences (name -> file template)")
+        unknown = set(self.use_sequences) - set(self.sequences) if self.sequences else set()
+        if unknown:
+            raise ValueError(f"layout.use_sequences names sequences not in layout.sequences: {sorted(unknown)}")
+        return self

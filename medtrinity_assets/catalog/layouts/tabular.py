@@ -1,0 +1,94 @@
+"""Parameters of the table-driven families: label CSVs, class folders, caption and VQA files."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from medtrinity_assets.catalog.layouts.common import Modality, Strict
+
+
+class ImageCsvLayout(Strict):
+    """Image folders with a table of labels, one row per image.
+
+    The row's image is found by ``path_template`` (e.g. "images/{id}.jpg"; any column may be
+    named in braces) or, where the publisher splits images over several folders
+    (HAM10000_images_part_1/_part_2), by looking the id up among the files of ``path_index_glob``
+    by file stem.
+    """
+
+    family: Literal["image_csv"]
+    csv: str
+    id_column: str
+    path_template: Optional[str] = None
+    path_index_glob: Optional[str] = None
+    delimiter: str = ","
+    csv_encoding: str = "utf-8"
+    # Multi-label: each column is a label, present when its value is truthy (1, 1.0, "yes").
+    label_columns: list[str] = Field(default_factory=list)
+    # Single categorical label column (e.g. "finding", "dx").
+    label_column: Optional[str] = None
+    # A single label cell holding several findings ("Effusion|Mass") is split on this.
+    label_separator: Optional[str] = None
+    # Per-row modality (mixed X-ray/CT sources): raw value -> catalog modality; rows whose
+    # value is not mapped are quarantined rather than described with a guessed modality.
+    modality_column: Optional[str] = None
+    modality_map: dict[str, Modality] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "ImageCsvLayout":
+        if self.modality_column and not self.modality_map:
+            raise ValueError("layout.modality_column needs layout.modality_map")
+        if bool(self.path_template) == bool(self.path_index_glob):
+            raise ValueError("layout needs exactly one of 'path_template' or 'path_index_glob'")
+        return self
+
+
+class ImageFolderLayout(Strict):
+    """Plain images (class folders or a flat folder), no annotations."""
+
+    family: Literal["image_folder"]
+    image_glob: str
+    exclude_glob: Optional[str] = None
+
+
+class CaptionsLayout(Strict):
+    """Image-caption and visual-question-answer sets (ROCO, MedICaT, VQA-RAD, SLAKE, PathVQA).
+
+    The publisher's text is kept as the record's ``source_text`` (JSON: {"captions": [...],
+    "qa": [{"question", "answer"}]}) beside the generated description; it is never replaced.
+    Several rows naming one image (VQA) are grouped into one record.
+    """
+
+    family: Literal["captions"]
+    # The annotation file, relative to the root: JSON (a list, or a list under `records_key`),
+    # JSON Lines, or a delimited text/CSV file.
+    annotations: str
+    format: Literal["json", "jsonl", "csv"] = "json"
+    records_key: Optional[str] = None  # e.g. "annotations"; None = the file is the list itself
+    delimiter: str = ","
+    # For delimited files without a header row (ROCO captions.txt: "ROCO_00002<TAB>caption").
+    columns: list[str] = Field(default_factory=list)
+    image_field: str
+    # Template of the image path from the field's value: "images/{value}" or "{value}.jpg".
+    image_template: str = "{value}"
+    caption_field: Optional[str] = None
+    question_field: Optional[str] = None
+    answer_field: Optional[str] = None
+    # Keep only rows whose `language_field` is one of `languages` (SLAKE mixes en and zh).
+    language_field: Optional[str] = None
+    languages: list[str] = Field(default_factory=list)
+    # Per-row modality: field -> catalog modality (SLAKE "modality": "CT"/"MRI"/"X-Ray").
+    modality_field: Optional[str] = None
+    modality_map: dict[str, Modality] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "CaptionsLayout":
+        if not (self.caption_field or (self.question_field and self.answer_field)):
+            raise ValueError("layout needs 'caption_field', or 'question_field' and 'answer_field'")
+        if self.modality_field and not self.modality_map:
+            raise ValueError("layout.modality_field needs layout.modality_map")
+        if self.format == "csv" and self.records_key:
+            raise ValueError("layout.records_key applies to JSON files only")
+        return self
