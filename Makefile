@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast ui bench validate clean
+.PHONY: setup demo test test-fast ui bench validate clean sources fetch check-source
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,18 @@ validate: setup
 
 ui: setup
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# Sources: list the catalog, fetch one (download or instructions), check a spec against its files.
+sources: setup
+	$(BIN)/python -m medtrinity_assets.cli sources
+
+fetch: setup
+	@test -n "$(ID)" || { echo "usage: make fetch ID=<source id>"; exit 2; }
+	$(BIN)/python -m medtrinity_assets.cli fetch $(ID)
+
+check-source: setup
+	@test -n "$(ID)" || { echo "usage: make check-source ID=<source id or path/to/spec.yaml> [ROOT=dir]"; exit 2; }
+	$(BIN)/python -m medtrinity_assets.cli check-source $(ID) $(if $(ROOT),--root $(ROOT))
 
 bench: setup
 	$(BIN)/python -m medtrinity_assets.bench

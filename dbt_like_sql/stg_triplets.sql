@@ -14,6 +14,10 @@ SELECT
     CAST(width AS INTEGER) AS width,
     coalesce(CAST(verified AS BOOLEAN), false) AS verified,
     coalesce(len(verifier_flags), 0) AS verifier_flag_count,
+    CAST(coalesce(flags, []) AS VARCHAR[]) AS flags,
+    -- The publisher's own caption / question-answer text exists for this image.
+    source_text IS NOT NULL AS has_source_text,
+    coalesce(CAST(json_array_length(source_text, '$.qa') AS INTEGER), 0) AS source_qa_count,
     coalesce(CAST(json_array_length(rois) AS INTEGER), 0) AS roi_count,
     CAST(primary_roi_id AS VARCHAR) AS primary_roi_id,
     json_extract_string(rois, '$[0].label') AS primary_roi_label,

@@ -1,4 +1,5 @@
--- Per source: size, patients, split balance, how much is verified and how much is annotated.
+-- Per source: size, patients, split balance, how much is verified and annotated, how much
+-- carries the publisher's own text, how many images carry review flags.
 SELECT
     source_id,
     count(*) AS triplets,
@@ -9,7 +10,9 @@ SELECT
     avg(CAST(verified AS DOUBLE)) AS verified_fraction,
     avg(roi_count) AS mean_rois_per_image,
     avg(CAST(primary_roi_origin LIKE 'annotation:%' AS DOUBLE)) AS annotated_fraction,
-    string_agg(DISTINCT license, '; ') AS license
+    string_agg(DISTINCT license, '; ') AS license,
+    avg(CAST(has_source_text AS DOUBLE)) AS source_text_fraction,
+    count(*) FILTER (len(flags) > 0) AS flagged
 FROM {{ ref('stg_triplets') }}
 GROUP BY source_id
 ORDER BY source_id

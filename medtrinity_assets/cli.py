@@ -1,7 +1,8 @@
-"""Command line: fetch the demo sources and materialize the graph into the local Dagster instance.
+"""Command line: list, fetch and check sources; materialize the graph into the local Dagster instance.
 
 Runs go through a real Dagster instance (``DAGSTER_HOME``), so everything done here shows in the
-web UI's run history, asset catalog and check results afterwards.
+web UI's run history, asset catalog and check results afterwards. ``sources``, ``fetch`` and
+``check-source`` never start Dagster: they are what a user runs while adding a source.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
-from medtrinity_assets.paths import REPO_ROOT, DataRoot, raw_dir
+from medtrinity_assets.paths import REPO_ROOT, DataRoot, catalog_dir, raw_dir
 
 
 def _instance():
@@ -32,6 +34,75 @@ def fetch_demo_data() -> list[str]:
             print(f"  {source_id}: {len(files)} files in {raw_dir() / source_id}")
             fetched.append(source_id)
     return fetched
+
+
+def load_spec_ref(ref: str):
+    """A spec by catalog id or by the path of its YAML file (to check one before adding it)."""
+    from medtrinity_assets.catalog import CatalogError, load_spec
+
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise CatalogError(f"{path}: no such spec file")
+        return load_spec(path)
+    path = catalog_dir() / f"{ref}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in catalog_dir().glob("*.yaml")))
+        raise CatalogError(f"no source '{ref}' in the catalog {catalog_dir()} (known: {known})")
+    return load_spec(path)
+
+
+def _has_files(folder: Path) -> bool:
+    """Whether a source folder holds any (non-hidden) file; stops at the first one found."""
+    if not folder.is_dir():
+        return False
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not name.startswith(".") for name in filenames):
+            return True
+    return False
+
+
+def sources_table() -> str:
+    from medtrinity_assets.catalog import load_catalog, source_root
+
+    rows = [("id", "modality", "access", "family", "files")]
+    for source_id, spec in sorted(load_catalog().items()):
+        folder = source_root(spec)
+        rows.append((source_id, spec.modality, spec.access, spec.layout.family, "yes" if _has_files(folder) else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def fetch_command(ref: str) -> int:
+    from medtrinity_assets.catalog import source_root
+    from medtrinity_assets.catalog.acquire import (
+        AcquisitionError,
+        GatedSourceError,
+        fetch_source,
+    )
+
+    spec = load_spec_ref(ref)
+    dest = source_root(spec)
+    try:
+        files = fetch_source(spec, dest)
+    except GatedSourceError as error:
+        print(error, file=sys.stderr)
+        return 3
+    except AcquisitionError as error:
+        print(f"fetch {spec.id} failed: {error}", file=sys.stderr)
+        return 1
+    print(f"{spec.id}: {len(files)} files in {dest}")
+    print(f"next: python -m medtrinity_assets.cli check-source {spec.id}")
+    return 0
+
+
+def check_source_command(ref: str, root: str | None) -> int:
+    from medtrinity_assets.catalog.check import check_source
+
+    report = check_source(load_spec_ref(ref), Path(root) if root else None)
+    print(report.render())
+    return 0 if report.matched else 1
 
 
 def materialize_sources(source_ids: list[str], instance=None) -> bool:
@@ -116,7 +187,31 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("demo", help="fetch the demo sources and materialize the whole graph for them")
     run = commands.add_parser("materialize", help="materialize the whole graph for the named sources")
     run.add_argument("sources", nargs="+")
+    commands.add_parser("sources", help="list the catalog: id, modality, access, layout family, whether its files are there")
+    fetch = commands.add_parser(
+        "fetch", help="download an open source (resumable, checksum-verified) or print how to get a gated one"
+    )
+    fetch.add_argument("source", help="catalog id, or path to a spec YAML")
+    check = commands.add_parser(
+        "check-source", help="check a spec against its files before any run: matched, unpaired, unreadable, unused"
+    )
+    check.add_argument("source", help="catalog id, or path to a spec YAML")
+    check.add_argument("--root", help="folder holding the files (default: the spec's root, else data/raw/<id>)")
     args = parser.parse_args(argv)
+
+    if args.command in ("sources", "fetch", "check-source"):
+        from medtrinity_assets.catalog import CatalogError
+
+        try:
+            if args.command == "sources":
+                print(sources_table())
+                return 0
+            if args.command == "fetch":
+                return fetch_command(args.source)
+            return check_source_command(args.source, args.root)
+        except CatalogError as error:
+            print(error, file=sys.stderr)
+            return 1
 
     if args.command == "fetch-demo":
         fetch_demo_data()

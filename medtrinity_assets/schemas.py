@@ -190,8 +190,14 @@ TRIPLETS = pa.schema(
         ("primary_roi_id", STR),
         ("coarse_caption", STR),
         ("description", STR),
+        # The publisher's caption / question-answer JSON from RAW_RECORDS, next to the
+        # pipeline's own description (never merged into it); null when the source has none.
+        ("source_text", STR),
         ("verified", BOOL),
         ("verifier_flags", STR_LIST),
+        # RAW_RECORDS review flags; rows with a flag in dataset.exports.HELD_BACK_FLAGS stay in
+        # the dataset table but out of the training exports.
+        ("flags", STR_LIST),
         ("patient_hash", STR),
         ("split", STR),  # train | val | test, by patient
         ("license", STR),

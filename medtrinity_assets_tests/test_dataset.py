@@ -22,6 +22,7 @@ from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.dataset.dedup import find_duplicates, hamming, parse_phash
 from medtrinity_assets.dataset.exports import (
     CARD_FILE,
+    FLAGGED_FILE,
     REJECTED_FILE,
     build_dataset,
     llava_file,
@@ -418,7 +419,7 @@ def test_build_dataset_dedups_guards_splits_and_exports(two_sources, tmp_path):
     assert "| kvasir_seg | 2 | 2 | 0 | 0 | CC BY 4.0 |" in card
     assert "| mri | 1 | 4 | 4 |" in card
     assert sorted(p.name for p in exports.iterdir()) == sorted(
-        [CARD_FILE, REJECTED_FILE, *(llava_file(s) for s in SPLIT_NAMES)]
+        [CARD_FILE, FLAGGED_FILE, REJECTED_FILE, *(llava_file(s) for s in SPLIT_NAMES)]
     )
 
 

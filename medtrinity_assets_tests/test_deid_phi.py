@@ -9,12 +9,28 @@ import nibabel as nib
 import numpy as np
 import polars as pl
 import pydicom
+import pytest
+from conftest import REALDATA, needs_realdata
+from phi_fixtures import PLANTED as PLANTED_IN_FIXTURES
+from phi_fixtures import every_dicom_fixture, plant_identifiers
+from pydicom.datadict import tag_for_keyword
+from pydicom.uid import UID
 from spec_factory import build_spec
 
 from medtrinity_assets.catalog.spec import SourceSpec
-from medtrinity_assets.imaging.deid import scan_for_identifiers
+from medtrinity_assets.imaging.deid import (
+    ALLOWED_KEYWORDS,
+    BASIC_PROFILE_ACTIONS,
+    SUV_RETAIN_OPTIONS,
+    UID_ROOT,
+    apply_basic_profile,
+    has_burned_in_annotation,
+    pseudonymous_uid,
+    scan_for_identifiers,
+)
+from medtrinity_assets.imaging.dicom_io import suv_factor
 from medtrinity_assets.paths import DataRoot
-from medtrinity_assets.stages import run_ingest
+from medtrinity_assets.stages import run_ingest, run_normalize
 
 SITE = Path(pydicom.__file__).resolve().parent.parent
 DATA_STORE = SITE / "data_store" / "data"
@@ -32,6 +48,8 @@ PLANTED = {
     "ImageComments": "Planted free-text comment about the patient",
 }
 SECOND_PATIENT_ID = "PLANTED-ID-99999"
+# The IBSI headers have over-long SH values (StudyID); pydicom warns on every read of them.
+pytestmark = pytest.mark.filterwarnings("ignore:The value length:UserWarning")
 NIFTI_DESCRIP = "PLANTEDNIFTI Doe^Planted"
 
 
@@ -167,3 +185,207 @@ def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path
     assert any(p.suffix == ".png" for p in written) and any(p.name.endswith(".jsonl") for p in written)
     assert scan_for_identifiers([tmp_path / "out"], _identifiers()) == []
 
+
+
+# --- DICOM PS3.15 Annex E Basic Profile, over every DICOM fixture of the suite ---------------
+
+FIXTURES = every_dicom_fixture()
+REALDATA_GROUPS = {"ibsi_sts", "cxr_samples"}
+
+
+def _fixture_params(fixtures):
+    return [
+        pytest.param(f, id=f.test_id, marks=[needs_realdata] if f.group in REALDATA_GROUPS else [])
+        for f in fixtures
+    ]
+
+
+def _pixel_bytes(ds: pydicom.Dataset):
+    return ds["PixelData"].value if "PixelData" in ds else None
+
+
+def test_profile_table_names_real_attributes_and_never_removes_the_technical_allowlist():
+    valid_actions = {"D", "Z", "X", "K", "C", "U", "U*"}
+    for keyword, action in BASIC_PROFILE_ACTIONS.items():
+        assert tag_for_keyword(keyword) is not None, keyword
+        assert set(action.split("/")) <= valid_actions, (keyword, action)
+    assert len(BASIC_PROFILE_ACTIONS) >= 100
+    # The ingest allowlist must not keep what the standard removes.
+    assert not {k for k in ALLOWED_KEYWORDS if BASIC_PROFILE_ACTIONS.get(k, "K") != "K"}
+
+
+@pytest.mark.parametrize("fixture", _fixture_params(FIXTURES))
+def test_basic_profile_removes_every_planted_identifier_and_keeps_pixels(fixture, tmp_path):
+    planted_path, cleaned_path = tmp_path / "planted.dcm", tmp_path / "cleaned.dcm"
+    plant_identifiers(fixture.path, planted_path)
+    # The scan finds what was planted, so a clean scan afterwards means something.
+    assert {ident for _, ident in scan_for_identifiers([planted_path], PLANTED_IN_FIXTURES.strings())} == set(PLANTED_IN_FIXTURES.strings())
+
+    ds = pydicom.dcmread(planted_path, force=True)
+    original_uids = [str(ds[k].value) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if k in ds]
+    pixels = _pixel_bytes(ds)
+    had_overlays = any(0x6000 <= e.tag.group <= 0x60FF and e.tag.group % 2 == 0 for e in ds.iterall())
+
+    report = apply_basic_profile(ds, salt="pepper")
+    ds.save_as(cleaned_path, enforce_file_format=False)
+
+    assert scan_for_identifiers([cleaned_path], PLANTED_IN_FIXTURES.strings() + original_uids) == []
+    cleaned = pydicom.dcmread(cleaned_path, force=True)
+    assert _pixel_bytes(cleaned) == pixels
+    assert cleaned.PatientIdentityRemoved == "YES"
+    assert [c.CodeValue for c in cleaned.DeidentificationMethodCodeSequence] == ["113100"]
+    assert not [e.tag for e in cleaned.iterall() if e.tag.is_private]
+    assert not [e.tag for e in cleaned.iterall() if 0x6000 <= e.tag.group <= 0x60FF or 0x5000 <= e.tag.group <= 0x50FF]
+    assert (report.curves_overlays_removed > 0) == had_overlays
+    assert report.private_removed >= 2  # at least the planted creator and value
+    assert cleaned.PatientName == "" and cleaned.PatientID == "" and "OtherPatientIDs" not in cleaned
+    # Instance UIDs are replaced by their salted pseudonyms, the file meta in step.
+    assert cleaned.SOPInstanceUID == pseudonymous_uid(original_uids[0], "pepper")
+    if "MediaStorageSOPInstanceUID" in cleaned.file_meta:
+        assert cleaned.file_meta.MediaStorageSOPInstanceUID == cleaned.SOPInstanceUID
+    assert cleaned.SourceImageSequence[0].ReferencedSOPInstanceUID == pseudonymous_uid(PLANTED_IN_FIXTURES.referenced_uid, "pepper")
+    assert cleaned.SOPClassUID == ds.SOPClassUID and UID(cleaned.SOPClassUID).name != cleaned.SOPClassUID
+
+
+def test_pseudonymous_uids_are_valid_consistent_and_salted(tmp_path):
+    def cleaned_uids(salt: str) -> dict[str, str]:
+        ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+        apply_basic_profile(ds, salt)
+        return {k: str(ds[k].value) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")}
+
+    first, again, other = cleaned_uids("salt-a"), cleaned_uids("salt-a"), cleaned_uids("salt-b")
+    assert first == again
+    assert set(first.values()).isdisjoint(other.values())
+    assert len(set(first.values())) == len(first)  # distinct inputs stay distinct
+    for uid in first.values():
+        assert uid.startswith(UID_ROOT) and len(uid) <= 64 and UID(uid).is_valid
+
+
+def test_retain_options_keep_what_pet_suv_needs_and_are_declared():
+    pet_path = REALDATA / "ibsi_sts" / "dicom" / "STS_001" / "PET" / "image" / "000001.dcm"
+    if not pet_path.is_file():
+        pytest.skip("ibsi_sts realdata is not present")
+
+    def pet() -> pydicom.Dataset:
+        ds = pydicom.dcmread(pet_path)
+        # This scanner stored SUV already (Units GML); read its values as activity so that the
+        # SUV factor is computed from the weight, dose and times of this real header.
+        ds.Units = "BQML"
+        ds.PatientBirthDate = PLANTED_IN_FIXTURES.birth_date
+        return ds
+
+    expected = suv_factor(pet())
+    assert expected is not None and expected > 0
+
+    basic = pet()
+    apply_basic_profile(basic, "s")
+    assert suv_factor(basic) is None and "PatientWeight" not in basic  # weight and times removed
+
+    retained = pet()
+    apply_basic_profile(retained, "s", retain=SUV_RETAIN_OPTIONS)
+    assert suv_factor(retained) == pytest.approx(expected)
+    assert retained["PatientName"].is_empty and retained["PatientBirthDate"].is_empty
+    assert retained.SeriesTime == pet().SeriesTime and retained.LongitudinalTemporalInformationModified == "UNMODIFIED"
+    assert [c.CodeValue for c in retained.DeidentificationMethodCodeSequence] == ["113100", "113106", "113108"]
+    with pytest.raises(ValueError, match="unknown retain option"):
+        apply_basic_profile(pet(), "s", retain=["retain_everything"])
+
+
+@needs_realdata
+def test_rtstruct_references_still_resolve_and_series_still_group_after_deid(tmp_path):
+    """The IBSI CT series and its RTSTRUCT, de-identified apart with one salt, still match."""
+    ct_folder = REALDATA / "ibsi_sts" / "dicom" / "STS_001" / "CT"
+    images = [pydicom.dcmread(p) for p in sorted((ct_folder / "image").glob("*.dcm"))]
+    structure_set = pydicom.dcmread(ct_folder / "mask" / "RS.dcm")
+
+    def contour_image_refs(ds) -> list[str]:
+        return [
+            str(item.ReferencedSOPInstanceUID)
+            for roi in ds.ROIContourSequence
+            for contour in roi.ContourSequence
+            for item in contour.get("ContourImageSequence", [])
+        ]
+
+    refs_before = contour_image_refs(structure_set)
+    frame_before = images[0].FrameOfReferenceUID
+    assert {item.FrameOfReferenceUID for item in structure_set.ReferencedFrameOfReferenceSequence} == {frame_before}
+    for ds in (*images, structure_set):
+        apply_basic_profile(ds, "pepper")
+
+    assert len({ds.SeriesInstanceUID for ds in images}) == 1
+    assert len({ds.SOPInstanceUID for ds in images}) == len(images)
+    assert len({ds.StudyInstanceUID for ds in (*images, structure_set)}) == 1
+    frame_after = {item.FrameOfReferenceUID for item in structure_set.ReferencedFrameOfReferenceSequence}
+    assert frame_after == {images[0].FrameOfReferenceUID} and frame_before not in frame_after
+    # Its contour references (to slices of the full series, not all in this extract) map one to one.
+    assert refs_before and contour_image_refs(structure_set) == [pseudonymous_uid(u, "pepper") for u in refs_before]
+
+
+def test_burned_in_annotation_is_read_from_the_header(tmp_path):
+    ds = pydicom.dcmread(DATA_STORE / "emri_small.dcm")  # a real file that declares "NO"
+    assert ds.BurnedInAnnotation == "NO" and not has_burned_in_annotation(ds)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(tmp_path / "burned.dcm")
+    assert has_burned_in_annotation(pydicom.dcmread(tmp_path / "burned.dcm"))
+    del ds.BurnedInAnnotation
+    assert not has_burned_in_annotation(ds)
+
+
+def _planted_tree(folder: Path, fixtures) -> dict[str, Path]:
+    roots = {}
+    for fixture in fixtures:
+        plant_identifiers(fixture.path, folder / fixture.group / fixture.relative)
+        roots[fixture.group] = folder / fixture.group
+    return roots
+
+
+# Per fixture group: how its source is laid out and which modality each file is.
+PLANTED_SOURCE_LAYOUTS = {
+    "demo": ({"family": "dicom", "glob": "*.dcm"}, "mri",
+             {"693_UNCR": "ct", "RG1_UNCR": "xray", "JPEG2000_UNC": "nuclear_medicine", "color3d": "ultrasound"}),
+    "pydicom": ({"family": "dicom", "glob": "*.dcm"}, "mri", {"CT_small": "ct", "RG3|ybr": "xray", "JPEG-lossy": "nuclear_medicine"}),
+    "ibsi_sts": ({"family": "dicom", "glob": "**/*.dcm", "stack_series": True}, "mri", {"/CT/": "ct", "/PET/": "pet"}),
+    "cxr_samples": ({"family": "dicom", "glob": "*.dcm"}, "xray", {}),
+}
+
+
+def test_no_planted_identifier_leaves_ingest_or_normalize_for_any_dicom_fixture(tmp_path):
+    """Planted copies of every DICOM fixture (demo sources, pydicom files, real series with
+    their RTSTRUCTs) run through ingest and normalize; no identifier reaches any output byte."""
+    available = [f for f in FIXTURES if f.group not in REALDATA_GROUPS or REALDATA.is_dir()]
+    roots = _planted_tree(tmp_path / "inputs", available)
+    data_root = DataRoot(tmp_path / "out")
+    for group, root in roots.items():
+        layout, modality, by_path = PLANTED_SOURCE_LAYOUTS[group]
+        spec = build_spec(
+            id=f"phi_{group}", modality=modality, modality_by_path=by_path, annotation_kinds=["none"],
+            layout=layout, root=str(root), patient={"source": "dicom"},
+            slicing={"rule": "every_k", "every_k": 4, "max_slices": 2},
+        )
+        ingested = run_ingest(spec, data_root, salt="pepper")
+        assert ingested.rows > 0, group
+        assert run_normalize(spec, data_root).rows == ingested.rows
+        for table in (data_root.table("raw_records", spec.id), data_root.quarantine("ingest", spec.id)):
+            if table.exists():  # decoded values too: Parquet may compress what the byte scan reads
+                text = " ".join(str(row) for row in pl.read_parquet(table).to_dicts()).lower()
+                assert not [i for i in PLANTED_IN_FIXTURES.strings() if i.lower() in text], (group, table)
+    assert scan_for_identifiers([tmp_path / "out"], PLANTED_IN_FIXTURES.strings()) == []
+
+
+def test_pseudonymize_paths_hides_identifiers_in_file_names(tmp_path):
+    # Private data often names files by MRN or patient name; the spec can hash every path part.
+    from PIL import Image
+
+    from medtrinity_assets.sources import IngestContext, read_source
+    from medtrinity_assets.storage import BlobStore
+
+    root = tmp_path / "src"
+    (root / "PLANTED-MRN-55120").mkdir(parents=True)
+    Image.new("L", (16, 16), 90).save(root / "PLANTED-MRN-55120" / "Doe_Jane_19010203.png")
+    spec = build_spec(root=str(root), pseudonymize_paths=True, layout={"family": "image_folder", "image_glob": "*/*.png"})
+    ctx = IngestContext(spec=spec, root=root, blobs=BlobStore(tmp_path / "var"), salt="s1")
+    (record,) = [item for item in read_source(ctx) if isinstance(item, dict)]
+    assert "PLANTED" not in record["source_file"] and "Doe" not in record["source_file"]
+    assert record["source_file"].endswith(".png") and record["source_file"].count("/") == 1
+    again = [item for item in read_source(ctx) if isinstance(item, dict)][0]
+    assert again["source_file"] == record["source_file"] and again["record_id"] == record["record_id"]

@@ -314,7 +314,8 @@ def test_image_csv_rows_labels_modality_and_bad_rows(tmp_path, ingest):
     reasons = sorted((q.source_file, q.reason) for q in quarantined)
     assert reasons == [
         ("images/c.png", "modality 'Ultrasound' (column modality) is not in modality_map"),
-        ("images/missing.png", "listed in meta.csv (line 5) but file is absent"),
+        ("images/missing.png", "metadata row names an absent image: listed in meta.csv but file is absent"),
+        ("images/é.png", "image has no metadata row in meta.csv"),
         ("meta.csv:7", "non-UTF-8 text in metadata (id or path field cannot be decoded)"),
     ]
 
@@ -373,3 +374,26 @@ def test_coco_boxes_polygons_and_bad_entries(tmp_path, ingest):
     assert outside[0].record_id == record_id_for("t_src", "imgs/one.png", None, -1) == one["record_id"]
     assert [(q.source_file, q.reason) for q in quarantined if q is not outside[0]] == [
         ("imgs/gone.png", "listed in ann.json but file is absent")]
+
+
+def test_labels_from_a_file_name_pattern(tmp_path, ingest):
+    # Shenzhen / Montgomery: the tuberculosis label is the file name's suffix, _0 or _1.
+    root = tmp_path / "src"
+    for i, name in enumerate(("CHNCXR_0001_0.png", "CHNCXR_0002_1.png", "CHNCXR_0003.png")):
+        save_png(root / "CXR_png" / name, noise((32, 32), seed=i))
+    _, records, quarantined = ingest(
+        {"family": "image_folder", "image_glob": "CXR_png/*.png"},
+        root,
+        labels={"source": "regex", "pattern": "_([01])\\.png$", "rename": {"0": "", "1": "tuberculosis"}},
+    )
+    assert not quarantined
+    assert {r["source_file"]: r["labels"] for r in records} == {
+        "CXR_png/CHNCXR_0001_0.png": [], "CXR_png/CHNCXR_0002_1.png": ["tuberculosis"], "CXR_png/CHNCXR_0003.png": []}
+
+
+def test_label_regex_without_group_is_a_spec_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs one group"):
+        SourceSpec.model_validate({**BASE_SPEC, "id": "t_src", "layout": {"family": "image_folder", "image_glob": "*.png"},
+                                   "labels": {"source": "regex", "pattern": "_1\\.png$"}})

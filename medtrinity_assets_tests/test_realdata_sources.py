@@ -30,6 +30,7 @@ REALDATA_SOURCES = {
     "dsb2018": ("dsb2018", "microscopy", ["cell nucleus"]),
     "miccai15_nuclei": ("miccai15_nuclei", "histopathology", ["brain", "head and neck"]),
     "ibsi_sts_nifti": ("ibsi_sts", "ct", ["soft tissue", "extremity"]),
+    "ibsi_sts_dicom": ("ibsi_sts", "ct", ["soft tissue", "extremity"]),
 }
 
 
@@ -174,3 +175,10 @@ def test_ibsi_nifti_spec_pairs_images_with_masks_and_modalities():
         assert (root / mask).is_file()
     modalities = {re.search(r"/(\w+)_image", image).group(1): spec.modality_for(image) for image in images}
     assert modalities == {"CT": "ct", "MR_T1": "mri", "PET": "pet"}
+
+
+def test_ibsi_nifti_pet_is_suv_as_the_spec_says(tmp_path):
+    # NIfTI headers carry no units; the spec states the IBSI PET volume is SUV.
+    _, records, _ = ingest("ibsi_sts_nifti", tmp_path)
+    units = {(r["modality"], r["pixel_units"]) for r in records}
+    assert units == {("ct", "HU"), ("mri", "raw"), ("pet", "SUV")}

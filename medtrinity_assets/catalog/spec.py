@@ -38,12 +38,27 @@ class Labels(Strict):
     """Where an image's finding labels come from (besides annotations)."""
 
     # "folder": the path component at `folder_depth` (0 = first); "fixed": `fixed` for all;
-    # "none": no per-image label (the spec's diseases still describe the source).
-    source: Literal["folder", "fixed", "none"] = "none"
+    # "regex": the first group of `pattern` on the relative path (Shenzhen "CHNCXR_0001_1.png":
+    # "_(\d)\.png$" reads "1"); "none": no per-image label (the spec's diseases still
+    # describe the source).
+    source: Literal["folder", "fixed", "regex", "none"] = "none"
     folder_depth: int = 0
     fixed: list[str] = Field(default_factory=list)
+    pattern: Optional[str] = None
     # Map raw label values to catalog names; a value mapped to "" means "no finding".
     rename: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _regex_needs_pattern(self) -> "Labels":
+        if self.source == "regex":
+            if not self.pattern:
+                raise ValueError("labels.source 'regex' needs 'pattern'")
+            try:
+                if re.compile(self.pattern).groups < 1:
+                    raise ValueError("labels.pattern needs one group: the label")
+            except re.error as error:
+                raise ValueError(f"labels.pattern is not a valid regex: {error}") from None
+        return self
 
 
 class PatientRule(Strict):
@@ -84,8 +99,8 @@ class Slicing(Strict):
     """Which 2D slices a 3D volume yields.
 
     annotated_plus_context: every slice that cuts the label volume, plus `context` slices on
-    each side, thinned to at most `max_slices` evenly; volumes without labels fall back to
-    every_k. every_k: every k-th slice of the middle `central_fraction` of the volume.
+    each side; when that is over `max_slices`, the context slices are dropped first and the
+    annotated slices are thinned evenly; volumes without labels fall back to every_k. every_k: every k-th slice of the middle `central_fraction` of the volume.
     """
 
     rule: Literal["annotated_plus_context", "every_k"] = "annotated_plus_context"
@@ -170,6 +185,11 @@ class SourceSpec(Strict):
     intensity: Intensity = Field(default_factory=Intensity)
     # Per-file modality where one source mixes them: regex on the relative path -> modality.
     modality_by_path: dict[str, Modality] = Field(default_factory=dict)
+    # Replace every folder and file name in the records' source_file by a salted hash (the
+    # suffix is kept). For private data whose paths carry identifiers (MRNs, names, dates);
+    # public releases name files with the publisher's own pseudonyms, so the default keeps them
+    # for provenance. The quarantine table, which never leaves the machine, keeps real paths.
+    pseudonymize_paths: bool = False
     # Boxes from a second annotation file added to the records of any layout family.
     extra_boxes: Optional[BoxAnnotations] = None
     # Radiological display convention: image left is patient right (set false for photos).

@@ -7,7 +7,13 @@ decision can be audited) and then, from that file, the exports:
 - ``llava_<split>.jsonl``: LLaVA-style conversations of the verified, non-duplicate rows;
 - ``rejected_unverified.jsonl``: rows whose description the verifier flagged, with the flags,
   so a contradiction is never shipped for training but is never lost either;
+- ``held_back_flagged.jsonl``: rows whose image carries a review flag in ``HELD_BACK_FLAGS``
+  (text burned into the pixels may be a patient's name): kept out of training the same way,
+  whatever the verifier said, and listed for a reviewer;
 - ``dataset_card.md``: counts per source, modality and split, licenses, rejection fraction.
+
+Each exported conversation carries the publisher's own text (``source_text``: captions and
+question-answer pairs) beside the generated description, never inside it.
 
 Every file is written beside its final path and renamed into place.
 """
@@ -27,6 +33,9 @@ from medtrinity_assets.dataset.triplets import connect, sql_string
 from medtrinity_assets.storage import atomic_path
 
 REJECTED_FILE = "rejected_unverified.jsonl"
+FLAGGED_FILE = "held_back_flagged.jsonl"
+# Record flags (RAW_RECORDS.flags) that keep an image out of the training files.
+HELD_BACK_FLAGS = ("burned_in_annotation",)
 CARD_FILE = "dataset_card.md"
 MODALITY_WORDS = {
     "ct": "CT",
@@ -43,6 +52,28 @@ _DUPLICATES_SCHEMA = pa.schema(
 
 def llava_file(split: str) -> str:
     return f"llava_{split}.jsonl"
+
+
+def held_back_flags(row: dict) -> list[str]:
+    """The row's flags that keep it out of the training exports."""
+    return [flag for flag in (row.get("flags") or []) if flag in HELD_BACK_FLAGS]
+
+
+def held_back_sql(flags_column: str = "flags") -> str:
+    """SQL truth of ``held_back_flags``, for the dataset card's counts."""
+    listed = ", ".join(sql_string(flag) for flag in HELD_BACK_FLAGS)
+    return f"list_has_any(coalesce({flags_column}, []::VARCHAR[]), [{listed}])"
+
+
+def parsed_source_text(row: dict) -> dict | None:
+    """The publisher's text as JSON for the exports (a string in the Parquet table)."""
+    text = row.get("source_text")
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"raw": text}
 
 
 def _box_of(rois_json: str | None, primary_roi_id: str | None) -> tuple[list | None, str | None]:
@@ -84,6 +115,7 @@ def llava_record(row: dict, include_coarse_caption: bool = False) -> dict:
         ],
         "roi": box,
         "source_id": row["source_id"],
+        "source_text": parsed_source_text(row),
     }
 
 
@@ -96,7 +128,9 @@ def _rejected_record(row: dict) -> dict:
         "split": row["split"],
         "roi": box,
         "description": row["description"],
+        "source_text": parsed_source_text(row),
         "verifier_flags": list(row.get("verifier_flags") or []),
+        "flags": list(row.get("flags") or []),
     }
 
 
@@ -136,10 +170,12 @@ def _mark_duplicates(con, relation: str, max_hamming: int) -> dict:
 def _write_exports(con, dataset: str, exports_dir: Path, include_coarse_caption: bool) -> dict:
     exported = {split: 0 for split in SPLIT_NAMES}
     rejected = 0
+    held_back_by_flag = {flag: 0 for flag in HELD_BACK_FLAGS}
+    held_back = 0
     with ExitStack() as stack:
         files = {}
         # Each file is entered after its atomic path, so unwinding closes it before the rename.
-        for name in [*(llava_file(s) for s in SPLIT_NAMES), REJECTED_FILE]:
+        for name in [*(llava_file(s) for s in SPLIT_NAMES), REJECTED_FILE, FLAGGED_FILE]:
             tmp = stack.enter_context(atomic_path(exports_dir / name))
             files[name] = stack.enter_context(tmp.open("w", encoding="utf-8"))
         reader = con.sql(
@@ -147,14 +183,26 @@ def _write_exports(con, dataset: str, exports_dir: Path, include_coarse_caption:
         ).to_arrow_reader(1024)
         for batch in reader:
             for row in batch.to_pylist():
-                if row["verified"] is True and row["split"] in exported:
+                flagged = held_back_flags(row)
+                if flagged:
+                    # The image itself is unfit for training, so this comes before the verdict.
+                    files[FLAGGED_FILE].write(json.dumps(_rejected_record(row), ensure_ascii=False) + "\n")
+                    held_back += 1
+                    for flag in flagged:
+                        held_back_by_flag[flag] += 1
+                elif row["verified"] is True and row["split"] in exported:
                     record = llava_record(row, include_coarse_caption)
                     files[llava_file(row["split"])].write(json.dumps(record, ensure_ascii=False) + "\n")
                     exported[row["split"]] += 1
                 else:
                     files[REJECTED_FILE].write(json.dumps(_rejected_record(row), ensure_ascii=False) + "\n")
                     rejected += 1
-    return {"exported": exported, "rejected_unverified": rejected}
+    return {
+        "exported": exported,
+        "rejected_unverified": rejected,
+        "held_back_flagged": held_back,
+        "held_back_by_flag": held_back_by_flag,
+    }
 
 
 def _table_md(header: list[str], rows: list[tuple]) -> list[str]:
@@ -167,10 +215,11 @@ def _table_md(header: list[str], rows: list[tuple]) -> list[str]:
 
 def _dataset_card(con, dataset: str, stats: dict) -> str:
     kept = f"(SELECT * FROM {dataset} WHERE duplicate_of IS NULL)"
+    held = held_back_sql()
     by_source = con.execute(
         f"""SELECT source_id, count(*) AS rows, count(*) FILTER (duplicate_of IS NOT NULL) AS duplicates,
-                   count(*) FILTER (duplicate_of IS NULL AND verified) AS exported,
-                   count(*) FILTER (duplicate_of IS NULL AND NOT coalesce(verified, false)) AS rejected,
+                   count(*) FILTER (duplicate_of IS NULL AND verified AND NOT {held}) AS exported,
+                   count(*) FILTER (duplicate_of IS NULL AND NOT coalesce(verified, false) AND NOT {held}) AS rejected,
                    string_agg(DISTINCT license, '; ') AS license
             FROM {dataset} GROUP BY source_id ORDER BY source_id"""
     ).fetchall()
@@ -191,9 +240,10 @@ def _dataset_card(con, dataset: str, stats: dict) -> str:
         "",
         f"- Rows in the Parquet table: {stats['rows']} (of which duplicates kept for audit: {stats['duplicates']};"
         f" exact {stats['exact_duplicates']}, near {stats['near_duplicates']} at phash Hamming <= {NEAR_DUPLICATE_MAX_HAMMING})",
-        f"- Exported for training (verified, not duplicate): {sum(stats['exported'].values())}",
+        f"- Exported for training (verified, not duplicate, not held back): {sum(stats['exported'].values())}",
         f"- Rejected as unverified (verifier found a contradiction): {stats['rejected_unverified']}"
         f" = {stats['rejected_fraction']:.1%} of {considered} non-duplicate rows",
+        f"- Held back for review (image flagged {', '.join(HELD_BACK_FLAGS)}): {stats['held_back_flagged']}",
         f"- Split rule: {SPLIT_VERSION} (by patient; duplicates follow their kept row, {stats['split_reassigned']} moved)",
         "",
         "## By source",
@@ -212,6 +262,7 @@ def _dataset_card(con, dataset: str, stats: dict) -> str:
         "",
         *[f"- `{llava_file(s)}`: {stats['exported'][s]} conversations" for s in SPLIT_NAMES],
         f"- `{REJECTED_FILE}`: {stats['rejected_unverified']} rows with their verifier flags",
+        f"- `{FLAGGED_FILE}`: {stats['held_back_flagged']} rows held back by their record flags",
         "",
     ]
     return "\n".join(lines)

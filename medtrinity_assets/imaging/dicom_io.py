@@ -1,8 +1,11 @@
 """Decode DICOM pixels into physically meaningful arrays, reading only allowlisted header values.
 
 ``read_header`` is the only place a DICOM header is looked at: it returns a ``DicomHeader`` of
-technical values (``deid.ALLOWED_KEYWORDS``), the grouping values used in memory to stack series,
-and the patient id, which the reader hashes at once. ``decode_frame`` returns pixels with the
+technical values (``deid.ALLOWED_KEYWORDS``), the grouping values used in memory to stack series
+and to match annotation objects (UIDs, plane geometry, never written out), and the patient id,
+which the reader hashes at once. Annotation objects (RTSTRUCT, SEG) are read by
+``sources.dicom_annotations``, which takes only their references, geometry, ROI/segment names
+and segment pixels. ``decode_frame`` returns pixels with the
 Modality LUT applied (CT in Hounsfield units, PET in SUV when the header allows), MONOCHROME1
 inverted so that bright always means dense, and colour images as 8-bit RGB.
 """
@@ -18,8 +21,12 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
+from medtrinity_assets.imaging.deid import has_burned_in_annotation
+
 # Objects that carry no image to describe (structure sets, segmentations, reports, plans, dose
-# grids, presentation states...). RTSTRUCT and SEG become ROIs in a later release.
+# grids, presentation states...). RTSTRUCT and SEG among them are annotation objects: the dicom
+# reader turns them into ROIs of the images they reference (sources.dicom_annotations).
+ANNOTATION_MODALITIES = frozenset({"RTSTRUCT", "SEG"})
 NON_IMAGE_MODALITIES = frozenset(
     {"RTSTRUCT", "SEG", "SR", "RTPLAN", "RTDOSE", "RTRECORD", "RTIMAGE_PLAN", "KO", "PR", "REG", "DOC", "RWV", "FID", "PLAN", "AU", "ECG", "HD"}
 )
@@ -68,6 +75,13 @@ class DicomHeader:
     instance_number: Optional[int]
     # In memory only, hashed at once by the reader (sources.base.patient_hash).
     patient_id: Optional[str]
+    # In memory only, to match RTSTRUCT / SEG objects to the images they reference.
+    sop_instance_uid: Optional[str] = None
+    frame_of_reference_uid: Optional[str] = None
+    # Multi-frame files: ImagePositionPatient of each frame (per-frame functional groups).
+    frame_positions: Optional[tuple[tuple[float, float, float], ...]] = None
+    # BurnedInAnnotation (0028,0301) is "YES": text such as a name may be in the pixels.
+    burned_in_annotation: bool = False
 
     @property
     def slice_normal(self) -> Optional[np.ndarray]:
@@ -93,7 +107,7 @@ def _floats(value) -> Optional[list[float]]:
         return None
 
 
-def _functional_group_value(ds: Dataset, group: str, keyword: str, frame: Optional[int] = None):
+def functional_group_value(ds: Dataset, group: str, keyword: str, frame: Optional[int] = None):
     """A value from Enhanced multi-frame functional groups: per-frame first, then shared."""
     sources = []
     if frame is not None and "PerFrameFunctionalGroupsSequence" in ds and frame < len(ds.PerFrameFunctionalGroupsSequence):
@@ -113,7 +127,16 @@ def read_dicom(path: Path, with_pixels: bool = True) -> Dataset:
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
-    return pydicom.dcmread(path, stop_before_pixels=not with_pixels)
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not with_pixels)
+    except pydicom.errors.InvalidDicomError:
+        # Older writers (RT planning systems especially) omit the 128-byte preamble and file
+        # meta: read the bare dataset, but only accept it if it names its SOP class, so that
+        # a text or image file forced through the parser is still rejected.
+        ds = pydicom.dcmread(path, stop_before_pixels=not with_pixels, force=True)
+        if "SOPClassUID" not in ds:
+            raise
+        return ds
 
 
 def read_header(ds: Dataset) -> DicomHeader:
@@ -121,24 +144,25 @@ def read_header(ds: Dataset) -> DicomHeader:
     candidates = (
         _floats(ds.get("PixelSpacing")),
         _floats(ds.get("ImagerPixelSpacing")),
-        _floats(_functional_group_value(ds, "PixelMeasuresSequence", "PixelSpacing", 0)),
+        _floats(functional_group_value(ds, "PixelMeasuresSequence", "PixelSpacing", 0)),
     )
     spacing = next((c for c in candidates if c and len(c) >= 2 and min(c[:2]) > 0), None)
     position = _floats(ds.get("ImagePositionPatient")) or _floats(
-        _functional_group_value(ds, "PlanePositionSequence", "ImagePositionPatient", 0)
+        functional_group_value(ds, "PlanePositionSequence", "ImagePositionPatient", 0)
     )
     orientation = _floats(ds.get("ImageOrientationPatient")) or _floats(
-        _functional_group_value(ds, "PlaneOrientationSequence", "ImageOrientationPatient", 0)
+        functional_group_value(ds, "PlaneOrientationSequence", "ImageOrientationPatient", 0)
     )
     thickness = _floats(ds.get("SliceThickness"))
     instance = ds.get("InstanceNumber")
+    n_frames = int(ds.get("NumberOfFrames") or 1)
     patient_id = ds.get("PatientID")
     return DicomHeader(
         modality=(str(ds.get("Modality")).strip().upper() or None) if ds.get("Modality") else None,
         body_part=str(ds.get("BodyPartExamined")) if ds.get("BodyPartExamined") else None,
         rows=int(ds.get("Rows") or 0),
         columns=int(ds.get("Columns") or 0),
-        n_frames=int(ds.get("NumberOfFrames") or 1),
+        n_frames=n_frames,
         photometric=str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
         pixel_spacing_mm=spacing[:2] if spacing and len(spacing) >= 2 else None,
         slice_thickness=thickness[0] if thickness else None,
@@ -148,16 +172,38 @@ def read_header(ds: Dataset) -> DicomHeader:
         orientation=tuple(orientation[:6]) if orientation and len(orientation) >= 6 else None,
         instance_number=int(instance) if instance not in (None, "") else None,
         patient_id=str(patient_id) if patient_id not in (None, "") else None,
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        frame_of_reference_uid=_uid(ds, "FrameOfReferenceUID"),
+        frame_positions=_frame_positions(ds, n_frames) if n_frames > 1 else None,
+        burned_in_annotation=has_burned_in_annotation(ds),
     )
+
+
+def _uid(ds: Dataset, keyword: str) -> Optional[str]:
+    value = ds.get(keyword)
+    return str(value).strip() if value not in (None, "") else None
+
+
+def _frame_positions(ds: Dataset, n_frames: int) -> Optional[tuple[tuple[float, float, float], ...]]:
+    """Per-frame positions of an enhanced multi-frame image; None unless every frame has one."""
+    positions = []
+    for frame in range(n_frames):
+        position = _floats(functional_group_value(ds, "PlanePositionSequence", "ImagePositionPatient", frame))
+        if not position or len(position) < 3:
+            return None
+        positions.append(tuple(position[:3]))
+    return tuple(positions)
 
 
 def check_is_image(header: DicomHeader, pixels_read: bool = True) -> None:
     """Raise ``NotAnImageObject`` for objects without an image; ``pixels_read=False`` when the
     header was read with ``stop_before_pixels`` (pixel presence is then checked on decode)."""
-    if header.modality in NON_IMAGE_MODALITIES:
+    if header.modality in ANNOTATION_MODALITIES:
         raise NotAnImageObject(
-            f"not an image object (Modality={header.modality}): handled by the RTSTRUCT/SEG reader in a later release"
+            f"not an image object (Modality={header.modality}): an annotation object, read as ROIs of the images it references"
         )
+    if header.modality in NON_IMAGE_MODALITIES:
+        raise NotAnImageObject(f"not an image object (Modality={header.modality}): nothing to describe")
     if pixels_read and not header.has_pixels:
         raise NotAnImageObject(f"not an image object (Modality={header.modality}): the file has no pixel data")
 
@@ -167,9 +213,9 @@ def _rescale(ds: Dataset, frame: Optional[int]) -> tuple[float, float, Optional[
     intercept = ds.get("RescaleIntercept")
     rescale_type = ds.get("RescaleType")
     if slope is None and intercept is None:
-        slope = _functional_group_value(ds, "PixelValueTransformationSequence", "RescaleSlope", frame)
-        intercept = _functional_group_value(ds, "PixelValueTransformationSequence", "RescaleIntercept", frame)
-        rescale_type = _functional_group_value(ds, "PixelValueTransformationSequence", "RescaleType", frame)
+        slope = functional_group_value(ds, "PixelValueTransformationSequence", "RescaleSlope", frame)
+        intercept = functional_group_value(ds, "PixelValueTransformationSequence", "RescaleIntercept", frame)
+        rescale_type = functional_group_value(ds, "PixelValueTransformationSequence", "RescaleType", frame)
     return (
         float(slope) if slope not in (None, "") else 1.0,
         float(intercept) if intercept not in (None, "") else 0.0,

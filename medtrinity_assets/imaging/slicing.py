@@ -4,6 +4,9 @@ A CT or MR volume has hundreds of near-identical slices; keeping them all floods
 with duplicates of one patient. MedTrinity keeps the slices that show the annotated region,
 plus a few neighbours for context; volumes without labels are sampled every k-th slice over
 their middle, where the anatomy is (the ends are mostly air and partial volumes).
+
+Indices are positions along one axis of the volume in canonical (RAS) order, so the same slice
+gets the same index whatever voxel order the file was written in.
 """
 
 from __future__ import annotations
@@ -54,5 +57,35 @@ def select_slices(n_slices: int, label_presence: Optional[np.ndarray], rule: Sli
             for offset in range(-rule.context, rule.context + 1):
                 shifted = labelled + offset
                 keep[shifted[(shifted >= 0) & (shifted < n_slices)]] = True
-            return thin_evenly(np.flatnonzero(keep).tolist(), rule.max_slices)
+            with_context = np.flatnonzero(keep).tolist()
+            if len(with_context) <= rule.max_slices:
+                return with_context
+            # Over budget, the context goes first: thinning labelled and context slices
+            # together can keep a neighbour of a small lesion and drop the lesion itself.
+            return thin_evenly(labelled.tolist(), rule.max_slices)
     return every_k_central(n_slices, rule)
+
+
+def label_presence(labels: np.ndarray, axis: int) -> np.ndarray:
+    """One bool per slice along ``axis``: does any non-zero label voxel lie in it?"""
+    other_axes = tuple(a for a in range(labels.ndim) if a != axis)
+    return np.any(labels != 0, axis=other_axes)
+
+
+def label_value_masks(label_plane: np.ndarray, names: dict[int, str]) -> list[tuple[int, str, np.ndarray]]:
+    """(value, name, binary mask) for every non-zero label value in one 2D label slice.
+
+    Each value is its own mask (BraTS: necrosis, oedema and enhancing tumour are three
+    findings, not one); values without a name are called "label <value>", never dropped; a
+    value named "" is background by the spec's choice (``labels.rename`` to "").
+    """
+    masks = []
+    for value in np.unique(label_plane).tolist():
+        if value == 0:
+            continue
+        value = int(value)
+        name = names.get(value, f"label {value}")
+        if not name:
+            continue
+        masks.append((value, name, (label_plane == value).astype(np.uint8)))
+    return masks

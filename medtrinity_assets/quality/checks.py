@@ -340,6 +340,49 @@ def check_accepted_values(
     return _guarded(name, severity, path, body)
 
 
+def check_source_text_kept_apart(
+    con, path: PathLike, *, name: str = "source_text_kept_apart", severity: str = "ERROR", min_caption_chars: int = 20
+) -> CheckOutcome:
+    """The publisher's text is well-formed JSON ({"captions": [...], "qa": [...]}) and none of its
+    captions is pasted into the generated description, which must stay the pipeline's own.
+
+    Captions shorter than ``min_caption_chars`` ("Normal.") may occur in any description by
+    chance and are not compared.
+    """
+
+    def body(rel: str) -> CheckOutcome:
+        absent = _missing_columns(con, rel, ["source_text", "description"])
+        if absent:
+            return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
+        problem = f"""CASE
+            WHEN source_text IS NULL THEN NULL
+            WHEN NOT json_valid(source_text) THEN 'source_text is not JSON'
+            WHEN coalesce(json_type(source_text, '$.captions'), '') <> 'ARRAY'
+              OR coalesce(json_type(source_text, '$.qa'), '') <> 'ARRAY' THEN 'source_text lacks captions/qa lists'
+            WHEN list_bool_or(list_transform(
+                    coalesce(json_extract_string(source_text, '$.captions[*]'), []::VARCHAR[]),
+                    lambda c: length(trim(c)) >= {int(min_caption_chars)} AND contains(coalesce(description, ''), trim(c))))
+                THEN 'publisher caption pasted into the description'
+        END"""
+        bad = f"SELECT record_id, source_id, source_text IS NOT NULL AS has_text, {problem} AS problem FROM {rel}"
+        with_text, failing = _rows(con, f"SELECT count(*) FILTER (has_text), count(problem) FROM ({bad})")[0]
+        by_problem = dict(_rows(con, f"SELECT problem, count(*) FROM ({bad}) WHERE problem IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1"))
+        examples = _dicts(
+            con, f"SELECT record_id, source_id, problem FROM ({bad}) WHERE problem IS NOT NULL ORDER BY record_id LIMIT {MAX_EXAMPLES}"
+        ) if failing else []
+        return CheckOutcome(
+            name,
+            failing == 0,
+            severity,
+            f"{with_text} rows with publisher text, all well-formed and kept apart"
+            if failing == 0 else f"{failing} of {with_text} rows with publisher text fail: {', '.join(by_problem)}",
+            {"with_source_text": int(with_text), "failing": int(failing),
+             "by_problem": {k: int(v) for k, v in by_problem.items()}, "examples": examples},
+        )
+
+    return _guarded(name, severity, path, body)
+
+
 def check_patient_single_split(
     con, path: PathLike, *, where: str = "TRUE", name: str = "patient_single_split", severity: str = "ERROR"
 ) -> CheckOutcome:
@@ -467,6 +510,11 @@ def _registry() -> dict[str, list[CheckDef]]:
             CheckDef(
                 "patient_single_split", "No patient has images in two splits.", "ERROR",
                 lambda con, root, part: check_patient_single_split(con, _table("triplets", root, part)),
+            ),
+            CheckDef(
+                "source_text_kept_apart",
+                "Publisher text is {captions, qa} JSON and no caption of it is pasted into the description.", "ERROR",
+                lambda con, root, part: check_source_text_kept_apart(con, _table("triplets", root, part)),
             ),
         ],
         "knowledge_base": [

@@ -13,6 +13,8 @@ FAMILY_MODULES = {
     "image_csv": "medtrinity_assets.sources.image_csv",
     "coco": "medtrinity_assets.sources.coco",
     "image_folder": "medtrinity_assets.sources.image_folder",
+    "boxes": "medtrinity_assets.sources.boxes",
+    "captions": "medtrinity_assets.sources.captions",
 }
 
 
@@ -22,7 +24,14 @@ def read_source(ctx: IngestContext) -> IngestStream:
         yield Quarantined(str(ctx.root), f"source folder does not exist: {ctx.root} (download the source into it)")
         return
     module = importlib.import_module(FAMILY_MODULES[ctx.spec.layout.family])
-    yield from module.read(ctx)
+    stream = module.read(ctx)
+    if ctx.spec.extra_boxes is not None:
+        # Boxes from a second file (covid-chestxray's COCO lung boxes beside its label CSV),
+        # matched to the family's records by relative image path.
+        from medtrinity_assets.sources.boxes import apply_extra_boxes
+
+        stream = apply_extra_boxes(ctx, stream)
+    yield from stream
 
 
 __all__ = ["IngestContext", "Quarantined", "read_source"]

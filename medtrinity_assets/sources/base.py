@@ -47,6 +47,17 @@ def patient_hash(salt: str, source_id: str, patient_id: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
+def pseudonymous_path(salt: str, relative_path: str) -> str:
+    """The path with each folder and file name replaced by a salted hash, suffix kept: the same
+    input gives the same output (volumes still group), and names cannot be read back."""
+    from pathlib import PurePosixPath
+
+    parts = PurePosixPath(relative_path).parts
+    hashed = [hashlib.sha256(f"{salt}\x1f{part}".encode("utf-8")).hexdigest()[:16] for part in parts]
+    suffixes = "".join(PurePosixPath(parts[-1]).suffixes) if parts else ""
+    return "/".join(hashed) + suffixes
+
+
 def make_record(
     ctx: IngestContext,
     *,
@@ -65,6 +76,7 @@ def make_record(
     modality: str | None = None,
     source_text: dict | None = None,
     flags: list[str] | None = None,
+    organs: list[str] | None = None,
 ) -> dict:
     """Store the de-identified pixel array and return the RAW_RECORDS row for it.
 
@@ -83,13 +95,14 @@ def make_record(
     return {
         "record_id": record_id_for(ctx.spec.id, source_file, sequence, slice_index),
         "source_id": ctx.spec.id,
-        "source_file": source_file,
+        "source_file": pseudonymous_path(ctx.salt, source_file) if ctx.spec.pseudonymize_paths else source_file,
         "sequence": sequence,
         "slice_index": slice_index,
         "slice_count": slice_count,
         "modality": modality or ctx.spec.modality_for(source_file),
         "dicom_modality": dicom_modality,
-        "organs": list(ctx.spec.organs),
+        # Per-image anatomy where the layout knows it (VQA rows), else the source's organs.
+        "organs": list(organs) if organs else list(ctx.spec.organs),
         "labels": sorted(set(labels)),
         "patient_hash": patient_hash(ctx.salt, ctx.spec.id, patient_id),
         "pixel_ref": pixel_ref,
@@ -111,6 +124,8 @@ def store_mask(ctx: IngestContext, mask) -> str:
     import numpy as np
 
     mask = np.asarray(mask)
-    dtype = np.uint8 if mask.max(initial=0) < 256 else np.uint16
+    peak = int(mask.max(initial=0))
+    # Instance masks of very dense tiles can exceed 65,535 objects: never wrap ids silently.
+    dtype = np.uint8 if peak < 256 else np.uint16 if peak < 65536 else np.uint32
     _, ref = ctx.blobs.put_array("masks", mask.astype(dtype))
     return ref

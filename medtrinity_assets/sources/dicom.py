@@ -1,4 +1,6 @@
-"""DICOM layout family: single images, multi-frame files, and series stacked into volumes.
+"""DICOM layout family: single images, multi-frame files, series stacked into volumes, and the
+RTSTRUCT / SEG objects among them, whose contours and segments become mask annotations of the
+slices they lie on (``sources.dicom_annotations``) and steer which slices are kept.
 
 Every header value passes through ``imaging.dicom_io.read_header`` (the PHI allowlist); the
 patient id is hashed the moment the record is made. One bad file is quarantined with its
@@ -11,9 +13,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
 
+import numpy as np
+
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.imaging.deid import patient_identifier
+from medtrinity_assets.imaging.deid import SUV_RETAIN_OPTIONS, apply_basic_profile
 from medtrinity_assets.imaging.dicom_io import (
+    ANNOTATION_MODALITIES,
     DicomHeader,
     NotAnImageObject,
     check_is_image,
@@ -28,7 +34,9 @@ from medtrinity_assets.sources.base import (
     Quarantined,
     make_record,
     record_id_for,
+    store_mask,
 )
+from medtrinity_assets.sources.dicom_annotations import PlaneMasks, collect_annotations, planes_of
 
 
 def _describe(error: Exception) -> str:
@@ -59,29 +67,68 @@ def _relative(ctx: IngestContext, path: Path) -> str:
     return path.relative_to(ctx.root).as_posix()
 
 
-def _record(ctx: IngestContext, rel: str, header: DicomHeader, decoded, slice_index: int, slice_count: int) -> dict:
+def _burned_in(ctx: IngestContext, rel: str, header: DicomHeader, slice_index: int) -> Quarantined | list[str]:
+    """The record flags of an image, or its Quarantined when burned-in text is not wanted."""
+    if not header.burned_in_annotation:
+        return []
+    if ctx.spec.layout.burned_in_annotation == "flag":
+        return ["burned_in_annotation"]
+    return Quarantined(
+        rel,
+        "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels; "
+        "left out by layout.burned_in_annotation: quarantine (set 'flag' to keep it flagged)",
+        record_id_for(ctx.spec.id, rel, None, slice_index),
+    )
+
+
+def _mask_annotations(ctx: IngestContext, plane_masks: dict[str, np.ndarray] | None) -> list[dict]:
+    return [
+        {"kind": "mask", "label": label, "mask_ref": store_mask(ctx, plane_masks[label].astype(np.uint8))}
+        for label in sorted(plane_masks or {})
+    ]
+
+
+def _record(
+    ctx: IngestContext, rel: str, header: DicomHeader, decoded, slice_index: int, slice_count: int,
+    plane_masks: dict[str, np.ndarray] | None, flags: list[str],
+) -> dict:
     return make_record(
         ctx,
         source_file=rel,
         pixels=decoded.pixels,
         patient_id=patient_identifier(ctx.spec.patient, rel, header.patient_id),
-        labels=spec_labels(ctx.spec, rel),
-        annotations=[],
+        labels=spec_labels(ctx.spec, rel) + sorted(plane_masks or {}),
+        annotations=_mask_annotations(ctx, plane_masks),
         pixel_units=decoded.pixel_units,
         photometric=decoded.photometric,
         slice_index=slice_index,
         slice_count=slice_count,
         dicom_modality=header.modality,
         pixel_spacing_mm=header.pixel_spacing_mm,
+        flags=flags,
     )
 
 
-def _read_single_file(ctx: IngestContext, path: Path) -> IngestStream:
+def _deidentify(ctx: IngestContext, ds, header: DicomHeader):
+    """Apply the PS3.15 Basic Profile to the dataset before its pixels are decoded.
+
+    Only pixels and allowlisted technical values leave ingest anyway (read_header); this is
+    defence in depth, so no later code can reach an identifier through the dataset. It runs
+    after read_header, which keeps the UIDs that group series and match annotations in memory.
+    PET keeps the weight and times that the SUV conversion needs (PS3.15 retain options).
+    """
+    retain = SUV_RETAIN_OPTIONS if header.modality == "PT" else ()
+    apply_basic_profile(ds, ctx.salt, retain=retain)
+    return ds
+
+
+def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> IngestStream:
     rel = _relative(ctx, path)
     try:
         ds = read_dicom(path)
         header = read_header(ds)
         check_is_image(header)
+        _deidentify(ctx, ds, header)
     except NotAnImageObject as error:
         yield Quarantined(rel, str(error))
         return
@@ -89,14 +136,21 @@ def _read_single_file(ctx: IngestContext, path: Path) -> IngestStream:
         yield Quarantined(rel, f"not a readable DICOM file: {_describe(error)}")
         return
     if header.n_frames > 1:
-        # Multi-frame (cine, enhanced MR/CT): frames are slices of one acquisition.
-        frames = [(index, index, header.n_frames) for index in select_slices(header.n_frames, None, ctx.spec.slicing)]
+        # Multi-frame (cine, enhanced MR/CT): frames are slices of one acquisition; annotated
+        # frames (SEG, RTSTRUCT) steer the selection like labelled slices of a volume.
+        presence = np.array([(rel, f) in masks for f in range(header.n_frames)]) if masks else None
+        selected = select_slices(header.n_frames, presence, ctx.spec.slicing)
+        frames = [(index, index, header.n_frames) for index in selected]
     else:
         frames = [(None, -1, 1)]
     for frame, slice_index, slice_count in frames:
+        flags = _burned_in(ctx, rel, header, slice_index)
+        if isinstance(flags, Quarantined):
+            yield flags
+            continue
         try:
             decoded = decode_frame(ds, header, frame)
-            yield _record(ctx, rel, header, decoded, slice_index, slice_count)
+            yield _record(ctx, rel, header, decoded, slice_index, slice_count, masks.get((rel, frame)), flags)
         except Exception as error:
             yield Quarantined(rel, _describe(error), record_id_for(ctx.spec.id, rel, None, slice_index))
 
@@ -111,27 +165,18 @@ def _series_order(members: list[tuple[Path, DicomHeader]]) -> list[tuple[Path, D
     return sorted(members, key=lambda m: m[0].name)
 
 
-def _read_series(ctx: IngestContext, files: Iterable[Path]) -> IngestStream:
+def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], masks: PlaneMasks) -> IngestStream:
     series: dict[str, list[tuple[Path, DicomHeader]]] = defaultdict(list)
     multi_frame: list[Path] = []
-    for path in files:
+    for path, header in images:
         rel = _relative(ctx, path)
-        try:
-            header = read_header(read_dicom(path, with_pixels=False))
-            check_is_image(header, pixels_read=False)
-        except NotAnImageObject as error:
-            yield Quarantined(rel, str(error))
-            continue
-        except Exception as error:
-            yield Quarantined(rel, f"not a readable DICOM file: {_describe(error)}")
-            continue
         if header.n_frames > 1:
             multi_frame.append(path)  # already a volume on its own
         else:
             # A file without a SeriesInstanceUID is its own series (keyed by path, in memory only).
             series[header.series_uid or f"file:{rel}"].append((path, header))
     for path in multi_frame:
-        yield from _read_single_file(ctx, path)
+        yield from _read_single_file(ctx, path, masks)
 
     for key in sorted(series, key=lambda k: _relative(ctx, series[k][0][0])):
         members = series[key]
@@ -146,21 +191,57 @@ def _read_series(ctx: IngestContext, files: Iterable[Path]) -> IngestStream:
                     yield Quarantined(_relative(ctx, path), f"slice size {shape} differs from its series' {main_shape}")
         ordered = _series_order(shapes[main_shape])
         count = len(ordered)
-        for index in select_slices(count, None, ctx.spec.slicing):
+        keys = [(_relative(ctx, path), None) for path, _ in ordered]
+        # Slices cut by an RTSTRUCT / SEG annotation drive annotated_plus_context.
+        presence = np.array([key in masks for key in keys]) if any(key in masks for key in keys) else None
+        for index in select_slices(count, presence, ctx.spec.slicing):
             path, header = ordered[index]
-            rel = _relative(ctx, path)
+            rel = keys[index][0]
+            flags = _burned_in(ctx, rel, header, index)
+            if isinstance(flags, Quarantined):
+                yield flags
+                continue
             try:
-                decoded = decode_frame(read_dicom(path), header, None)
-                yield _record(ctx, rel, header, decoded, index, count)
+                decoded = decode_frame(_deidentify(ctx, read_dicom(path), header), header, None)
+                yield _record(ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags)
             except Exception as error:
                 yield Quarantined(rel, _describe(error), record_id_for(ctx.spec.id, rel, None, index))
+
+
+def _scan(ctx: IngestContext, files: Iterable[Path]):
+    """Read every header once (no pixels): sort files into images and annotation objects, and
+    quarantine the rest. Yields Quarantined items; fills and returns the two lists at the end."""
+    images: list[tuple[Path, DicomHeader]] = []
+    annotation_objects: list[tuple[str, str]] = []
+    for path in files:
+        rel = _relative(ctx, path)
+        try:
+            header = read_header(read_dicom(path, with_pixels=False))
+            if header.modality in ANNOTATION_MODALITIES:
+                annotation_objects.append((rel, header.modality))
+                continue
+            check_is_image(header, pixels_read=False)
+        except NotAnImageObject as error:
+            yield Quarantined(rel, str(error))
+            continue
+        except Exception as error:
+            yield Quarantined(rel, f"not a readable DICOM file: {_describe(error)}")
+            continue
+        images.append((path, header))
+    return images, annotation_objects
 
 
 def read(ctx: IngestContext) -> IngestStream:
     layout = ctx.spec.layout
     files = list_files(ctx.root, layout.glob, layout.exclude_glob)
+    images, annotation_objects = yield from _scan(ctx, files)
+    masks: PlaneMasks = {}
+    if annotation_objects:
+        planes = [plane for path, header in images for plane in planes_of(_relative(ctx, path), header)]
+        masks, problems = collect_annotations(ctx.root, layout, annotation_objects, planes)
+        yield from problems
     if layout.stack_series:
-        yield from _read_series(ctx, files)
+        yield from _read_series(ctx, images, masks)
     else:
-        for path in files:
-            yield from _read_single_file(ctx, path)
+        for path, _ in images:
+            yield from _read_single_file(ctx, path, masks)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+import string
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Mapping
 
@@ -47,12 +50,16 @@ def path_labels(spec: SourceSpec, relative_path: str) -> list[str]:
     rule = spec.labels
     if rule.source == "fixed":
         return [label.lower() for label in rule.fixed]
+    raw = None
     if rule.source == "folder":
         parts = PurePosixPath(relative_path).parts[:-1]
         if rule.folder_depth < len(parts):
-            label = rename_label(spec, parts[rule.folder_depth])
-            return [label] if label else []
-    return []
+            raw = parts[rule.folder_depth]
+    elif rule.source == "regex":
+        match = re.search(rule.pattern, relative_path)
+        raw = match.group(1) if match else None
+    label = rename_label(spec, raw) if raw is not None else None
+    return [label] if label else []
 
 
 def patient_id_for(spec: SourceSpec, relative_path: str, row: Mapping[str, str] | None = None) -> str:
@@ -95,6 +102,9 @@ def image_record(
     annotations: list[dict],
     patient_id: str,
     modality: str | None = None,
+    source_text: dict | None = None,
+    flags: list[str] | None = None,
+    organs: list[str] | None = None,
 ) -> dict:
     return make_record(
         ctx,
@@ -106,6 +116,9 @@ def image_record(
         pixel_units="rgb" if photometric == "RGB" else "raw",
         photometric=photometric,
         modality=modality,
+        source_text=source_text,
+        flags=flags,
+        organs=organs,
     )
 
 
@@ -121,3 +134,65 @@ def clamp_box(box: list[float], width: int, height: int) -> list[int] | None:
     if cx1 <= cx0 or cy1 <= cy0:
         return None
     return [cx0, cy0, cx1, cy1]
+
+
+# --- metadata tables (label CSVs, caption TSVs) ------------------------------------------
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def read_csv_rows(
+    path: Path, encoding: str, delimiter: str = ",", columns: list[str] | None = None
+) -> tuple[list[str], list[tuple[int, dict[str, str]]], bool]:
+    """Header, (line number, row) pairs, and whether undecodable bytes were replaced.
+
+    ``columns`` names the fields of a file without header row (ROCO's captions.txt); a row with
+    more fields than names keeps the surplus in its last field, since a caption may hold the
+    delimiter. A wrongly declared encoding must not lose the whole file: it is re-read with
+    undecodable bytes replaced (U+FFFD), and the caller drops only rows whose key fields carry them.
+    """
+    try:
+        text = path.read_text(encoding=encoding)
+        replaced = False
+    except UnicodeDecodeError:
+        text = path.read_text(encoding=encoding, errors="replace")
+        replaced = True
+    text = text.lstrip("\ufeff")  # Excel writes a BOM that would stick to the first header
+    # Tab-separated files are not quoted by their publishers; a caption opening with a quote
+    # mark must not swallow the lines after it.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    # StringIO keeps quoted multi-line fields (clinical notes) inside their row.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    if columns:
+        header = list(columns)
+    else:
+        header = [name.strip() for name in next(reader, [])]
+    rows = []
+    for fields in reader:
+        if not any(field.strip() for field in fields):
+            continue  # blank line
+        if columns and len(fields) > len(header):
+            fields = [*fields[: len(header) - 1], delimiter.join(fields[len(header) - 1 :])]
+        row = dict(zip(header, fields))
+        rows.append((reader.line_num, row))  # line where the row ends, for error messages
+    return header, rows, replaced
+
+
+def template_fields(template: str) -> list[str]:
+    """Names in braces of a str.format template: "{folder}/{id}" -> ["folder", "id"]."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def template_glob(template: str) -> str:
+    """The glob matching every path a template can produce ("images/{id}.png" -> "images/*.png")."""
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(glob_escape(literal))
+        if name is not None:
+            parts.append("*")
+    return "".join(parts)
+
+
+def glob_escape(text: str) -> str:
+    """Literal text inside a glob: brackets and wildcards of a folder name match only themselves."""
+    return re.sub(r"([*?\[])", r"[\1]", text)

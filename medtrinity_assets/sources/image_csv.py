@@ -1,59 +1,45 @@
-"""Image folders described by a CSV, one row per image (ISIC, covid-chestxray-dataset).
+"""Image folders described by a label table, one row per image (ISIC, HAM10000, ChestX-ray14,
+covid-chestxray-dataset).
 
-Only the columns the spec names are read: id, path fields, labels, modality and the patient
-column (hashed). Free-text columns such as clinical notes may identify a person and are never
-copied into a record.
+A row's image is found by ``path_template`` (any column in braces) or, where the publisher
+splits the images over several folders (HAM10000_images_part_1/_part_2, ChestX-ray14's
+images_001..012), by its id among the file stems or names of ``path_index_glob``. Only the columns the spec names are read: id, path fields,
+labels, modality and the patient column (hashed). Free-text columns such as clinical notes may
+identify a person and are never copied into a record.
+
+What cannot be used is quarantined, one entry per row or file, so the table and the folder can
+be reconciled from the quarantine alone: a row naming an absent image ("metadata row names an
+absent image"), an id matching several files, an unmapped modality, an undecodable id, and
+(unless ``unlisted_images: ignore``) every image file no row names ("image has no metadata row").
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import string
-from pathlib import Path
+from collections import defaultdict
+from pathlib import PurePosixPath
 
 from medtrinity_assets.catalog.spec import ImageCsvLayout, SourceSpec
 from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
 from medtrinity_assets.sources.image_common import (
+    REPLACEMENT_CHAR,
     decode_image,
     image_record,
+    iter_image_files,
     patient_id_for,
+    read_csv_rows,
     rename_label,
+    template_fields,
+    template_glob,
 )
 
 TRUTHY = {"1", "1.0", "yes", "y", "true", "t"}
-REPLACEMENT_CHAR = "\ufffd"
+ABSENT_IMAGE = "metadata row names an absent image"
+UNLISTED_IMAGE = "image has no metadata row"
 
 
 def is_truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUTHY
-
-
-def read_csv_rows(path: Path, encoding: str) -> tuple[list[str], list[tuple[int, dict[str, str]]], bool]:
-    """Header, (line number, row) pairs, and whether undecodable bytes were replaced.
-
-    A wrongly declared encoding must not lose the whole CSV: the file is re-read with
-    undecodable bytes replaced (U+FFFD), and only rows whose key fields carry them are dropped.
-    """
-    try:
-        text = path.read_text(encoding=encoding)
-        replaced = False
-    except UnicodeDecodeError:
-        text = path.read_text(encoding=encoding, errors="replace")
-        replaced = True
-    text = text.lstrip("\ufeff")  # Excel writes a BOM that would stick to the first header
-    # StringIO keeps quoted multi-line fields (clinical notes) inside their row.
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in (reader.fieldnames or [])]
-    reader.fieldnames = header
-    rows = []
-    for row in reader:
-        rows.append((reader.line_num, row))  # line where the row ends, for error messages
-    return header, rows, replaced
-
-
-def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 def row_labels(spec: SourceSpec, layout: ImageCsvLayout, row: dict[str, str]) -> list[str]:
@@ -73,6 +59,17 @@ def row_labels(spec: SourceSpec, layout: ImageCsvLayout, row: dict[str, str]) ->
     return labels
 
 
+def files_by_id(root, pattern: str) -> dict[str, list[str]]:
+    """Image files of a glob under the ids a table may name them by: the file stem (HAM10000
+    "ISIC_0024306") and the file name (ChestX-ray14 "00000001_000.png")."""
+    index: dict[str, list[str]] = defaultdict(list)
+    for relative_path in iter_image_files(root, pattern):
+        path = PurePosixPath(relative_path)
+        for key in dict.fromkeys([path.stem, path.name]):
+            index[key].append(relative_path)
+    return index
+
+
 def read(ctx: IngestContext) -> IngestStream:
     spec = ctx.spec
     layout: ImageCsvLayout = spec.layout
@@ -81,12 +78,13 @@ def read(ctx: IngestContext) -> IngestStream:
         yield Quarantined(layout.csv, "label CSV is absent")
         return
     try:
-        header, rows, _ = read_csv_rows(csv_path, layout.csv_encoding)
+        header, rows, _ = read_csv_rows(csv_path, layout.csv_encoding, layout.delimiter)
     except (OSError, csv.Error, LookupError) as error:
         yield Quarantined(layout.csv, f"unreadable CSV: {error}")
         return
 
-    path_fields = [name for name in template_fields(layout.path_template) if name != "id"]
+    template = layout.path_template
+    path_fields = [name for name in template_fields(template) if name != "id"] if template else []
     needed = [layout.id_column, *path_fields, *layout.label_columns]
     needed += [c for c in (layout.label_column, layout.modality_column) if c]
     missing = [column for column in needed if column not in header]
@@ -94,6 +92,9 @@ def read(ctx: IngestContext) -> IngestStream:
         yield Quarantined(layout.csv, f"CSV lacks column(s) {', '.join(missing)}; header is {', '.join(header)}")
         return
 
+    index = files_by_id(ctx.root, layout.path_index_glob) if layout.path_index_glob else None
+    named: set[str] = set()  # image paths some row names, usable or not
+    line_of_path: dict[str, int] = {}
     for line_number, row in rows:
         row_ref = f"{layout.csv}:{line_number}"
         key_values = [row.get(layout.id_column) or "", *(row.get(f) or "" for f in path_fields)]
@@ -104,13 +105,32 @@ def read(ctx: IngestContext) -> IngestStream:
         if not image_id:
             yield Quarantined(row_ref, f"empty {layout.id_column!r} field")
             continue
-        try:
-            relative_path = layout.path_template.format(
-                id=image_id, **{f: (row.get(f) or "").strip() for f in path_fields}
-            )
-        except (KeyError, IndexError, ValueError) as error:
-            yield Quarantined(row_ref, f"path_template {layout.path_template!r} cannot be filled: {error}")
-            continue
+
+        if index is not None:
+            matches = index.get(image_id, [])
+            named.update(matches)
+            if not matches:
+                yield Quarantined(
+                    row_ref,
+                    f"{ABSENT_IMAGE}: id {image_id!r} matches no file of "
+                    f"path_index_glob {layout.path_index_glob!r}",
+                )
+                continue
+            if len(matches) > 1:
+                yield Quarantined(
+                    row_ref,
+                    f"image id {image_id!r} is ambiguous: {len(matches)} files of path_index_glob have that name "
+                    f"({', '.join(matches)})",
+                )
+                continue
+            relative_path = matches[0]
+        else:
+            try:
+                relative_path = template.format(id=image_id, **{f: (row.get(f) or "").strip() for f in path_fields})
+            except (KeyError, IndexError, ValueError) as error:
+                yield Quarantined(row_ref, f"path_template {template!r} cannot be filled: {error}")
+                continue
+            named.add(relative_path)
 
         modality = None
         if layout.modality_column:
@@ -123,8 +143,18 @@ def read(ctx: IngestContext) -> IngestStream:
                 continue
 
         if not (ctx.root / relative_path).is_file():
-            yield Quarantined(relative_path, f"listed in {layout.csv} (line {line_number}) but file is absent")
+            # No line number: one reason per table lets the quarantine group thousands of
+            # such rows (a partial download) under one entry; source_file names the image.
+            yield Quarantined(relative_path, f"{ABSENT_IMAGE}: listed in {layout.csv} but file is absent")
             continue
+        if relative_path in line_of_path:
+            # The record id comes from the path: a second row would make a second record with
+            # the same id, and which row's labels are right cannot be known.
+            yield Quarantined(
+                row_ref, f"image {relative_path} is listed again (first at line {line_of_path[relative_path]}); row ignored"
+            )
+            continue
+        line_of_path[relative_path] = line_number
         decoded = decode_image(ctx, relative_path)
         if isinstance(decoded, Quarantined):
             yield decoded
@@ -140,3 +170,12 @@ def read(ctx: IngestContext) -> IngestStream:
             patient_id=patient_id_for(spec, relative_path, row),
             modality=modality,
         )
+
+    if layout.unlisted_images == "quarantine":
+        if index is not None:
+            on_disk = sorted({path for paths in index.values() for path in paths})
+        else:
+            on_disk = iter_image_files(ctx.root, template_glob(template))
+        for relative_path in on_disk:
+            if relative_path not in named:
+                yield Quarantined(relative_path, f"{UNLISTED_IMAGE} in {layout.csv}")

@@ -1,25 +1,44 @@
-"""NIfTI layout family: 3D volumes, each with an optional label volume, sliced by rule.
+"""NIfTI layout family: 3D volumes, and 4D multi-channel ones, with label volumes, sliced by rule.
+
+Publishers lay NIfTI data out in three ways; each is turned into the same unit, a *case*: at
+most one label volume and the image volumes that share it.
+
+- ``image_glob`` + ``label_replace``: one image file, its label file found by replacements;
+- ``dataset_json`` (Medical Segmentation Decathlon): the JSON lists image/label pairs, names the
+  label values, and names the channels of 4D images (BrainTumour, Prostate): each channel is
+  one MR sequence and becomes its own records;
+- ``case_glob`` + ``sequences`` (BraTS): one folder per case, one file per MR sequence, one
+  label file, found by templates with ``{case}``.
+
+Slices are chosen ONCE per case from its label volume, so every sequence of a case yields
+records for the same slices with the same ROI masks (stored once: the blob store is
+content-addressed).
 
 Volumes are read in canonical RAS orientation (what ``nibabel.as_closest_canonical`` gives) and
 each kept slice is turned to the radiological display: anterior (or superior) up, patient right
-on the image left. The image is read slice by slice through nibabel's array proxy, so a large
-volume is never held whole; the label volume is read whole because choosing slices needs to
-know which slices it cuts. The NIfTI header's free-text fields (``descrip``, ``aux_file``,
-``intent_name``) are never read: they are where converters copy DICOM patient names.
+on the image left. Memory holds one case at a time: its label volume whole (choosing slices
+needs to know which slices it cuts) and, per image file and channel, slabs of at most
+``SLAB_SLICES`` slices read through nibabel's array proxy in file order, so a 4D file is never
+copied whole per channel and a gzip file is decompressed in one forward pass. The NIfTI
+header's free-text fields (``descrip``, ``aux_file``, ``intent_name``) are never read: they are
+where converters copy DICOM patient names.
 """
 
 from __future__ import annotations
 
+import json
+import posixpath
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
 from medtrinity_assets.imaging.deid import patient_identifier
-from medtrinity_assets.imaging.slicing import select_slices
+from medtrinity_assets.imaging.slicing import label_presence, label_value_masks, select_slices
 from medtrinity_assets.sources.base import (
     IngestContext,
     IngestStream,
@@ -29,10 +48,57 @@ from medtrinity_assets.sources.base import (
     store_mask,
 )
 from medtrinity_assets.sources.dicom import list_files, spec_labels
+from medtrinity_assets.sources.image_common import rename_label
+
+# Slices read from the file in one proxy access: bounds memory for big volumes while keeping
+# the number of reads (and gzip seeks) small.
+SLAB_SLICES = 16
+
+# macOS archives (the MSD tarballs among them) carry "._<name>" AppleDouble files beside each
+# real file: a few hundred bytes of Finder metadata with the same suffix, never a NIfTI volume.
+APPLE_DOUBLE_PREFIX = "._"
+
+
+@dataclass(frozen=True)
+class _Volume:
+    """One image file of a case."""
+
+    source_file: str  # relative to the source root
+    sequence: Optional[str] = None  # the MR sequence of a 3D file
+    # 4D files: channel index -> sequence name (dataset.json "modality"); None: not splittable.
+    channel_names: Optional[tuple[tuple[int, str], ...]] = None
+
+
+@dataclass(frozen=True)
+class _Case:
+    name: str  # what quarantine reasons about the whole case name: image file or case folder
+    volumes: tuple[_Volume, ...]
+    label_file: Optional[str]
+    patient: str  # raw patient key, hashed by make_record
+
+
+@dataclass(frozen=True)
+class _LabelVolume:
+    canonical: np.ndarray  # integer labels in RAS voxel order
+    file_shape: tuple[int, ...]
 
 
 def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _is_data_file(relative_path: str) -> bool:
+    """False for AppleDouble "._" files and anything in a hidden folder."""
+    return not any(part.startswith(".") for part in relative_path.split("/"))
+
+
+def _wanted(sequence: Optional[str], use_sequences: list[str]) -> bool:
+    if not use_sequences or sequence is None:
+        return True
+    return sequence.lower() in {name.lower() for name in use_sequences}
+
+
+# --- orientation -------------------------------------------------------------------------
 
 
 def label_path_for(relative_path: str, layout) -> Optional[str]:
@@ -63,22 +129,50 @@ def to_display(canonical_plane: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(canonical_plane.T[::-1, ::-1])
 
 
-def canonical_slice(image: nib.spatialimages.SpatialImage, axis: int, index: int) -> np.ndarray:
-    """One slice of the canonical volume, read through the proxy without loading the volume."""
-    mapping = canonical_axes(image.affine)
-    file_axis, reversed_axis = mapping[axis]
-    size = image.shape[file_axis]
-    selector: list = [slice(None)] * 3
-    selector[file_axis] = size - 1 - index if reversed_axis else index
-    plane = np.asanyarray(image.dataobj[tuple(selector)])
+def _file_plane_to_canonical(plane: np.ndarray, mapping: list[tuple[int, bool]], axis: int) -> np.ndarray:
+    """A plane cut across file axis ``mapping[axis][0]``, reordered and flipped into RAS."""
+    file_axis = mapping[axis][0]
     in_plane = [c for c in range(3) if c != axis]  # canonical axes of the plane, ascending
     remaining_file_axes = [a for a in range(3) if a != file_axis]
-    order = [remaining_file_axes.index(mapping[c][0]) for c in in_plane]
-    plane = plane.transpose(order)
+    plane = plane.transpose([remaining_file_axes.index(mapping[c][0]) for c in in_plane])
     for position, c in enumerate(in_plane):
         if mapping[c][1]:
             plane = np.flip(plane, axis=position)
     return plane
+
+
+def _slabs(sorted_file_indices: list[int]) -> Iterable[list[int]]:
+    group: list[int] = []
+    for index in sorted_file_indices:
+        if group and index - group[0] >= SLAB_SLICES:
+            yield group
+            group = []
+        group.append(index)
+    if group:
+        yield group
+
+
+def canonical_planes(image, axis: int, indices: list[int], channel: Optional[int] = None) -> dict[int, np.ndarray]:
+    """The planes at canonical ``indices`` along canonical ``axis`` (of one channel of a 4D file).
+
+    Read through the array proxy in slabs, in ascending file order: only the slices asked for
+    (and the gaps inside a slab) are decoded, and a gzip stream is never rewound.
+    """
+    mapping = canonical_axes(image.affine)
+    file_axis, reversed_axis = mapping[axis]
+    size = image.shape[file_axis]
+    canonical_of = {(size - 1 - i if reversed_axis else i): i for i in indices}
+    planes = {}
+    for group in _slabs(sorted(canonical_of)):
+        selector: list = [slice(None)] * 3
+        selector[file_axis] = slice(group[0], group[-1] + 1)
+        if channel is not None:
+            selector.append(channel)
+        slab = np.asanyarray(image.dataobj[tuple(selector)])
+        for file_index in group:
+            plane = np.take(slab, file_index - group[0], axis=file_axis)
+            planes[canonical_of[file_index]] = _file_plane_to_canonical(plane, mapping, axis)
+    return planes
 
 
 def _canonical_shape(image) -> tuple[int, int, int]:
@@ -86,7 +180,177 @@ def _canonical_shape(image) -> tuple[int, int, int]:
     return tuple(int(image.shape[mapping[c][0]]) for c in range(3))
 
 
-def _sequence(layout, relative_path: str) -> Optional[str]:
+def _in_plane_spacing(image, axis: int) -> list[float]:
+    zooms = [float(z) for z in image.header.get_zooms()[:3]]
+    mapping = canonical_axes(image.affine)
+    in_plane = [c for c in range(3) if c != axis]
+    # Display rows run along the higher in-plane axis, columns along the lower (see to_display).
+    return [zooms[mapping[in_plane[1]][0]], zooms[mapping[in_plane[0]][0]]]
+
+
+def _pixels(plane: np.ndarray) -> np.ndarray:
+    # Integral volumes stay integers; scaled or float volumes become float32 (half of float64).
+    if plane.dtype.kind in "iu":
+        return np.ascontiguousarray(plane)
+    return plane.astype(np.float32)
+
+
+# --- one case ------------------------------------------------------------------------------
+
+
+def _pixel_units(layout, rel: str, modality: str) -> str:
+    # NIfTI headers do not say what the voxel values mean; the spec may (IBSI PET is SUV).
+    for pattern, units in layout.pixel_units.items():
+        if re.search(pattern, rel):
+            return units
+    return "HU" if modality == "ct" else "raw"
+
+
+def _as_volume(image):
+    """A 2D NIfTI image (CAMUS stores one echocardiography frame per file) as a volume of one
+    slice along the third file axis, so it slices like any other; 3D and 4D files are returned
+    as they are. A 2D file is small, so reading it whole here costs nothing."""
+    if len(image.shape) != 2:
+        return image
+    plane = np.asanyarray(image.dataobj)
+    return nib.Nifti1Image(plane[:, :, np.newaxis], image.affine, image.header)
+
+
+def _load_label_volume(path: Path, threshold: Optional[float]) -> _LabelVolume:
+    label_image = _as_volume(nib.load(str(path)))
+    values = np.asanyarray(label_image.dataobj)
+    if values.ndim == 4 and values.shape[3] == 1:
+        values = values[..., 0]
+    if values.ndim != 3:
+        raise ValueError(f"label volume has shape {values.shape}, expected 3D")
+    if threshold is not None:
+        values = (values >= threshold).astype(np.uint8)
+    elif values.dtype.kind not in "iu":
+        values = np.rint(values).astype(np.int32)
+    canonical = apply_orientation(values, io_orientation(label_image.affine))
+    return _LabelVolume(canonical=canonical, file_shape=tuple(int(n) for n in label_image.shape[:3]))
+
+
+def _channels(image, volume: _Volume, use_sequences: list[str]) -> list[tuple[Optional[int], Optional[str]]] | str:
+    """(channel, sequence) pairs to slice from one image file, or why it cannot be sliced."""
+    shape = tuple(image.shape)
+    if len(shape) == 3:
+        return [(None, volume.sequence)]
+    if len(shape) == 4 and shape[3] == 1:
+        return [(0, volume.sequence)]
+    if len(shape) == 4 and volume.channel_names is not None:
+        names = dict(volume.channel_names)
+        pairs = [(c, names.get(c, f"channel {c}")) for c in range(shape[3])]
+        return [(c, name) for c, name in pairs if _wanted(name, use_sequences)]
+    return f"volume has shape {shape}: only 3D volumes, or 4D ones whose channels a dataset.json names, are sliced"
+
+
+def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> IngestStream:
+    layout = ctx.spec.layout
+    axis = layout.slice_axis
+    labels: Optional[_LabelVolume] = None
+    if case.label_file is not None:
+        try:
+            labels = _load_label_volume(ctx.root / case.label_file, layout.label_threshold)
+        except Exception as error:
+            yield Quarantined(case.name, f"label volume {case.label_file} not readable: {_describe(error)}")
+            return
+
+    reference_shape = labels.canonical.shape if labels is not None else None
+    indices: Optional[list[int]] = None
+    annotations_cache: dict[int, tuple[list[dict], list[str]]] = {}
+
+    def annotations_for(index: int) -> tuple[list[dict], list[str]]:
+        if labels is None:
+            return [], []
+        if index not in annotations_cache:
+            label_plane = to_display(np.take(labels.canonical, index, axis=axis))
+            annotations, found = [], []
+            for _, name, mask in label_value_masks(label_plane, names):
+                annotations.append({"kind": "mask", "label": name, "mask_ref": store_mask(ctx, mask)})
+                found.append(name)
+            annotations_cache[index] = (annotations, found)
+        return annotations_cache[index]
+
+    for volume in case.volumes:
+        rel = volume.source_file
+        try:
+            image = _as_volume(nib.load(str(ctx.root / rel), keep_file_open=True))
+        except Exception as error:
+            yield Quarantined(rel, f"not a readable NIfTI volume: {_describe(error)}")
+            continue
+        channels = _channels(image, volume, layout.use_sequences)
+        if isinstance(channels, str):
+            yield Quarantined(rel, channels)
+            continue
+        shape = _canonical_shape(image)
+        if labels is not None and shape != labels.canonical.shape:
+            yield Quarantined(
+                rel, f"label volume shape {labels.file_shape} differs from image shape {tuple(image.shape[:3])} ({case.label_file})"
+            )
+            continue
+        if reference_shape is None:
+            reference_shape = shape  # no label volume: the case's first readable volume rules
+        elif shape != reference_shape:
+            yield Quarantined(rel, f"volume shape {shape} differs from the case's first volume shape {reference_shape} (RAS order)")
+            continue
+        if indices is None:
+            presence = label_presence(labels.canonical, axis) if labels is not None else None
+            indices = select_slices(shape[axis], presence, ctx.spec.slicing)
+        for channel, sequence in channels:
+            yield from _volume_records(ctx, image, rel, channel, sequence, indices, shape[axis], annotations_for, case.patient)
+
+
+def _volume_records(
+    ctx: IngestContext,
+    image,
+    rel: str,
+    channel: Optional[int],
+    sequence: Optional[str],
+    indices: list[int],
+    slice_count: int,
+    annotations_for: Callable[[int], tuple[list[dict], list[str]]],
+    patient: str,
+) -> IngestStream:
+    axis = ctx.spec.layout.slice_axis
+    try:
+        planes = canonical_planes(image, axis, indices, channel)
+        spacing = _in_plane_spacing(image, axis)
+    except Exception as error:
+        what = f"sequence {sequence}" if sequence else "volume"
+        yield Quarantined(rel, f"{what}: voxel data not readable: {_describe(error)}")
+        return
+    modality = ctx.spec.modality_for(rel)
+    for index in indices:
+        try:
+            annotations, found = annotations_for(index)
+            yield make_record(
+                ctx,
+                source_file=rel,
+                pixels=_pixels(to_display(planes.pop(index))),
+                patient_id=patient,
+                labels=spec_labels(ctx.spec, rel) + found,
+                annotations=annotations,
+                pixel_units=_pixel_units(ctx.spec.layout, rel, modality),
+                photometric="MONOCHROME2",
+                sequence=sequence,
+                slice_index=index,
+                slice_count=slice_count,
+                pixel_spacing_mm=spacing,
+            )
+        except Exception as error:
+            yield Quarantined(rel, f"slice {index}: {_describe(error)}", record_id_for(ctx.spec.id, rel, sequence, index))
+
+
+# --- the three layouts ---------------------------------------------------------------------
+
+
+def _default_label_names(ctx: IngestContext) -> dict[int, str]:
+    layout = ctx.spec.layout
+    return dict(layout.label_names) or {1: ctx.spec.diseases[0] if ctx.spec.diseases else "annotated region"}
+
+
+def _sequence_from_path(layout, relative_path: str) -> Optional[str]:
     if layout.sequence_regex:
         match = re.search(layout.sequence_regex, relative_path)
         if match:
@@ -94,97 +358,140 @@ def _sequence(layout, relative_path: str) -> Optional[str]:
     return None
 
 
-def _pixels(plane: np.ndarray) -> np.ndarray:
-    # Integral volumes stay integers; scaled or float volumes become float32 (half of float64).
-    if plane.dtype.kind in "iu":
-        return plane
-    return plane.astype(np.float32)
-
-
-def _read_volume(ctx: IngestContext, path: Path) -> IngestStream:
+def _read_image_glob(ctx: IngestContext) -> IngestStream:
     layout = ctx.spec.layout
-    rel = path.relative_to(ctx.root).as_posix()
+    names = _default_label_names(ctx)
+    for path in list_files(ctx.root, layout.image_glob, layout.exclude_glob):
+        rel = path.relative_to(ctx.root).as_posix()
+        if not _is_data_file(rel):
+            continue
+        label_rel = label_path_for(rel, layout)
+        if label_rel is not None and not (ctx.root / label_rel).is_file():
+            label_rel = None  # an image without its label file is kept, unannotated
+        sequence = _sequence_from_path(layout, rel)
+        if not _wanted(sequence, layout.use_sequences):
+            continue
+        case = _Case(rel, (_Volume(rel, sequence),), label_rel, patient_identifier(ctx.spec.patient, rel))
+        yield from _read_case(ctx, case, names)
+
+
+def _read_case_folders(ctx: IngestContext) -> IngestStream:
+    layout = ctx.spec.layout
+    names = _default_label_names(ctx)
+    folders = sorted(
+        p.relative_to(ctx.root).as_posix() for p in ctx.root.glob(layout.case_glob) if p.is_dir()
+    )
+    folders = [folder for folder in folders if _is_data_file(folder)]
+    if not folders:
+        yield Quarantined(".", f"no case folder matches layout.case_glob '{layout.case_glob}'")
+    for case_rel in folders:
+        case_name = posixpath.basename(case_rel)
+        volumes = []
+        for sequence, template in layout.sequences.items():
+            if not _wanted(sequence, layout.use_sequences):
+                continue
+            rel = posixpath.join(case_rel, template.replace("{case}", case_name))
+            if (ctx.root / rel).is_file():
+                volumes.append(_Volume(rel, sequence))
+            else:
+                yield Quarantined(rel, f"sequence '{sequence}' of case {case_name} is missing; the case's other sequences are kept")
+        label_rel = None
+        if layout.label_template:
+            label_rel = posixpath.join(case_rel, layout.label_template.replace("{case}", case_name))
+            if not (ctx.root / label_rel).is_file():
+                yield Quarantined(case_rel, f"label file {label_rel} is missing: case {case_name} left out")
+                continue
+        if not volumes:
+            continue
+        # Every sequence of a case is the same patient: the default "file" rule would make
+        # each sequence file its own patient and let one case straddle the splits.
+        if ctx.spec.patient.source == "file":
+            patient = case_rel
+        else:
+            patient = patient_identifier(ctx.spec.patient, label_rel or volumes[0].source_file)
+        yield from _read_case(ctx, _Case(case_rel, tuple(volumes), label_rel, patient), names)
+
+
+def _int_keyed(mapping, what: str) -> dict[int, str]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise ValueError(f'"{what}" is not a mapping')
     try:
-        image = nib.load(str(path), keep_file_open=True)
-        if len(image.shape) == 4 and image.shape[3] == 1:
-            image = image.slicer[..., 0]
-        if len(image.shape) != 3:
-            yield Quarantined(rel, f"volume has shape {image.shape}: only 3D volumes are sliced (4D series are a later issue)")
-            return
-    except Exception as error:
-        yield Quarantined(rel, f"not a readable NIfTI volume: {_describe(error)}")
+        return {int(key): str(value) for key, value in mapping.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f'"{what}" keys must be integers, got {sorted(map(str, mapping))}') from None
+
+
+def _dataset_json_path(json_rel: str, listed: str) -> Optional[str]:
+    """A path listed in dataset.json ("./imagesTr/x.nii.gz"), relative to the source root;
+    None when it points outside the root."""
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(json_rel), listed))
+    if joined.startswith("../") or joined == ".." or posixpath.isabs(joined):
+        return None
+    return joined
+
+
+def _read_dataset_json(ctx: IngestContext) -> IngestStream:
+    layout = ctx.spec.layout
+    json_rel = layout.dataset_json
+    try:
+        description = json.loads((ctx.root / json_rel).read_text(encoding="utf-8"))
+        if not isinstance(description, dict) or not isinstance(description.get("training"), list):
+            raise ValueError('no "training" list')
+        label_names = _int_keyed(description.get("labels"), "labels")
+        channel_names = _int_keyed(description.get("modality"), "modality")
+    except (OSError, ValueError) as error:
+        yield Quarantined(json_rel, f"dataset description not usable: {_describe(error)}")
         return
 
-    label_rel = label_path_for(rel, layout)
-    labels_canonical = None
-    if label_rel and (ctx.root / label_rel).is_file():
-        try:
-            label_image = nib.load(str(ctx.root / label_rel))
-            label_shape = tuple(label_image.shape[:3])
-            if label_shape != tuple(image.shape) or _canonical_shape(label_image) != _canonical_shape(image):
-                yield Quarantined(
-                    rel, f"label volume shape {tuple(label_image.shape)} differs from image shape {tuple(image.shape)} ({label_rel})"
-                )
-                return
-            values = np.asanyarray(label_image.dataobj)
-            if values.ndim == 4:
-                values = values[..., 0]
-            if layout.label_threshold is not None:
-                values = (values >= layout.label_threshold).astype(np.uint8)
-            else:
-                values = np.rint(values).astype(np.int32)
-            labels_canonical = apply_orientation(values, io_orientation(label_image.affine))
-        except Exception as error:
-            yield Quarantined(rel, f"label volume {label_rel} not readable: {_describe(error)}")
-            return
+    names = {}
+    for value, raw in label_names.items():
+        if value != 0:  # 0 is "background" in every Decathlon task
+            names[value] = rename_label(ctx.spec, raw) or ""
+    names.update(layout.label_names)
+    if not names:
+        names = _default_label_names(ctx)
+    unmatched = [name for name in layout.use_sequences if not any(name.lower() == c.lower() for c in channel_names.values())]
+    if unmatched and channel_names:
+        yield Quarantined(json_rel, f"layout.use_sequences {unmatched} match no \"modality\" of {json_rel}: {sorted(channel_names.values())}")
 
-    axis = layout.slice_axis
-    canonical_shape = _canonical_shape(image)
-    n_slices = canonical_shape[axis]
-    presence = None
-    if labels_canonical is not None:
-        other_axes = tuple(a for a in range(3) if a != axis)
-        presence = np.any(labels_canonical != 0, axis=other_axes)
-    names = dict(layout.label_names) or {1: ctx.spec.diseases[0] if ctx.spec.diseases else "annotated region"}
-
-    zooms = [float(z) for z in image.header.get_zooms()[:3]]
-    mapping = canonical_axes(image.affine)
-    in_plane = [c for c in range(3) if c != axis]
-    # Display rows run along the higher in-plane axis, columns along the lower (see to_display).
-    spacing = [zooms[mapping[in_plane[1]][0]], zooms[mapping[in_plane[0]][0]]]
-    sequence = _sequence(layout, rel)
-    patient = patient_identifier(ctx.spec.patient, rel)
-
-    for index in select_slices(n_slices, presence, ctx.spec.slicing):
-        try:
-            pixels = _pixels(to_display(canonical_slice(image, axis, index)))
-            annotations, found = [], []
-            if labels_canonical is not None:
-                label_plane = to_display(np.take(labels_canonical, index, axis=axis))
-                for value in sorted(int(v) for v in np.unique(label_plane) if v != 0):
-                    name = names.get(value, f"label {value}")
-                    mask = (label_plane == value).astype(np.uint8)
-                    annotations.append({"kind": "mask", "label": name, "mask_ref": store_mask(ctx, mask)})
-                    found.append(name)
-            yield make_record(
-                ctx,
-                source_file=rel,
-                pixels=pixels,
-                patient_id=patient,
-                labels=spec_labels(ctx.spec, rel) + found,
-                annotations=annotations,
-                pixel_units="HU" if ctx.spec.modality_for(rel) == "ct" else "raw",
-                photometric="MONOCHROME2",
-                sequence=sequence,
-                slice_index=index,
-                slice_count=n_slices,
-                pixel_spacing_mm=spacing,
-            )
-        except Exception as error:
-            yield Quarantined(rel, f"slice {index}: {_describe(error)}", record_id_for(ctx.spec.id, rel, sequence, index))
+    entries = [(entry, True) for entry in description["training"]]
+    if layout.include_test:
+        entries += [(entry, False) for entry in description.get("test") or []]
+    channels = tuple(sorted(channel_names.items()))
+    for position, (entry, labelled) in enumerate(entries):
+        # "training" entries are {"image", "label"}; "test" entries are bare image paths.
+        listed_image = entry.get("image") if isinstance(entry, dict) else entry
+        listed_label = entry.get("label") if labelled and isinstance(entry, dict) else None
+        if not isinstance(listed_image, str):
+            yield Quarantined(json_rel, f"entry {position} of {json_rel} has no image path: {entry!r}")
+            continue
+        image_rel = _dataset_json_path(json_rel, listed_image)
+        label_rel = _dataset_json_path(json_rel, listed_label) if isinstance(listed_label, str) else None
+        if image_rel is None or (isinstance(listed_label, str) and label_rel is None):
+            yield Quarantined(json_rel, f"entry {position} of {json_rel} points outside the source folder: {entry!r}")
+            continue
+        if not _is_data_file(image_rel):
+            continue
+        if not (ctx.root / image_rel).is_file():
+            yield Quarantined(image_rel, f"listed in {json_rel} but missing")
+            continue
+        if labelled and label_rel is None:
+            yield Quarantined(image_rel, f"training entry {position} of {json_rel} names no label file")
+            continue
+        if label_rel is not None and not (ctx.root / label_rel).is_file():
+            yield Quarantined(image_rel, f"label file {label_rel} listed in {json_rel} is missing")
+            continue
+        case = _Case(image_rel, (_Volume(image_rel, channel_names=channels),), label_rel, patient_identifier(ctx.spec.patient, image_rel))
+        yield from _read_case(ctx, case, names)
 
 
 def read(ctx: IngestContext) -> IngestStream:
     layout = ctx.spec.layout
-    for path in list_files(ctx.root, layout.image_glob, layout.exclude_glob):
-        yield from _read_volume(ctx, path)
+    if layout.dataset_json:
+        yield from _read_dataset_json(ctx)
+    elif layout.case_glob:
+        yield from _read_case_folders(ctx)
+    else:
+        yield from _read_image_glob(ctx)

@@ -28,7 +28,7 @@ class BoxAnnotations(Strict):
     class_names: list[str] = Field(default_factory=list)
     class_names_file: Optional[str] = None
     # csv / circles: table parsing.
-    delimiter: str = ","
+    delimiter: str = ","  # " " splits on runs of whitespace (MIAS Info.txt)
     has_header: bool = True
     columns: list[str] = Field(default_factory=list)  # names for a header-less table
     id_column: Optional[str] = None  # image name / id column
@@ -46,6 +46,12 @@ class BoxAnnotations(Strict):
     # Rows whose label is in `empty_labels` mark an image without finding (RSNA "Target 0",
     # VinDr "No finding"): the image is kept, no box is made.
     empty_labels: list[str] = Field(default_factory=list)
+    # False for boxes that outline anatomy (covid-chestxray's lung boxes): they become ROIs of
+    # the image but not findings in its labels.
+    boxes_are_findings: bool = True
+    # The raw labels the file may use; when given, a box with another label (and not in the
+    # spec's labels.rename) is reported and dropped instead of becoming an unexpected finding.
+    known_labels: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _needs(self) -> "BoxAnnotations":
@@ -58,6 +64,10 @@ class BoxAnnotations(Strict):
             raise ValueError("box format 'yolo' needs 'class_names' or 'class_names_file'")
         if fmt in ("csv", "circles") and not self.id_column:
             raise ValueError(f"box format '{fmt}' needs 'id_column'")
+        if fmt in ("csv", "circles") and not self.has_header and not self.columns:
+            raise ValueError(f"box format '{fmt}' with has_header false needs 'columns'")
+        if fmt in ("csv", "circles") and not (self.label_column or self.fixed_label):
+            raise ValueError(f"box format '{fmt}' needs 'label_column' or 'fixed_label'")
         if fmt == "csv" and len(self.box_columns) != 4:
             raise ValueError("box format 'csv' needs four 'box_columns'")
         if fmt == "circles" and (len(self.center_columns) != 2 or not self.radius_column):
@@ -73,6 +83,8 @@ class CocoLayout(Strict):
     image_root: str = "."
     # Keep images of the JSON that have no annotation (as whole-image records).
     keep_unannotated: bool = True
+    # As BoxAnnotations.known_labels: category names outside it (and labels.rename) are reported.
+    known_labels: list[str] = Field(default_factory=list)
 
 
 class BoxesLayout(Strict):

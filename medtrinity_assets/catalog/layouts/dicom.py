@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medtrinity_assets.catalog.layouts.common import Strict
 
@@ -32,3 +33,14 @@ class DicomLayout(Strict):
     # "quarantine" leaves it out with that reason; "flag" keeps it with the record flag
     # "burned_in_annotation" so exports can leave it out or a reviewer can check it.
     burned_in_annotation: Literal["quarantine", "flag"] = "quarantine"
+
+    @field_validator("rtstruct_rois", "seg_segments")
+    @classmethod
+    def _patterns_compile(cls, mapping: dict[str, str]) -> dict[str, str]:
+        # A bad pattern must fail when the spec loads, not half-way through a partition.
+        for pattern in mapping:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {error}") from None
+        return mapping

@@ -25,8 +25,12 @@ class NiftiLayout(Strict):
     image_glob: str = "**/*.nii.gz"
     exclude_glob: Optional[str] = None
     label_replace: list[Replace] = Field(default_factory=list)
-    # MSD-style dataset description, relative to the source root.
+    # MSD-style dataset description, relative to the source root; the paths it lists are
+    # relative to the JSON's own folder.
     dataset_json: Optional[str] = None
+    # dataset.json's "test" entries have no labels; they are left out unless this is set, and
+    # then sliced every_k like any unlabelled volume.
+    include_test: bool = False
     # Per-case folders: glob of case folders, e.g. "*/" or "MICCAI_BraTS2020_TrainingData/*/".
     case_glob: Optional[str] = None
     # Sequence name -> file template inside the case folder, e.g. {flair: "{case}_flair.nii.gz"}.
@@ -34,14 +38,19 @@ class NiftiLayout(Strict):
     # Label file template inside the case folder, e.g. "{case}_seg.nii.gz".
     label_template: Optional[str] = None
     # Which sequences become records (default: all); each chosen sequence yields its own
-    # records for the same slices, sharing the case's label, with ``sequence`` set.
+    # records for the same slices, sharing the case's label, with ``sequence`` set. Matched
+    # case-insensitively against ``sequences`` or dataset.json's "modality" names.
     use_sequences: list[str] = Field(default_factory=list)
     # Axis of the canonical (RAS) volume to slice along: 0 sagittal, 1 coronal, 2 axial.
     slice_axis: Literal[0, 1, 2] = 2
-    # Label value -> finding name; empty means {1: the spec's first disease} (or dataset.json's).
+    # Label value -> finding name; empty means {1: the spec's first disease}. With dataset_json
+    # the JSON's "labels" name the values and entries here replace them value by value.
     label_names: dict[int, str] = Field(default_factory=dict)
     # For probability maps (e.g. a grey-matter map): voxels >= threshold become label 1.
     label_threshold: Optional[float] = None
+    # Regex on the relative path -> what the voxel values are ("SUV", "HU", "raw"); NIfTI
+    # headers do not say. Unmatched files: "HU" for CT, else "raw".
+    pixel_units: dict[str, Literal["HU", "SUV", "raw"]] = Field(default_factory=dict)
     # Regex on the relative path whose first group names the MR sequence (e.g. "(T1|T2)").
     sequence_regex: Optional[str] = None
 
@@ -51,7 +60,8 @@ class NiftiLayout(Strict):
             raise ValueError("layout.sequences needs layout.case_glob (the per-case folders)")
         if self.case_glob and not self.sequences:
             raise ValueError("layout.case_glob needs layout.sequences (name -> file template)")
-        unknown = set(self.use_sequences) - set(self.sequences) if self.sequences else set()
+        known = {name.lower() for name in self.sequences}
+        unknown = {name for name in self.use_sequences if name.lower() not in known} if self.sequences else set()
         if unknown:
             raise ValueError(f"layout.use_sequences names sequences not in layout.sequences: {sorted(unknown)}")
         return self

@@ -15,7 +15,8 @@ class ImageCsvLayout(Strict):
     The row's image is found by ``path_template`` (e.g. "images/{id}.jpg"; any column may be
     named in braces) or, where the publisher splits images over several folders
     (HAM10000_images_part_1/_part_2), by looking the id up among the files of ``path_index_glob``
-    by file stem.
+    by file stem or file name (ChestX-ray14 ids carry the ".png"); an id matching several files
+    is ambiguous and quarantined.
     """
 
     family: Literal["image_csv"]
@@ -35,6 +36,11 @@ class ImageCsvLayout(Strict):
     # value is not mapped are quarantined rather than described with a guessed modality.
     modality_column: Optional[str] = None
     modality_map: dict[str, Modality] = Field(default_factory=dict)
+    # Image files that no row names (found by `path_index_glob`, or by the glob the
+    # `path_template` implies: "images/{id}.png" -> "images/*.png"): "quarantine" reports each
+    # with reason "image has no metadata row", so a spec check sees a table that does not cover
+    # its folder; "ignore" where the folder holds other images on purpose.
+    unlisted_images: Literal["quarantine", "ignore"] = "quarantine"
 
     @model_validator(mode="after")
     def _checks(self) -> "ImageCsvLayout":
@@ -68,6 +74,7 @@ class CaptionsLayout(Strict):
     format: Literal["json", "jsonl", "csv"] = "json"
     records_key: Optional[str] = None  # e.g. "annotations"; None = the file is the list itself
     delimiter: str = ","
+    encoding: str = "utf-8"
     # For delimited files without a header row (ROCO captions.txt: "ROCO_00002<TAB>caption").
     columns: list[str] = Field(default_factory=list)
     image_field: str
@@ -82,6 +89,10 @@ class CaptionsLayout(Strict):
     # Per-row modality: field -> catalog modality (SLAKE "modality": "CT"/"MRI"/"X-Ray").
     modality_field: Optional[str] = None
     modality_map: dict[str, Modality] = Field(default_factory=dict)
+    # Per-row anatomy: field -> organs (SLAKE "location": "Lung" -> [lung]). An image's organs
+    # are those of all its rows; values the map does not name fall back to the spec's organs.
+    organ_field: Optional[str] = None
+    organ_map: dict[str, list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _checks(self) -> "CaptionsLayout":
@@ -89,6 +100,8 @@ class CaptionsLayout(Strict):
             raise ValueError("layout needs 'caption_field', or 'question_field' and 'answer_field'")
         if self.modality_field and not self.modality_map:
             raise ValueError("layout.modality_field needs layout.modality_map")
+        if self.organ_field and not self.organ_map:
+            raise ValueError("layout.organ_field needs layout.organ_map")
         if self.format == "csv" and self.records_key:
             raise ValueError("layout.records_key applies to JSON files only")
         return self

@@ -1,0 +1,300 @@
+"""Check a source spec against the files on disk BEFORE any pipeline run.
+
+Runs the layout family's own reader (the code the ingest asset runs, so what it reports is what
+ingest will do) with a throwaway blob store in a temporary folder: nothing is written under the
+data root. It reports what matched (images, images with annotations, ROIs), what is unpaired
+(images without their mask, annotation rows naming absent images, masks without an image), what
+is unreadable (file and reason), and which files under the source folder the layout never uses.
+
+"Used" is measured, not guessed: while the reader runs, an audit hook notes every file it opens
+under the source folder (masks, label volumes, CSVs are opened but never become records), so a
+mask the pairing rule never reaches shows up as unused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from medtrinity_assets.catalog.load import source_root
+from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.storage import BlobStore
+
+EXAMPLES_SHOWN = 10
+
+# Reasons readers give (sources/*.py) for a missing partner file. A missing mask / label /
+# annotation makes an image unpaired; any other "absent" names an image an annotation lists.
+_MISSING = re.compile(r"\b(absent|missing|not found|does not exist|no such file)\b", re.IGNORECASE)
+_ANNOTATION_WORD = re.compile(r"\b(mask|label volume|label file|annotation file|segmentation|rtstruct|seg)\b", re.IGNORECASE)
+_NO_ANNOTATION = re.compile(r"\b(has no|without|lacks)\b.*\b(row|mask|annotation|label)", re.IGNORECASE)
+_NOTHING_MATCHED = re.compile(r"no file matches|source folder does not exist", re.IGNORECASE)
+_MASK_LIKE_NAME = re.compile(r"(?<![a-z])(mask|label|seg|gt|annot|roi)", re.IGNORECASE)
+
+# Names used in the report, in the order it prints them.
+IMAGE_WITHOUT_ANNOTATION = "images without their mask / annotation"
+ROW_WITHOUT_IMAGE = "annotation rows naming absent images"
+ANNOTATION_WITHOUT_IMAGE = "masks / annotation files without an image"
+UNPAIRED_KINDS = (IMAGE_WITHOUT_ANNOTATION, ROW_WITHOUT_IMAGE, ANNOTATION_WITHOUT_IMAGE)
+
+
+@dataclass
+class Examples:
+    """A count with the first few examples: enough to act on, bounded for big sources."""
+
+    count: int = 0
+    items: list[str] = field(default_factory=list)
+
+    def add(self, item: str) -> None:
+        self.count += 1
+        if len(self.items) < EXAMPLES_SHOWN:
+            self.items.append(item)
+
+
+@dataclass
+class SpecCheckReport:
+    source_id: str
+    family: str
+    root: Path
+    images: int = 0
+    annotated_images: int = 0
+    rois: int = 0
+    roi_kinds: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
+    without_annotation: Examples = field(default_factory=Examples)
+    unpaired: dict[str, Examples] = field(default_factory=lambda: {kind: Examples() for kind in UNPAIRED_KINDS})
+    unreadable: Examples = field(default_factory=Examples)
+    # Source-level problems: folder absent, glob matched nothing, reader stopped early.
+    problems: list[str] = field(default_factory=list)
+    unused_files: Examples = field(default_factory=Examples)
+    unused_by_folder: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def matched(self) -> bool:
+        return self.images > 0
+
+    def render(self) -> str:
+        lines = [
+            f"Spec check of '{self.source_id}' (layout family {self.family})",
+            f"  source folder: {self.root}",
+            "",
+            (
+                f"Matched: {self.images} images; {self.annotated_images} with annotations "
+                f"({self.rois} ROIs{_kinds_text(self.roi_kinds)}); {self.without_annotation.count} without"
+            ),
+        ]
+        if self.labels:
+            lines.append("  labels: " + ", ".join(f"{label} {n}" for label, n in sorted(self.labels.items())))
+        lines += _section("Images kept without annotation (whole-image records)", self.without_annotation)
+        lines += [""]
+        for kind in UNPAIRED_KINDS:
+            lines += _section(f"Unpaired: {kind}", self.unpaired[kind], always=True)
+        lines += _section("Unreadable (file: reason)", self.unreadable, always=True)
+        lines += _section("Not used by the layout (no record, no quarantine, never opened)", self.unused_files, always=True)
+        if len(self.unused_by_folder) > 1 and self.unused_files.count > len(self.unused_files.items):
+            lines.append("  unused files by folder:")
+            lines += [f"    {folder}/: {n}" for folder, n in self.unused_by_folder.most_common(EXAMPLES_SHOWN)]
+        if self.problems:
+            lines += ["", "Problems:", *(f"  {problem}" for problem in self.problems)]
+        verdict = (
+            f"OK: {self.images} images would be ingested"
+            if self.matched
+            else "NOTHING MATCHED: fix the layout parameters or the files before running the pipeline"
+        )
+        lines += ["", f"{verdict} (checked in {self.seconds:.1f}s)"]
+        return "\n".join(lines)
+
+
+def _kinds_text(kinds: Counter) -> str:
+    return (": " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))) if kinds else ""
+
+
+def _section(title: str, examples: Examples, always: bool = False) -> list[str]:
+    if not examples.count and not always:
+        return []
+    lines = [f"{title}: {examples.count}"]
+    lines += [f"  {item}" for item in examples.items]
+    if examples.count > len(examples.items):
+        lines.append(f"  ... and {examples.count - len(examples.items)} more")
+    return lines
+
+
+# --- watching which files the reader opens --------------------------------------------------
+
+# Set while a check runs; the audit hook is a no-op otherwise. One check at a time per process
+# (the CLI runs one): two concurrent checks would share this set.
+_opened: set[str] | None = None
+_hook_installed = False
+
+
+def _note_open(event: str, args: tuple) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        _opened.add(os.fsdecode(args[0]))
+
+
+def _start_watching() -> set[str]:
+    global _opened, _hook_installed
+    if not _hook_installed:
+        sys.addaudithook(_note_open)  # hooks cannot be removed; it does nothing between checks
+        _hook_installed = True
+    _opened = set()
+    return _opened
+
+
+def _stop_watching() -> None:
+    global _opened
+    _opened = None
+
+
+# --- the check -----------------------------------------------------------------------------
+
+
+def _relative(root: Path, path: str) -> str | None:
+    try:
+        return Path(os.path.abspath(path)).relative_to(root).as_posix()
+    except ValueError:
+        return None
+
+
+def _files_under(root: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        # Hidden files are not data (.acquisition.json, partial downloads, .DS_Store).
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith("."):
+                found.append((Path(dirpath) / name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _paths_the_spec_names(spec: SourceSpec) -> set[str]:
+    """Every string of the layout that could name a file (label CSV, COCO JSON, dataset.json...)."""
+    named = set()
+
+    def walk(value) -> None:
+        if isinstance(value, str) and value:
+            named.add(PurePosixPath(value).as_posix())
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(spec.layout.model_dump())
+    if spec.extra_boxes:
+        walk(spec.extra_boxes.model_dump())
+    return named
+
+
+def _classify(report: SpecCheckReport, source_file: str, reason: str, named_paths: set[str]) -> None:
+    if _NOTHING_MATCHED.search(reason) or source_file in named_paths:
+        # The folder, the glob or the annotation file itself: nothing below it can pair.
+        report.problems.append(f"{source_file}: {reason}")
+    elif _NO_ANNOTATION.search(reason) or (_MISSING.search(reason) and _ANNOTATION_WORD.search(reason)):
+        report.unpaired[IMAGE_WITHOUT_ANNOTATION].add(f"{source_file}: {reason}")
+    elif _MISSING.search(reason):
+        report.unpaired[ROW_WITHOUT_IMAGE].add(f"{source_file}: {reason}")
+    else:
+        report.unreadable.add(f"{source_file}: {reason}")
+
+
+def check_source(spec: SourceSpec, root: Path | None = None) -> SpecCheckReport:
+    """Run the spec's reader over ``root`` (default: the spec's source folder) and report.
+
+    Writes nothing under the data root: pixels go to a temporary blob store deleted afterwards.
+    """
+    import json
+
+    from medtrinity_assets.sources import IngestContext, Quarantined, read_source
+
+    started = time.perf_counter()
+    root = Path(root).resolve() if root else source_root(spec)
+    report = SpecCheckReport(source_id=spec.id, family=spec.layout.family, root=root)
+    named_paths = _paths_the_spec_names(spec)
+    # Annotation files the layout names, which a reader may parse without Python's open
+    # (polars, duckdb) and so without the audit hook noticing.
+    named_files = {path for path in named_paths if (root / path).is_file()}
+    mentioned: set[str] = set()
+    record_files: set[str] = set()
+
+    with tempfile.TemporaryDirectory(prefix="medtrinity-check-") as scratch:
+        # The salt only feeds patient hashes that are thrown away with the scratch folder.
+        ctx = IngestContext(spec=spec, root=root, blobs=BlobStore(Path(scratch)), salt="spec-check")
+        opened = _start_watching()
+        try:
+            stream = read_source(ctx)
+            while True:
+                try:
+                    item = next(stream)
+                except StopIteration:
+                    break
+                except Exception as error:  # as in ingest: a reader bug ends the read, not the check
+                    report.problems.append(f"reader stopped early: {type(error).__name__}: {error}")
+                    break
+                if isinstance(item, Quarantined):
+                    mentioned.add(item.source_file)
+                    _classify(report, item.source_file, item.reason, named_paths)
+                    continue
+                record_files.add(item["source_file"])
+                annotations = json.loads(item["annotations"] or "[]")
+                if annotations:
+                    report.annotated_images += 1
+                    report.rois += len(annotations)
+                    report.roi_kinds.update(a.get("kind", "?") for a in annotations)
+                else:
+                    where = item["source_file"]
+                    if item["slice_index"] is not None and item["slice_index"] >= 0:
+                        where += f" (slice {item['slice_index']})"
+                    report.without_annotation.add(where)
+                report.images += 1
+                report.labels.update(item["labels"] or [])
+        finally:
+            _stop_watching()
+
+    if root.is_dir():
+        opened_here = {rel for rel in (_relative(root, path) for path in opened) if rel}
+        used = record_files | mentioned | opened_here | named_files
+        annotation_files = (opened_here | named_files) - record_files - mentioned
+        _report_unused(report, root, used, annotation_files, record_files, mentioned)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _has_image_stem(name: str, image_stems: set[str]) -> bool:
+    """Whether a file stem begins with an image's stem ("case_5_mask" for "case_5", not "case_50")."""
+    for end in range(len(name), 0, -1):
+        if name[:end] in image_stems and (end == len(name) or not name[end].isalnum()):
+            return True
+    return False
+
+
+def _report_unused(
+    report: SpecCheckReport, root: Path, used: set[str], annotation_files: set[str], record_files: set[str], mentioned: set[str]
+) -> None:
+    """Files no record, quarantine or open touched. Those sitting among the masks the reader did
+    use, with the masks' suffix, are masks whose image is missing, unless they carry the name of
+    an image that is there (a record, or quarantined: the reader stopped before its mask)."""
+    annotation_folders = {(str(PurePosixPath(path).parent), PurePosixPath(path).suffix.lower()) for path in annotation_files}
+    image_folders = {str(PurePosixPath(path).parent) for path in record_files}
+    image_stems = {PurePosixPath(path).stem for path in record_files | mentioned}
+    for relative in _files_under(root):
+        if relative in used:
+            continue
+        path = PurePosixPath(relative)
+        folder = str(path.parent)
+        looks_like_mask = (folder, path.suffix.lower()) in annotation_folders and (
+            folder not in image_folders or _MASK_LIKE_NAME.search(path.name)
+        )
+        looks_like_mask = looks_like_mask and not _has_image_stem(path.stem, image_stems)
+        if looks_like_mask:
+            report.unpaired[ANNOTATION_WITHOUT_IMAGE].add(relative)
+        else:
+            report.unused_files.add(relative)
+            report.unused_by_folder[folder] += 1

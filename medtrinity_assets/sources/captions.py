@@ -1,0 +1,187 @@
+"""Image-caption and visual-question-answer sets (ROCO, MedICaT, VQA-RAD, SLAKE, PathVQA).
+
+The annotation file is JSON (a list, or a list under ``records_key``), JSON Lines, or a
+delimited text file (with a header row, or header-less with ``columns``: ROCO's
+"ROCO_00002<TAB>caption"). Every row names one image; the rows of one image (VQA sets ask many
+questions about one image) become ONE record whose ``source_text`` holds the publisher's text in
+file order: {"captions": [...], "qa": [{"question", "answer"}]}. That text sits beside the
+description the pipeline writes; it is never pasted into it.
+
+Rows in a language the spec does not keep (SLAKE's "zh" rows) are skipped by design. Rows that
+cannot be used are quarantined with their position in the file: no image value, no text, a
+modality the map does not know. An image that rows name but that is not on disk is quarantined
+once, with the number of rows naming it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from medtrinity_assets.catalog.spec import CaptionsLayout
+from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
+from medtrinity_assets.sources.image_common import (
+    decode_image,
+    image_record,
+    path_labels,
+    patient_id_for,
+    read_csv_rows,
+)
+
+ABSENT_IMAGE = "annotation rows name an absent image"
+
+
+@dataclass
+class ImageText:
+    """The publisher's text gathered for one image, in file order."""
+
+    first_ref: str
+    first_row: dict
+    captions: list[str] = field(default_factory=list)
+    qa: list[dict] = field(default_factory=list)
+    modalities: dict[str, str] = field(default_factory=dict)  # catalog modality -> first row ref
+    organs: dict[str, None] = field(default_factory=dict)  # ordered set of mapped organs
+    rows: int = 0
+
+    def source_text(self) -> dict:
+        return {"captions": self.captions, "qa": self.qa}
+
+
+def as_text(value) -> str:
+    """A field's value as text: VQA answers may be numbers or lists in the publisher's JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(as_text(v) for v in value if as_text(v))
+    return str(value).strip()
+
+
+def iter_rows(ctx: IngestContext, layout: CaptionsLayout) -> Iterator[tuple[str, object] | Quarantined]:
+    """(row reference, row) for each row of the annotation file, or a Quarantined for the file."""
+    path = ctx.root / layout.annotations
+    if not path.is_file():
+        yield Quarantined(layout.annotations, "annotation file is absent")
+        return
+    if layout.format == "csv":
+        try:
+            _, rows, _ = read_csv_rows(path, layout.encoding, layout.delimiter, layout.columns or None)
+        except (OSError, csv.Error, LookupError) as error:
+            yield Quarantined(layout.annotations, f"unreadable annotation table: {error}")
+            return
+        for line_number, row in rows:
+            yield f"{layout.annotations}:{line_number}", row
+        return
+    try:
+        text = path.read_text(encoding=layout.encoding).lstrip("\ufeff")
+    except (OSError, UnicodeDecodeError, LookupError) as error:
+        yield Quarantined(layout.annotations, f"unreadable annotation file: {error}")
+        return
+    if layout.format == "jsonl":
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{layout.annotations}:{line_number}", json.loads(line)
+            except json.JSONDecodeError as error:
+                yield Quarantined(f"{layout.annotations}:{line_number}", f"line is not valid JSON: {error}")
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        yield Quarantined(layout.annotations, f"annotation file is not valid JSON: {error}")
+        return
+    if layout.records_key:
+        if not isinstance(data, dict) or layout.records_key not in data:
+            yield Quarantined(layout.annotations, f"annotation file has no top-level key {layout.records_key!r}")
+            return
+        data = data[layout.records_key]
+    if not isinstance(data, list):
+        where = f"under {layout.records_key!r}" if layout.records_key else "at the top level"
+        yield Quarantined(layout.annotations, f"expected a list of rows {where}, found {type(data).__name__}")
+        return
+    for index, row in enumerate(data):
+        yield f"{layout.annotations}[{index}]", row
+
+
+def read(ctx: IngestContext) -> IngestStream:
+    spec = ctx.spec
+    layout: CaptionsLayout = spec.layout
+    kept_languages = set(layout.languages)
+    by_image: dict[str, ImageText] = {}  # insertion order = order of first mention in the file
+    for item in iter_rows(ctx, layout):
+        if isinstance(item, Quarantined):
+            yield item
+            continue
+        row_ref, row = item
+        if not isinstance(row, dict):
+            yield Quarantined(row_ref, f"row is not an object but {type(row).__name__}")
+            continue
+        if layout.language_field and kept_languages and as_text(row.get(layout.language_field)) not in kept_languages:
+            continue
+        image_value = as_text(row.get(layout.image_field))
+        if not image_value:
+            yield Quarantined(row_ref, f"row has no image ({layout.image_field!r} is empty or missing)")
+            continue
+        relative_path = layout.image_template.format(value=image_value)
+
+        caption = as_text(row.get(layout.caption_field)) if layout.caption_field else ""
+        question = as_text(row.get(layout.question_field)) if layout.question_field else ""
+        answer = as_text(row.get(layout.answer_field)) if layout.answer_field else ""
+        has_qa = bool(question and answer)
+        if not caption and not has_qa:
+            yield Quarantined(row_ref, f"row about {relative_path} has no caption and no question with answer")
+            continue
+
+        modality = None
+        if layout.modality_field:
+            raw_modality = as_text(row.get(layout.modality_field))
+            modality = layout.modality_map.get(raw_modality)
+            if modality is None:
+                yield Quarantined(
+                    row_ref, f"modality {raw_modality!r} (field {layout.modality_field}) is not in modality_map"
+                )
+                continue
+
+        gathered = by_image.setdefault(relative_path, ImageText(first_ref=row_ref, first_row=row))
+        gathered.rows += 1
+        if caption:
+            gathered.captions.append(caption)
+        if has_qa:
+            gathered.qa.append({"question": question, "answer": answer})
+        if modality:
+            gathered.modalities.setdefault(modality, row_ref)
+        if layout.organ_field:
+            for organ in layout.organ_map.get(as_text(row.get(layout.organ_field)), []):
+                gathered.organs.setdefault(organ.strip().lower(), None)
+
+    for relative_path, gathered in by_image.items():
+        if len(gathered.modalities) > 1:
+            disagreement = ", ".join(f"{m} ({ref})" for m, ref in gathered.modalities.items())
+            yield Quarantined(relative_path, f"rows of this image disagree on modality: {disagreement}")
+            continue
+        if not (ctx.root / relative_path).is_file():
+            yield Quarantined(
+                relative_path, f"{ABSENT_IMAGE}: {gathered.rows} row(s) of {layout.annotations}, first {gathered.first_ref}"
+            )
+            continue
+        decoded = decode_image(ctx, relative_path)
+        if isinstance(decoded, Quarantined):
+            yield decoded
+            continue
+        pixels, photometric = decoded
+        # The patient rule reads text fields; JSON rows may hold numbers.
+        row_as_text = {key: as_text(value) for key, value in gathered.first_row.items()}
+        yield image_record(
+            ctx,
+            relative_path,
+            pixels,
+            photometric,
+            labels=path_labels(spec, relative_path),
+            annotations=[],
+            patient_id=patient_id_for(spec, relative_path, row_as_text),
+            modality=next(iter(gathered.modalities), None),
+            source_text=gathered.source_text(),
+            organs=list(gathered.organs) or None,
+        )
