@@ -197,7 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("source", help="catalog id, or path to a spec YAML")
     check.add_argument("--root", help="folder holding the files (default: the spec's root, else data/raw/<id>)")
+    commands.add_parser("catalog-doc", help="regenerate docs/CATALOG.md from the specs")
     args = parser.parse_args(argv)
+
+    if args.command == "catalog-doc":
+        from medtrinity_assets.catalog import load_catalog
+        from medtrinity_assets.catalog.document import catalog_markdown
+        from medtrinity_assets.paths import REPO_ROOT
+
+        target = REPO_ROOT / "docs" / "CATALOG.md"
+        target.write_text(catalog_markdown(load_catalog()), encoding="utf-8")
+        print(f"wrote {target}")
+        return 0
 
     if args.command in ("sources", "fetch", "check-source"):
         from medtrinity_assets.catalog import CatalogError

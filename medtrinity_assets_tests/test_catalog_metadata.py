@@ -152,3 +152,13 @@ def test_gated_access_without_instructions_is_refused_on_load(tmp_path):
 
     with pytest.raises(CatalogError, match="needs acquisition.instructions"):
         _broken_copy(tmp_path, lambda d: d.update(access="credentialed"))
+
+
+def test_catalog_document_is_generated_from_the_current_specs():
+    # docs/CATALOG.md is what users read to pick sources: it must match the specs.
+    from medtrinity_assets.catalog import load_catalog
+    from medtrinity_assets.catalog.document import catalog_markdown
+    from medtrinity_assets.paths import REPO_ROOT
+
+    document = (REPO_ROOT / "docs" / "CATALOG.md").read_text(encoding="utf-8")
+    assert document == catalog_markdown(load_catalog()), "run: python -m medtrinity_assets.cli catalog-doc"

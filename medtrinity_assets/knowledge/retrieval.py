@@ -38,7 +38,9 @@ from medtrinity_assets.knowledge.store import (
 _OVERFETCH = 4
 # At the relaxed levels a passage must still be this close (cosine distance) to the query: a
 # PET lung record must not be handed sarcoma passages just because they share the modality.
-RELAXED_MAX_DISTANCE = 0.6
+# With ~200 entries, fitting fall-backs sit at 0.26-0.45 (endoscopy stomach -> polyp, PET lung
+# -> tuberculosis) and the nearest unrelated passage of a modality at 0.57 (mammography "gout").
+RELAXED_MAX_DISTANCE = 0.55
 
 
 def _any_of(flags: list[str]) -> dict | None:
