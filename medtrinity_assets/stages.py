@@ -136,6 +136,7 @@ def _require(path: Path, stage: str) -> Path:
 
 def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
     from medtrinity_assets.sources import IngestContext, Quarantined, read_source
+    from medtrinity_assets.sources.base import pseudonymous_path
 
     report = StageReport("raw_records", spec.id)
     ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(data_root.root), salt=salt)
@@ -158,6 +159,10 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
                 quarantine.add(item["source_file"], "duplicate record id (same file and slice listed twice)", item["record_id"])
             else:
                 seen.add(item["record_id"])
+                if spec.pseudonymize_paths:
+                    # Hashed only here, as the row is written: readers, box overlays and the
+                    # spec check need the real path while the source is read.
+                    item = {**item, "source_file": pseudonymous_path(salt, item["source_file"])}
                 records.write(item)
     return report
 

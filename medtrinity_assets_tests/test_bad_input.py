@@ -121,3 +121,43 @@ def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_pa
     outcome = next(o for o in run_checks("raw_records", root, spec.id) if o.name == "quarantine_rate")
     assert outcome.metadata["quarantined"] == 1
     assert [r["reason"] for r in outcome.metadata["by_reason"]] == [reason]
+
+
+def test_annotation_files_cannot_point_outside_the_source_folder(tmp_path):
+    # A path in a COCO JSON, a label CSV or a caption file is data, not a licence to read
+    # anywhere: "../" and absolute names are quarantined, and nothing outside is ingested.
+    import json
+
+    from PIL import Image
+
+    from medtrinity_assets.sources import IngestContext, Quarantined, read_source
+    from medtrinity_assets.storage import BlobStore
+
+    outside = tmp_path / "outside.png"
+    Image.new("L", (8, 8), 7).save(outside)
+    root = tmp_path / "src"
+    (root / "images").mkdir(parents=True)
+    Image.new("L", (8, 8), 9).save(root / "images" / "ok.png")
+    (root / "coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "ok.png"}, {"id": 2, "file_name": "../../outside.png"},
+                   {"id": 3, "file_name": str(outside)}, {"id": [4], "file_name": "images/ok.png"}],
+        "annotations": [None, {"id": 9, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3], "segmentation": [[1, None, 2, 2, 3, 3]]}],
+        "categories": [{"id": 1, "name": "lesion"}],
+    }))
+    (root / "labels.csv").write_text("image,finding\nok,lesion\n../../outside,lesion\n")
+    (root / "qa.json").write_text(json.dumps([{"image": "ok.png", "q": "Is it?", "a": "yes"},
+                                              {"image": "../../outside.png", "q": "Is it?", "a": "no"}]))
+    layouts = {
+        "coco": {"family": "coco", "annotations": "coco.json", "image_root": "images"},
+        "csv": {"family": "image_csv", "csv": "labels.csv", "id_column": "image", "path_template": "images/{id}.png",
+                "label_column": "finding", "unlisted_images": "ignore"},
+        "captions": {"family": "captions", "annotations": "qa.json", "image_field": "image", "image_template": "images/{value}",
+                     "question_field": "q", "answer_field": "a"},
+    }
+    for name, layout in layouts.items():
+        spec = build_spec(root=str(root), layout=layout)
+        items = list(read_source(IngestContext(spec=spec, root=root, blobs=BlobStore(tmp_path / name), salt="s")))
+        records = [i for i in items if isinstance(i, dict)]
+        assert [r["source_file"] for r in records] == ["images/ok.png"], name
+        reasons = " | ".join(i.reason for i in items if isinstance(i, Quarantined))
+        assert "outside the source folder" in reasons, (name, reasons)

@@ -380,3 +380,22 @@ def test_extra_boxes_from_yolo_files_on_image_folder_source(tmp_path):
     assert quarantined == [] and [r["source_file"] for r in records] == ["scans/a.png", "scans/b.png"]
     assert boxes_of(records[0]) == [("polyp", [20, 10, 30, 30])] and records[0]["labels"] == ["polyp"]
     assert boxes_of(records[1]) == [] and records[1]["labels"] == []
+
+
+def test_dicom_rows_with_burned_in_text_are_quarantined(tmp_path):
+    # RSNA-style CSV rows naming DICOM files: the burned-in flag is honoured here too.
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    root = tmp_path / "rsna"
+    root.mkdir()
+    for name, burned in (("clean", "NO"), ("burned", "YES")):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.BurnedInAnnotation = burned
+        ds.save_as(root / f"{name}.dcm")
+    (root / "labels.csv").write_text("patientId,x,y,width,height,Target\nclean,10,10,20,20,1\nburned,10,10,20,20,1\n")
+    boxes = {"format": "csv", "file": "labels.csv", "id_column": "patientId", "path_template": "{id}.dcm",
+             "fixed_label": "lung opacity", "box_columns": ["x", "y", "width", "height"], "box_format": "xywh"}
+    records, quarantined = ingest(tmp_path, root, {"family": "boxes", "boxes": boxes})
+    assert [r["source_file"] for r in records] == ["clean.dcm"]
+    assert [(q.source_file, "BurnedInAnnotation is YES" in q.reason) for q in quarantined] == [("burned.dcm", True)]

@@ -313,7 +313,8 @@ def test_seg_without_source_uids_is_placed_by_plane_position(tmp_path):
     shutil.copy(LIVER_SEG, root / "liver_seg.dcm")
     ctx, records, quarantined = ingest(dicom_spec(stack_series=True), root, tmp_path / "out")
     assert quarantined == []
-    check_segments_on_their_slices(ctx, records, seg.pixel_array, frame_of_file)
+    # No seg_segments map: the segment keeps its number, never its free-text label.
+    check_segments_on_their_slices(ctx, records, seg.pixel_array, frame_of_file, label="structure 1")
 
 
 def test_fractional_seg_is_thresholded_at_half_the_maximum(tmp_path):
@@ -327,7 +328,7 @@ def test_fractional_seg_is_thresholded_at_half_the_maximum(tmp_path):
     seg.BitsAllocated, seg.BitsStored, seg.HighBit = 8, 8, 7
     seg.PixelData = fractional.tobytes()
     seg.save_as(root / "liver_seg_fractional.dcm")
-    ctx, records, quarantined = ingest(dicom_spec(stack_series=True), root, tmp_path / "out")
+    ctx, records, quarantined = ingest(dicom_spec(stack_series=True, seg_segments={"liver": "liver"}), root, tmp_path / "out")
     assert quarantined == []
     check_segments_on_their_slices(ctx, records, binary, frame_of_file)
 

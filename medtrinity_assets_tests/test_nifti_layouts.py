@@ -435,3 +435,48 @@ def test_two_dimensional_nifti_frames_are_one_slice_each(tmp_path):
     assert (record["slice_index"], record["slice_count"]) == (0, 1)
     assert sorted(a["label"] for a in json.loads(record["annotations"])) == ["left ventricle cavity", "left ventricle myocardium"]
     assert sorted([record["height"], record["width"]]) == [30, 40]
+
+
+def test_volume_with_a_degenerate_affine_is_quarantined_and_the_rest_read(tmp_path):
+    # A zero column in the affine gives no orientation; that volume alone is left out.
+    import nibabel as nib
+
+    from medtrinity_assets.sources import IngestContext, Quarantined, read_source
+    from medtrinity_assets.storage import BlobStore
+
+    root = tmp_path / "vols"
+    root.mkdir()
+    data = np.random.default_rng(0).integers(0, 100, size=(8, 8, 6)).astype(np.int16)
+    broken = nib.Nifti1Image(data, None)
+    srow = np.diag([1.0, 1.0, 1.0, 1.0])
+    srow[1, 1] = 0.0
+    broken.header["sform_code"] = 1  # written field by field: nibabel refuses such an affine
+    broken.header["srow_x"], broken.header["srow_y"], broken.header["srow_z"] = srow[0], srow[1], srow[2]
+    nib.save(broken, root / "a_broken.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0])), root / "b_good.nii.gz")
+    spec = build_spec(root=str(root), modality="mri", layout={"family": "nifti", "image_glob": "*.nii.gz"},
+                      slicing={"rule": "every_k", "every_k": 2})
+    items = list(read_source(IngestContext(spec=spec, root=root, blobs=BlobStore(tmp_path / "var"), salt="s")))
+    quarantined = [i for i in items if isinstance(i, Quarantined)]
+    assert [q.source_file for q in quarantined] == ["a_broken.nii.gz"]
+    assert "not a readable NIfTI volume" in quarantined[0].reason
+    assert {i["source_file"] for i in items if isinstance(i, dict)} == {"b_good.nii.gz"}
+
+
+def test_a_wide_glob_does_not_read_label_volumes_as_images(tmp_path):
+    import nibabel as nib
+
+    from medtrinity_assets.sources import IngestContext, read_source
+    from medtrinity_assets.storage import BlobStore
+
+    root = tmp_path / "vols"
+    root.mkdir()
+    image = np.random.default_rng(1).integers(0, 100, size=(8, 8, 6)).astype(np.int16)
+    label = np.zeros((8, 8, 6), dtype=np.uint8)
+    label[2:5, 2:5, 3] = 1
+    nib.save(nib.Nifti1Image(image, np.eye(4)), root / "case1.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), root / "case1_seg.nii.gz")
+    spec = build_spec(root=str(root), modality="mri", diseases=["lesion"],
+                      layout={"family": "nifti", "image_glob": "**/*.nii.gz", "label_replace": [{"old": ".nii.gz", "new": "_seg.nii.gz"}]})
+    items = list(read_source(IngestContext(spec=spec, root=root, blobs=BlobStore(tmp_path / "var"), salt="s")))
+    assert {i["source_file"] for i in items if isinstance(i, dict)} == {"case1.nii.gz"}

@@ -185,8 +185,8 @@ class SourceSpec(Strict):
     intensity: Intensity = Field(default_factory=Intensity)
     # Per-file modality where one source mixes them: regex on the relative path -> modality.
     modality_by_path: dict[str, Modality] = Field(default_factory=dict)
-    # Replace every folder and file name in the records' source_file by a salted hash (the
-    # suffix is kept). For private data whose paths carry identifiers (MRNs, names, dates);
+    # Replace every folder and file name in the records' source_file by a salted hash (the file
+    # type suffix is kept), when ingest writes them. For private data whose paths carry identifiers (MRNs, names, dates);
     # public releases name files with the publisher's own pseudonyms, so the default keeps them
     # for provenance. The quarantine table, which never leaves the machine, keeps real paths.
     pseudonymize_paths: bool = False

@@ -37,7 +37,8 @@ from medtrinity_assets.catalog.spec import PatientRule
 
 # Technical, non-identifying attributes that the DICOM PS3.15 Annex E Basic Application Level
 # Confidentiality Profile keeps ("K" or not listed): acquisition geometry, pixel encoding and
-# rescale/window values. Anything not named here is dropped. ``apply_basic_profile`` below
+# rescale/window values. These are the only header values a record may carry (read_header in
+# dicom_io builds records from them alone). ``apply_basic_profile`` below
 # de-identifies a whole dataset (for any code that handles one); burned-in pixel text is not
 # cleaned, only flagged (``has_burned_in_annotation``).
 ALLOWED_KEYWORDS: frozenset[str] = frozenset(
@@ -62,10 +63,20 @@ ALLOWED_KEYWORDS: frozenset[str] = frozenset(
     }
 )
 
-# Read only to order slices and group files into series, in memory; never written anywhere.
-# (UIDs and positions are not names, but a UID can link back to the hospital's archive.)
+# Read only to order slices, group files into series and match RTSTRUCT / SEG objects to their
+# images, in memory; never written anywhere. (UIDs and positions are not names, but a UID can
+# link back to the hospital's archive.)
 GROUPING_ONLY_KEYWORDS: frozenset[str] = frozenset(
-    {"SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber"}
+    {
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "FrameOfReferenceUID",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "InstanceNumber",
+        "PerFrameFunctionalGroupsSequence",
+        "BurnedInAnnotation",
+    }
 )
 
 # Read only to compute a PET SUV scale factor in memory; only the factor leaves.

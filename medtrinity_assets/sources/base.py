@@ -8,6 +8,7 @@ It never raises for one bad file: the partition must finish.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
@@ -35,6 +36,16 @@ IngestItem = Union[dict, Quarantined]
 IngestStream = Iterator[IngestItem]
 
 
+def contained_path(*parts: str) -> str | None:
+    """Join path parts taken from annotation files into a path relative to the source root;
+    None when the result is absolute or climbs out of the root: an annotation file must never
+    make ingest read (and record) a file outside its source."""
+    joined = posixpath.normpath(posixpath.join(*parts))
+    if joined.startswith("/") or joined == ".." or joined.startswith("../"):
+        return None
+    return joined
+
+
 def record_id_for(source_id: str, source_file: str, sequence: str | None, slice_index: int) -> str:
     """Stable id: the same file and slice give the same id on every run."""
     key = f"{source_id}\x1f{source_file}\x1f{sequence or ''}\x1f{slice_index}"
@@ -47,15 +58,21 @@ def patient_hash(salt: str, source_id: str, patient_id: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
+# Suffixes kept by pseudonymous_path: the file type, never a dotted part of the name itself
+# ("Doe.Jane_19650412.dcm" must not keep ".Jane_19650412").
+KEPT_SUFFIXES = (".nii.gz", ".dcm", ".dicom", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+
+
 def pseudonymous_path(salt: str, relative_path: str) -> str:
-    """The path with each folder and file name replaced by a salted hash, suffix kept: the same
-    input gives the same output (volumes still group), and names cannot be read back."""
+    """The path with each folder and file name replaced by a salted hash, the file type kept:
+    the same input gives the same output (volumes still group), and names cannot be read back."""
     from pathlib import PurePosixPath
 
     parts = PurePosixPath(relative_path).parts
     hashed = [hashlib.sha256(f"{salt}\x1f{part}".encode("utf-8")).hexdigest()[:16] for part in parts]
-    suffixes = "".join(PurePosixPath(parts[-1]).suffixes) if parts else ""
-    return "/".join(hashed) + suffixes
+    name = parts[-1].lower() if parts else ""
+    suffix = next((s for s in KEPT_SUFFIXES if name.endswith(s)), "")
+    return "/".join(hashed) + suffix
 
 
 def make_record(
@@ -95,7 +112,7 @@ def make_record(
     return {
         "record_id": record_id_for(ctx.spec.id, source_file, sequence, slice_index),
         "source_id": ctx.spec.id,
-        "source_file": pseudonymous_path(ctx.salt, source_file) if ctx.spec.pseudonymize_paths else source_file,
+        "source_file": source_file,
         "sequence": sequence,
         "slice_index": slice_index,
         "slice_count": slice_count,

@@ -28,7 +28,7 @@ import yaml
 
 from medtrinity_assets.catalog.layouts.boxes import BoxAnnotations
 from medtrinity_assets.catalog.spec import SourceSpec
-from medtrinity_assets.sources.base import Quarantined
+from medtrinity_assets.sources.base import Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
     clamp_box,
     rename_label,
@@ -129,34 +129,52 @@ def parse_coco(root: Path, json_file: str, image_root: str = ".") -> BoxTable:
         if not file_name:
             table.problem(json_file, f"image entry {image!r:.80} has no file_name")
             continue
-        relative_path = posixpath.normpath(posixpath.join(image_root, file_name))
-        path_of_id[image.get("id")] = relative_path
+        relative_path = contained_path(image_root, file_name)
+        if relative_path is None:
+            table.problem(json_file, f"image file_name {file_name!r:.80} points outside the source folder")
+            continue
+        try:
+            path_of_id[image.get("id")] = relative_path
+        except TypeError:  # an id that is a list or object cannot name an image
+            table.problem(json_file, f"image entry for {relative_path} has an unusable id {image.get('id')!r:.40}")
+            continue
         table.note_image(relative_path, f"{json_file} image id {image.get('id')}")
         width, height = image.get("width"), image.get("height")
         if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
             table.sizes[relative_path] = (width, height)
 
     for obj in objects:
-        where = f"{json_file} annotation {obj.get('id')}"
-        image_path = path_of_id.get(obj.get("image_id"))
-        if image_path is None:
-            table.problem(json_file, f"annotation {obj.get('id')} names image id {obj.get('image_id')} that is not listed")
+        if not isinstance(obj, dict):
+            table.problem(json_file, f"annotation entry {obj!r:.60} is not an object")
             continue
-        name = categories.get(obj.get("category_id"))
-        if name is None:
-            table.problem(json_file, f"annotation {obj.get('id')} of {image_path} has unknown category id {obj.get('category_id')}")
-            continue
-        polygons = tuple(tuple(tuple(p) for p in poly) for poly in polygon_points(obj.get("segmentation")))
-        bbox = obj.get("bbox")
-        box = None
-        if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_number(v) is not None for v in bbox):
-            x, y, w, h = (float(v) for v in bbox)
-            box = (x, y, x + w, y + h)
-        if box is None and not polygons:
-            table.problem(json_file, f"annotation {obj.get('id')} of {image_path} has neither a bbox [x, y, w, h] nor a polygon")
-            continue
-        table.add(image_path, ParsedBox(str(name), where, box=box, polygons=polygons, fields={"coco_id": obj.get("id")}))
+        try:
+            _add_coco_object(table, json_file, obj, path_of_id, categories)
+        except (TypeError, ValueError) as error:  # e.g. null coordinates, unhashable ids
+            table.problem(json_file, f"annotation {obj.get('id')!r:.40} is malformed: {type(error).__name__}: {error}")
     return table
+
+
+def _add_coco_object(table: BoxTable, json_file: str, obj: dict, path_of_id: dict, categories: dict) -> None:
+    """One COCO object into the table, or one problem saying why it cannot be used."""
+    where = f"{json_file} annotation {obj.get('id')}"
+    image_path = path_of_id.get(obj.get("image_id"))
+    if image_path is None:
+        table.problem(json_file, f"annotation {obj.get('id')} names image id {obj.get('image_id')} that is not listed")
+        return
+    name = categories.get(obj.get("category_id"))
+    if name is None:
+        table.problem(json_file, f"annotation {obj.get('id')} of {image_path} has unknown category id {obj.get('category_id')}")
+        return
+    polygons = tuple(tuple(tuple(p) for p in poly) for poly in polygon_points(obj.get("segmentation")))
+    bbox = obj.get("bbox")
+    box = None
+    if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_number(v) is not None for v in bbox):
+        x, y, w, h = (float(v) for v in bbox)
+        box = (x, y, x + w, y + h)
+    if box is None and not polygons:
+        table.problem(json_file, f"annotation {obj.get('id')} of {image_path} has neither a bbox [x, y, w, h] nor a polygon")
+        return
+    table.add(image_path, ParsedBox(str(name), where, box=box, polygons=polygons, fields={"coco_id": obj.get("id")}))
 
 
 # --------------------------------------------------------------------------- YOLO / VOC
@@ -335,7 +353,7 @@ def _row_image(settings: BoxAnnotations, row: dict[str, str]) -> str | None:
         relative = settings.path_template.format(**{**row, "id": image_id})
     except (KeyError, IndexError, ValueError):
         return None
-    return posixpath.normpath(posixpath.join(settings.image_root, relative))
+    return contained_path(settings.image_root, relative)
 
 
 def _row_label(settings: BoxAnnotations, row: dict[str, str]) -> str:

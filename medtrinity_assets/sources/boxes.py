@@ -38,6 +38,7 @@ from medtrinity_assets.sources.box_formats import (
     parse_listed,
     resolve_boxes,
 )
+from medtrinity_assets.sources.dicom import deidentify_dataset
 from medtrinity_assets.sources.image_common import (
     decode_image,
     iter_image_files,
@@ -83,7 +84,10 @@ def _decode(ctx: IngestContext, rel: str) -> DecodedImage | Quarantined:
         dataset = read_dicom(ctx.root / rel)
         header = read_header(dataset)  # the PHI allowlist: nothing else of the header is used
         check_is_image(header)
-        frame = decode_frame(dataset, header, None)
+        if header.burned_in_annotation:
+            # Box tables have no per-source policy: text burned into pixels is never kept.
+            return Quarantined(rel, "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels")
+        frame = decode_frame(deidentify_dataset(ctx, dataset, header), header, None)
     except Exception as error:  # one unreadable file must not stop the source
         return Quarantined(rel, f"not a readable DICOM image: {type(error).__name__}: {error}")
     return DecodedImage(

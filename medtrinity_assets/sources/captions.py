@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from medtrinity_assets.catalog.spec import CaptionsLayout
-from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
+from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
     decode_image,
     image_record,
@@ -124,7 +124,10 @@ def read(ctx: IngestContext) -> IngestStream:
         if not image_value:
             yield Quarantined(row_ref, f"row has no image ({layout.image_field!r} is empty or missing)")
             continue
-        relative_path = layout.image_template.format(value=image_value)
+        relative_path = contained_path(layout.image_template.format(value=image_value))
+        if relative_path is None:
+            yield Quarantined(row_ref, f"image {image_value!r:.80} points outside the source folder")
+            continue
 
         caption = as_text(row.get(layout.caption_field)) if layout.caption_field else ""
         question = as_text(row.get(layout.question_field)) if layout.question_field else ""

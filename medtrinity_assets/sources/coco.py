@@ -19,6 +19,7 @@ from medtrinity_assets.sources.box_formats import parse_coco, resolve_boxes
 from medtrinity_assets.sources.image_common import (
     decode_image,
     image_record,
+    path_labels,
     patient_id_for,
 )
 
@@ -56,7 +57,7 @@ def read(ctx: IngestContext) -> IngestStream:
             relative_path,
             pixels,
             photometric,
-            labels=sorted(set(labels)),
+            labels=sorted(set(labels) | set(path_labels(spec, relative_path))),
             annotations=annotations,
             patient_id=patient_id_for(spec, relative_path),
         )

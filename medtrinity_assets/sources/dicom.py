@@ -16,8 +16,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from medtrinity_assets.catalog.spec import SourceSpec
-from medtrinity_assets.imaging.deid import patient_identifier
-from medtrinity_assets.imaging.deid import SUV_RETAIN_OPTIONS, apply_basic_profile
+from medtrinity_assets.imaging.deid import SUV_RETAIN_OPTIONS, apply_basic_profile, patient_identifier
 from medtrinity_assets.imaging.dicom_io import (
     ANNOTATION_MODALITIES,
     DicomHeader,
@@ -37,24 +36,11 @@ from medtrinity_assets.sources.base import (
     store_mask,
 )
 from medtrinity_assets.sources.dicom_annotations import PlaneMasks, collect_annotations, planes_of
+from medtrinity_assets.sources.image_common import path_labels
 
 
 def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
-
-
-def spec_labels(spec: SourceSpec, relative_path: str) -> list[str]:
-    """Finding labels of a file from the spec's ``labels`` rule (folder name or fixed list)."""
-    rule = spec.labels
-    if rule.source == "fixed":
-        raw = list(rule.fixed)
-    elif rule.source == "folder":
-        parts = Path(relative_path).parts
-        raw = [parts[rule.folder_depth]] if len(parts) > rule.folder_depth + 1 else []
-    else:
-        raw = []
-    renamed = [rule.rename.get(value, value) for value in raw]
-    return [value for value in renamed if value]
 
 
 def list_files(root: Path, glob: str, exclude_glob: Optional[str] = None) -> list[Path]:
@@ -97,7 +83,7 @@ def _record(
         source_file=rel,
         pixels=decoded.pixels,
         patient_id=patient_identifier(ctx.spec.patient, rel, header.patient_id),
-        labels=spec_labels(ctx.spec, rel) + sorted(plane_masks or {}),
+        labels=path_labels(ctx.spec, rel) + sorted(plane_masks or {}),
         annotations=_mask_annotations(ctx, plane_masks),
         pixel_units=decoded.pixel_units,
         photometric=decoded.photometric,
@@ -109,7 +95,7 @@ def _record(
     )
 
 
-def _deidentify(ctx: IngestContext, ds, header: DicomHeader):
+def deidentify_dataset(ctx: IngestContext, ds, header: DicomHeader):
     """Apply the PS3.15 Basic Profile to the dataset before its pixels are decoded.
 
     Only pixels and allowlisted technical values leave ingest anyway (read_header); this is
@@ -128,7 +114,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
         ds = read_dicom(path)
         header = read_header(ds)
         check_is_image(header)
-        _deidentify(ctx, ds, header)
+        deidentify_dataset(ctx, ds, header)
     except NotAnImageObject as error:
         yield Quarantined(rel, str(error))
         return
@@ -202,7 +188,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                 yield flags
                 continue
             try:
-                decoded = decode_frame(_deidentify(ctx, read_dicom(path), header), header, None)
+                decoded = decode_frame(deidentify_dataset(ctx, read_dicom(path), header), header, None)
                 yield _record(ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags)
             except Exception as error:
                 yield Quarantined(rel, _describe(error), record_id_for(ctx.spec.id, rel, None, index))

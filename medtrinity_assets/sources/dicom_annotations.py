@@ -116,11 +116,13 @@ def planes_of(source_file: str, header: DicomHeader) -> list[ImagePlane]:
     ]
 
 
-def finding_label(name: str, mapping: dict[str, str]) -> Optional[str]:
+def finding_label(name: str, mapping: dict[str, str], number: int) -> Optional[str]:
     """Catalog label of an ROI / segment name: the first regex of ``mapping`` that matches
-    (case-insensitive); with an empty mapping, the name itself; None when it is not wanted."""
+    (case-insensitive); None when it is not wanted. With an empty mapping every ROI is kept as
+    "structure <number>": ROI names are free text typed at the planning console ("GTV_Smith"),
+    so they never become labels unless the spec maps them to catalog names."""
     if not mapping:
-        return name.strip().lower() or None
+        return f"structure {number}"
     for pattern, label in mapping.items():
         if re.search(pattern, name, flags=re.IGNORECASE):
             return label.strip().lower() or None
@@ -276,7 +278,7 @@ def rtstruct_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: Pl
 
     for roi in _seq(ds, "ROIContourSequence"):
         number = int(roi.get("ReferencedROINumber") or 0)
-        label = finding_label(names.get(number, ""), layout.rtstruct_rois)
+        label = finding_label(names.get(number, ""), layout.rtstruct_rois, number)
         if label is None:
             continue  # not wanted (body outline, couch, planning structure) or unnamed
         where = f"ROI {number} (label '{label}')"
@@ -362,7 +364,7 @@ def seg_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: PlaneIn
         return [Quarantined(source_file, "not an image object (Modality=SEG): a segmentation whose referenced images "
                             "(SOP instances, series and frame of reference) are not among the source's files")]
     labels = {
-        int(item.SegmentNumber): finding_label(str(item.get("SegmentLabel") or ""), layout.seg_segments)
+        int(item.SegmentNumber): finding_label(str(item.get("SegmentLabel") or ""), layout.seg_segments, int(item.SegmentNumber))
         for item in _seq(ds, "SegmentSequence")
         if item.get("SegmentNumber") is not None
     }

@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import PurePosixPath
 
 from medtrinity_assets.catalog.spec import ImageCsvLayout, SourceSpec
-from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
+from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
     REPLACEMENT_CHAR,
     decode_image,
@@ -126,9 +126,12 @@ def read(ctx: IngestContext) -> IngestStream:
             relative_path = matches[0]
         else:
             try:
-                relative_path = template.format(id=image_id, **{f: (row.get(f) or "").strip() for f in path_fields})
+                relative_path = contained_path(template.format(id=image_id, **{f: (row.get(f) or "").strip() for f in path_fields}))
             except (KeyError, IndexError, ValueError) as error:
                 yield Quarantined(row_ref, f"path_template {template!r} cannot be filled: {error}")
+                continue
+            if relative_path is None:
+                yield Quarantined(row_ref, f"image id {image_id!r:.80} points outside the source folder")
                 continue
             named.add(relative_path)
 

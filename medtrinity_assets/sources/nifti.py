@@ -47,7 +47,8 @@ from medtrinity_assets.sources.base import (
     record_id_for,
     store_mask,
 )
-from medtrinity_assets.sources.dicom import list_files, spec_labels
+from medtrinity_assets.sources.dicom import list_files
+from medtrinity_assets.sources.image_common import path_labels
 from medtrinity_assets.sources.image_common import rename_label
 
 # Slices read from the file in one proxy access: bounds memory for big volumes while keeping
@@ -276,6 +277,8 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
         rel = volume.source_file
         try:
             image = _as_volume(nib.load(str(ctx.root / rel), keep_file_open=True))
+            # A degenerate affine (a zero column) has no orientation: found here, per volume.
+            shape = _canonical_shape(image)
         except Exception as error:
             yield Quarantined(rel, f"not a readable NIfTI volume: {_describe(error)}")
             continue
@@ -283,7 +286,6 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
         if isinstance(channels, str):
             yield Quarantined(rel, channels)
             continue
-        shape = _canonical_shape(image)
         if labels is not None and shape != labels.canonical.shape:
             yield Quarantined(
                 rel, f"label volume shape {labels.file_shape} differs from image shape {tuple(image.shape[:3])} ({case.label_file})"
@@ -329,7 +331,7 @@ def _volume_records(
                 source_file=rel,
                 pixels=_pixels(to_display(planes.pop(index))),
                 patient_id=patient,
-                labels=spec_labels(ctx.spec, rel) + found,
+                labels=path_labels(ctx.spec, rel) + found,
                 annotations=annotations,
                 pixel_units=_pixel_units(ctx.spec.layout, rel, modality),
                 photometric="MONOCHROME2",
@@ -361,9 +363,12 @@ def _sequence_from_path(layout, relative_path: str) -> Optional[str]:
 def _read_image_glob(ctx: IngestContext) -> IngestStream:
     layout = ctx.spec.layout
     names = _default_label_names(ctx)
-    for path in list_files(ctx.root, layout.image_glob, layout.exclude_glob):
-        rel = path.relative_to(ctx.root).as_posix()
-        if not _is_data_file(rel):
+    files = [p.relative_to(ctx.root).as_posix() for p in list_files(ctx.root, layout.image_glob, layout.exclude_glob)]
+    # A glob wide enough to match the label volumes too ("**/*.nii.gz") must not read a label
+    # as an image of its own.
+    label_files = {label_path_for(rel, layout) for rel in files} - {None}
+    for rel in files:
+        if not _is_data_file(rel) or rel in label_files:
             continue
         label_rel = label_path_for(rel, layout)
         if label_rel is not None and not (ctx.root / label_rel).is_file():

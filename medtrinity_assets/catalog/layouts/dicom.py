@@ -25,9 +25,11 @@ class DicomLayout(Strict):
     exclude_glob: Optional[str] = None
     # RTSTRUCT ROI name (regex, matched case-insensitively against ROIName) -> finding label.
     # ROIs matching no entry are ignored (body outlines, couch, planning structures). Empty:
-    # every ROI is kept under its own name.
+    # every ROI is kept as "structure <ROI number>" (ROI names are free text and may hold
+    # identifiers, so only names the spec maps become labels).
     rtstruct_rois: dict[str, str] = Field(default_factory=dict)
-    # DICOM SEG segment label (regex on SegmentLabel) -> finding label; empty keeps all segments.
+    # DICOM SEG segment label (regex on SegmentLabel) -> finding label; empty keeps all segments
+    # as "structure <segment number>".
     seg_segments: dict[str, str] = Field(default_factory=dict)
     # Image with BurnedInAnnotation = YES (text such as names burned into the pixels):
     # "quarantine" leaves it out with that reason; "flag" keeps it with the record flag
