@@ -501,3 +501,26 @@ def test_source_text_check_finds_malformed_and_pasted_publisher_text(tmp_path):
     assert outcome.metadata["by_problem"] == {
         "publisher caption pasted into the description": 1, "source_text lacks captions/qa lists": 1}
     assert [e["record_id"] for e in outcome.metadata["examples"]] == ["t2", "t3"]
+
+
+def test_padchest_list_literal_label_cells(tmp_path):
+    # PadChest stores a study's findings as a Python-style list in one cell; parsed, not run.
+    root = tmp_path / "padchest"
+    for seed, name in enumerate(["a.png", "b.png", "c.png", "d.png"]):
+        save_image(root / "0" / name, seed)
+    write_rows(root / "labels.csv", [
+        ["ImageID", "ImageDir", "Labels"],
+        ["a.png", "0", "['pleural effusion', ' cardiomegaly']"],
+        ["b.png", "0", "['normal']"],
+        ["c.png", "0", "__import__('os').system('true')"],
+        ["d.png", "0", "[1, 2]"],
+    ])
+    _, records, quarantined = ingest(
+        tmp_path, root, modality="xray", organs=["chest"],
+        layout={"family": "image_csv", "csv": "labels.csv", "id_column": "ImageID", "path_template": "{ImageDir}/{ImageID}",
+                "label_column": "Labels", "label_list_literal": True},
+        labels={"rename": {"normal": ""}},
+    )
+    assert {r["source_file"]: r["labels"] for r in records} == {"0/a.png": ["cardiomegaly", "pleural effusion"], "0/b.png": []}
+    assert sorted(q.reason.split(":")[0] if ":" in q.reason else q.reason for q in quarantined) == [
+        "label cell \"__import__('os').system('true')\" is not a list literal", "label cell '[1, 2]' is not a list of strings"]

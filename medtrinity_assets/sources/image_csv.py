@@ -15,6 +15,7 @@ absent image"), an id matching several files, an unmapped modality, an undecodab
 
 from __future__ import annotations
 
+import ast
 import csv
 from collections import defaultdict
 from pathlib import PurePosixPath
@@ -42,6 +43,24 @@ def is_truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUTHY
 
 
+def list_literal(cell: str) -> list[str]:
+    """The strings of a Python-style list cell (PadChest "['pleural effusion', 'cardiomegaly']").
+
+    Parsed as a literal, never evaluated as code; raises ValueError when the cell is not a list
+    of strings (the row is then quarantined with the cell named).
+    """
+    text = cell.strip()
+    if not text:
+        return []
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as error:
+        raise ValueError(f"label cell {text[:60]!r} is not a list literal") from error
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"label cell {text[:60]!r} is not a list of strings")
+    return [v.strip() for v in value]
+
+
 def row_labels(spec: SourceSpec, layout: ImageCsvLayout, row: dict[str, str]) -> list[str]:
     labels: list[str] = []
     for column in layout.label_columns:
@@ -51,7 +70,10 @@ def row_labels(spec: SourceSpec, layout: ImageCsvLayout, row: dict[str, str]) ->
                 labels.append(name)
     if layout.label_column:
         raw = row.get(layout.label_column) or ""
-        values = raw.split(layout.label_separator) if layout.label_separator else [raw]
+        if layout.label_list_literal:
+            values = list_literal(raw)
+        else:
+            values = raw.split(layout.label_separator) if layout.label_separator else [raw]
         for value in values:
             name = rename_label(spec, value)
             if name:
@@ -162,13 +184,18 @@ def read(ctx: IngestContext) -> IngestStream:
         if isinstance(decoded, Quarantined):
             yield decoded
             continue
+        try:
+            labels = row_labels(spec, layout, row)
+        except ValueError as error:
+            yield Quarantined(row_ref, str(error))
+            continue
         pixels, photometric = decoded
         yield image_record(
             ctx,
             relative_path,
             pixels,
             photometric,
-            labels=row_labels(spec, layout, row),
+            labels=labels,
             annotations=[],
             patient_id=patient_id_for(spec, relative_path, row),
             modality=modality,

@@ -32,6 +32,8 @@ class ImageCsvLayout(Strict):
     label_column: Optional[str] = None
     # A single label cell holding several findings ("Effusion|Mass") is split on this.
     label_separator: Optional[str] = None
+    # The label cell is a Python-style list literal (PadChest "['pleural effusion', 'nodule']").
+    label_list_literal: bool = False
     # Per-row modality (mixed X-ray/CT sources): raw value -> catalog modality; rows whose
     # value is not mapped are quarantined rather than described with a guessed modality.
     modality_column: Optional[str] = None
@@ -48,6 +50,8 @@ class ImageCsvLayout(Strict):
             raise ValueError("layout.modality_column needs layout.modality_map")
         if bool(self.path_template) == bool(self.path_index_glob):
             raise ValueError("layout needs exactly one of 'path_template' or 'path_index_glob'")
+        if self.label_list_literal and (self.label_separator or not self.label_column):
+            raise ValueError("layout.label_list_literal needs layout.label_column and no label_separator")
         return self
 
 
