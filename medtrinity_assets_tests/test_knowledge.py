@@ -88,6 +88,7 @@ def test_every_catalog_disease_and_modality_organ_pair_has_knowledge():
     for spec in load_catalog(CATALOG).values():
         findings = list(spec.diseases) + [v for v in spec.labels.rename.values() if v]
         findings += list(getattr(spec.layout, "label_names", {}).values())
+        findings += list(getattr(spec.layout, "structure_names", {}).values())
         for finding in findings:
             if normalize_label(finding) not in names:
                 missing_findings.append(f"{spec.id}: {finding}")

@@ -37,6 +37,7 @@ from medtrinity_assets.sources.base import (
 )
 from medtrinity_assets.sources.dicom_annotations import PlaneMasks, collect_annotations, planes_of
 from medtrinity_assets.sources.image_common import path_labels
+from medtrinity_assets.sources.lidc_xml import collect_lidc_annotations
 
 
 def _describe(error: Exception) -> str:
@@ -222,10 +223,13 @@ def read(ctx: IngestContext) -> IngestStream:
     files = list_files(ctx.root, layout.glob, layout.exclude_glob)
     images, annotation_objects = yield from _scan(ctx, files)
     masks: PlaneMasks = {}
-    if annotation_objects:
+    # LIDC-IDRI nodule reads: XML files beside the series, one more source of slice masks.
+    lidc_files = [_relative(ctx, p) for p in list_files(ctx.root, layout.lidc_xml_glob)] if layout.lidc_xml_glob else []
+    if annotation_objects or lidc_files:
         planes = [plane for path, header in images for plane in planes_of(_relative(ctx, path), header)]
         masks, problems = collect_annotations(ctx.root, layout, annotation_objects, planes)
         yield from problems
+        yield from collect_lidc_annotations(ctx.root, layout, lidc_files, planes, masks)
     if layout.stack_series:
         yield from _read_series(ctx, images, masks)
     else:

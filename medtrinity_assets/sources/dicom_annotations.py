@@ -228,7 +228,7 @@ def rasterize_contour(points_mm: np.ndarray, plane: ImagePlane) -> Optional[np.n
     return mask
 
 
-def _add(masks: PlaneMasks, key: PlaneKey, label: str, mask: np.ndarray) -> None:
+def add_mask(masks: PlaneMasks, key: PlaneKey, label: str, mask: np.ndarray) -> None:
     per_label = masks.setdefault(key, {})
     per_label[label] = per_label[label] | mask if label in per_label else mask
 
@@ -307,9 +307,9 @@ def rtstruct_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: Pl
                            "the image is kept without it")
                     continue
                 filled[plane.key] = filled[plane.key] ^ mask if plane.key in filled else mask
-        for key in sorted(filled, key=_sort_key):
+        for key in sorted(filled, key=plane_sort_key):
             if filled[key].any():
-                _add(masks, key, label, filled[key])
+                add_mask(masks, key, label, filled[key])
     return problems
 
 
@@ -398,7 +398,7 @@ def seg_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: PlaneIn
             if not _same_grid(plane, frame_mask.shape, position, orientation):
                 other_grid += 1
                 continue
-            _add(masks, plane.key, label, frame_mask)
+            add_mask(masks, plane.key, label, frame_mask)
     problems = []
     if unplaced:
         problems.append(Quarantined(source_file, f"{unplaced} non-empty segment frame(s) reference no image among the source's "
@@ -427,7 +427,7 @@ def _same_grid(plane: ImagePlane, shape: tuple[int, int], position, orientation)
 # --- both -----------------------------------------------------------------------------------
 
 
-def _sort_key(key: PlaneKey) -> tuple[str, int]:
+def plane_sort_key(key: PlaneKey) -> tuple[str, int]:
     return (key[0], -1 if key[1] is None else key[1])
 
 
@@ -449,7 +449,7 @@ def collect_annotations(
         except Exception as error:  # one malformed annotation object must not stop the source
             problems.append(Quarantined(source_file, f"unreadable {modality} object: {type(error).__name__}: {error}"))
             continue
-        for key in sorted(own, key=_sort_key):
+        for key in sorted(own, key=plane_sort_key):
             for label in sorted(own[key]):
-                _add(masks, key, label, own[key][label])
+                add_mask(masks, key, label, own[key][label])
     return masks, problems

@@ -8,7 +8,12 @@ most one label volume and the image volumes that share it.
   label values, and names the channels of 4D images (BrainTumour, Prostate): each channel is
   one MR sequence and becomes its own records;
 - ``case_glob`` + ``sequences`` (BraTS): one folder per case, one file per MR sequence, one
-  label file, found by templates with ``{case}``.
+  label file, found by templates with ``{case}``;
+- ``image_glob`` + ``structure_glob`` (TotalSegmentator): the label volume is split into one
+  binary file per structure in a folder beside the image. Up to 117 full-resolution masks per
+  case are never held together: each file is streamed once in slabs for its per-slice presence
+  (only when the slicing rule needs it), then once more for the chosen slices' planes only, and
+  each structure's masks are stored before the next one is read.
 
 Slices are chosen ONCE per case from its label volume, so every sequence of a case yields
 records for the same slices with the same ROI masks (stored once: the blob store is
@@ -344,6 +349,196 @@ def _volume_records(
             yield Quarantined(rel, f"slice {index}: {_describe(error)}", record_id_for(ctx.spec.id, rel, sequence, index))
 
 
+# --- one binary file per structure (TotalSegmentator) ---------------------------------------
+
+
+def _inside(values: np.ndarray, threshold: Optional[float]) -> np.ndarray:
+    return values >= threshold if threshold is not None else values != 0
+
+
+def _structure_channel(image) -> Optional[int]:
+    """None for a 3D structure file, 0 for a 4D one with a single channel; else ValueError."""
+    if len(image.shape) == 3:
+        return None
+    if len(image.shape) == 4 and image.shape[3] == 1:
+        return 0
+    raise ValueError(f"structure file has shape {tuple(image.shape)}, expected 3D")
+
+
+def canonical_presence(image, axis: int, channel: Optional[int], threshold: Optional[float]) -> np.ndarray:
+    """One bool per canonical slice along ``axis``: does the structure cut it?
+
+    Read in slabs along the file's LAST axis, which NIfTI stores contiguously (Fortran order),
+    so a gzip file is decompressed in one forward pass whatever axis is sliced, and memory
+    holds one slab.
+    """
+    file_axis, reversed_axis = canonical_axes(image.affine)[axis]
+    presence = np.zeros(image.shape[file_axis], dtype=bool)
+    depth = image.shape[2]
+    for start in range(0, depth, SLAB_SLICES):
+        stop = min(start + SLAB_SLICES, depth)
+        selector: list = [slice(None), slice(None), slice(start, stop)]
+        if channel is not None:
+            selector.append(channel)
+        inside = _inside(np.asanyarray(image.dataobj[tuple(selector)]), threshold)
+        if file_axis == 2:
+            presence[start:stop] = inside.any(axis=(0, 1))
+        else:
+            presence |= inside.any(axis=tuple(a for a in range(3) if a != file_axis))
+    return presence[::-1] if reversed_axis else presence
+
+
+def _structure_stem(relative_path: str) -> str:
+    name = posixpath.basename(relative_path)
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return posixpath.splitext(name)[0]
+
+
+def structure_files(root: Path, image_rel: str, structure_glob: str) -> list[str]:
+    """The structure files of one image: ``structure_glob`` matched in the image's folder."""
+    folder = posixpath.dirname(image_rel)
+    found = sorted(
+        p.relative_to(root).as_posix() for p in (root / folder).glob(structure_glob) if p.is_file()
+    )
+    return [rel for rel in found if _is_data_file(rel)]
+
+
+def structures_by_label(layout, files: list[str]) -> dict[str, list[str]]:
+    """Catalog label -> its structure files (several when the spec maps stems to one label)."""
+    grouped: dict[str, list[str]] = {}
+    for rel in files:
+        stem = _structure_stem(rel)
+        if layout.structure_names:
+            label = layout.structure_names.get(stem)
+            if label is None:
+                continue  # a structure the spec does not name (no knowledge for it)
+        else:
+            label = stem.replace("_", " ")
+        grouped.setdefault(label, []).append(rel)
+    return dict(sorted(grouped.items()))
+
+
+def _open_structures(ctx: IngestContext, image_rel: str, image, shape, grouped: dict[str, list[str]]):
+    """Headers of every structure file (no voxel read yet): label -> [(rel, channel)].
+
+    A file that is unreadable or whose shape differs from the image's is quarantined and its
+    label left out of the case: a region missing one of its parts would be a wrong ROI.
+    """
+    opened: dict[str, list] = {}
+    problems: list[Quarantined] = []
+    for label, files in grouped.items():
+        parts = []
+        for rel in files:
+            try:
+                structure = nib.load(str(ctx.root / rel))
+                channel = _structure_channel(structure)
+                structure_shape = _canonical_shape(structure)
+            except Exception as error:
+                problems.append(Quarantined(rel, f"structure file not readable: {_describe(error)}; '{label}' left out of {image_rel}"))
+                break
+            if structure_shape != shape:
+                problems.append(Quarantined(
+                    rel,
+                    f"structure file shape {tuple(structure.shape[:3])} differs from image shape "
+                    f"{tuple(image.shape[:3])} ({image_rel}); '{label}' left out of that image",
+                ))
+                break
+            parts.append((rel, channel))
+        else:
+            opened[label] = parts
+    return opened, problems
+
+
+def _open_stream(ctx: IngestContext, rel: str):
+    # One open handle per pass over a file, so slab reads continue one gzip stream; it closes
+    # when the image is dropped, never 117 at once.
+    return nib.load(str(ctx.root / rel), keep_file_open=True)
+
+
+def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, list[str]], patient: str) -> IngestStream:
+    layout = ctx.spec.layout
+    axis = layout.slice_axis
+    try:
+        image = _as_volume(nib.load(str(ctx.root / image_rel), keep_file_open=True))
+        shape = _canonical_shape(image)
+    except Exception as error:
+        yield Quarantined(image_rel, f"not a readable NIfTI volume: {_describe(error)}")
+        return
+    channels = _channels(image, _Volume(image_rel, _sequence_from_path(layout, image_rel)), layout.use_sequences)
+    if isinstance(channels, str):
+        yield Quarantined(image_rel, channels)
+        return
+    opened, problems = _open_structures(ctx, image_rel, image, shape, grouped)
+    yield from problems
+
+    # Presence is read only when the rule looks at it: every_k picks slices from the shape.
+    presence: dict[str, np.ndarray] = {}
+    if ctx.spec.slicing.rule == "annotated_plus_context":
+        for label, parts in list(opened.items()):
+            rel = parts[0][0]
+            try:
+                found = np.zeros(shape[axis], dtype=bool)
+                for rel, channel in parts:
+                    found |= canonical_presence(_open_stream(ctx, rel), axis, channel, layout.label_threshold)
+                presence[label] = found
+            except Exception as error:
+                yield Quarantined(rel, f"structure voxels not readable: {_describe(error)}; '{label}' left out of {image_rel}")
+                del opened[label]
+    union = np.logical_or.reduce(list(presence.values())) if presence else None
+    indices = select_slices(shape[axis], union, ctx.spec.slicing)
+
+    annotations: dict[int, list[dict]] = {index: [] for index in indices}
+    findings: dict[int, list[str]] = {index: [] for index in indices}
+    for label, parts in opened.items():
+        if label in presence and not presence[label][indices].any():
+            continue  # not in any kept slice: no need to decode its planes
+        rel = parts[0][0]
+        try:
+            joined = {index: np.zeros((), dtype=bool) for index in indices}
+            for rel, channel in parts:
+                for index, plane in canonical_planes(_open_stream(ctx, rel), axis, indices, channel).items():
+                    joined[index] = joined[index] | _inside(plane, layout.label_threshold)
+        except Exception as error:
+            yield Quarantined(rel, f"structure voxels not readable: {_describe(error)}; '{label}' left out of {image_rel}")
+            continue
+        for index, mask in joined.items():
+            if mask.any():
+                ref = store_mask(ctx, to_display(mask).astype(np.uint8))
+                annotations[index].append({"kind": "mask", "label": label, "mask_ref": ref})
+                if label in layout.finding_structures:
+                    findings[index].append(label)
+
+    def annotations_for(index: int) -> tuple[list[dict], list[str]]:
+        return annotations[index], findings[index]
+
+    for channel, sequence in channels:
+        yield from _volume_records(ctx, image, image_rel, channel, sequence, indices, shape[axis], annotations_for, patient)
+
+
+def _read_structure_files(ctx: IngestContext) -> IngestStream:
+    layout = ctx.spec.layout
+    images = [p.relative_to(ctx.root).as_posix() for p in list_files(ctx.root, layout.image_glob, layout.exclude_glob)]
+    images = [rel for rel in images if _is_data_file(rel)]
+    structures = {rel: structure_files(ctx.root, rel, layout.structure_glob) for rel in images}
+    # A glob wide enough to match the structure files too ("**/*.nii.gz") must not read a
+    # structure as an image of its own.
+    all_structures = {rel for files in structures.values() for rel in files}
+    for rel in images:
+        if rel in all_structures or not _wanted(_sequence_from_path(layout, rel), layout.use_sequences):
+            continue
+        folder = posixpath.dirname(rel) or "."
+        if not structures[rel]:
+            yield Quarantined(rel, f"no structure file matches '{layout.structure_glob}' in {folder}: image left out (incomplete download?)")
+            continue
+        grouped = structures_by_label(layout, structures[rel])
+        if not grouped:
+            yield Quarantined(rel, f"none of the {len(structures[rel])} structure files in {folder} is listed in layout.structure_names")
+            continue
+        yield from _read_structure_case(ctx, rel, grouped, patient_identifier(ctx.spec.patient, rel))
+
+
 # --- the three layouts ---------------------------------------------------------------------
 
 
@@ -498,5 +693,7 @@ def read(ctx: IngestContext) -> IngestStream:
         yield from _read_dataset_json(ctx)
     elif layout.case_glob:
         yield from _read_case_folders(ctx)
+    elif layout.structure_glob:
+        yield from _read_structure_files(ctx)
     else:
         yield from _read_image_glob(ctx)

@@ -15,6 +15,7 @@ class DicomLayout(Strict):
 
     Annotation objects found among the files are matched to the images they reference by UID:
     RTSTRUCT contours (rasterized per slice) and DICOM SEG segments (binary or fractional).
+    LIDC-IDRI's XML nodule outlines are read when ``lidc_xml_glob`` names them.
     """
 
     family: Literal["dicom"]
@@ -35,6 +36,14 @@ class DicomLayout(Strict):
     # "quarantine" leaves it out with that reason; "flag" keeps it with the record flag
     # "burned_in_annotation" so exports can leave it out or a reviewer can check it.
     burned_in_annotation: Literal["quarantine", "flag"] = "quarantine"
+    # LIDC-IDRI radiologist reads (LidcReadMessage XML, one per series next to its DICOM files;
+    # sources.lidc_xml): glob (relative to the root) of the XML files; None reads no XML.
+    lidc_xml_glob: Optional[str] = None
+    # A pixel is in the nodule mask when at least this many radiologists' nodule outlines on
+    # that slice cover it (LIDC has up to 4 readers; 2 is the common 50% consensus).
+    lidc_min_readers: int = Field(1, ge=1, le=4)
+    # Finding label of the consensus nodule mask.
+    lidc_label: str = "lung nodule"
 
     @field_validator("rtstruct_rois", "seg_segments")
     @classmethod

@@ -18,7 +18,9 @@ class NiftiLayout(Strict):
     - ``case_glob`` + ``sequences`` (per-case folders, one file per MR sequence, BraTS-style):
       each case folder holds one file per sequence and one label file, found by templates in
       which ``{case}`` is the case folder's name;
-    - ``image_glob`` + ``label_replace`` (image and label side by side or in parallel folders).
+    - ``image_glob`` + ``label_replace`` (image and label side by side or in parallel folders);
+    - ``image_glob`` + ``structure_glob`` (TotalSegmentator): the label volume is split into one
+      binary file per structure (``s0000/ct.nii.gz`` with ``s0000/segmentations/liver.nii.gz``).
     """
 
     family: Literal["nifti"]
@@ -53,6 +55,39 @@ class NiftiLayout(Strict):
     pixel_units: dict[str, Literal["HU", "SUV", "raw"]] = Field(default_factory=dict)
     # Regex on the relative path whose first group names the MR sequence (e.g. "(T1|T2)").
     sequence_regex: Optional[str] = None
+
+    # One binary label file per structure: a glob RELATIVE TO THE FOLDER OF EACH IMAGE FILE,
+    # e.g. "segmentations/*.nii.gz" beside s0000/ct.nii.gz. Non-zero voxels (>= label_threshold
+    # when set) are inside. Only with image_glob; an image whose glob matches nothing is
+    # quarantined (a partial download), not kept unannotated.
+    structure_glob: Optional[str] = None
+    # File stem (name without .nii / .nii.gz) -> catalog label. Non-empty: stems not listed are
+    # ignored. Empty: every file is kept, named by its stem with "_" read as " ". Stems mapped
+    # to one label are one region: their masks are joined per slice (lung lobes -> "left lung").
+    structure_names: dict[str, str] = Field(default_factory=dict)
+    # Labels (structure_names values, or stem names) that are findings (TotalSegmentator's kidney
+    # cysts): they enter the record's labels. Other structures are anatomy: ROI masks only.
+    finding_structures: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _structure_files_need_image_glob(self) -> "NiftiLayout":
+        if not self.structure_glob:
+            if self.structure_names or self.finding_structures:
+                raise ValueError("layout.structure_names / finding_structures need layout.structure_glob")
+            return self
+        clashing = [name for name, value in [("dataset_json", self.dataset_json), ("case_glob", self.case_glob),
+                                              ("label_replace", self.label_replace), ("label_names", self.label_names)] if value]
+        if clashing:
+            raise ValueError(f"layout.structure_glob (one file per structure) cannot be combined with {clashing}")
+        if self.structure_glob.startswith("/") or ".." in self.structure_glob.split("/"):
+            raise ValueError("layout.structure_glob is relative to each image's folder and stays inside it")
+        if any(not value.strip() for value in self.structure_names.values()):
+            raise ValueError("layout.structure_names values must be non-empty labels (leave a stem out to ignore it)")
+        if self.structure_names:
+            unknown = set(self.finding_structures) - set(self.structure_names.values())
+            if unknown:
+                raise ValueError(f"layout.finding_structures names labels not in layout.structure_names: {sorted(unknown)}")
+        return self
 
     @model_validator(mode="after")
     def _sequences_need_cases(self) -> "NiftiLayout":
