@@ -36,6 +36,11 @@ IngestItem = Union[dict, Quarantined]
 IngestStream = Iterator[IngestItem]
 
 
+def describe_error(error: Exception) -> str:
+    """An exception as a quarantine reason: its type and message, one line."""
+    return f"{type(error).__name__}: {error}"
+
+
 def contained_path(*parts: str) -> str | None:
     """Join path parts taken from annotation files into a path relative to the source root;
     None when the result is absolute or climbs out of the root: an annotation file must never

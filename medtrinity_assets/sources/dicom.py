@@ -31,6 +31,7 @@ from medtrinity_assets.sources.base import (
     IngestContext,
     IngestStream,
     Quarantined,
+    describe_error,
     make_record,
     record_id_for,
     store_mask,
@@ -38,10 +39,6 @@ from medtrinity_assets.sources.base import (
 from medtrinity_assets.sources.dicom_annotations import PlaneMasks, collect_annotations, planes_of
 from medtrinity_assets.sources.image_common import path_labels
 from medtrinity_assets.sources.lidc_xml import collect_lidc_annotations
-
-
-def _describe(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
 
 
 def list_files(root: Path, glob: str, exclude_glob: Optional[str] = None) -> list[Path]:
@@ -120,7 +117,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
         yield Quarantined(rel, str(error))
         return
     except Exception as error:  # truncated, not DICOM, empty: quarantine, never stop the source
-        yield Quarantined(rel, f"not a readable DICOM file: {_describe(error)}")
+        yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")
         return
     if header.n_frames > 1:
         # Multi-frame (cine, enhanced MR/CT): frames are slices of one acquisition; annotated
@@ -139,7 +136,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
             decoded = decode_frame(ds, header, frame)
             yield _record(ctx, rel, header, decoded, slice_index, slice_count, masks.get((rel, frame)), flags)
         except Exception as error:
-            yield Quarantined(rel, _describe(error), record_id_for(ctx.spec.id, rel, None, slice_index))
+            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index))
 
 
 def _series_order(members: list[tuple[Path, DicomHeader]]) -> list[tuple[Path, DicomHeader]]:
@@ -192,7 +189,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                 decoded = decode_frame(deidentify_dataset(ctx, read_dicom(path), header), header, None)
                 yield _record(ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags)
             except Exception as error:
-                yield Quarantined(rel, _describe(error), record_id_for(ctx.spec.id, rel, None, index))
+                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index))
 
 
 def _scan(ctx: IngestContext, files: Iterable[Path]):
@@ -212,7 +209,7 @@ def _scan(ctx: IngestContext, files: Iterable[Path]):
             yield Quarantined(rel, str(error))
             continue
         except Exception as error:
-            yield Quarantined(rel, f"not a readable DICOM file: {_describe(error)}")
+            yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")
             continue
         images.append((path, header))
     return images, annotation_objects

@@ -449,7 +449,12 @@ def collect_annotations(
         except Exception as error:  # one malformed annotation object must not stop the source
             problems.append(Quarantined(source_file, f"unreadable {modality} object: {type(error).__name__}: {error}"))
             continue
-        for key in sorted(own, key=plane_sort_key):
-            for label in sorted(own[key]):
-                add_mask(masks, key, label, own[key][label])
+        merge_masks(masks, own)
     return masks, problems
+
+
+def merge_masks(masks: PlaneMasks, own: PlaneMasks) -> None:
+    """Add one annotation object's masks to the source's, in a fixed order (reruns agree)."""
+    for key in sorted(own, key=plane_sort_key):
+        for label in sorted(own[key]):
+            add_mask(masks, key, label, own[key][label])

@@ -35,7 +35,7 @@ from skimage import draw
 
 from medtrinity_assets.catalog.layouts import DicomLayout
 from medtrinity_assets.sources.base import Quarantined
-from medtrinity_assets.sources.dicom_annotations import ImagePlane, PlaneIndex, PlaneKey, PlaneMasks, add_mask, plane_sort_key
+from medtrinity_assets.sources.dicom_annotations import ImagePlane, PlaneIndex, PlaneKey, PlaneMasks, add_mask, merge_masks, plane_sort_key
 
 ROOT_ELEMENT = "LidcReadMessage"
 
@@ -213,7 +213,5 @@ def collect_lidc_annotations(
         except Exception as error:  # one malformed read message must not stop the source
             problems.append(Quarantined(source_file, f"unusable LIDC read message: {type(error).__name__}"))
             continue
-        for key in sorted(own, key=plane_sort_key):
-            for label in sorted(own[key]):
-                add_mask(masks, key, label, own[key][label])
+        merge_masks(masks, own)
     return problems

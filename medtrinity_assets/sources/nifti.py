@@ -48,6 +48,7 @@ from medtrinity_assets.sources.base import (
     IngestContext,
     IngestStream,
     Quarantined,
+    describe_error,
     make_record,
     record_id_for,
     store_mask,
@@ -87,10 +88,6 @@ class _Case:
 class _LabelVolume:
     canonical: np.ndarray  # integer labels in RAS voxel order
     file_shape: tuple[int, ...]
-
-
-def _describe(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
 
 
 def _is_data_file(relative_path: str) -> bool:
@@ -259,7 +256,7 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
         try:
             labels = _load_label_volume(ctx.root / case.label_file, layout.label_threshold)
         except Exception as error:
-            yield Quarantined(case.name, f"label volume {case.label_file} not readable: {_describe(error)}")
+            yield Quarantined(case.name, f"label volume {case.label_file} not readable: {describe_error(error)}")
             return
 
     reference_shape = labels.canonical.shape if labels is not None else None
@@ -285,7 +282,7 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
             # A degenerate affine (a zero column) has no orientation: found here, per volume.
             shape = _canonical_shape(image)
         except Exception as error:
-            yield Quarantined(rel, f"not a readable NIfTI volume: {_describe(error)}")
+            yield Quarantined(rel, f"not a readable NIfTI volume: {describe_error(error)}")
             continue
         channels = _channels(image, volume, layout.use_sequences)
         if isinstance(channels, str):
@@ -325,7 +322,7 @@ def _volume_records(
         spacing = _in_plane_spacing(image, axis)
     except Exception as error:
         what = f"sequence {sequence}" if sequence else "volume"
-        yield Quarantined(rel, f"{what}: voxel data not readable: {_describe(error)}")
+        yield Quarantined(rel, f"{what}: voxel data not readable: {describe_error(error)}")
         return
     modality = ctx.spec.modality_for(rel)
     for index in indices:
@@ -346,7 +343,7 @@ def _volume_records(
                 pixel_spacing_mm=spacing,
             )
         except Exception as error:
-            yield Quarantined(rel, f"slice {index}: {_describe(error)}", record_id_for(ctx.spec.id, rel, sequence, index))
+            yield Quarantined(rel, f"slice {index}: {describe_error(error)}", record_id_for(ctx.spec.id, rel, sequence, index))
 
 
 # --- one binary file per structure (TotalSegmentator) ---------------------------------------
@@ -436,7 +433,7 @@ def _open_structures(ctx: IngestContext, image_rel: str, image, shape, grouped: 
                 channel = _structure_channel(structure)
                 structure_shape = _canonical_shape(structure)
             except Exception as error:
-                problems.append(Quarantined(rel, f"structure file not readable: {_describe(error)}; '{label}' left out of {image_rel}"))
+                problems.append(Quarantined(rel, f"structure file not readable: {describe_error(error)}; '{label}' left out of {image_rel}"))
                 break
             if structure_shape != shape:
                 problems.append(Quarantined(
@@ -464,7 +461,7 @@ def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, 
         image = _as_volume(nib.load(str(ctx.root / image_rel), keep_file_open=True))
         shape = _canonical_shape(image)
     except Exception as error:
-        yield Quarantined(image_rel, f"not a readable NIfTI volume: {_describe(error)}")
+        yield Quarantined(image_rel, f"not a readable NIfTI volume: {describe_error(error)}")
         return
     channels = _channels(image, _Volume(image_rel, _sequence_from_path(layout, image_rel)), layout.use_sequences)
     if isinstance(channels, str):
@@ -484,7 +481,7 @@ def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, 
                     found |= canonical_presence(_open_stream(ctx, rel), axis, channel, layout.label_threshold)
                 presence[label] = found
             except Exception as error:
-                yield Quarantined(rel, f"structure voxels not readable: {_describe(error)}; '{label}' left out of {image_rel}")
+                yield Quarantined(rel, f"structure voxels not readable: {describe_error(error)}; '{label}' left out of {image_rel}")
                 del opened[label]
     union = np.logical_or.reduce(list(presence.values())) if presence else None
     indices = select_slices(shape[axis], union, ctx.spec.slicing)
@@ -501,7 +498,7 @@ def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, 
                 for index, plane in canonical_planes(_open_stream(ctx, rel), axis, indices, channel).items():
                     joined[index] = joined[index] | _inside(plane, layout.label_threshold)
         except Exception as error:
-            yield Quarantined(rel, f"structure voxels not readable: {_describe(error)}; '{label}' left out of {image_rel}")
+            yield Quarantined(rel, f"structure voxels not readable: {describe_error(error)}; '{label}' left out of {image_rel}")
             continue
         for index, mask in joined.items():
             if mask.any():
@@ -642,7 +639,7 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
         label_names = _int_keyed(description.get("labels"), "labels")
         channel_names = _int_keyed(description.get("modality"), "modality")
     except (OSError, ValueError) as error:
-        yield Quarantined(json_rel, f"dataset description not usable: {_describe(error)}")
+        yield Quarantined(json_rel, f"dataset description not usable: {describe_error(error)}")
         return
 
     names = {}
