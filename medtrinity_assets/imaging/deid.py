@@ -63,34 +63,6 @@ ALLOWED_KEYWORDS: frozenset[str] = frozenset(
     }
 )
 
-# Read only to order slices, group files into series and match RTSTRUCT / SEG objects to their
-# images, in memory; never written anywhere. (UIDs and positions are not names, but a UID can
-# link back to the hospital's archive.)
-GROUPING_ONLY_KEYWORDS: frozenset[str] = frozenset(
-    {
-        "SeriesInstanceUID",
-        "SOPInstanceUID",
-        "FrameOfReferenceUID",
-        "ImagePositionPatient",
-        "ImageOrientationPatient",
-        "InstanceNumber",
-        "PerFrameFunctionalGroupsSequence",
-        "BurnedInAnnotation",
-    }
-)
-
-# Read only to compute a PET SUV scale factor in memory; only the factor leaves.
-SUV_INPUT_KEYWORDS: frozenset[str] = frozenset(
-    {
-        "Units",
-        "DecayCorrection",
-        "PatientWeight",
-        "SeriesTime",
-        "AcquisitionTime",
-        "RadiopharmaceuticalInformationSequence",
-    }
-)
-
 
 def patient_identifier(rule: PatientRule, relative_path: str, dicom_patient_id: Optional[str] = None) -> str:
     """The raw patient key of one file, to be hashed at once by ``patient_hash``.

@@ -7,7 +7,10 @@ which the reader hashes at once. Annotation objects (RTSTRUCT, SEG) are read by
 ``sources.dicom_annotations``, which takes only their references, geometry, ROI/segment names
 and segment pixels. ``decode_frame`` returns pixels with the
 Modality LUT applied (CT in Hounsfield units, PET in SUV when the header allows), MONOCHROME1
-inverted so that bright always means dense, and colour images as 8-bit RGB.
+inverted so that bright always means dense, and colour images as 8-bit RGB. For PET it reads,
+in memory, the dose, time and weight values of the SUV factor (Units, DecayCorrection,
+PatientWeight, SeriesTime, AcquisitionTime, RadiopharmaceuticalInformationSequence); only the
+scaled pixels leave.
 """
 
 from __future__ import annotations
@@ -60,7 +63,6 @@ class DicomHeader:
     """The values a reader may use. Nothing else of the header leaves ``read_header``."""
 
     modality: Optional[str]
-    body_part: Optional[str]
     rows: int
     columns: int
     n_frames: int
@@ -159,7 +161,6 @@ def read_header(ds: Dataset) -> DicomHeader:
     patient_id = ds.get("PatientID")
     return DicomHeader(
         modality=(str(ds.get("Modality")).strip().upper() or None) if ds.get("Modality") else None,
-        body_part=str(ds.get("BodyPartExamined")) if ds.get("BodyPartExamined") else None,
         rows=int(ds.get("Rows") or 0),
         columns=int(ds.get("Columns") or 0),
         n_frames=n_frames,

@@ -72,8 +72,10 @@ class DecodedImage:
     dicom_patient_id: str | None = None  # in memory only; hashed by make_record
 
 
-def _decode(ctx: IngestContext, rel: str) -> DecodedImage | Quarantined:
+def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | Quarantined:
     """Pixels of one image file: PNG/JPEG/TIFF/PGM via image_common, or DICOM (RSNA's .dcm rows)."""
+    if not (ctx.root / rel).is_file():
+        return Quarantined(rel, absent_reason)
     if not _is_dicom(ctx.root / rel):
         decoded = decode_image(ctx, rel)
         if isinstance(decoded, Quarantined):
@@ -160,10 +162,7 @@ def read(ctx: IngestContext) -> IngestStream:
     yield from table.problems
 
     for rel in table.boxes:
-        if not (ctx.root / rel).is_file():
-            yield Quarantined(rel, f"listed in {table.first_seen[rel]} but file is absent")
-            continue
-        image = _decode(ctx, rel)
+        image = _decode(ctx, rel, f"listed in {table.first_seen[rel]} but file is absent")
         if isinstance(image, Quarantined):
             yield image
             continue

@@ -164,12 +164,8 @@ def read(ctx: IngestContext) -> IngestStream:
             disagreement = ", ".join(f"{m} ({ref})" for m, ref in gathered.modalities.items())
             yield Quarantined(relative_path, f"rows of this image disagree on modality: {disagreement}")
             continue
-        if not (ctx.root / relative_path).is_file():
-            yield Quarantined(
-                relative_path, f"{ABSENT_IMAGE}: {gathered.rows} row(s) of {layout.annotations}, first {gathered.first_ref}"
-            )
-            continue
-        decoded = decode_image(ctx, relative_path)
+        absent = f"{ABSENT_IMAGE}: {gathered.rows} row(s) of {layout.annotations}, first {gathered.first_ref}"
+        decoded = decode_image(ctx, relative_path, absent)
         if isinstance(decoded, Quarantined):
             yield decoded
             continue

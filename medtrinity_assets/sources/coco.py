@@ -33,10 +33,7 @@ def read(ctx: IngestContext) -> IngestStream:
     for relative_path, objects in table.boxes.items():
         if not objects and not layout.keep_unannotated:
             continue
-        if not (ctx.root / relative_path).is_file():
-            yield Quarantined(relative_path, f"listed in {layout.annotations} but file is absent")
-            continue
-        decoded = decode_image(ctx, relative_path)
+        decoded = decode_image(ctx, relative_path, f"listed in {layout.annotations} but file is absent")
         if isinstance(decoded, Quarantined):
             yield decoded
             continue

@@ -82,8 +82,16 @@ def patient_id_for(spec: SourceSpec, relative_path: str, row: Mapping[str, str] 
     return f"file:{relative_path}"
 
 
-def decode_image(ctx: IngestContext, relative_path: str) -> tuple[np.ndarray, str] | Quarantined:
-    """Pixels of one image file, or the Quarantined saying why it cannot be read."""
+def decode_image(
+    ctx: IngestContext, relative_path: str, absent_reason: str | None = None
+) -> tuple[np.ndarray, str] | Quarantined:
+    """Pixels of one image file, or the Quarantined saying why it cannot be read.
+
+    ``absent_reason``: for an image an annotation file names, the reason given when the file is
+    not there (which says where it was listed), instead of a decoder error.
+    """
+    if absent_reason is not None and not (ctx.root / relative_path).is_file():
+        return Quarantined(relative_path, absent_reason)
     try:
         return read_image(ctx.root / relative_path)
     except ImageReadError as error:

@@ -248,6 +248,21 @@ def _channels(image, volume: _Volume, use_sequences: list[str]) -> list[tuple[Op
     return f"volume has shape {shape}: only 3D volumes, or 4D ones whose channels a dataset.json names, are sliced"
 
 
+def _open_volume(ctx: IngestContext, volume: _Volume):
+    """(image, canonical shape, channels to slice) of one image file, or why it cannot be used."""
+    rel = volume.source_file
+    try:
+        image = _as_volume(nib.load(str(ctx.root / rel), keep_file_open=True))
+        # A degenerate affine (a zero column) has no orientation: found here, per volume.
+        shape = _canonical_shape(image)
+    except Exception as error:
+        return Quarantined(rel, f"not a readable NIfTI volume: {describe_error(error)}")
+    channels = _channels(image, volume, ctx.spec.layout.use_sequences)
+    if isinstance(channels, str):
+        return Quarantined(rel, channels)
+    return image, shape, channels
+
+
 def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> IngestStream:
     layout = ctx.spec.layout
     axis = layout.slice_axis
@@ -277,17 +292,11 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
 
     for volume in case.volumes:
         rel = volume.source_file
-        try:
-            image = _as_volume(nib.load(str(ctx.root / rel), keep_file_open=True))
-            # A degenerate affine (a zero column) has no orientation: found here, per volume.
-            shape = _canonical_shape(image)
-        except Exception as error:
-            yield Quarantined(rel, f"not a readable NIfTI volume: {describe_error(error)}")
+        opened = _open_volume(ctx, volume)
+        if isinstance(opened, Quarantined):
+            yield opened
             continue
-        channels = _channels(image, volume, layout.use_sequences)
-        if isinstance(channels, str):
-            yield Quarantined(rel, channels)
-            continue
+        image, shape, channels = opened
         if labels is not None and shape != labels.canonical.shape:
             yield Quarantined(
                 rel, f"label volume shape {labels.file_shape} differs from image shape {tuple(image.shape[:3])} ({case.label_file})"
@@ -457,16 +466,11 @@ def _open_stream(ctx: IngestContext, rel: str):
 def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, list[str]], patient: str) -> IngestStream:
     layout = ctx.spec.layout
     axis = layout.slice_axis
-    try:
-        image = _as_volume(nib.load(str(ctx.root / image_rel), keep_file_open=True))
-        shape = _canonical_shape(image)
-    except Exception as error:
-        yield Quarantined(image_rel, f"not a readable NIfTI volume: {describe_error(error)}")
+    opened_image = _open_volume(ctx, _Volume(image_rel, _sequence_from_path(layout, image_rel)))
+    if isinstance(opened_image, Quarantined):
+        yield opened_image
         return
-    channels = _channels(image, _Volume(image_rel, _sequence_from_path(layout, image_rel)), layout.use_sequences)
-    if isinstance(channels, str):
-        yield Quarantined(image_rel, channels)
-        return
+    image, shape, channels = opened_image
     opened, problems = _open_structures(ctx, image_rel, image, shape, grouped)
     yield from problems
 
