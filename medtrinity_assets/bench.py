@@ -27,7 +27,7 @@ from pathlib import Path
 
 from medtrinity_assets.paths import REPO_ROOT
 
-STAGES = ["ingest", "normalize", "ground", "coarse_captions", "retrieval", "descriptions", "triplets"]
+STAGES = ["ingest", "normalize", "ground", "facts", "coarse_captions", "retrieval", "descriptions", "triplets"]
 CACHE = REPO_ROOT / "var" / "bench"
 
 
@@ -126,6 +126,7 @@ def run_stage(stage: str, workload: Path, data_root: Path) -> dict:
             "ingest": lambda: stages.run_ingest(spec, root, "bench-salt"),
             "normalize": lambda: stages.run_normalize(spec, root),
             "ground": lambda: stages.run_ground(spec, root),
+            "facts": lambda: stages.run_facts(spec, root),
             "coarse_captions": lambda: stages.run_coarse_captions(spec, root),
             "retrieval": lambda: stages.run_retrieval(spec, root),
             "descriptions": lambda: stages.run_descriptions(spec, root),

@@ -119,6 +119,23 @@ ROIS = pa.schema(
     ]
 )
 
+# Stage 3b — facts: everything a writer may say about a record or one of its ROIs, with its
+# provenance (generation/facts.py). One row per fact; ``roi_id`` null for record-level facts.
+FACTS = pa.schema(
+    [
+        ("source_id", STR),
+        ("record_id", STR),
+        ("roi_id", STR),
+        ("attribute", STR),
+        ("value", STR),
+        ("provenance", STR),  # annotation | geometry | metadata | publisher_text | measurement | knowledge | model
+        ("confidence", FLOAT),
+        ("number", FLOAT),
+        ("unit", STR),
+        ("detail", STR),
+    ]
+)
+
 # Stage 4 — coarse caption (MedTrinity's metadata integration).
 COARSE_CAPTIONS = pa.schema(
     [
@@ -170,6 +187,8 @@ DESCRIPTIONS = pa.schema(
         ("knowledge_ids", STR_LIST),
         ("verified", BOOL),  # True when the verifier found no contradiction
         ("verifier_flags", STR_LIST),  # one entry per contradiction found
+        ("label_state", STR),  # finding | normal | unknown (the source's, never guessed)
+        ("facts", STR),  # JSON list of the facts the description was written from (knowledge included)
     ]
 )
 
@@ -202,6 +221,8 @@ TRIPLETS = pa.schema(
         ("split", STR),  # train | val | test, by patient
         ("license", STR),
         ("provenance", STR),  # JSON: source file, slice, stage versions, knowledge ids
+        ("label_state", STR),  # finding | normal | unknown
+        ("facts", STR),  # JSON list of facts (attribute, value, provenance, confidence, ...)
     ]
 )
 

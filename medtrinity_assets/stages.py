@@ -266,6 +266,52 @@ def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "
     """
 
 
+def _records_with_rois_and_images(data_root: DataRoot, source_id: str) -> str:
+    """Each record with its ROIs and the exported frame's size and scale (what facts need)."""
+    norm = _sql_path(data_root.table("normalized_images", source_id))
+    return _records_with_rois(
+        data_root,
+        source_id,
+        extra_joins=f"JOIN read_parquet({norm}) n USING (record_id)",
+        extra_cols=", n.height AS image_height, n.width AS image_width, n.scale",
+    )
+
+
+# --- Stage 3b: facts --------------------------------------------------------------------
+
+
+def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
+    from medtrinity_assets.generation.fact_builder import build_facts
+
+    report = StageReport("facts", spec.id)
+    _require(data_root.table("rois", spec.id), "facts")
+    out = data_root.table("facts", spec.id)
+    by_provenance: Counter = Counter()
+    by_state: Counter = Counter()
+    with _stage_tables(report, data_root, out, schemas.FACTS, "facts") as (writer, quarantine):
+        for record in _stream(_records_with_rois_and_images(data_root, spec.id)):
+            report.inputs += 1
+            try:
+                facts = build_facts(record, record["rois"], spec)
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot build facts: {_describe_error(error)}", record["record_id"])
+                continue
+            for fact in facts:
+                by_provenance[fact.provenance] += 1
+                if fact.attribute == "label_state":
+                    by_state[fact.value] += 1
+                writer.write(fact.as_row(spec.id))
+    report.extra["facts_by_provenance"] = dict(by_provenance)
+    report.extra["records_by_label_state"] = dict(by_state)
+    return report
+
+
+def _facts_by_record(data_root: DataRoot, source_id: str) -> str:
+    facts = _sql_path(data_root.table("facts", source_id))
+    return f"""SELECT record_id, list(f ORDER BY roi_id NULLS FIRST, attribute, value) AS facts
+               FROM read_parquet({facts}) f GROUP BY record_id"""
+
+
 # --- Stage 4: coarse captions ------------------------------------------------------------
 
 
@@ -348,37 +394,48 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 4, batch: int 
 
 
 def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
+    from medtrinity_assets.generation.facts import Fact, FactSet
     from medtrinity_assets.generation.grounded_writer import write_description
     from medtrinity_assets.generation.verifier import verify
 
     report = StageReport("descriptions", spec.id)
-    for upstream in ("coarse_captions", "retrieved_knowledge"):
+    for upstream in ("facts", "coarse_captions", "retrieved_knowledge"):
         _require(data_root.table(upstream, spec.id), "descriptions")
     captions = _sql_path(data_root.table("coarse_captions", spec.id))
     retrieved = _sql_path(data_root.table("retrieved_knowledge", spec.id))
     sql = _records_with_rois(
         data_root,
         spec.id,
-        extra_joins=f"JOIN read_parquet({captions}) c USING (record_id) JOIN read_parquet({retrieved}) k USING (record_id)",
-        extra_cols=", c.coarse_caption, k.knowledge_ids, k.knowledge_texts, k.distances",
+        extra_joins=(
+            f"JOIN read_parquet({captions}) c USING (record_id) JOIN read_parquet({retrieved}) k USING (record_id) "
+            f"JOIN ({_facts_by_record(data_root, spec.id)}) fx USING (record_id)"
+        ),
+        extra_cols=", c.coarse_caption, k.* EXCLUDE (record_id, source_id), fx.facts",
     )
+    fact_fields = [name for name in schemas.FACTS.names if name != "source_id"]
     out = data_root.table("descriptions", spec.id)
     flagged = 0
+    states: Counter = Counter()
     with _stage_tables(report, data_root, out, schemas.DESCRIPTIONS, "describe") as (writer, quarantine):
         for record in _stream(sql):
             report.inputs += 1
             knowledge = {
-                "knowledge_ids": record["knowledge_ids"] or [],
-                "knowledge_texts": record["knowledge_texts"] or [],
-                "distances": record["distances"] or [],
+                "knowledge_ids": record.get("knowledge_ids") or [],
+                "knowledge_texts": record.get("knowledge_texts") or [],
+                "distances": record.get("distances") or [],
+                "knowledge_sections": record.get("knowledge_sections"),
             }
             try:
-                parts = write_description(record, record["rois"], knowledge, record["coarse_caption"], spec)
-                flags = verify(parts["description"], record, record["rois"], spec)
+                facts = FactSet(Fact(**{k: f[k] for k in fact_fields}) for f in record["facts"])
+                parts = write_description(facts, knowledge, spec)
+                facts = parts.pop("facts")  # the record's facts plus the knowledge the text used
+                flags = verify(parts["description"], record, record["rois"], spec)  # MERGE: new verifier
             except Exception as error:
                 quarantine.add(record["source_file"], f"cannot describe: {_describe_error(error)}", record["record_id"])
                 continue
             flagged += bool(flags)
+            state = facts.record_value("label_state")
+            states[state] += 1
             writer.write(
                 {
                     **{name: parts[name] for name in schemas.DESCRIPTIONS.names if name in parts},
@@ -386,9 +443,12 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
                     "source_id": spec.id,
                     "verified": not flags,
                     "verifier_flags": list(flags),
+                    "label_state": state,
+                    "facts": facts.to_json(),
                 }
             )
     report.extra["contradictions"] = flagged
+    report.extra["rows_by_label_state"] = dict(states)
     return report
 
 
@@ -432,6 +492,7 @@ PARTITION_TABLES = (
     "raw_records",
     "normalized_images",
     "rois",
+    "facts",
     "coarse_captions",
     "retrieved_knowledge",
     "descriptions",

@@ -112,7 +112,7 @@ def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_pa
         assert file == bad_file
     assert reason and reason_word.lower() in reason.lower()
 
-    for runner in (stages.run_normalize, stages.run_ground, stages.run_coarse_captions,
+    for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
                    stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
         runner(spec, root)
     triplets = duckdb.connect().sql(f"SELECT count(*) FROM read_parquet('{root.table('triplets', spec.id)}')").fetchall()[0][0]

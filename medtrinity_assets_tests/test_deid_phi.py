@@ -171,7 +171,7 @@ def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path
     specs = (dicom_spec, nifti_spec, photo_spec)
     for spec in specs:
         stages.run_ingest(spec, root, salt="pepper")
-        for runner in (stages.run_normalize, stages.run_ground, stages.run_coarse_captions,
+        for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
                        stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
             runner(spec, root)
     report = stages.run_dataset(root, [s.id for s in specs])

@@ -73,7 +73,7 @@ def test_rerun_of_every_stage_gives_the_same_rows(tmp_path):
 
     def run_all():
         stages.run_ingest(spec, root, "salt")
-        for runner in (stages.run_normalize, stages.run_ground, stages.run_coarse_captions,
+        for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
                        stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
             report = runner(spec, root)
             assert report.quarantined == 0, report.reasons

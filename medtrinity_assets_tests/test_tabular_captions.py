@@ -377,7 +377,7 @@ def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(t
     shutil.copytree(chest_knowledge, root.chroma)
     ingest_report = stages.run_ingest(spec, root, "salt")
     assert (ingest_report.rows, ingest_report.quarantined) == (3, 0)
-    for runner in (stages.run_normalize, stages.run_ground, stages.run_coarse_captions,
+    for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
                    stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
         report = runner(spec, root)
         assert report.quarantined == 0, (report.stage, report.reasons)

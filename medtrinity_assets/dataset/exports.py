@@ -116,6 +116,9 @@ def llava_record(row: dict, include_coarse_caption: bool = False) -> dict:
         "roi": box,
         "source_id": row["source_id"],
         "source_text": parsed_source_text(row),
+        # What the description was written from, each with its provenance (generation/facts.py).
+        "label_state": row.get("label_state"),
+        "facts": json.loads(row["facts"]) if row.get("facts") else [],
     }
 
 

@@ -92,7 +92,9 @@ SELECT
         'knowledge_ids', d.knowledge_ids,
         'split_version', {sql_string(SPLIT_VERSION)},
         'pipeline_version', {sql_string(PIPELINE_VERSION)}
-    )::VARCHAR AS provenance
+    )::VARCHAR AS provenance,
+    d.label_state::VARCHAR AS label_state,
+    d.facts::VARCHAR AS facts
 FROM {read['raw_records']} AS r
 JOIN {read['normalized_images']} AS n USING (record_id)
 JOIN roi_lists AS l USING (record_id)

@@ -176,6 +176,14 @@ rois = _partition_asset(
     description="Ground: regions of interest from the source's annotations with measured attributes "
     "(position, size, shape, intensity, texture, margin, colour, count) and relations.",
 )
+facts = _partition_asset(
+    "facts",
+    lambda s, p: stages.run_facts(s.spec(p), s.root()),
+    deps=["rois"],
+    description="Facts: everything a description may say about each record and ROI (modality, organs, label "
+    "state, view, sides from geometry, sizes in the exported frame, measured attributes, publisher text), one "
+    "row per fact with its provenance and confidence.",
+)
 coarse_captions = _partition_asset(
     "coarse_captions",
     lambda s, p: stages.run_coarse_captions(s.spec(p), s.root()),
@@ -191,9 +199,9 @@ retrieved_knowledge = _partition_asset(
 descriptions = _partition_asset(
     "descriptions",
     lambda s, p: stages.run_descriptions(s.spec(p), s.root()),
-    deps=["coarse_captions", "retrieved_knowledge"],
-    description="Describe: MedTrinity's five-part description by the grounded writer, verified against "
-    "the measured attributes (contradictions flagged, never silently shipped).",
+    deps=["facts", "coarse_captions", "retrieved_knowledge"],
+    description="Describe: MedTrinity's five-part description rendered from the facts by the grounded writer, "
+    "then read back sentence by sentence by the verifier (unsupported claims flagged, never shipped for training).",
 )
 triplets = _partition_asset(
     "triplets",
@@ -246,5 +254,5 @@ quarantine = dg.AssetSpec(
     kinds={"parquet"},
 )
 
-PARTITIONED_ASSETS = [raw_records, normalized_images, rois, coarse_captions, retrieved_knowledge, descriptions, triplets]
+PARTITIONED_ASSETS = [raw_records, normalized_images, rois, facts, coarse_captions, retrieved_knowledge, descriptions, triplets]
 ASSETS = [knowledge_base, *PARTITIONED_ASSETS, medtrinity_dataset]

@@ -7,6 +7,7 @@ measured ROI attributes do not, so it can be trusted as the anchor of the longer
 
 from __future__ import annotations
 
+from medtrinity_assets.generation.fact_builder import label_state
 from medtrinity_assets.generation.vocabulary import (
     MODALITY_IMAGE_NOUN,
     annotated_rois,
@@ -21,7 +22,7 @@ from medtrinity_assets.generation.vocabulary import (
     record_organs,
 )
 
-CAPTION_VERSION = "coarse-v1"
+CAPTION_VERSION = "coarse-v2"
 
 
 def _image_phrase(record: dict, spec) -> str:
@@ -46,10 +47,14 @@ def coarse_caption(record: dict, rois: list[dict], spec) -> str:
     roi = primary_roi(rois)
 
     if roi is None:
-        if labels:
+        state = label_state(record, rois)
+        if state == "finding" and labels:
             finding = f" labelled {join_words(labels)} at image level, with no annotated region"
+        elif state == "normal":
+            finding = " labelled normal by the source"
         else:
-            finding = " with no annotated finding"
+            # Unknown is never written as normal or as "no finding".
+            finding = ", with no diagnosis given by the source"
         return f"{image}{organ_part}{finding}."
 
     label = display_label(roi.get("label") or (labels[0] if labels else "finding"))

@@ -111,6 +111,9 @@ class FactSet:
     def __len__(self) -> int:
         return len(self.facts)
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, FactSet) and self.facts == other.facts
+
     def record(self, attribute: str) -> list[Fact]:
         return [f for f in self.facts if f.roi_id is None and f.attribute == attribute]
 

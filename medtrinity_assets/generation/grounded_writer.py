@@ -2,44 +2,53 @@
 
 MedTrinity's multigranular description has five parts: (1) modality, (2) organ and tissue
 detection, (3) ROI location and analysis, (4) lesion texture/colour, (5) region-wise relations
-(local–global). This writer states only what is supported: record metadata, the ROI's measured
-attributes, and retrieved knowledge passages, which are quoted and attributed as background
-knowledge (``Background knowledge [chunk_id]: «...»``) so the verifier can tell them apart
-from claims about this image. An image with no annotated region gets no lesion: only the
-global image is described.
+(local–global). This writer renders FACTS (generation/facts.py) and computes nothing: every
+sentence states facts of the record or of one ROI, in words the verifier reads back.
 
-``build_llm_prompt`` gives the same inputs as OpenAI-style chat messages for an
-OpenAI-compatible writer; the image with the ROI drawn is attached by that writer.
+- The label state decides what may be said about disease: a finding is named as the source's
+  label; "normal" only when the source says so; an unknown state is said to be unknown, never
+  "no finding".
+- Patient-side words appear only where a fact with geometry or declared-view provenance gives
+  them; otherwise positions are image-frame words ("the upper left part of the image").
+- Weak measurements (margin, shape) are hedged or left out according to their confidence.
+- Knowledge is never pasted: the retrieved entry's typical features for this modality are
+  compared with the measured ones and only agreement or difference is stated in the writer's own
+  words; the entry ids go to the ``knowledge_ids`` column and to the facts (provenance
+  ``knowledge``), not into the text.
+
+Sentences are varied by a hash of the record id (the same record always gets the same text),
+so the corpus is not one template repeated.
+
+``build_llm_prompt`` gives the same facts as OpenAI-style chat messages for an OpenAI-compatible
+writer (next issue); the image with the ROI drawn is attached by that writer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
+from medtrinity_assets.generation.facts import Fact, FactSet
 from medtrinity_assets.generation.vocabulary import (
     MODALITY_IMAGE_NOUN,
+    MODALITY_NAME,
     SIZE_WORD,
-    annotated_rois,
     article,
     as_list,
     display_label,
     join_words,
-    parse_relations,
-    patient_side_phrase,
-    plane_for,
-    position_phrase,
-    primary_roi,
-    record_labels,
-    record_organs,
 )
 
-WRITER = "grounded-v1"
-PROMPT_VERSION = "five-part-v1"
-MAX_PASSAGES = 3
+WRITER = "grounded-v2"
+PROMPT_VERSION = "five-part-facts-v2"
 MAX_OTHER_ROIS = 5
 MAX_RELATIONS = 6  # nearest first (grounding orders them): enough for the local-global picture
+MAX_PUBLISHER_SENTENCES = 3
+# Below this a margin/shape measurement is left out; up to HEDGE_BELOW it is stated as uncertain.
+OMIT_BELOW = 0.3
+HEDGE_BELOW = 0.6
 
-BACKGROUND_PREFIX = "Background knowledge"
 # grounding.relations words, read as "this ROI <relation> that ROI" in image coordinates.
 RELATION_VERBS = {
     "left_of": "lies to the left of",
@@ -51,266 +60,452 @@ RELATION_VERBS = {
     "inside": "lies inside",
     "overlaps": "overlaps",
 }
+_ORIGIN_WORDS = {
+    "annotation:mask": "outlined by the source's mask",
+    "annotation:contour": "outlined by the source's contour",
+    "annotation:box": "marked by the source's bounding box",
+}
+_SIDE_SOURCE_WORDS = {
+    "geometry": "from the image's position in patient coordinates",
+    "declared_view": "from the declared radiographic view",
+}
+
+# Words of knowledge passages that state a feature this writer can compare with a measurement.
+# (pattern, attribute, value); the intensity words are the measured ``intensity`` directions.
+_KNOWLEDGE_FEATURES: list[tuple[str, str, str]] = [
+    (r"\bround(ed)?\b", "shape", "round"),
+    (r"\boval\b", "shape", "oval"),
+    (r"\birregular(ly shaped| in shape)?\b", "shape", "irregular"),
+    (r"\b(elongated|tubular|linear)\b", "shape", "elongated"),
+    (r"\b(circumscribed|well[- ]defined|sharp(ly)? (defined|demarcated)|smooth margin)\b", "margin", "well-defined"),
+    (r"\b(ill[- ]defined|indistinct|spiculated|microlobulated|blurred margin|poorly defined)\b", "margin", "ill-defined"),
+    (r"\b(homogeneous|uniform)\b", "texture", "homogeneous"),
+    (r"\b(heterogeneous|mottled|variegated)\b", "texture", "heterogeneous"),
+    (r"\b(hypoechoic|anechoic|hypodense|hypointense|lucent|low[- ]density|lower in density|dark(er)?)\b", "intensity", "lower"),
+    (r"\b(hyperechoic|hyperdense|hyperintense|high[- ]density|dense|bright(er)?|increased uptake|avid)\b", "intensity", "higher"),
+]
+def _variant(record_id: str, slot: str, options: list[str]) -> str:
+    """One of ``options``, the same for the same record and slot on every run."""
+    digest = hashlib.sha256(f"{record_id}\x1f{slot}".encode("utf-8")).digest()
+    return options[digest[0] % len(options)]
 
 
-def background(chunk_id: str, text: str) -> str:
-    """A retrieved passage, quoted and attributed so it is never read as a claim about the image."""
-    clean = " ".join(str(text).replace("«", '"').replace("»", '"').split())
-    return f"{BACKGROUND_PREFIX} [{chunk_id}]: «{clean}»"
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:] if text else text
 
 
-def _origin_words(origin: str | None) -> str:
-    kind = (origin or "").split(":", 1)
-    if kind[0] == "annotation" and len(kind) == 2:
-        return f"the source's {kind[1]} annotation"
-    return f"'{origin}'" if origin else "an unknown origin"
+def _percent(fraction: float) -> str:
+    return f"{100.0 * fraction:.1f}%"
 
 
-def _percent(fraction) -> str | None:
-    if fraction is None:
+def _position_words(facts: FactSet, roi_id: str) -> str | None:
+    vertical = facts.roi_value(roi_id, "image_vertical")
+    horizontal = facts.roi_value(roi_id, "image_horizontal")
+    if not vertical and not horizontal:
         return None
-    return f"{100.0 * float(fraction):.1f}%"
+    across = {"left": "left", "right": "right", "center": "central"}.get(horizontal or "center", "central")
+    down = vertical or "middle"
+    if down == "middle" and across == "central":
+        return "the central part of the image"
+    return f"the {down} {across} part of the image"
 
 
-def _part_modality(record: dict, spec) -> str:
-    modality = record.get("modality") or spec.modality
+def _side_clause(facts: FactSet, roi_id: str) -> str | None:
+    fact = facts.roi(roi_id, "patient_side")
+    if fact is None:
+        return None
+    how = _SIDE_SOURCE_WORDS.get(fact.detail or fact.provenance, "from the image geometry")
+    if fact.value == "midline":
+        return f"near the patient's midline ({how})"
+    return f"on the patient's {fact.value} side ({how})"
+
+
+# --- part 1: modality ----------------------------------------------------------------------
+
+
+def _part_modality(facts: FactSet, spec, rid: str) -> str:
+    modality = facts.record_value("modality") or spec.modality
     noun = MODALITY_IMAGE_NOUN.get(modality, f"{modality} image")
-    sentences = [f"This is {article(noun)} {noun} from the source '{spec.name}'."]
-    plane = plane_for(spec, record)
-    slice_index = record.get("slice_index")
-    slice_count = record.get("slice_count") or 1
-    if slice_count > 1 and slice_index is not None and slice_index >= 0:
-        plane_words = f"{plane} " if plane else ""
-        sentences.append(f"It is {plane_words}slice {slice_index + 1} of {slice_count} of a volume.")
-    if record.get("sequence"):
-        sentences.append(f"The sequence is {record['sequence']}.")
-    if record.get("width") and record.get("height"):
-        sentences.append(f"The image measures {record['width']} × {record['height']} pixels.")
-    spacing = as_list(record.get("pixel_spacing_mm"))
-    if len(spacing) == 2 and all(s for s in spacing):
-        sentences.append(f"Pixel spacing is {float(spacing[0]):.3g} × {float(spacing[1]):.3g} mm.")
+    view = facts.record_value("view")
+    kind = facts.record_value("image_kind")
+    position = facts.record("slice_position")
+    plane = facts.record_value("plane")
+    opening = _variant(rid, "modality", [
+        f"This is {article(noun)} {noun}",
+        f"The image is {article(noun)} {noun}",
+        f"Modality: {article(noun)} {noun}",
+    ])
+    if view:
+        opening += f" taken in the {view} view"
+    sentences = [f"{opening}, from the collection '{spec.name}'."]
+    if kind in ("slice", "frame") and position:
+        index, count = position[0].value.split("/")
+        if kind == "slice":
+            plane_words = f"{plane} " if plane else ""
+            sentences.append(f"It is {plane_words}slice {index} of the {count} slices of a volume.")
+        else:
+            sentences.append(f"It is frame {index} of the {count} frames of a cine acquisition.")
+    sequence = facts.record_value("sequence")
+    if sequence:
+        sentences.append(f"The MR sequence is {sequence}.")
+    width, height = facts.record_value("image_width_px"), facts.record_value("image_height_px")
+    if width and height:
+        size = f"The exported image measures {width} × {height} pixels"
+        spacing = facts.record("pixel_spacing_mm")
+        if spacing:
+            size += f", about {spacing[0].number:.2g} mm per pixel"
+        sentences.append(size + ".")
+    if facts.record_value("burned_in_text"):
+        sentences.append("Text or markers are burned into the pixels of this image.")
     return " ".join(sentences)
 
 
-def _cited_passages(knowledge: dict) -> list[tuple[str, str]]:
-    ids = as_list(knowledge.get("knowledge_ids"))
-    texts = as_list(knowledge.get("knowledge_texts"))
-    return [(i, t) for i, t in zip(ids, texts) if i and t][:MAX_PASSAGES]
+# --- part 2: organ, tissue and what the source says -------------------------------------------
 
 
-def _part_organ_tissue(record: dict, rois: list[dict], spec, passages: list[tuple[str, str]]) -> str:
-    organs = record_organs(record, spec)
+def _label_sentence(facts: FactSet, rid: str) -> str:
+    state = facts.record_value("label_state") or "unknown"
+    findings = [display_label(f) for f in facts.record_values("finding")]
+    if state == "finding" and findings:
+        if len(findings) == 1:
+            return _variant(rid, "label", [
+                f"The source labels this image with the finding {findings[0]}.",
+                f"The finding given by the source for this image is {findings[0]}.",
+                f"According to the source's label, the image shows {findings[0]}.",
+            ])
+        return f"The source labels this image with the findings {join_words(findings)}."
+    if state == "normal":
+        return _variant(rid, "label", [
+            "The source labels this image as normal.",
+            "According to the source's label, the image is normal.",
+        ])
+    return _variant(rid, "label", [
+        "The source gives no diagnosis for this image, and none is implied here.",
+        "No diagnostic label is available for this image, so no diagnosis is stated.",
+    ])
+
+
+def _part_organ_tissue(facts: FactSet, rid: str, publisher: list[str]) -> str:
+    organs = facts.record_values("organ")
     sentences = []
     if organs:
-        sentences.append(f"The source metadata names the {join_words(organs)} as the imaged anatomy.")
+        sentences.append(_variant(rid, "organ", [
+            f"The imaged anatomy, as the source records it, is the {join_words(organs)}.",
+            f"It shows the {join_words(organs)}, according to the source's metadata.",
+        ]))
     else:
-        sentences.append("The source metadata names no organ for this image.")
-    labels = record_labels(record, rois)
-    if labels:
-        quoted = join_words([f"'{label}'" for label in labels])
-        if len(labels) == 1:
-            sentences.append(f"The finding label given by the source is {quoted}.")
-        else:
-            sentences.append(f"The finding labels given by the source are {quoted}.")
-    else:
-        sentences.append("The source gives no finding label for this image.")
-    if passages:
-        sentences.extend(background(i, t) for i, t in passages)
-    else:
-        sentences.append("No background knowledge passage was retrieved, so none is stated.")
+        sentences.append("The source names no organ for this image.")
+    laterality = facts.record_value("laterality")
+    if laterality in ("left", "right") and organs:
+        sentences.append(f"The source records the {laterality} side ({organs[0]}).")
+    elif laterality == "bilateral":
+        sentences.append("The source records both sides.")
+    sentences.append(_label_sentence(facts, rid))
+    grades = facts.record_values("grade")
+    if grades:
+        sentences.append("The source's grading: " + "; ".join(g.replace("=", " ") for g in grades) + ".")
+    if facts.record_value("slice_context"):
+        sentences.append("This slice was kept as context: it lies outside the annotated region of the volume.")
+    sex, age = facts.record_value("sex"), facts.record_value("age_band")
+    if sex or age:
+        parts = []
+        if sex:
+            parts.append(f"recorded as {sex}")
+        if age:
+            parts.append(f"in the age band {age}")
+        sentences.append("The patient is " + " and ".join(parts) + ".")
+    sentences.extend(publisher)
     return " ".join(sentences)
 
 
-def _roi_position(roi: dict, spec) -> str:
-    where = position_phrase(roi) or "an unrecorded part of the image"
-    side = patient_side_phrase(roi, spec)
-    return f"{where} ({side})" if side else where
+def _publisher_sentences(facts: FactSet) -> list[str]:
+    notes = [f.value for f in facts.record("publisher_text")][:MAX_PUBLISHER_SENTENCES]
+    if not notes:
+        return []
+    joined = " ".join(n.rstrip(".") + "." for n in notes)
+    return [f"The publisher's own notes for this image read: {joined}"]
 
 
-def _part_roi_analysis(rois: list[dict], primary: dict | None, spec) -> str:
-    if primary is None:
-        return (
-            "No region was annotated in this image; the whole image is treated as the region of "
-            "interest, so no position, size, shape or count of a finding is stated."
-        )
-    label = display_label(primary.get("label") or "finding")
+# --- part 3: regions --------------------------------------------------------------------------
+
+
+def _size_sentence(facts: FactSet, roi_id: str, rid: str) -> str | None:
+    width, height = facts.roi(roi_id, "width_px"), facts.roi(roi_id, "height_px")
+    size_class = facts.roi_value(roi_id, "size_class")
+    fraction = facts.roi(roi_id, "area_fraction")
+    diameter = facts.roi(roi_id, "max_diameter_mm")
+    bits = []
+    if width and height:
+        bits.append(f"spans about {width.value} × {height.value} pixels of the exported image")
+    if diameter is not None:
+        bits.append(f"measures about {diameter.number:.0f} mm at its widest")
+    if fraction is not None:
+        bits.append(f"covers {_percent(fraction.number)} of the image area")
+    if not bits:
+        return None
+    sentence = "It " + join_words(bits)
+    if size_class in SIZE_WORD:
+        sentence += _variant(rid, f"size{roi_id}", [
+            f", which makes it {article(SIZE_WORD[size_class])} {SIZE_WORD[size_class]} region",
+            f" ({SIZE_WORD[size_class]} for this image)",
+        ])
+    return sentence + "."
+
+
+def _part_roi_analysis(facts: FactSet, rid: str) -> str:
+    roi_ids = facts.roi_ids()
+    if not roi_ids:
+        return _variant(rid, "noroi", [
+            "No region is annotated in this image, so the whole image is the region of interest and "
+            "no region position, size or count is stated.",
+            "The source marks no region in this image; the description therefore concerns the whole image "
+            "and gives no region position, size or count.",
+        ])
+    primary = roi_ids[0]
+    label = display_label(facts.roi_value(primary, "label") or "unlabelled")
+    origin = _ORIGIN_WORDS.get(facts.roi_value(primary, "origin") or "", "found by a model")
+    where = _position_words(facts, primary) or "an unrecorded part of the image"
+    side = _side_clause(facts, primary)
     sentences = [
-        f"The primary region of interest, labelled '{label}' and taken from {_origin_words(primary.get('origin'))}, "
-        f"lies in {_roi_position(primary, spec)}."
+        _variant(rid, "where", [
+            f"The main region of interest, labelled {label} and {origin}, lies in {where}",
+            f"The largest annotated region ({label}, {origin}) is in {where}",
+        ]) + (f", {side}" if side else "") + "."
     ]
-    if primary.get("centroid_x") is not None and primary.get("centroid_y") is not None:
-        sentences.append(
-            f"Its centre is at {100 * float(primary['centroid_x']):.0f}% of the image width and "
-            f"{100 * float(primary['centroid_y']):.0f}% of the image height."
-        )
-    confidence = primary.get("confidence")
-    if confidence is not None and not str(primary.get("origin", "")).startswith("annotation"):
-        sentences.append(f"Its detection confidence is {float(confidence):.2f}.")
-    size_bits = []
-    if primary.get("size_class") in SIZE_WORD:
-        size_bits.append(f"It is {article(SIZE_WORD[primary['size_class']])} {SIZE_WORD[primary['size_class']]} region")
-    else:
-        size_bits.append("Its size class was not measured")
-    if primary.get("area_mm2") is not None:
-        size_bits.append(f"of about {float(primary['area_mm2']):.1f} mm²")
-    if primary.get("area_fraction") is not None:
-        size_bits.append(f"covering {_percent(primary['area_fraction'])} of the image area")
-    sentence = " ".join(size_bits)
-    if primary.get("shape"):
-        sentence += f", with {article(primary['shape'])} {primary['shape']} shape"
-    sentences.append(sentence + ".")
-
-    annotated = annotated_rois(rois)
-    same = primary.get("count_same_label") or sum(1 for r in annotated if r.get("label") == primary.get("label"))
+    size = _size_sentence(facts, primary, rid)
+    if size:
+        sentences.append(size)
+    same = int(facts.roi(primary, "count_same_label").number) if facts.roi(primary, "count_same_label") else 1
+    total = len(roi_ids)
     if same <= 1:
-        sentences.append(f"It is the only region labelled '{label}'.")
+        sentences.append(f"It is the only region labelled {label}.")
     else:
-        sentences.append(f"{same} regions carry the label '{label}'; this is the largest of them.")
-    if len(annotated) > same:
-        sentences.append(f"The image has {len(annotated)} annotated regions in total.")
-    others = [r for r in annotated if r is not primary][:MAX_OTHER_ROIS]
-    if others and len({r.get("label") for r in annotated}) > 1:
-        listed = []
-        for roi in others:
-            if roi.get("label") == primary.get("label"):
+        sentences.append(f"It is the largest of {same} separate regions labelled {label}.")
+    if total > same:
+        sentences.append(f"In all, {total} regions are annotated in this image.")
+    others = []
+    for roi_id in roi_ids[1 : 1 + MAX_OTHER_ROIS]:
+        other_label = display_label(facts.roi_value(roi_id, "label") or "unlabelled")
+        other_where = _position_words(facts, roi_id) or "an unrecorded part of the image"
+        other_side = _side_clause(facts, roi_id)
+        size_class = facts.roi_value(roi_id, "size_class")
+        text = f"a {SIZE_WORD.get(size_class, 'unmeasured')} {other_label} region in {other_where}"
+        others.append(text + (f", {other_side}" if other_side else ""))
+    if others:
+        sentences.append("The other annotated regions: " + "; ".join(others) + ".")
+    return " ".join(sentences)
+
+
+# --- part 4: intensity, texture, margin, colour -----------------------------------------------
+
+
+def _hedged(fact: Fact | None, noun: str, rid: str) -> str | None:
+    if fact is None or fact.confidence < OMIT_BELOW:
+        return None
+    if fact.confidence < HEDGE_BELOW:
+        return f"its {noun} appears {fact.value}, though this measurement is uncertain"
+    return f"its {noun} is {fact.value}"
+
+
+def _knowledge_features(text: str) -> dict[str, str]:
+    """Features a knowledge passage states as typical: {attribute: value}; conflicting words cancel."""
+    found: dict[str, set[str]] = {}
+    for pattern, attribute, value in _KNOWLEDGE_FEATURES:
+        if re.search(pattern, text, re.I):
+            found.setdefault(attribute, set()).add(value)
+    return {attribute: next(iter(values)) for attribute, values in found.items() if len(values) == 1}
+
+
+def _feature_phrase(fact: Fact) -> str:
+    if fact.attribute == "intensity":
+        return f"the {fact.detail or fact.value + ' intensity'} appearance"
+    return f"the {fact.value} {fact.attribute}"
+
+
+def _knowledge_sentence(facts: FactSet, primary: str, passages: list[dict], rid: str) -> tuple[str | None, list[str]]:
+    """Agreement of the measured features with the retrieved entry's typical ones, and the ids used."""
+    modality = MODALITY_NAME.get(facts.record_value("modality") or "", "this modality")
+    label = facts.roi_value(primary, "label")
+    for passage in passages:
+        expected = _knowledge_features(passage.get("appearance") or "")
+        agree, differ = [], []
+        for attribute, value in expected.items():
+            fact = facts.roi(primary, attribute)
+            if fact is None or fact.confidence < HEDGE_BELOW:
                 continue
-            size = SIZE_WORD.get(roi.get("size_class") or "", "unmeasured size")
-            listed.append(f"'{display_label(roi.get('label') or 'finding')}' in {_roi_position(roi, spec)}, {size}")
-        if listed:
-            sentences.append("Other annotated regions: " + "; ".join(listed) + ".")
-    return " ".join(sentences)
-
-
-def _part_texture_colour(primary: dict | None, rois: list[dict]) -> str:
-    if primary is None:
-        whole = next(iter(rois or []), None) or {}
-        colour = whole.get("colour")
-        sentence = "No region-level intensity, texture or margin is stated because no region was annotated."
-        if colour:
-            sentence += f" The dominant colour of the whole image is {colour}."
-        return sentence
-    sentences = []
-    intensity = primary.get("intensity_word")
-    if intensity:
-        contrast = primary.get("intensity_contrast")
-        detail = f" (intensity contrast {float(contrast):+.2f})" if contrast is not None else ""
-        sentences.append(f"Compared with the tissue around it the region is {intensity}{detail}.")
-    texture, margin = primary.get("texture"), primary.get("margin")
-    if texture and margin:
-        sentences.append(f"Its internal texture is {texture} and its margin is {margin}.")
-    elif texture:
-        sentences.append(f"Its internal texture is {texture}.")
-    elif margin:
-        sentences.append(f"Its margin is {margin}.")
-    if primary.get("colour"):
-        sentences.append(f"Its dominant colour is {primary['colour']}.")
-    if not sentences:
-        sentences.append("No intensity, texture, margin or colour attribute was measured for this region.")
-    return " ".join(sentences)
-
-
-def _part_relations(record: dict, rois: list[dict], primary: dict | None) -> str:
-    if primary is None:
-        size = ""
-        if record.get("width") and record.get("height"):
-            size = f" of {record['width']} × {record['height']} pixels"
-        return (
-            f"The description is global: it concerns the whole image{size}, and with no annotated "
-            "region there is no region-to-region relation to report."
-        )
-    by_id = {r.get("roi_id"): r for r in rois or []}
-    phrases = []
-    for relation in parse_relations(primary.get("relations")):
-        other = by_id.get(relation.get("roi_id"))
-        if other is None or not relation.get("relation"):
+            (agree if fact.value == value else differ).append(_feature_phrase(fact))
+        if not agree and not differ:
             continue
-        verb = RELATION_VERBS.get(str(relation["relation"]), str(relation["relation"]).replace("_", " "))
-        distance = relation.get("distance")
-        tail = f" (centre distance {100 * float(distance):.0f}% of the image diagonal)" if isinstance(distance, (int, float)) else ""
-        if len(phrases) >= MAX_RELATIONS:
-            break
-        phrases.append(f"{verb} the region labelled '{display_label(other.get('label') or 'finding')}'{tail}")
+        finding = display_label(passage.get("finding") or label or "this finding")
+        sentences = []
+        if agree:
+            verb = "match" if len(agree) > 1 else "matches"
+            sentences.append(_cap(f"{join_words(agree)} {verb} what is usually reported for {finding} on {modality}."))
+        if differ:
+            verb = "are" if len(differ) > 1 else "is"
+            sentences.append(_cap(f"{join_words(differ)} {verb} less typical of it."))
+        return " ".join(sentences), [passage["entry_id"]]
+    return None, []
+
+
+def _part_texture_colour(facts: FactSet, passages: list[dict], rid: str) -> tuple[str, list[str]]:
+    roi_ids = facts.roi_ids()
+    if not roi_ids:
+        return (
+            "No region-level intensity, texture, margin or colour is stated because no region is annotated.",
+            [],
+        )
+    primary = roi_ids[0]
+    sentences = []
+    intensity = facts.roi(primary, "intensity")
+    if intensity is not None and intensity.detail:
+        sentences.append(_variant(rid, "intensity", [
+            f"Compared with the tissue around it, the region is {intensity.detail}.",
+            f"Against its surroundings the region is {intensity.detail}.",
+        ]))
+    clauses = [c for c in (
+        _hedged(facts.roi(primary, "texture"), "internal texture", rid),
+        _hedged(facts.roi(primary, "shape"), "shape", rid),
+        _hedged(facts.roi(primary, "margin"), "margin", rid),
+    ) if c]
+    if clauses:
+        sentences.append(_cap(join_words(clauses)) + ".")
+    colour = facts.roi_value(primary, "colour")
+    if colour:
+        sentences.append(f"Its dominant colour is {colour}.")
+    used: list[str] = []
+    if facts.record_value("label_state") == "finding":
+        knowledge, used = _knowledge_sentence(facts, primary, passages, rid)
+        if knowledge:
+            sentences.append(knowledge)
+    if not sentences:
+        sentences.append("No intensity, texture, margin or colour was measured for this region.")
+    return " ".join(sentences), used
+
+
+# --- part 5: relations ------------------------------------------------------------------------
+
+
+def _part_relations(facts: FactSet, rid: str) -> str:
+    roi_ids = facts.roi_ids()
+    if not roi_ids:
+        width, height = facts.record_value("image_width_px"), facts.record_value("image_height_px")
+        size = f" of {width} × {height} pixels" if width and height else ""
+        return (
+            f"The description is global: it concerns the whole image{size}, and with no annotated region "
+            "there is no region-to-region relation to report."
+        )
+    primary = roi_ids[0]
+    phrases = []
+    for fact in [f for f in facts.roi_facts(primary) if f.attribute == "relation"][:MAX_RELATIONS]:
+        other_label = facts.roi_value(fact.detail or "", "label")
+        if fact.detail not in roi_ids:
+            continue
+        verb = RELATION_VERBS.get(fact.value, fact.value.replace("_", " "))
+        phrases.append(f"{verb} the {display_label(other_label or 'unlabelled')} region")
     sentences = []
     if phrases:
-        sentences.append("Relative to the other annotated regions, the primary region " + "; ".join(phrases) + ".")
-    else:
-        sentences.append("No relation to another annotated region was recorded for the primary region.")
-    fraction = primary.get("area_fraction")
+        sentences.append("Relative to the other annotated regions, the main region " + "; ".join(phrases) + ".")
+    elif len(roi_ids) > 1:
+        sentences.append("No relation between the main region and the others was recorded.")
+    fraction = facts.roi(primary, "area_fraction")
+    where = _position_words(facts, primary) or "the image"
     if fraction is not None:
         sentences.append(
-            f"Locally the region covers {_percent(fraction)} of the image; globally it lies in "
-            f"{position_phrase(primary) or 'the image'}, and the remaining {_percent(1 - float(fraction))} "
-            "of the image is outside it."
+            f"Locally the main region covers {_percent(fraction.number)} of the image; globally it sits in {where}, "
+            f"and the remaining {_percent(1 - fraction.number)} of the image lies outside it."
         )
     else:
-        sentences.append(f"Globally the region lies in {position_phrase(primary) or 'the image'}.")
+        sentences.append(f"Globally the main region sits in {where}.")
     return " ".join(sentences)
 
 
-def write_description(record: dict, rois: list[dict], knowledge: dict, coarse: str, spec) -> dict:
-    rois = list(rois or [])
-    primary = primary_roi(rois)
-    passages = _cited_passages(knowledge or {})
+# --- the writer -------------------------------------------------------------------------------
+
+
+def knowledge_passages(knowledge: dict, modality: str) -> list[dict]:
+    """Retrieved entries as {entry_id, finding, appearance}: the structured sections when
+    retrieval gives them, else the appearance chunks' own text."""
+    sections = knowledge.get("knowledge_sections")
+    if isinstance(sections, str) and sections:
+        try:
+            sections = json.loads(sections)
+        except json.JSONDecodeError:
+            sections = None
+    passages = []
+    if isinstance(sections, list):
+        for item in sections:
+            if isinstance(item, dict) and item.get("entry_id"):
+                passages.append({"entry_id": item["entry_id"], "finding": item.get("finding"), "appearance": item.get("appearance") or ""})
+        return passages
+    for chunk_id, text in zip(as_list(knowledge.get("knowledge_ids")), as_list(knowledge.get("knowledge_texts"))):
+        entry_id, _, section = str(chunk_id).partition(".")
+        if section.startswith("appearance"):
+            passages.append({"entry_id": entry_id, "finding": None, "appearance": str(text)})
+    return passages
+
+
+def write_description(facts: FactSet, knowledge: dict, spec) -> dict:
+    """The five parts from the record's facts; returns the parts, the description and the facts
+    the text rests on (the record's plus the knowledge entries it used)."""
+    rid = next((f.record_id for f in facts), "")
+    modality = facts.record_value("modality") or spec.modality
+    passages = knowledge_passages(knowledge or {}, modality)
+    texture_part, used = _part_texture_colour(facts, passages, rid)
     parts = {
-        "part_modality": _part_modality(record, spec),
-        "part_organ_tissue": _part_organ_tissue(record, rois, spec, passages),
-        "part_roi_analysis": _part_roi_analysis(rois, primary, spec),
-        "part_texture_colour": _part_texture_colour(primary, rois),
-        "part_relations": _part_relations(record, rois, primary),
+        "part_modality": _part_modality(facts, spec, rid),
+        "part_organ_tissue": _part_organ_tissue(facts, rid, _publisher_sentences(facts)),
+        "part_roi_analysis": _part_roi_analysis(facts, rid),
+        "part_texture_colour": texture_part,
+        "part_relations": _part_relations(facts, rid),
     }
     empty = [name for name, text in parts.items() if not text.strip()]
     if empty:
         raise ValueError(f"writer produced empty parts: {empty}")
+    knowledge_facts = [
+        Fact(rid, None, "knowledge", entry_id, "knowledge", detail=next((p.get("finding") for p in passages if p["entry_id"] == entry_id), None))
+        for entry_id in used
+    ]
     return {
         **parts,
         "description": "\n\n".join(parts.values()),
         "writer": WRITER,
         "prompt_version": PROMPT_VERSION,
-        "knowledge_ids": [i for i, _ in passages],
+        "knowledge_ids": used,
+        "facts": FactSet(list(facts) + knowledge_facts),
     }
 
 
 # --- the seam for an OpenAI-compatible writer ----------------------------------------------
 
-_ROI_FIELDS = (
-    "roi_id", "label", "origin", "confidence", "horizontal", "vertical", "patient_side", "size_class",
-    "area_mm2", "area_fraction", "shape", "intensity_word", "texture", "margin", "colour",
-    "count_same_label", "relations",
-)
-
 SYSTEM_PROMPT = """You write descriptions of medical images for a training dataset.
 Write exactly five labelled parts, in this order:
-1. Modality: the imaging modality (and sequence, plane, slice when given).
-2. Organ and tissue: the organs named in the metadata; background knowledge only from the
-   numbered passages, each cited as [chunk_id] and marked as background knowledge.
-3. ROI location and analysis: position in the image, patient side, size, shape, count.
-4. Texture and colour: only the measured intensity, texture, margin and colour attributes.
+1. Modality: the imaging modality (and view, sequence, plane, slice or frame when given).
+2. Organ and tissue: the organs and the source's label state. If label_state is "unknown", say
+   the source gives no diagnosis; never call the image normal unless label_state is "normal".
+3. ROI location and analysis: position in the image, size, count. Use patient-side words
+   (patient's left/right) only when a patient_side fact is given.
+4. Texture and colour: only the measured intensity, texture, margin, shape and colour facts.
 5. Region relations: the given relations between ROIs, and the ROI relative to the whole image.
-Rules: state nothing that the metadata, the ROI attributes or the passages do not support.
-Never contradict an attribute (side, position, size class, count, modality, organ). If the only
-ROI has origin "whole_image", no region was annotated: do not describe any lesion."""
+Rules: every statement must come from a fact below; do not copy the background passages, and
+never contradict a fact. If there are no ROI facts, no region was annotated: describe no lesion."""
 
 
-def build_llm_prompt(record: dict, rois: list[dict], knowledge: dict, coarse: str, spec) -> list[dict]:
-    """OpenAI chat messages (text only) carrying everything the grounded writer uses."""
-    metadata = {
-        "source": spec.name,
-        "modality": record.get("modality") or spec.modality,
-        "sequence": record.get("sequence"),
-        "plane": plane_for(spec, record),
-        "slice_index": record.get("slice_index"),
-        "slice_count": record.get("slice_count"),
-        "organs": record_organs(record, spec),
-        "labels": record_labels(record, rois),
-        "radiological_orientation": bool(getattr(spec, "is_radiological", False)),
-    }
-    roi_rows = [{name: roi.get(name) for name in _ROI_FIELDS} for roi in rois or []]
-    passages = "\n".join(f"[{i}] {t}" for i, t in _cited_passages(knowledge or {})) or "(none retrieved)"
+def build_llm_prompt(facts: FactSet, knowledge: dict, coarse: str, spec) -> list[dict]:
+    """OpenAI chat messages (text only) carrying the facts the grounded writer uses."""
+    rows = [
+        {k: v for k, v in (("roi", f.roi_id), ("attribute", f.attribute), ("value", f.value),
+                           ("provenance", f.provenance), ("confidence", f.confidence), ("detail", f.detail)) if v is not None}
+        for f in facts
+    ]
+    modality = facts.record_value("modality") or spec.modality
+    background = "\n".join(
+        f"[{p['entry_id']}] {p['appearance']}" for p in knowledge_passages(knowledge or {}, modality)
+    ) or "(none retrieved)"
     user = (
-        f"Coarse caption: {coarse}\n\n"
-        f"Image metadata (JSON): {json.dumps(metadata, default=str)}\n\n"
-        f"Regions of interest with measured attributes (JSON): {json.dumps(roi_rows, default=str)}\n\n"
-        f"Background knowledge passages:\n{passages}\n\n"
+        f"Source: {spec.name}\nCoarse caption: {coarse}\n\n"
+        f"Facts (JSON, one per line):\n" + "\n".join(json.dumps(r, default=str) for r in rows) + "\n\n"
+        f"Background knowledge (for your judgement; do not copy it):\n{background}\n\n"
         "Write the five-part description."
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]

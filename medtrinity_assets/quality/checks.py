@@ -21,6 +21,7 @@ import duckdb
 
 from medtrinity_assets import schemas
 from medtrinity_assets.dataset.splits import SPLIT_NAMES
+from medtrinity_assets.generation.facts import PROVENANCES
 from medtrinity_assets.paths import DataRoot
 
 # Above this share of inputs quarantined, a source's layout or parameters are probably wrong.
@@ -322,13 +323,22 @@ def check_row_count(con, path: PathLike, min_rows: int = MIN_ROWS, *, name: str 
 
 
 def check_accepted_values(
-    con, path: PathLike, column: str, accepted: Iterable[str], *, name: str = "accepted_values", severity: str = "ERROR"
+    con,
+    path: PathLike,
+    column: str,
+    accepted: Iterable[str],
+    *,
+    name: str = "accepted_values",
+    severity: str = "ERROR",
+    where: str | None = None,
 ) -> CheckOutcome:
+    """Every value of ``column`` (among rows matching ``where``, a SQL condition) is accepted."""
     accepted = list(accepted)
 
     def body(rel: str) -> CheckOutcome:
         values = ", ".join(_lit(v) for v in accepted)
-        bad = dict(_rows(con, f"SELECT {_ident(column)}, count(*) FROM {rel} WHERE {_ident(column)} IS NULL OR {_ident(column)} NOT IN ({values}) GROUP BY 1"))
+        scope = f"({where}) AND " if where else ""
+        bad = dict(_rows(con, f"SELECT {_ident(column)}, count(*) FROM {rel} WHERE {scope}({_ident(column)} IS NULL OR {_ident(column)} NOT IN ({values})) GROUP BY 1"))
         return CheckOutcome(
             name,
             not bad,
@@ -412,6 +422,7 @@ QUARANTINE_STAGE = {
     "raw_records": "ingest",
     "normalized_images": "normalize",
     "rois": "ground",
+    "facts": "facts",
     "coarse_captions": "coarse_caption",
     "descriptions": "describe",
 }
@@ -475,6 +486,24 @@ def _registry() -> dict[str, list[CheckDef]]:
                 lambda con, root, part: check_rois_inside_image(con, _table("rois", root, part)),
             ),
             _quarantine("rois"),
+        ],
+        "facts": [
+            _not_null("facts", ["record_id", "attribute", "value", "provenance", "confidence"]),
+            CheckDef(
+                "provenance_values", f"provenance is one of {', '.join(PROVENANCES)}.", "ERROR",
+                lambda con, root, part: check_accepted_values(
+                    con, _table("facts", root, part), "provenance", PROVENANCES, name="provenance_values"
+                ),
+            ),
+            CheckDef(
+                "patient_side_from_geometry",
+                "Patient-side facts come only from geometry or a declared view/laterality, never from the frame.", "ERROR",
+                lambda con, root, part: check_accepted_values(
+                    con, _table("facts", root, part), "provenance", ("geometry", "metadata", "publisher_text"),
+                    name="patient_side_from_geometry", where="attribute = 'patient_side'",
+                ),
+            ),
+            _quarantine("facts"),
         ],
         "coarse_captions": [
             _not_null("coarse_captions", ["record_id", "coarse_caption", "caption_version"]),

@@ -1,0 +1,203 @@
+"""Build one record's facts from the stage tables (raw record, normalized image, ROIs).
+
+This is the only place that turns columns into statements a writer may make, so every rule
+about what may be said lives here:
+
+- patient-side words only when grounding recorded where the side came from
+  (``patient_side_source``: DICOM/NIfTI geometry or a declared view); an ROI without it gets
+  image-frame words only;
+- the label state is the source's: finding, normal (the source positively says so) or
+  unknown; unknown is never turned into normal;
+- sizes are given in the exported (normalized) frame, and in millimetres only where the pixel
+  spacing is known;
+- margin and shape carry the confidence grounding measured, so a writer can hedge or omit them;
+- a whole-image ROI (nothing annotated) contributes no region facts at all.
+
+Columns added by later grounding/ingest work are read with ``.get`` so tables written before
+them still build (without the facts those columns would give).
+"""
+
+from __future__ import annotations
+
+import json
+
+from medtrinity_assets.generation.facts import Fact, FactSet
+from medtrinity_assets.generation.vocabulary import (
+    annotated_rois,
+    as_list,
+    normalize_label,
+    parse_relations,
+    plane_for,
+    record_organs,
+)
+
+FACTS_VERSION = "facts-v1"
+
+# Intensity words of grounding.attributes, mapped to the direction they state.
+_INTENSITY_DIRECTION = {
+    "hyperdense": "higher", "hypodense": "lower", "isodense": "similar",
+    "hyperintense": "higher", "hypointense": "lower", "isointense": "similar",
+    "hyperechoic": "higher", "hypoechoic": "lower", "isoechoic": "similar",
+    "more opaque": "higher", "more lucent": "lower", "similar density": "similar",
+    "increased uptake": "higher", "decreased uptake": "lower", "similar uptake": "similar",
+    "brighter": "higher", "darker": "lower", "similar brightness": "similar",
+}
+_SEXES = {"female": "female", "f": "female", "male": "male", "m": "male", "other": "other"}
+
+
+def label_state(record: dict, rois: list[dict]) -> str:
+    """The record's label state; tables from before ``label_state`` existed fall back to
+    'finding' when the source names a finding and 'unknown' otherwise (never 'normal')."""
+    state = record.get("label_state")
+    if state in ("finding", "normal", "unknown"):
+        return state
+    if as_list(record.get("labels")) or annotated_rois(rois):
+        return "finding"
+    return "unknown"
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN is "not measured"
+
+
+def _record_facts(record: dict, rois: list[dict], spec, add) -> None:
+    modality = record.get("modality") or spec.modality
+    add("modality", modality, "metadata")
+    for organ in record_organs(record, spec):
+        add("organ", organ, "metadata")
+
+    state = label_state(record, rois)
+    add("label_state", state, "annotation" if annotated_rois(rois) else "metadata")
+    findings = [normalize_label(l) for l in as_list(record.get("labels"))]
+    findings += [normalize_label(r["label"]) for r in annotated_rois(rois) if r.get("label")]
+    if state == "finding":
+        for finding in dict.fromkeys(f for f in findings if f):
+            add("finding", finding, "annotation" if any(normalize_label(r.get("label") or "") == finding for r in annotated_rois(rois)) else "metadata")
+    for grade in as_list(record.get("grades")):
+        add("grade", str(grade), "metadata")
+    if record.get("slice_role") == "context":
+        add("slice_context", "outside_annotated_region", "annotation")
+
+    for column, attribute in (("view", "view"), ("age_band", "age_band"), ("sequence", "sequence")):
+        if record.get(column):
+            add(attribute, str(record[column]), "metadata")
+    sex = _SEXES.get(str(record.get("sex") or "").strip().lower())
+    if sex:
+        add("sex", sex, "metadata")
+    laterality = str(record.get("laterality") or "").lower()
+    if laterality in ("left", "right", "bilateral"):
+        add("laterality", laterality, "metadata")
+
+    count = int(record.get("slice_count") or 1)
+    index = record.get("slice_index")
+    kind = record.get("frame_kind") or ("slice" if count > 1 else None)
+    if kind in ("slice", "frame") and index is not None and index >= 0:
+        add("image_kind", kind, "metadata")
+        add("slice_position", f"{int(index) + 1}/{count}", "metadata", number=float(int(index) + 1))
+        plane = plane_for(spec, record) if kind == "slice" else None
+        if plane:
+            add("plane", plane, "geometry")
+    else:
+        add("image_kind", "single", "metadata")
+
+    width, height = record.get("image_width"), record.get("image_height")
+    if width and height:
+        add("image_width_px", str(int(width)), "measurement", number=float(width), unit="px")
+        add("image_height_px", str(int(height)), "measurement", number=float(height), unit="px")
+    spacing = [_number(s) for s in as_list(record.get("pixel_spacing_mm"))]
+    scale = _number(record.get("scale"))
+    if len(spacing) == 2 and all(spacing) and scale:
+        row_mm, col_mm = spacing[0] / scale, spacing[1] / scale
+        add("pixel_spacing_mm", f"{row_mm:.3g} x {col_mm:.3g}", "geometry", number=row_mm, unit="mm")
+    add("annotated_roi_count", str(len(annotated_rois(rois))), "annotation", number=float(len(annotated_rois(rois))))
+
+    for sentence in publisher_sentences(record.get("source_text")):
+        add("publisher_text", sentence, "publisher_text")
+    flags = set(as_list(record.get("flags")))
+    if "burned_in_text" in flags or "burned_in_annotation" in flags:
+        add("burned_in_text", "present", "measurement" if "burned_in_text" in flags else "metadata")
+
+
+def publisher_sentences(source_text) -> list[str]:
+    """The publisher's de-identified notes and captions (ingest ran the free-text pass)."""
+    if not source_text:
+        return []
+    try:
+        parsed = json.loads(source_text) if isinstance(source_text, str) else source_text
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(parsed, dict):
+        return []
+    texts = [t for t in as_list(parsed.get("notes")) + as_list(parsed.get("captions")) if isinstance(t, str)]
+    return [" ".join(t.split()) for t in texts if t.strip()]
+
+
+def _roi_facts(roi: dict, rank: int, add) -> None:
+    rid = roi["roi_id"]
+
+    def put(attribute, value, provenance, **kw):
+        if value is not None and value != "":
+            add(attribute, value, provenance, roi_id=rid, **kw)
+
+    origin = str(roi.get("origin") or "")
+    from_annotation = origin.startswith("annotation")
+    put("label", normalize_label(roi["label"]) if roi.get("label") else None, "annotation" if from_annotation else "model")
+    put("origin", origin, "annotation" if from_annotation else "model", confidence=_number(roi.get("confidence")) or 1.0)
+    put("rank_by_area", str(rank), "measurement", number=float(rank))
+    put("image_horizontal", roi.get("horizontal"), "measurement")
+    put("image_vertical", roi.get("vertical"), "measurement")
+    side_source = roi.get("patient_side_source")
+    if roi.get("patient_side") and side_source:
+        put("patient_side", roi["patient_side"], "geometry" if side_source == "geometry" else "metadata", detail=side_source)
+    put("size_class", roi.get("size_class"), "measurement")
+    fraction = _number(roi.get("area_fraction"))
+    if fraction is not None:
+        put("area_fraction", f"{fraction:.4f}", "measurement", number=fraction)
+    width = _number(roi.get("width_px"))
+    height = _number(roi.get("height_px"))
+    if width is None and roi.get("x1") is not None and roi.get("x0") is not None:
+        width, height = float(roi["x1"] - roi["x0"]), float(roi["y1"] - roi["y0"])
+    if width is not None and height is not None:
+        put("width_px", str(int(width)), "measurement", number=width, unit="px")
+        put("height_px", str(int(height)), "measurement", number=height, unit="px")
+    for column, attribute in (("area_mm2", "area_mm2"), ("max_diameter_mm", "max_diameter_mm")):
+        value = _number(roi.get(column))
+        if value is not None:
+            put(attribute, f"{value:.1f}", "geometry", number=value, unit="mm2" if column == "area_mm2" else "mm")
+    count = roi.get("count_same_label")
+    if count:
+        put("count_same_label", str(int(count)), "annotation", number=float(count))
+    if from_annotation or roi.get("shape"):
+        shape_confidence = _number(roi.get("shape_confidence"))
+        put("shape", roi.get("shape"), "measurement", confidence=1.0 if shape_confidence is None else shape_confidence)
+        margin_confidence = _number(roi.get("margin_confidence"))
+        put("margin", roi.get("margin"), "measurement", confidence=1.0 if margin_confidence is None else margin_confidence)
+    word = roi.get("intensity_word")
+    if word in _INTENSITY_DIRECTION:
+        put("intensity", _INTENSITY_DIRECTION[word], "measurement", number=_number(roi.get("intensity_contrast")), detail=word)
+    put("texture", roi.get("texture"), "measurement")
+    put("colour", roi.get("colour"), "measurement")
+    for relation in parse_relations(roi.get("relations")):
+        if relation.get("relation") and relation.get("roi_id"):
+            put("relation", str(relation["relation"]), "measurement", number=_number(relation.get("distance")), detail=str(relation["roi_id"]))
+
+
+def build_facts(record: dict, rois: list[dict], spec) -> FactSet:
+    """Facts of one record. ``record`` is a RAW_RECORDS row joined with its normalized image
+    (``image_width``, ``image_height``, ``scale``); ``rois`` its ROIS rows."""
+    rois = list(rois or [])
+    record_id = record["record_id"]
+    facts: list[Fact] = []
+
+    def add(attribute, value, provenance, *, roi_id=None, confidence=1.0, number=None, unit=None, detail=None):
+        facts.append(Fact(record_id, roi_id, attribute, str(value), provenance, float(confidence), number, unit, detail))
+
+    _record_facts(record, rois, spec, add)
+    ranked = sorted(annotated_rois(rois), key=lambda r: (-(r.get("area_px") or 0), str(r.get("roi_id"))))
+    for rank, roi in enumerate(ranked, start=1):
+        _roi_facts(roi, rank, add)
+    return FactSet(facts)
