@@ -35,10 +35,11 @@ LESION_NOUNS = (
     "lesion", "lesions", "mass", "masses", "tumour", "tumours", "tumor", "tumors", "nodule", "nodules",
     "cyst", "cysts", "polyp", "polyps", "opacity", "opacities", "abnormality", "abnormalities",
     "growth", "growths", "focus", "foci", "neoplasm", "neoplasms", "consolidation", "consolidations",
-    "infiltrate", "infiltrates", "collection", "collections",
+    "infiltrate", "infiltrates", "fluid collection", "fluid collections",
 )
 REGION_NOUNS = ("region", "regions", "area", "areas", "roi", "rois", "structure", "structures", "object", "objects",
-                "spot", "spots", "blob", "blobs", "instance", "instances", "finding", "findings")
+                "spot", "spots", "blob", "blobs", "instance", "instances", "finding", "findings", "nucleus", "nuclei",
+                "cell", "cells")
 
 SIZE_WORDS = {
     "tiny": {"small"}, "small": {"small"}, "little": {"small"}, "minute": {"small"}, "subcentimetre": {"small"},
@@ -71,17 +72,19 @@ INTENSITY_WORDS = {
     "lower": (
         "hypoechoic", "hypoechogenic", "anechoic", "hypodense", "hypointense", "hypoattenuating",
         "low-attenuation", "low attenuation", "low-density", "low density", "low signal", "low-signal",
-        "radiolucent", "lucent", "hypometabolic", "photopenic", "darker", "hypopigmented",
+        "radiolucent", "lucent", "more lucent", "hypometabolic", "photopenic", "darker", "hypopigmented",
+        "decreased uptake", "reduced uptake",
     ),
     "higher": (
         "hyperechoic", "hyperechogenic", "echogenic", "hyperdense", "hyperintense", "hyperattenuating",
         "high-attenuation", "high attenuation", "high-density", "high density", "high signal", "high-signal",
         "radiopaque", "radiodense", "sclerotic", "hypermetabolic", "fdg-avid", "brighter", "hyperpigmented",
-        "increased uptake", "increased tracer uptake",
+        "increased uptake", "increased tracer uptake", "more opaque", "radio-opaque",
     ),
     "similar": (
         "isoechoic", "isoechogenic", "isodense", "isointense", "isoattenuating", "iso-attenuating",
-        "similar intensity", "similar density", "similar echogenicity", "same intensity",
+        "similar intensity", "similar density", "similar echogenicity", "same intensity", "similar brightness",
+        "similar uptake",
     ),
 }
 TEXTURE_WORDS = {
@@ -412,7 +415,7 @@ def _laterality_claims(clause: Clause, text: str, claims: list[Claim]) -> str:
     return text
 
 
-def _word_claims(kind: str, table: dict[str, set[str]], clause: Clause, text: str, claims: list[Claim]) -> None:
+def _word_claims(kind: str, table: dict[str, set[str]], clause: Clause, text: str, claims: list[Claim]) -> str:
     pattern = re.compile(rf"(?<![\w-])({_alternation(table)})(?![\w-])", re.I)
     for match in pattern.finditer(text):
         key = " ".join(match.group(1).lower().replace("-", " ").split())
@@ -421,6 +424,7 @@ def _word_claims(kind: str, table: dict[str, set[str]], clause: Clause, text: st
             continue
         claims.append(Claim(kind, sorted(accepts)[0], match.group(0), clause.sentence, clause.index,
                             is_negated(text, match.start(), match.end()), accepts=frozenset(accepts)))
+    return pattern.sub(lambda m: " " * len(m.group(0)), text)
 
 
 _INTENSITY_TABLE = {word: {value} for value, words in INTENSITY_WORDS.items() for word in words}
@@ -438,11 +442,15 @@ def _size_claims(clause: Clause, text: str, claims: list[Claim]) -> None:
         values = [float(g.replace(",", ".")) * scale for g in (match.group(1), match.group(2)) if g]
         # "slice thickness 5 mm", "pixel spacing 0.7 mm" describe the scan, not a lesion.
         before = text[max(0, match.start() - 40):match.start()].lower()
-        if re.search(r"spacing|thickness|resolution|pixel|voxel|interval|slice|distance|apart|from the", before):
+        after = text[match.end():match.end() + 20].lower()
+        if re.search(r"spacing|thickness|resolution|pixel|voxel|interval|slice|distance|apart|from the", before) or \
+                re.match(r"\s*(?:per|/)\s*(?:pixel|voxel|px)", after):
             continue
         claims.append(Claim("size", f"{max(values):g} mm", match.group(0), clause.sentence, clause.index,
                             is_negated(text, match.start(), match.end()), number=max(values), unit="mm"))
     for match in _PERCENT.finditer(text):
+        if re.search(r"\b(?:remaining|rest|other|outside)\W*(?:\w+\W+)?$", text[max(0, match.start() - 25):match.start() + 1], re.I):
+            continue  # "the remaining 97.9% of the image lies outside it"
         claims.append(Claim("size", f"{match.group(1)}%", match.group(0).strip(), clause.sentence, clause.index,
                             is_negated(text, match.start(), match.end()), number=float(match.group(1)), unit="%"))
 
@@ -549,7 +557,7 @@ def extract_claims(clause: Clause, vocabulary: "FindingVocabulary", count_nouns:
     _count_claims(clause, text, claims, set(count_nouns))
     _word_claims("shape", SHAPE_WORDS, clause, text, claims)
     _word_claims("margin", MARGIN_WORDS, clause, text, claims)
-    _word_claims("intensity", _INTENSITY_TABLE, clause, text, claims)
+    text = _word_claims("intensity", _INTENSITY_TABLE, clause, text, claims)
     _word_claims("texture", TEXTURE_WORDS, clause, text, claims)
     _modality_claims(clause, text, claims)
     _organ_claims(clause, text, claims)

@@ -1,187 +1,435 @@
-"""Check a description against the record's metadata and its ROIs' measured attributes.
+"""Check a description against the record's facts, sentence by sentence.
 
-Returns one flag per contradiction (empty list: verified). What is checked:
+The description is read back into claims (``generation.claims``); each claim is bound to what it
+speaks of and checked against those facts only:
 
-- side: "patient's left/right" and "left/right ... of the image" against each ROI's
-  ``patient_side`` / ``horizontal``;
-- vertical: "upper/lower ... of the image" against ``vertical``;
-- size: "a small/medium-sized/large region (lesion, mass...)" against ``size_class``;
-- count: "two lesions", "3 regions", "the only region" against ``count_same_label`` (or the
-  number of annotated ROIs);
-- modality: another modality's name used in the description;
-- organ: an organ word of a body region the record's organs do not belong to;
-- lesion: a lesion claimed where the only ROI is the whole image.
+- claims about a region (image position, size, shape, margin, intensity, texture, patient side)
+  are checked against one ROI: the one whose label the clause names, the one an ordinal or size
+  word picks ("the second region", "the larger lesion"), the subject carried from the clause
+  before ("It ..."), else the primary (largest) ROI. Where a clause names a label several ROIs
+  share, or speaks of "the other regions", one ROI of that group must support all its claims
+  together; "any ROI supports any claim" never holds;
+- claims about the record (modality, organ, finding, normal, counts, laterality of the imaged
+  part) are checked against the record's facts;
+- a patient-side or laterality word needs a fact with provenance geometry, metadata or
+  publisher_text; image-frame words need the measured image position;
+- a claim whose words the publisher's own text contains is supported by that text;
+- neighbouring anatomy of the imaged region, hybrid modality names whose one part is the
+  record's modality, and marked background sentences are allowed.
 
-Background passages (``Background knowledge [id]: «...»``) and quoted labels are removed
-before checking: a passage may list several modalities and a label is the source's word, not
-a claim of this description. A claim is a contradiction when no ROI of the image supports it,
-so a multi-ROI description may name each ROI's position.
+``verify`` returns one flag per unsupported claim, "type: says '...' / facts: ...". An empty
+list means verified. It works for any writer: nothing here depends on one writer's phrasing.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from medtrinity_assets.generation.vocabulary import (
-    CELL_LEVEL_ORGANS,
-    COMPATIBLE_MODALITIES,
-    MODALITY_TERMS,
-    NUMBER_WORDS,
-    ORGAN_REGION,
-    WHOLE_BODY_ORGANS,
-    annotated_rois,
-    record_organs,
+from medtrinity_assets.generation.claims import (
+    BENIGN_WORDS,
+    MALIGNANT_WORDS,
+    ORGAN_WORDS,
+    REGION_NEIGHBOURS,
+    UNBOUNDED_ORGANS,
+    Claim,
+    Clause,
+    FindingVocabulary,
+    _QUADRANT,
+    _norm,
+    default_vocabulary,
+    extract_claims,
+    read_clauses,
 )
+from medtrinity_assets.generation.facts import FactSet
 
-_BACKGROUND = re.compile(r"Background knowledge \[[^\]]*\]:\s*«[^»]*»")
-_QUOTED = re.compile(r"(?<!\w)'[^'\n]{1,80}'(?!\w)|\"[^\"\n]{1,80}\"|‘[^’\n]{1,80}’|“[^”\n]{1,80}”")
-_PATIENT_SIDE = re.compile(r"\bpatient(?:'s|’s|s')?\s+(left|right)\b|\b(left|right)\s+side\s+of\s+the\s+patient\b", re.I)
-_OF_IMAGE = re.compile(r"of\s+the\s+(?:image|picture|frame|field of view)\b|\bimage(?:'s|’s)\s+(left|right)\b", re.I)
-_LESION_NOUNS = (
-    r"lesions?|masse?s?|tumou?rs?|nodules?|cysts?|polyps?|regions?|rois?|areas?|findings?|"
-    r"opacit(?:y|ies)|nuclei|nucleus|spots?|abnormalit(?:y|ies)|growths?|instances?"
+# Provenances that may give a patient side or the side of an imaged part.
+SIDE_PROVENANCES = {"geometry", "metadata", "publisher_text"}
+# A mammogram is an X-ray technique; an H&E slide is read under a microscope.
+COMPATIBLE_MODALITIES = {"mammography": {"xray"}, "histopathology": {"microscopy"}}
+# Modalities whose image "up" is the patient's head, so an upper/lower zone can be read off it.
+PROJECTION_MODALITIES = {"xray"}
+ROI_CLAIMS = {"side", "position", "size", "shape", "margin", "intensity", "texture"}
+
+_ORDINALS = {
+    "first": 1, "largest": 1, "biggest": 1, "main": 1, "primary": 1, "dominant": 1, "larger": 1, "bigger": 1,
+    "second": 2, "second-largest": 2, "third": 3, "fourth": 4, "fifth": 5,
+}
+_REFERENT = r"(?:\s+[\w-]+){0,3}?\s+(?:region|lesion|mass|masse|tumou?r|nodule|cyst|polyp|roi|area|finding|opacit(?:y|ie)|structure|object|one|abnormalit(?:y|ie)|focus|foci|spot|instance|nucle(?:us|i)|cell)s?\b"
+_ORDINAL_RE = re.compile(
+    r"\b(largest|biggest|main|primary|dominant|larger|bigger|smallest|smaller)\b"
+    rf"|\b(first|second-largest|second|third|fourth|fifth|other|another|remaining|additional)(?={_REFERENT})",
+    re.I,
 )
-_SIZE_CLAIM = re.compile(rf"\b(small|medium[- ]sized|medium|large)\s+(?:[\w-]+\s+){{0,2}}?(?:{_LESION_NOUNS})\b", re.I)
-_NUMBER = r"\d+|" + "|".join(NUMBER_WORDS) + r"|multiple|several|numerous"
-_COUNT_CLAIM = re.compile(rf"(?<![\d.,])\b({_NUMBER})\s+(?:[\w-]+\s+){{0,2}}?({_LESION_NOUNS})\b", re.I)
-_ONLY_CLAIM = re.compile(rf"\b(?:the\s+only|a\s+single|one\s+single|solitary)\s+(?:[\w-]+\s+){{0,2}}?(?:{_LESION_NOUNS})\b", re.I)
-_LESION_CLAIM = re.compile(
-    r"\b(lesions?|masses|mass|tumou?rs?|nodules?|cysts?|polyps?|opacit(?:y|ies)|abnormalit(?:y|ies)|growths?)\b", re.I
-)
-_NEGATION = re.compile(r"\b(no|not|without|absent|neither|nor|free of)\b[\w\s,-]{0,30}$", re.I)
-_CLAUSE_BREAK = re.compile(r"[,;:.()\n]")
-
-_VERTICAL_WORDS = {"upper": "upper", "top": "upper", "superior": "upper", "lower": "lower", "bottom": "lower", "inferior": "lower"}
-_HORIZONTAL_WORDS = {"left": "left", "right": "right"}
+_CARRY_START = re.compile(r"^\W*(?:it|its|it's|this|that|these|they|their|which|the\s+(?:\w+\s+)?(?:region|lesion|"
+                          r"mass|tumou?r|nodule|cyst|polyp|roi|area|finding|opacity|structure|object|abnormality))\b", re.I)
+_COMPARATIVE_KNOWLEDGE = re.compile(r"\b(?:usually|typical(?:ly)?|characteristic|commonly|often|classically)\b", re.I)
 
 
-def checkable_text(description: str) -> str:
-    """The description without attributed background passages and quoted labels."""
-    text = _BACKGROUND.sub(" ", description or "")
-    return _QUOTED.sub(" ", text)
+@dataclass(frozen=True)
+class Verdict:
+    claim: Claim
+    supported: bool
+    flag_type: str
+    facts_say: str
+    roi_id: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return f"{self.flag_type}: says '{self.claim.phrase.strip()}' / facts: {self.facts_say}"
 
 
-def _roi_name(roi: dict) -> str:
-    return str(roi.get("roi_id") or roi.get("label") or "roi")
+class _Record:
+    """What the record's facts say, computed once per description."""
+
+    def __init__(self, facts: FactSet, vocabulary: FindingVocabulary):
+        self.facts = facts
+        self.vocabulary = vocabulary
+        self.roi_ids = facts.roi_ids()
+        self.labels = {rid: _norm(facts.roi_value(rid, "label") or "") for rid in self.roi_ids}
+        self.modality = facts.record_value("modality")
+        self.organs = [_norm(o) for o in facts.record_values("organ")]
+        self.state = facts.record_value("label_state") or "unknown"
+        self.publisher = [_norm(f.value) for f in facts.record("publisher_text")]
+        self.findings = [_norm(v) for v in facts.record_values("finding")] + [l for l in self.labels.values() if l]
+        self.knowledge = [_norm(f.detail or f.value) for f in facts.record("knowledge")]
+        self.finding_entries = set()
+        for text in self.findings + self.publisher:
+            self.finding_entries |= vocabulary.entries_in(text)
+        self.publisher_entries = set()
+        for text in self.publisher:
+            self.publisher_entries |= vocabulary.entries_in(text)
+        names = [vocabulary.finding_names.get(e, "") for e in self.finding_entries]
+        self.finding_strings = [s for s in self.findings + self.publisher + names if s]
+        self.laterality = facts.record_value("laterality")
+        self.annotated = len(self.roi_ids)
+        self.publisher_quadrants = set()
+        for text in self.publisher:
+            for match in _QUADRANT.finditer(text):
+                self.publisher_quadrants.add(_quadrant_key(match.group(0)))
+
+    def label_count(self, label: str) -> int:
+        return sum(1 for l in self.labels.values() if l == label)
+
+    def side_facts(self, roi_id: str | None) -> list[str]:
+        fact = self.facts.roi(roi_id, "patient_side") if roi_id else None
+        return [fact.value] if fact is not None and fact.provenance in SIDE_PROVENANCES else []
+
+    def malignancy(self) -> set[str]:
+        classes = set()
+        for text in self.finding_strings:
+            words = set(text.split())
+            if any(w in text for w in MALIGNANT_WORDS) or words & {"gtv"}:
+                classes.add("malignant")
+            if any(w in text for w in BENIGN_WORDS):
+                classes.add("benign")
+        return classes
 
 
-def _image_position_claims(text: str) -> list[tuple[str, str]]:
-    """(vertical or horizontal word, the phrase) for each 'X ... of the image' phrase."""
-    claims = []
-    for match in _OF_IMAGE.finditer(text):
-        if match.group(1):  # "image's left"
-            claims.append((match.group(1).lower(), match.group(0)))
+def _quadrant_key(phrase: str) -> frozenset:
+    words = set(_norm(phrase).replace("mid ", "middle ").split())
+    kind = "quadrant" if "quadrant" in words or "quadrants" in words else "zone"
+    return frozenset((words & {"left", "right", "upper", "lower", "middle", "outer", "inner"}) | {kind})
+
+
+def _in_publisher_text(claim: Claim, record: _Record) -> bool:
+    phrase = _norm(claim.phrase)
+    return bool(phrase) and any(re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) for text in record.publisher)
+
+
+def _mentions(text: str, term: str) -> bool:
+    term = _norm(term)
+    if len(term) < 3:
+        return False
+    forms = {term, term + "s", term + "es"}
+    if term.endswith("us"):
+        forms.add(term[:-2] + "i")
+    return any(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", text) for f in forms)
+
+
+# --- binding -----------------------------------------------------------------------------
+
+
+def _bind(clause: Clause, record: _Record, previous: list[str] | None, same_sentence: bool) -> tuple[list[str], bool]:
+    """The candidate ROIs the clause speaks of, and whether it named them itself."""
+    if not record.roi_ids:
+        return [], False
+    raw = _norm(clause.raw)
+    named = [rid for rid, label in record.labels.items() if label and _mentions(raw, label)]
+    pool = named or list(record.roi_ids)
+    ordinal = _ORDINAL_RE.search(raw)
+    if ordinal:
+        word = (ordinal.group(1) or ordinal.group(2)).lower()
+        ranked = [rid for rid in record.roi_ids if rid in pool]
+        if word in ("other", "another", "remaining", "additional"):
+            others = [rid for rid in ranked if rid != record.roi_ids[0]]
+            # "the other regions" of a listing; a main/largest word in the same clause wins.
+            if others and not re.search(r"\b(main|primary|largest|biggest)\b", raw):
+                return others, True
+            return [record.roi_ids[0]], True
+        if word in ("smallest", "smaller"):
+            return ranked[-1:], True
+        index = _ORDINALS.get(word, 1) - 1
+        if index < len(ranked):
+            return [ranked[index]], True
+    if named:
+        return named, True
+    if previous and (same_sentence or _CARRY_START.match(clause.raw)):
+        return previous, False
+    return [record.roi_ids[0]], False
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+def _roi_claim(claim: Claim, roi_id: str | None, record: _Record) -> tuple[bool, str]:
+    facts = record.facts
+    if roi_id is None:
+        return False, "no region is annotated in this image"
+    label = record.labels.get(roi_id) or roi_id
+    attribute = {"side": "image_horizontal", "position": "image_vertical", "size": "size_class"}.get(claim.kind, claim.kind)
+    if claim.kind == "size" and claim.unit == "mm":
+        fact = facts.roi(roi_id, "max_diameter_mm")
+        if fact is None or fact.number is None:
+            return False, f"no size in mm is known for the {label} region"
+        ok = abs(claim.number - fact.number) <= max(2.0, 0.25 * fact.number)
+        return ok != claim.negated, f"the {label} region measures about {fact.number:.0f} mm"
+    if claim.kind == "size" and claim.unit == "%":
+        fact = facts.roi(roi_id, "area_fraction")
+        if fact is None or fact.number is None:
+            return False, f"no area is known for the {label} region"
+        percent = 100 * fact.number
+        ok = abs(claim.number - percent) <= max(1.0, 0.25 * percent)
+        return ok != claim.negated, f"the {label} region covers {percent:.1f}% of the image"
+    if claim.kind == "intensity" and claim.value == "enhancement":
+        labels = " ".join(record.findings)
+        enhancing = "enhancing" in labels and "non enhancing" not in labels
+        if claim.negated:
+            return ("non enhancing" in labels or "necrotic" in labels), f"the labels are {', '.join(record.findings) or 'none'}; enhancement is not measured"
+        return enhancing, f"the labels are {', '.join(record.findings) or 'none'}; enhancement is not measured"
+    fact = facts.roi(roi_id, attribute)
+    if fact is None:
+        return False, f"no {attribute.replace('_', ' ')} fact for the {label} region"
+    accepts = claim.accepts or frozenset({claim.value})
+    ok = fact.value in accepts
+    said = fact.detail if claim.kind == "intensity" and fact.detail else fact.value
+    return ok != claim.negated, f"the {label} region's {attribute.replace('image_', 'image ').replace('_', ' ')} is {said}"
+
+
+def _laterality(claim: Claim, candidates: list[str], record: _Record) -> tuple[bool, str]:
+    phrase = _norm(claim.phrase)
+    if any(phrase in label for label in record.findings):
+        return True, "the source's label names it"
+    sides = {record.laterality} if record.laterality else set()
+    for rid in candidates or [None]:
+        sides |= set(record.side_facts(rid))
+    facts_say = f"the patient side known from geometry/metadata/publisher text is {', '.join(sorted(sides))}" if sides \
+        else "no patient-side fact (geometry, declared laterality or publisher text)"
+    if not sides:
+        return False, facts_say
+    if claim.negated:
+        return claim.value not in sides, facts_say
+    if claim.value == "bilateral":
+        return "bilateral" in sides, facts_say
+    return (claim.value in sides or "bilateral" in sides), facts_say
+
+
+def _quadrant(claim: Claim, candidates: list[str], record: _Record) -> tuple[bool, str]:
+    key = _quadrant_key(claim.phrase)
+    if key in record.publisher_quadrants:
+        return not claim.negated, "the publisher's text names it"
+    side = next(iter(key & {"left", "right"}), None)
+    vertical = next(iter(key & {"upper", "lower", "middle"}), None)
+    if side and vertical and record.modality in PROJECTION_MODALITIES:
+        for rid in candidates:
+            if side in record.side_facts(rid) and record.facts.roi_value(rid, "image_vertical") == vertical:
+                return not claim.negated, "the region's patient side and image position"
+    return claim.negated and not record.publisher_quadrants, (
+        f"the publisher's text names {', '.join(' '.join(sorted(k)) for k in record.publisher_quadrants)}"
+        if record.publisher_quadrants else "no fact places a region in a quadrant or zone of the patient"
+    )
+
+
+def _count(claim: Claim, candidates: list[str], record: _Record, clause: Clause) -> tuple[bool, str]:
+    noun = _norm(claim.unit or "")
+    raw = _norm(clause.raw)
+    counts: set[int] = set()
+    label_hits = [l for l in set(record.labels.values()) if l and (_mentions(noun, l) or _mentions(raw, l))]
+    for label in label_hits:
+        counts.add(record.label_count(label))
+    generic = not any(_mentions(noun, l) for l in label_hits)
+    if generic:
+        counts.add(record.annotated)
+        if not label_hits:
+            for rid in candidates:
+                fact = record.facts.roi(rid, "count_same_label")
+                counts.add(int(fact.number) if fact is not None and fact.number else record.label_count(record.labels[rid]))
+    said = f"{record.annotated} annotated region(s)" + (
+        "; " + ", ".join(f"{record.label_count(l)} labelled {l}" for l in sorted(label_hits)) if label_hits else "")
+    if claim.negated:
+        return True, said
+    if claim.value == "many":
+        return max(counts, default=0) >= 2, said
+    return int(claim.number or 0) in counts, said
+
+
+def _modality(claim: Claim, record: _Record) -> tuple[bool, str]:
+    said = f"the modality is {record.modality}"
+    if not record.modality or claim.negated:
+        return True, said
+    allowed = {record.modality} | COMPATIBLE_MODALITIES.get(record.modality, set())
+    return bool(set(claim.accepts or {claim.value}) & allowed), said
+
+
+def _organ(claim: Claim, record: _Record) -> tuple[bool, str]:
+    if claim.negated or not record.organs:
+        return True, ""
+    regions = set()
+    for organ in record.organs:
+        if organ in UNBOUNDED_ORGANS:
+            return True, ""
+        region = ORGAN_WORDS.get(organ)
+        if region is None:
+            return True, ""  # an organ the table does not place: nothing to compare with
+        regions.add(region)
+    allowed_regions, allowed_words = set(), set()
+    for region in regions:
+        near_regions, near_words = REGION_NEIGHBOURS.get(region, ({region}, set()))
+        allowed_regions |= near_regions | {region}
+        allowed_words |= near_words
+    ok = claim.unit in allowed_regions or claim.value in allowed_words
+    return ok, f"the record's organs are {', '.join(record.organs)} ({', '.join(sorted(regions))})"
+
+
+def _finding_present(term: str, entries: set[str], record: _Record, allow_knowledge: bool) -> bool:
+    if entries & record.finding_entries:
+        return True
+    if any(_mentions(text, term) for text in record.finding_strings):
+        return True
+    if any(len(l) > 3 and _mentions(_norm(term), l) for l in record.findings):
+        return True
+    return allow_knowledge and any(_mentions(k, term) for k in record.knowledge)
+
+
+def _finding(claim: Claim, record: _Record, clause: Clause) -> tuple[bool, str]:
+    present = _finding_present(claim.value, set(claim.accepts), record,
+                               bool(_COMPARATIVE_KNOWLEDGE.search(clause.raw)))
+    said = f"label state {record.state}; findings: {', '.join(dict.fromkeys(record.findings)) or 'none'}"
+    if claim.negated:
+        return (not present and record.state == "normal"), said
+    return present, said
+
+
+def _malignancy(claim: Claim, record: _Record) -> tuple[bool, str]:
+    classes = record.malignancy()
+    said = f"findings: {', '.join(dict.fromkeys(record.findings)) or 'none'}"
+    if claim.negated:
+        return bool(classes) and claim.value not in classes, said
+    return claim.value in classes, said
+
+
+def _lesion(claim: Claim, record: _Record) -> tuple[bool, str]:
+    noun = claim.value
+    if claim.negated:
+        said = f"{record.annotated} annotated region(s); label state {record.state}"
+        if record.annotated:
+            return False, said
+        if any(_mentions(text, noun) for text in record.finding_strings):
+            return False, said
+        return record.state == "normal", said
+    if record.annotated:
+        return True, ""
+    stem = noun.rstrip("s") if not noun.endswith("ss") else noun
+    ok = any(_mentions(text, stem) or _mentions(text, noun) for text in record.finding_strings)
+    return ok, f"no region is annotated (whole image only); label state {record.state}"
+
+
+def _record_claim(claim: Claim, candidates: list[str], record: _Record, clause: Clause) -> tuple[bool, str]:
+    kind = claim.kind
+    if kind == "laterality":
+        return _laterality(claim, candidates, record)
+    if kind == "quadrant":
+        return _quadrant(claim, candidates, record)
+    if kind == "count":
+        return _count(claim, candidates, record, clause)
+    if kind == "modality":
+        return _modality(claim, record)
+    if kind == "organ":
+        return _organ(claim, record)
+    if kind == "finding":
+        return _finding(claim, record, clause)
+    if kind == "malignancy":
+        return _malignancy(claim, record)
+    if kind == "normal":
+        return record.state == "normal", f"label state {record.state}"
+    if kind == "annotation":
+        return record.annotated == 0, f"{record.annotated} annotated region(s)"
+    if kind == "lesion":
+        return _lesion(claim, record)
+    return True, ""
+
+
+def _flag_type(claim: Claim) -> str:
+    if claim.negated and claim.kind not in ("laterality",):
+        return "negation"
+    return {"lesion": "lesion_on_whole_image", "malignancy": "finding", "annotation": "finding"}.get(claim.kind, claim.kind)
+
+
+def _count_nouns(record: _Record) -> set[str]:
+    nouns = set()
+    for label in record.labels.values():
+        last = label.split()[-1] if label else ""
+        if len(last) > 2:
+            nouns |= {last + "s", last + "es", (last[:-2] + "i") if last.endswith("us") else last + "s"}
+    return nouns
+
+
+def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabulary | None = None) -> list[Verdict]:
+    """Every claim of the description with its verdict (the bench reads these)."""
+    vocabulary = vocabulary or default_vocabulary()
+    record = _Record(facts, vocabulary)
+    nouns = _count_nouns(record)
+    verdicts: list[Verdict] = []
+    previous: list[str] | None = None
+    last_sentence = -1
+    for clause in read_clauses(description):
+        if clause.background:
             continue
-        before = text[: match.start()]
-        clause = _CLAUSE_BREAK.split(before)[-1]
-        words = clause.lower().split()[-5:]
-        phrase = " ".join(words + ["of the image"])
-        claims.extend((w, phrase) for w in words if w in _VERTICAL_WORDS or w in _HORIZONTAL_WORDS)
-    return claims
+        candidates, _ = _bind(clause, record, previous, clause.sentence == last_sentence)
+        previous, last_sentence = candidates or previous, clause.sentence
+        claims = extract_claims(clause, vocabulary, nouns)
+        roi_claims, other_claims = [], []
+        for claim in claims:
+            if _in_publisher_text(claim, record):
+                verdicts.append(Verdict(claim, True, _flag_type(claim), "the publisher's text says so"))
+                continue
+            (roi_claims if claim.kind in ROI_CLAIMS else other_claims).append(claim)
+        if roi_claims:
+            # One ROI of the candidates must support every region claim of the clause together.
+            best: list[Verdict] | None = None
+            for rid in candidates or [None]:
+                results = []
+                for claim in roi_claims:
+                    ok, said = _roi_claim(claim, rid, record)
+                    kind = _flag_type(claim) if rid is not None else (
+                        "negation" if claim.negated else claim.kind)
+                    results.append(Verdict(claim, ok, kind, said, rid))
+                if best is None or sum(not v.supported for v in results) < sum(not v.supported for v in best):
+                    best = results
+            verdicts.extend(best or [])
+        for claim in other_claims:
+            ok, said = _record_claim(claim, candidates, record, clause)
+            verdicts.append(Verdict(claim, ok, _flag_type(claim), said))
+    return verdicts
 
 
-def _check_position(text: str, rois: list[dict], spec, flags: list[str]) -> None:
-    sides = {r.get("patient_side") for r in rois if r.get("patient_side")}
-    for match in _PATIENT_SIDE.finditer(text):
-        side = (match.group(1) or match.group(2)).lower()
-        if not getattr(spec, "is_radiological", False) and not sides:
-            continue
-        if side not in sides:
-            where = ", ".join(f"{_roi_name(r)} is on the patient's {r.get('patient_side')}" for r in rois if r.get("patient_side"))
-            flags.append(f"side: says patient's '{side}' but {where or 'no ROI has a patient side'}")
-    without_patient = _PATIENT_SIDE.sub(" ", text)
-    horizontals = {r.get("horizontal") for r in rois if r.get("horizontal")}
-    verticals = {r.get("vertical") for r in rois if r.get("vertical")}
-    for word, phrase in _image_position_claims(without_patient):
-        if word in _HORIZONTAL_WORDS and horizontals and word not in horizontals:
-            where = ", ".join(f"{_roi_name(r)} is on the image {r.get('horizontal')}" for r in rois)
-            flags.append(f"side: says '{phrase}' but {where}")
-        if word in _VERTICAL_WORDS and verticals and _VERTICAL_WORDS[word] not in verticals:
-            where = ", ".join(f"{_roi_name(r)} is {r.get('vertical')}" for r in rois)
-            flags.append(f"vertical: says '{phrase}' but {where}")
+def verify(description: str, facts, rois=None, spec=None, *, vocabulary: FindingVocabulary | None = None) -> list[str]:
+    """One flag per unsupported claim (empty: verified).
 
+    ``facts`` is the record's FactSet. The old call shape ``verify(text, record, rois, spec)``
+    still works: the facts are then built from those rows by the fact builder."""
+    if not isinstance(facts, FactSet):
+        from medtrinity_assets.generation.fact_builder import build_facts
 
-def _check_size(text: str, rois: list[dict], flags: list[str]) -> None:
-    classes = {r.get("size_class") for r in rois if r.get("size_class")}
-    if not classes:
-        return
-    for match in _SIZE_CLAIM.finditer(text):
-        word = match.group(1).lower()
-        claimed = "medium" if word.startswith("medium") else word
-        if claimed not in classes:
-            where = ", ".join(f"{_roi_name(r)} is {r.get('size_class')}" for r in rois)
-            flags.append(f"size: says '{match.group(0)}' but {where}")
-
-
-def _check_count(text: str, rois: list[dict], flags: list[str]) -> None:
-    counts = {int(r.get("count_same_label") or 0) for r in rois if r.get("count_same_label")}
-    counts.add(len(rois))
-    counts.discard(0)
-    if not counts:
-        return
-    for match in _COUNT_CLAIM.finditer(text):
-        word = match.group(1).lower()
-        if word in {"multiple", "several", "numerous"}:
-            if max(counts) < 2:
-                flags.append(f"count: says '{match.group(0)}' but the image has {max(counts)} annotated region")
-            continue
-        number = int(word) if word.isdigit() else NUMBER_WORDS[word]
-        if number not in counts:
-            flags.append(f"count: says '{match.group(0)}' but the ROI counts are {sorted(counts)}")
-    for match in _ONLY_CLAIM.finditer(text):
-        if 1 not in {int(r.get("count_same_label") or 1) for r in rois}:
-            flags.append(f"count: says '{match.group(0)}' but the ROI counts are {sorted(counts)}")
-
-
-def _check_modality(text: str, record: dict, spec, flags: list[str]) -> None:
-    modality = record.get("modality") or spec.modality
-    allowed = {modality} | COMPATIBLE_MODALITIES.get(modality, set())
-    for other, terms in MODALITY_TERMS.items():
-        if other in allowed:
-            continue
-        for pattern, case_sensitive in terms:
-            match = re.search(pattern, text, 0 if case_sensitive else re.I)
-            if match:
-                flags.append(f"modality: says '{match.group(0)}' but the record's modality is {modality}")
-                break
-
-
-def _check_organ(text: str, record: dict, spec, flags: list[str]) -> None:
-    organs = record_organs(record, spec)
-    if not organs or any(o in WHOLE_BODY_ORGANS for o in organs):
-        return
-    regions = {ORGAN_REGION[o] for o in organs if o in ORGAN_REGION}
-    # Cell-level images (nuclei, cells) may come from any tissue; unknown organs give no region.
-    if not regions or any(o in CELL_LEVEL_ORGANS for o in organs):
-        return
-    for word in sorted(ORGAN_REGION, key=len, reverse=True):
-        match = re.search(rf"\b{re.escape(word)}\b", text, re.I)
-        if match and ORGAN_REGION[word] not in regions:
-            flags.append(
-                f"organ: says '{match.group(0)}' ({ORGAN_REGION[word]}) but the record's organs are {', '.join(organs)}"
-            )
-            text = re.sub(rf"\b{re.escape(word)}\b", " ", text, flags=re.I)
-
-
-def _check_lesion_on_whole_image(text: str, rois: list[dict], flags: list[str]) -> None:
-    for match in _LESION_CLAIM.finditer(text):
-        clause = _CLAUSE_BREAK.split(text[: match.start()])[-1]
-        if _NEGATION.search(clause):
-            continue
-        flags.append(f"lesion: says '{match.group(0)}' but no region was annotated (whole-image ROI only)")
-        return
-
-
-def verify(description: str, record: dict, rois: list[dict], spec) -> list[str]:
-    text = checkable_text(description)
-    annotated = annotated_rois(rois)
-    flags: list[str] = []
-    if annotated:
-        _check_position(text, annotated, spec, flags)
-        _check_size(text, annotated, flags)
-        _check_count(text, annotated, flags)
-    else:
-        _check_lesion_on_whole_image(text, rois, flags)
-    _check_modality(text, record, spec, flags)
-    _check_organ(text, record, spec, flags)
-    return list(dict.fromkeys(flags))
+        facts = build_facts(facts, list(rois or []), spec)
+    return list(dict.fromkeys(v.flag for v in verify_claims(description, facts, vocabulary=vocabulary) if not v.supported))
