@@ -34,8 +34,7 @@ SINGLE_WORDS = ("a single", "one single", "a solitary", "solitary", "the only", 
 LESION_NOUNS = (
     "lesion", "lesions", "mass", "masses", "tumour", "tumours", "tumor", "tumors", "nodule", "nodules",
     "cyst", "cysts", "polyp", "polyps", "opacity", "opacities", "abnormality", "abnormalities",
-    "growth", "growths", "focus", "foci", "neoplasm", "neoplasms", "consolidation", "consolidations",
-    "infiltrate", "infiltrates", "fluid collection", "fluid collections",
+    "growth", "growths", "focus", "foci", "neoplasm", "neoplasms", "fluid collection", "fluid collections",
 )
 REGION_NOUNS = ("region", "regions", "area", "areas", "roi", "rois", "structure", "structures", "object", "objects",
                 "spot", "spots", "blob", "blobs", "instance", "instances", "finding", "findings", "nucleus", "nuclei",
@@ -209,10 +208,14 @@ BACKGROUND_START = re.compile(
 _ATTRIBUTED_PASSAGE = re.compile(r"Background knowledge(?: \[[^\]]*\])?:\s*«[^»]*»")
 _QUOTED = re.compile(r"(?<!\w)'([^'\n]{1,80})'(?!\w)|\"([^\"\n]{1,80})\"|‘([^’\n]{1,80})’|“([^”\n]{1,80})”|«([^»\n]{1,300})»")
 
-MALIGNANT_WORDS = ("malignant", "malignancy", "cancer", "cancerous", "carcinoma", "melanoma", "sarcoma", "metastasis",
-                   "metastases", "metastatic", "glioma", "glioblastoma", "adenocarcinoma", "lymphoma")
-BENIGN_WORDS = ("benign", "nevus", "naevus", "fibroadenoma", "keratosis", "lentigo", "dermatofibroma", "angioma",
-                "hemangioma", "lipoma", "simple cyst")
+# Words that say benign or malignant without naming one disease (read as a "malignancy" claim),
+# and the disease words that tell which of the two a record's finding is.
+GENERIC_MALIGNANT = ("malignant", "malignancy", "cancer", "cancerous", "carcinoma", "metastasis", "metastases",
+                     "metastatic")
+GENERIC_BENIGN = ("benign",)
+MALIGNANT_WORDS = GENERIC_MALIGNANT + ("melanoma", "sarcoma", "glioma", "glioblastoma", "adenocarcinoma", "lymphoma")
+BENIGN_WORDS = GENERIC_BENIGN + ("nevus", "naevus", "fibroadenoma", "keratosis", "lentigo", "dermatofibroma",
+                                 "angioma", "hemangioma", "lipoma", "simple cyst")
 
 
 @dataclass(frozen=True)
@@ -370,7 +373,11 @@ _ENHANCEMENT = re.compile(r"\b(non-?\s?enhancing|enhanc(?:ing|es|ement|ed))\b", 
 
 def _image_position_claims(clause: Clause, claims: list[Claim]) -> str:
     text = clause.text
-    for match in list(_IMAGE_POSITION.finditer(text)) + list(_CENTRE_OF_IMAGE.finditer(text)):
+    matches = list(_IMAGE_POSITION.finditer(text))
+    blanked = text
+    for match in matches:
+        blanked = blanked[:match.start()] + " " * (match.end() - match.start()) + blanked[match.end():]
+    for match in matches + list(_CENTRE_OF_IMAGE.finditer(blanked)):
         words = re.split(r"[\s-]+", (match.group(1) if match.re is _IMAGE_POSITION and match.group(1) else
                                      (match.group(2) if match.re is _IMAGE_POSITION and match.group(2) else "center")).lower())
         negated = is_negated(text, match.start(), match.end())
@@ -518,10 +525,10 @@ def _finding_claims(clause: Clause, text: str, claims: list[Claim], vocabulary: 
                             is_negated(text, match.start(), match.end()),
                             accepts=frozenset(vocabulary.entries_for(term))))
         text = text[:match.start()] + " " * (match.end() - match.start()) + text[match.end():]
-    malignancy = re.compile(rf"(?<![\w-])({_alternation(MALIGNANT_WORDS)}|{_alternation(BENIGN_WORDS)})(?![\w-])", re.I)
+    malignancy = re.compile(rf"(?<![\w-])({_alternation(GENERIC_MALIGNANT)}|{_alternation(GENERIC_BENIGN)})(?![\w-])", re.I)
     for match in malignancy.finditer(text):
         word = match.group(1).lower()
-        value = "malignant" if any(word.startswith(w[:6]) for w in MALIGNANT_WORDS) else "benign"
+        value = "benign" if word in GENERIC_BENIGN else "malignant"
         claims.append(Claim("malignancy", value, match.group(0), clause.sentence, clause.index,
                             is_negated(text, match.start(), match.end())))
     return text
@@ -573,7 +580,7 @@ def extract_claims(clause: Clause, vocabulary: "FindingVocabulary", count_nouns:
 _NOT_FINDINGS = {"grey_matter", "white_matter", "nuclei_histopathology", "nuclei_fluorescence", "colon_tissue_ihc",
                  "histo_he_tissue_section", "fundus_optic_cup", "endo_normal_gi_landmarks"}
 # Words too generic to name one finding: they are lesion nouns or malignancy words here.
-_GENERIC_TERMS = set(LESION_NOUNS) | set(MALIGNANT_WORDS) | set(BENIGN_WORDS) | {
+_GENERIC_TERMS = set(LESION_NOUNS) | set(GENERIC_MALIGNANT) | set(GENERIC_BENIGN) | {
     "normal", "no finding", "no findings", "cell", "cells", "nuclei", "nucleus", "cortex", "collapse", "cavity",
     "viral", "bacterial", "hernia", "distortion", "edema", "oedema", "tumour mass", "primary tumour", "exudate",
     "mole", "retina", "optic disc", "colon", "colon tissue", "asymmetry", "fibrosis", "lung lesion",

@@ -257,13 +257,8 @@ def _count(claim: Claim, candidates: list[str], record: _Record, clause: Clause)
     label_hits = [l for l in set(record.labels.values()) if l and (_mentions(noun, l) or _mentions(raw, l))]
     for label in label_hits:
         counts.add(record.label_count(label))
-    generic = not any(_mentions(noun, l) for l in label_hits)
-    if generic:
-        counts.add(record.annotated)
-        if not label_hits:
-            for rid in candidates:
-                fact = record.facts.roi(rid, "count_same_label")
-                counts.add(int(fact.number) if fact is not None and fact.number else record.label_count(record.labels[rid]))
+    if not any(_mentions(noun, l) for l in label_hits):
+        counts.add(record.annotated)  # a generic noun ("lesions", "regions") counts every annotated ROI
     said = f"{record.annotated} annotated region(s)" + (
         "; " + ", ".join(f"{record.label_count(l)} labelled {l}" for l in sorted(label_hits)) if label_hits else "")
     if claim.negated:
