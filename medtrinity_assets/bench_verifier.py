@@ -45,8 +45,10 @@ DEFAULT_SOURCES = (
 )
 CLAIM_TYPES = (
     "side", "position", "laterality", "quadrant", "size", "count", "shape", "margin", "intensity", "texture",
-    "negation", "modality", "organ", "finding", "normal", "lesion_on_whole_image", "binding",
+    "negation", "modality", "organ", "finding", "normal", "lesion_on_whole_image", "binding", "combined",
 )
+# Flag types that count as catching a planted claim of each type "for the right reason".
+RIGHT_FLAGS = {"binding": {"side", "size", "position"}, "lesion_on_whole_image": {"lesion_on_whole_image", "finding"}}
 TARGET_CATCH = 0.95
 TARGET_FALSE_ALARM = 0.02
 
@@ -400,6 +402,8 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
     add("negation", "natural", rng.choice([f"No {lesion} is seen.", f"There is no {lesion} in this image.",
                                            f"The image shows no {lesion}."]), True)
 
+    _combined_cases(add, facts, primary, subject, noun, modality, rng)
+
     # --- binding: a second ROI described with the first one's attributes ---
     if len(ids) > 1:
         second = ids[1]
@@ -415,6 +419,57 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
         if s1 and s2 and s1 != s2:
             add("binding", "natural", f"{second_subject} is {_SIZE_WORDS[s1][0]}.", True)
     return out
+
+
+def _combined_cases(add, facts: FactSet, primary: str, subject: str, noun: str, modality: str, rng: random.Random) -> None:
+    """Long sentences that state several attributes at once (as a language model writes them),
+    true, and with exactly one attribute wrong; and two-sentence texts where "It" carries the
+    subject into the second sentence."""
+    true: dict[str, str] = {}
+    wrong: dict[str, str] = {}
+    size = facts.roi_value(primary, "size_class")
+    if size:
+        true["size"], wrong["size"] = _SIZE_WORDS[size][0], _SIZE_WORDS[_OTHER_SIZE[size]][0]
+    intensity = facts.roi(primary, "intensity")
+    if intensity is not None and " " not in _intensity_word(modality, intensity.value):
+        true["intensity"] = _intensity_word(modality, intensity.value)
+        wrong["intensity"] = _intensity_word(modality, _OTHER_DIRECTION[intensity.value])
+    margin = facts.roi_value(primary, "margin")
+    if margin:
+        true["margin"], wrong["margin"] = _MARGIN_WORDS[margin][0], _MARGIN_WORDS[_OTHER_MARGIN[margin]][0]
+    shape = facts.roi_value(primary, "shape")
+    if shape:
+        true["shape"], wrong["shape"] = _SHAPE_WORDS[shape][0], _SHAPE_WORDS[_OTHER_SHAPE[shape]][0]
+    h, v = facts.roi_value(primary, "image_horizontal"), facts.roi_value(primary, "image_vertical")
+    if h and v:
+        across = {"center": "central"}
+        true["side"], wrong["side"] = across.get(h, h), across.get(_OPPOSITE_H[h], _OPPOSITE_H[h])
+        true["position"], wrong["position"] = v, _OPPOSITE_V[v]
+
+    kind_noun = noun.split()[-1]
+
+    def sentence(words: dict[str, str]) -> str:
+        adjectives = " ".join(w for w in (words.get("size"), words.get("intensity"), words.get("shape")) if w)
+        text = f"{subject} is {'an' if adjectives[:1] in 'aeiou' else 'a'} {adjectives} {kind_noun}"
+        if words.get("margin"):
+            text += f" with {words['margin']} margins"
+        if words.get("side"):
+            text += f" in the {words['position']} {words['side']} part of the image"
+        return text + "."
+
+    if len(true) >= 2:
+        add("combined", "true", sentence(true), False)
+        for attribute in true:
+            kind = {"side": "side", "position": "position"}.get(attribute, attribute)
+            add(kind, "natural", sentence({**true, attribute: wrong[attribute]}), True)
+    # "It" carries the subject from the sentence before.
+    for attribute in ("intensity", "margin", "size"):
+        if attribute in true and "side" in true:
+            opening = f"{subject} lies in the {true['position']} {true['side']} part of the image."
+            said = {"intensity": "It is {}.", "margin": "It has {} margins.", "size": "It is {}."}[attribute]
+            add("combined", "true", f"{opening} {said.format(true[attribute])}", False)
+            add(attribute, "natural", f"{opening} {said.format(wrong[attribute])}", True)
+            break
 
 
 def _whole_image_cases(add, facts: FactSet, rng: random.Random, modality: str, organs: list[str], state: str) -> None:
@@ -475,6 +530,7 @@ def writer_cases(factsets: list[tuple[str, FactSet]], per_source: int | None = N
 @dataclass
 class Result:
     caught: Counter
+    caught_right_type: Counter
     planted: Counter
     false_alarms: Counter
     true_total: Counter
@@ -494,7 +550,7 @@ def run_benchmark(factsets: list[tuple[str, FactSet]], seed: int = 7, per_source
     from medtrinity_assets.generation.verifier import verify
 
     by_record = {next(iter(f)).record_id: f for _, f in factsets}
-    result = Result(Counter(), Counter(), Counter(), Counter(), [], [])
+    result = Result(Counter(), Counter(), Counter(), Counter(), Counter(), [], [])
     items = [(case, by_record[case.record_id]) for case in build_corpus(factsets, seed, per_source)]
     items += writer_cases(factsets, per_source)
     for case, facts in items:
@@ -503,6 +559,9 @@ def run_benchmark(factsets: list[tuple[str, FactSet]], seed: int = 7, per_source
             result.planted[case.claim_type] += 1
             if flags:
                 result.caught[case.claim_type] += 1
+                right = RIGHT_FLAGS.get(case.claim_type, {case.claim_type})
+                if any(flag.split(":")[0] in right for flag in flags):
+                    result.caught_right_type[case.claim_type] += 1
             else:
                 result.missed.append(case)
         else:
@@ -514,13 +573,14 @@ def run_benchmark(factsets: list[tuple[str, FactSet]], seed: int = 7, per_source
 
 
 def report(result: Result) -> str:
-    lines = [f"{'claim type':<24}{'planted':>8}{'caught':>8}{'rate':>8}   {'true':>6}{'alarms':>8}"]
+    lines = [f"{'claim type':<24}{'planted':>8}{'caught':>8}{'rate':>8}{'by type':>9}   {'true':>6}{'alarms':>8}"]
     for kind in CLAIM_TYPES + ("writer",):
         planted, true = result.planted[kind], result.true_total[kind]
         if not planted and not true:
             continue
         rate = f"{100 * result.catch_rate(kind):.1f}%" if planted else "-"
-        lines.append(f"{kind:<24}{planted:>8}{result.caught[kind]:>8}{rate:>8}   {true:>6}{result.false_alarms[kind]:>8}")
+        right = f"{100 * result.caught_right_type[kind] / planted:.1f}%" if planted else "-"
+        lines.append(f"{kind:<24}{planted:>8}{result.caught[kind]:>8}{rate:>8}{right:>9}   {true:>6}{result.false_alarms[kind]:>8}")
     planted = sum(result.planted.values())
     true = sum(result.true_total.values())
     lines.append(f"{'all':<24}{planted:>8}{sum(result.caught.values()):>8}"

@@ -349,7 +349,7 @@ _ALL_NOUNS = LESION_NOUNS + REGION_NOUNS
 _NOUN_RE = _alternation(_ALL_NOUNS)
 _SIZE = re.compile(
     rf"\b({_alternation(SIZE_WORDS)})\b(?=(?:[\s,-]+[\w-]+){{0,3}}?[\s-]+(?:{_NOUN_RE}|in size|sized)\b)"
-    rf"|\b(?:is|are|was|appears?|looks?|seems?|measures?)\s+(?:relatively\s+|very\s+|rather\s+|quite\s+)?"
+    rf"|(?:\b(?:is|are|was|appears?|looks?|seems?|measures?)|,)\s+(?:relatively\s+|very\s+|rather\s+|quite\s+)?"
     rf"({_alternation(SIZE_WORDS)})\b(?!\s+(?:part|portion|amount|number|field))",
     re.I,
 )
