@@ -76,7 +76,8 @@ class Verdict:
 
     @property
     def flag(self) -> str:
-        return f"{self.flag_type}: says '{self.claim.phrase.strip()}' / facts: {self.facts_say}"
+        negated = " (negated)" if self.claim.negated else ""
+        return f"{self.flag_type}: says '{self.claim.phrase.strip()}'{negated} / facts: {self.facts_say}"
 
 
 class _Record:
