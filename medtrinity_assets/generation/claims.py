@@ -602,7 +602,8 @@ class FindingVocabulary:
                 if len(key) <= 3 or key in _GENERIC_TERMS:
                     continue
                 self.terms.setdefault(key, set()).add(entry["id"])
-        self.pattern = re.compile(rf"(?<![\w-])({_alternation(self.terms)})(?![\w-])", re.I) if self.terms else re.compile(r"(?!x)x")
+        # Plurals too ("gliomas", "effusions"); the term itself is group 1.
+        self.pattern = re.compile(rf"(?<![\w-])({_alternation(self.terms)})(?:e?s)?(?![\w-])", re.I) if self.terms else re.compile(r"(?!x)x")
 
     def entries_for(self, term: str) -> set[str]:
         return set(self.terms.get(_norm(term), set()))

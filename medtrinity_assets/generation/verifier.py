@@ -63,6 +63,10 @@ _ORDINAL_RE = re.compile(
 )
 _CARRY_START = re.compile(r"^\W*(?:it|its|it's|this|that|these|they|their|which|the\s+(?:\w+\s+)?(?:region|lesion|"
                           r"mass|tumou?r|nodule|cyst|polyp|roi|area|finding|opacity|structure|object|abnormality))\b", re.I)
+_FURTHER = re.compile(r"\b(?:other|additional|further|another|second|more|separate)\s+(?:\w+\s+)?(?:lesion|mass|masse|tumou?r|nodule|cyst|polyp|abnormalit(?:y|ie)|growth|focus|foci)s?\b", re.I)
+# A general statement about a disease ("X typically appears ...") that does not speak of this image.
+_HEDGE = re.compile(r"\b(?:typically|usually|generally|often|commonly|classically|tends? to|in general|frequently)\b", re.I)
+_THIS_IMAGE = re.compile(r"\b(?:this|here|it|its|the (?:image|lesion|region|mass|roi|finding|nodule|polyp|tumou?r|area))\b", re.I)
 _COMPARATIVE_KNOWLEDGE = re.compile(r"\b(?:usually|typical(?:ly)?|characteristic|commonly|often|classically)\b", re.I)
 
 
@@ -324,10 +328,12 @@ def _malignancy(claim: Claim, record: _Record) -> tuple[bool, str]:
     return claim.value in classes, said
 
 
-def _lesion(claim: Claim, record: _Record) -> tuple[bool, str]:
+def _lesion(claim: Claim, record: _Record, clause: Clause) -> tuple[bool, str]:
     noun = claim.value
     if claim.negated:
         said = f"{record.annotated} annotated region(s); label state {record.state}"
+        if _FURTHER.search(clause.text):
+            return record.annotated <= 1, said  # "no other lesion is seen" beside the one annotated
         if record.annotated:
             return False, said
         if any(_mentions(text, noun) for text in record.finding_strings):
@@ -361,7 +367,7 @@ def _record_claim(claim: Claim, candidates: list[str], record: _Record, clause: 
     if kind == "annotation":
         return record.annotated == 0, f"{record.annotated} annotated region(s)"
     if kind == "lesion":
-        return _lesion(claim, record)
+        return _lesion(claim, record, clause)
     return True, ""
 
 
@@ -391,10 +397,14 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
     for clause in read_clauses(description):
         if clause.background:
             continue
+        general = bool(_HEDGE.search(clause.raw)) and not _THIS_IMAGE.search(clause.raw)
         candidates, _ = _bind(clause, record, previous, clause.sentence == last_sentence)
         previous, last_sentence = candidates or previous, clause.sentence
         claims = extract_claims(clause, vocabulary, nouns)
         roi_claims, other_claims = [], []
+        if general:
+            # Only what the sentence says exists (a finding) is checked in a general statement.
+            claims = [c for c in claims if c.kind in ("finding", "malignancy")]
         for claim in claims:
             if _in_publisher_text(claim, record):
                 verdicts.append(Verdict(claim, True, _flag_type(claim), "the publisher's text says so"))
