@@ -403,6 +403,7 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
                                            f"The image shows no {lesion}."]), True)
 
     _combined_cases(add, facts, primary, subject, noun, modality, rng)
+    _paraphrase_cases(add, facts, primary, subject, modality, rng)
 
     # --- binding: a second ROI described with the first one's attributes ---
     if len(ids) > 1:
@@ -470,6 +471,66 @@ def _combined_cases(add, facts: FactSet, primary: str, subject: str, noun: str, 
             add("combined", "true", f"{opening} {said.format(true[attribute])}", False)
             add(attribute, "natural", f"{opening} {said.format(wrong[attribute])}", True)
             break
+
+
+# Phrasings a language model uses, written apart from the verifier's word tables: each takes the
+# TRUE value or a WRONG one for one slot. (slot, template); {s} is the subject.
+_PARAPHRASES: list[tuple[str, str]] = [
+    ("side", "Within the {pos} portion of the frame, {s_lower} is identified."),
+    ("side", "{s}, found toward the {h} edge of the image, is clearly outlined."),
+    ("side", "On the {h} of the image, {s_lower} can be appreciated."),
+    ("position", "{s} is situated in the {v} half of the picture."),
+    ("position", "Toward the {v_edge} of the image, {s_lower} is visible."),
+    ("size", "{s} appears {size} relative to the field of view."),
+    ("size", "Overall, {s_lower} is a {size} abnormality."),
+    ("size", "{s} takes up roughly {pct}% of the image."),
+    ("shape", "{s} shows a configuration that is {shape}."),
+    ("shape", "Morphologically, {s_lower} is {shape}."),
+    ("margin", "The borders of {s_lower} are {margin}."),
+    ("margin", "{s} is {margin}, with margins that are easy to follow."),
+    ("texture", "Internally, {s_lower} looks {texture}."),
+    ("intensity", "Compared to the adjacent tissue, {s_lower} appears {intensity}."),
+    ("intensity", "{s} is {intensity} relative to its surroundings."),
+]
+
+
+def _paraphrase_cases(add, facts: FactSet, primary: str, subject: str, modality: str, rng: random.Random) -> None:
+    h, v = facts.roi_value(primary, "image_horizontal"), facts.roi_value(primary, "image_vertical")
+    size = facts.roi_value(primary, "size_class")
+    shape, margin, texture = (facts.roi_value(primary, a) for a in ("shape", "margin", "texture"))
+    intensity = facts.roi(primary, "intensity")
+    fraction = facts.roi(primary, "area_fraction")
+    across = {"center": "central"}
+    values: dict[str, tuple[str, str]] = {}  # slot -> (true, wrong)
+    if h and v:
+        values["pos"] = (f"{v} {across.get(h, h)}", f"{v} {across.get(_OPPOSITE_H[h], _OPPOSITE_H[h])}")
+    if h and h != "center":
+        values["h"] = (h, _OPPOSITE_H[h])
+    if v and v != "middle":
+        values["v"] = (v, _OPPOSITE_V[v])
+        values["v_edge"] = ({"upper": "top", "lower": "bottom"}[v], {"upper": "bottom", "lower": "top"}[v])
+    if size:
+        values["size"] = (_SIZE_WORDS[size][-1], _SIZE_WORDS[_OTHER_SIZE[size]][-1])
+    if fraction is not None and fraction.number:
+        values["pct"] = (f"{100 * fraction.number:.0f}" if fraction.number >= 0.1 else f"{100 * fraction.number:.1f}",
+                         f"{min(95, 100 * fraction.number * 4 + 10):.0f}")
+    if shape:
+        values["shape"] = (_SHAPE_WORDS[shape][-1], _SHAPE_WORDS[_OTHER_SHAPE[shape]][-1])
+    if margin:
+        values["margin"] = (_MARGIN_WORDS[margin][-1], _MARGIN_WORDS[_OTHER_MARGIN[margin]][-1])
+    if texture:
+        values["texture"] = (_TEXTURE_WORDS[texture][-1], _TEXTURE_WORDS[_OTHER_TEXTURE[texture]][-1])
+    if intensity is not None:
+        values["intensity"] = (_intensity_word(modality, intensity.value).replace("showing ", "with "),
+                               _intensity_word(modality, _OTHER_DIRECTION[intensity.value]).replace("showing ", "with "))
+    for kind, template in _PARAPHRASES:
+        slot = next(name for name in values.keys() | {"pos", "h", "v", "v_edge", "size", "pct", "shape", "margin",
+                                                      "texture", "intensity"} if "{" + name + "}" in template)
+        if slot not in values:
+            continue
+        fill = {"s": subject, "s_lower": subject[0].lower() + subject[1:]}
+        add(kind, "true", template.format(**fill, **{slot: values[slot][0]}), False)
+        add(kind, "natural", template.format(**fill, **{slot: values[slot][1]}), True)
 
 
 def _whole_image_cases(add, facts: FactSet, rng: random.Random, modality: str, organs: list[str], state: str) -> None:
@@ -593,14 +654,14 @@ def report(result: Result) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES))
-    parser.add_argument("--per-source", type=int, default=None, help="records per source (default: all)")
+    parser.add_argument("--per-source", type=int, default=40, help="records per source, so no source dominates (0: all)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--show", type=int, default=5, help="misses and false alarms to print")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_verifier_") as work:
         print("Materializing sources through ingest, normalize, ground, facts:")
         factsets = real_factsets([s for s in args.sources.split(",") if s], Path(work))
-    result = run_benchmark(factsets, args.seed, args.per_source)
+    result = run_benchmark(factsets, args.seed, args.per_source or None)
     print(f"\n{len(factsets)} records; seed {args.seed}\n")
     print(report(result))
     for case in result.missed[: args.show]:
