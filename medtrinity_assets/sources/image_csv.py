@@ -132,8 +132,8 @@ def row_labels(spec: SourceSpec, layout: ImageCsvLayout, row: dict[str, str]) ->
         grades.append(f"{grade.column}={value}")
         if value in grade.normal:
             says_normal_any = True
-        elif grade.finding:
-            labels.append(grade.finding.strip().lower())
+        elif grade.findings.get(value, "").strip():
+            labels.append(grade.findings[value].strip().lower())
     if layout.label_column:
         raw = row.get(layout.label_column) or ""
         if layout.label_list_literal:

@@ -287,7 +287,8 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
             annotations, found = [], []
             for _, name, mask in label_value_masks(label_plane, names):
                 annotations.append({"kind": "mask", "label": name, "mask_ref": store_mask(ctx, mask)})
-                found.append(name)
+                if layout.finding_labels is None or name in layout.finding_labels:
+                    found.append(name)
             annotations_cache[index] = (annotations, found)
         return annotations_cache[index]
 

@@ -39,21 +39,25 @@ class FlagValues(Strict):
 
 class GradeColumn(Strict):
     """A severity / grade column (diabetic retinopathy 0-4): its allowed values, which of them
-    mean normal, and the finding the other values name. The value is kept in the record's
+    mean normal, and the finding each other value names. The value is kept in the record's
     ``grades`` as "<column>=<value>"; a blank cell says nothing."""
 
     column: str
     values: list[str] = Field(min_length=1)
     # Values with which the publisher says "normal" (APTOS / EyePACS / IDRiD grade 0 = "No DR").
     normal: list[str] = Field(default_factory=list)
-    # Finding named by every allowed value outside ``normal`` (None: the grade is kept, no label).
-    finding: Optional[str] = None
+    # Value -> finding it names ({"2": moderate diabetic retinopathy}); an allowed value that is
+    # neither here nor normal keeps its grade and names no finding (state unknown).
+    findings: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _normal_allowed(self) -> "GradeColumn":
-        outside = sorted(set(self.normal) - set(self.values))
+    def _values_declared(self) -> "GradeColumn":
+        outside = sorted((set(self.normal) | set(self.findings)) - set(self.values))
         if outside:
-            raise ValueError(f"grade column {self.column!r}: normal values {outside} are not among its values")
+            raise ValueError(f"grade column {self.column!r}: values {outside} are not among its values")
+        both = sorted(set(self.normal) & set(self.findings))
+        if both:
+            raise ValueError(f"grade column {self.column!r}: values {both} are both normal and a finding")
         return self
 
 
