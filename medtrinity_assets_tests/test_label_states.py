@@ -357,6 +357,23 @@ def test_spec_errors_name_the_field():
                            "label_names": {1: "liver"}, "finding_labels": ["liver tumour"]})
 
 
+def test_a_bad_label_declaration_in_a_yaml_names_the_file_and_field(tmp_path):
+    import yaml
+
+    from medtrinity_assets.catalog.load import CatalogError
+    from medtrinity_assets_tests.spec_factory import PLACEHOLDER_METADATA
+
+    spec = {**PLACEHOLDER_METADATA, "id": "bad_grades", "layout": {
+        "family": "image_csv", "csv": "t.csv", "id_column": "id", "path_template": "{id}.png",
+        "grade_columns": [{"column": "level", "values": ["0", "1"], "normal": ["5"]}]}}
+    path = tmp_path / "bad_grades.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(CatalogError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert str(path) in message and "layout.image_csv.grade_columns.0" in message and "'level'" in message
+
+
 def test_every_catalog_spec_with_a_label_table_declares_its_columns_once():
     # Guards the catalog edits: every spec still loads, and label columns are never repeated.
     from medtrinity_assets.catalog.load import load_catalog
