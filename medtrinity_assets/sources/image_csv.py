@@ -21,7 +21,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from medtrinity_assets.catalog.layouts.tabular import FlagValues
 from medtrinity_assets.catalog.spec import ImageCsvLayout, SourceSpec
 from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
@@ -60,10 +59,6 @@ class RowLabels:
     labels: list[str]
     label_state: str
     grades: list[str]
-
-
-def is_truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in FlagValues().positive
 
 
 def list_literal(cell: str) -> list[str]:
