@@ -47,6 +47,15 @@ RAW_RECORDS = pa.schema(
         ("source_text", STR),
         # Review flags, e.g. "burned_in_annotation" (DICOM says text is burned into pixels).
         ("flags", STR_LIST),
+        # finding | normal | unknown (sources.label_state): normal only where the source says so;
+        # a missing label is unknown, never normal. Read it with label_state_of(record).
+        ("label_state", STR),
+        # Severity / grade values the source gives, "<column>=<value>" (e.g. "diagnosis=2").
+        ("grades", STR_LIST),
+        # Slice of an annotated volume: "annotated" (cuts the annotated region) or "context"
+        # (kept beside it: label_state unknown, no finding label); null for 2D images and for
+        # slices of volumes without annotation.
+        ("slice_role", STR),
     ]
 )
 

@@ -13,7 +13,7 @@ from medtrinity_assets.definitions import defs
 from medtrinity_assets.paths import REPO_ROOT
 
 STAGES = [
-    "raw_records", "normalized_images", "rois", "coarse_captions", "knowledge_base",
+    "raw_records", "normalized_images", "rois", "facts", "coarse_captions", "knowledge_base",
     "retrieved_knowledge", "descriptions", "triplets", "medtrinity_dataset",
 ]
 
@@ -47,8 +47,9 @@ def test_lineage_follows_the_pipeline():
     graph = _graph()
     parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
     assert parents("normalized_images") == {"raw_records"}
-    assert parents("retrieved_knowledge") == {"rois", "knowledge_base"}
-    assert parents("descriptions") == {"coarse_captions", "retrieved_knowledge"}
+    assert parents("facts") == {"rois"}
+    assert parents("retrieved_knowledge") == {"facts", "knowledge_base"}
+    assert parents("descriptions") == {"facts", "coarse_captions", "retrieved_knowledge"}
     assert parents("medtrinity_dataset") == {"triplets"}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import importlib.util
 
 import pytest
@@ -87,9 +89,11 @@ def test_demo_source_ingests_without_quarantine(demo_specs, source_id, tmp_path)
     assert 1 <= len(records) <= 24
     assert all(r["organs"] == spec.organs for r in records)
     if spec.id == "demo_mri_brain_mni":
-        with_label = [r for r in records if "grey matter" in r["labels"]]
+        with_label = [r for r in records if any(a["label"] == "grey matter" for a in json.loads(r["annotations"]))]
         # Only the context slices at the two ends of the labelled range may lack grey matter.
         assert len(records) == 24 and len(with_label) >= 22
+        # Grey matter is anatomy (finding_labels: []): a mask, never a finding of the template.
+        assert all(r["labels"] == [] and r["label_state"] == "unknown" for r in records)
     if spec.id == "demo_ct_head":
         assert records[0]["pixel_units"] == "HU"
     if spec.id == "demo_ultrasound_heart":

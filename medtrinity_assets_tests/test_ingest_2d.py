@@ -332,9 +332,12 @@ def test_image_csv_multilabel_columns_and_missing_column(tmp_path, ingest):
                                      labels={"rename": {"seborrheic_keratosis": "seborrheic keratosis"}})
     assert quarantined == []
     assert [r["labels"] for r in records] == [["melanoma"], ["seborrheic keratosis"], []]
+    # Both flags 0 and no all-negative rule declared: nothing is known, never "normal".
+    assert [r["label_state"] for r in records] == ["finding", "finding", "unknown"]
 
     _, records, quarantined = ingest({**layout, "label_columns": ["nevus"]}, root, modality="dermoscopy")
-    assert records == [] and "lacks column(s) nevus" in quarantined[0].reason
+    assert records == [] and "layout.label_columns[0] names column 'nevus'" in quarantined[0].reason
+    assert "gt.csv" in quarantined[0].reason
 
 
 # ---------------------------------------------------------------- coco

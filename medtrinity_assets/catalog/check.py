@@ -5,6 +5,9 @@ ingest will do) with a throwaway blob store in a temporary folder: nothing is wr
 data root. It reports what matched (images, images with annotations, ROIs), what is unpaired
 (images without their mask, annotation rows naming absent images, masks without an image), what
 is unreadable (file and reason), and which files under the source folder the layout never uses.
+It counts images per label state, and lists label values (flag or grade cells) the spec does
+not declare, by column. A label column the spec names and the table lacks stops the read with
+the table file and the spec field named, so nothing matches and the check fails.
 
 "Used" is measured, not guessed: while the reader runs, an audit hook notes every file it opens
 under the source folder (masks, label volumes, CSVs are opened but never become records), so a
@@ -35,6 +38,10 @@ _ANNOTATION_WORD = re.compile(r"\b(mask|label volume|label file|annotation file|
 _NO_ANNOTATION = re.compile(r"\b(has no|without|lacks)\b.*\b(row|mask|annotation|label)", re.IGNORECASE)
 _NOTHING_MATCHED = re.compile(r"no file matches|source folder does not exist", re.IGNORECASE)
 _MASK_LIKE_NAME = re.compile(r"(?<![a-z])(mask|label|seg|gt|annot|roi)", re.IGNORECASE)
+# sources.image_csv.UnexpectedLabelValue: a flag / grade cell the spec does not allow.
+_UNEXPECTED_LABEL = re.compile(
+    r"^unexpected label value (?P<value>'[^']*'|\"[^\"]*\") in column (?P<column>'[^']*'|\"[^\"]*\") \((?P<field>[^)]*)\)"
+)
 
 # Names used in the report, in the order it prints them.
 IMAGE_WITHOUT_ANNOTATION = "images without their mask / annotation"
@@ -66,6 +73,9 @@ class SpecCheckReport:
     rois: int = 0
     roi_kinds: Counter = field(default_factory=Counter)
     labels: Counter = field(default_factory=Counter)
+    label_states: Counter = field(default_factory=Counter)
+    # "column 'c' (spec field)" -> Counter of the undeclared values found (rows quarantined).
+    unexpected_label_values: dict[str, Counter] = field(default_factory=dict)
     without_annotation: Examples = field(default_factory=Examples)
     unpaired: dict[str, Examples] = field(default_factory=lambda: {kind: Examples() for kind in UNPAIRED_KINDS})
     unreadable: Examples = field(default_factory=Examples)
@@ -91,6 +101,14 @@ class SpecCheckReport:
         ]
         if self.labels:
             lines.append("  labels: " + ", ".join(f"{label} {n}" for label, n in sorted(self.labels.items())))
+        if self.label_states:
+            lines.append("  label states: " + ", ".join(f"{state} {self.label_states[state]}" for state in ("finding", "normal", "unknown")))
+        if self.unexpected_label_values:
+            lines.append("Label values the spec does not declare (rows quarantined):")
+            for where, values in sorted(self.unexpected_label_values.items()):
+                shown = ", ".join(f"{value} x{n}" for value, n in values.most_common(EXAMPLES_SHOWN))
+                more = f" and {len(values) - EXAMPLES_SHOWN} more values" if len(values) > EXAMPLES_SHOWN else ""
+                lines.append(f"  {where}: {shown}{more}")
         lines += _section("Images kept without annotation (whole-image records)", self.without_annotation)
         lines += [""]
         for kind in UNPAIRED_KINDS:
@@ -194,7 +212,11 @@ def _paths_the_spec_names(spec: SourceSpec) -> set[str]:
 
 
 def _classify(report: SpecCheckReport, source_file: str, reason: str, named_paths: set[str]) -> None:
-    if _NOTHING_MATCHED.search(reason) or source_file in named_paths:
+    unexpected = _UNEXPECTED_LABEL.match(reason)
+    if unexpected:
+        where = f"column {unexpected['column']} ({unexpected['field']})"
+        report.unexpected_label_values.setdefault(where, Counter())[unexpected["value"]] += 1
+    elif _NOTHING_MATCHED.search(reason) or source_file in named_paths:
         # The folder, the glob or the annotation file itself: nothing below it can pair.
         report.problems.append(f"{source_file}: {reason}")
     elif _NO_ANNOTATION.search(reason) or (_MISSING.search(reason) and _ANNOTATION_WORD.search(reason)):
@@ -255,6 +277,7 @@ def check_source(spec: SourceSpec, root: Path | None = None) -> SpecCheckReport:
                     report.without_annotation.add(where)
                 report.images += 1
                 report.labels.update(item["labels"] or [])
+                report.label_states[item.get("label_state") or "unknown"] += 1
         finally:
             _stop_watching()
 

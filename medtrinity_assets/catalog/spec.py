@@ -45,11 +45,20 @@ class Labels(Strict):
     folder_depth: int = 0
     fixed: list[str] = Field(default_factory=list)
     pattern: Optional[str] = None
-    # Map raw label values to catalog names; a value mapped to "" means "no finding".
+    # Map raw label values to catalog names. A value mapped to "" is not a finding and says
+    # nothing else either (a landmark class, "todo", a quality mark): its image's label state is
+    # unknown unless something else names a finding or says normal.
     rename: dict[str, str] = Field(default_factory=dict)
+    # Raw values (class folder, regex group, label cell, box label) with which the publisher
+    # positively says the image is normal: BUSI "normal", ChestX-ray14 "No Finding", Shenzhen
+    # "_0". Only these make the label state "normal"; a missing or blank label is "unknown".
+    normal: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _regex_needs_pattern(self) -> "Labels":
+        both = sorted(set(self.normal) & set(self.rename))
+        if both:
+            raise ValueError(f"labels.normal values {both} are also in labels.rename: a normal value is not renamed")
         if self.source == "regex":
             if not self.pattern:
                 raise ValueError("labels.source 'regex' needs 'pattern'")

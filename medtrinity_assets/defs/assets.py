@@ -193,7 +193,7 @@ coarse_captions = _partition_asset(
 retrieved_knowledge = _partition_asset(
     "retrieved_knowledge",
     lambda s, p: stages.run_retrieval(s.spec(p), s.root()),
-    deps=["rois", "knowledge_base"],
+    deps=["facts", "knowledge_base"],
     description="Knowledge retrieval: passages per record from the Chroma store, filtered by modality and organ.",
 )
 descriptions = _partition_asset(

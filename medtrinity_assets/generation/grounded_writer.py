@@ -219,11 +219,26 @@ def _part_organ_tissue(facts: FactSet, rid: str, publisher: list[str]) -> str:
 
 
 def _publisher_sentences(facts: FactSet) -> list[str]:
-    notes = [f.value for f in facts.record("publisher_text")][:MAX_PUBLISHER_SENTENCES]
-    if not notes:
-        return []
-    joined = " ".join(n.rstrip(".") + "." for n in notes)
-    return [f"The publisher's own notes for this image read: {joined}"]
+    """The publisher's findings in this writer's words (the notes themselves stay in
+    ``source_text``: pasting them would train a model to repeat one publisher's phrasing)."""
+    stated, denied = [], []
+    for fact in facts.record("publisher_text"):
+        try:
+            found = json.loads(fact.detail or "{}")
+        except json.JSONDecodeError:
+            continue
+        terms = [t for t in as_list(found.get("terms")) if t]
+        if not terms:
+            continue
+        where = " ".join(w for w in as_list(found.get("sides"))[:1] + as_list(found.get("zones"))[:1] if w)
+        phrase = join_words(terms) + (f" in the {where}" if where else "")
+        (denied if found.get("negated") else stated).append(phrase)
+    sentences = []
+    if stated:
+        sentences.append(f"The publisher's notes for this image report {join_words(stated[:MAX_PUBLISHER_SENTENCES])}.")
+    if denied:
+        sentences.append(f"The same notes state that there is no {join_words(denied[:MAX_PUBLISHER_SENTENCES])}.")
+    return sentences
 
 
 # --- part 3: regions --------------------------------------------------------------------------

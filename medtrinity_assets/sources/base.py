@@ -99,6 +99,9 @@ def make_record(
     source_text: dict | None = None,
     flags: list[str] | None = None,
     organs: list[str] | None = None,
+    label_state: str | None = None,
+    grades: list[str] | None = None,
+    slice_role: str | None = None,
 ) -> dict:
     """Store the de-identified pixel array and return the RAW_RECORDS row for it.
 
@@ -107,10 +110,26 @@ def make_record(
     {"kind": "box", "label", "box": [x0, y0, x1, y1]} in pixel coordinates (x1, y1 exclusive),
     or {"kind": "contour", "label", "points": [[x, y], ...]}. ``source_text`` is the
     publisher's caption / question-answer text ({"captions": [...], "qa": [...]}).
+
+    ``label_state`` (sources.label_state): the reader's reading of the spec's label rules; when
+    None, a record with labels is a finding and one without is unknown, never normal. A
+    ``slice_role`` "context" slice keeps no finding label and is unknown whatever it was given.
     """
     import json
 
     import numpy as np
+
+    from medtrinity_assets.sources.label_state import CONTEXT, LABEL_STATES, SLICE_ROLES, UNKNOWN, decide_label_state
+
+    if slice_role is not None and slice_role not in SLICE_ROLES:
+        raise ValueError(f"slice_role {slice_role!r} is not one of {SLICE_ROLES}")
+    if slice_role == CONTEXT:
+        # Beside the lesion, not of it: the volume's finding is not this slice's finding.
+        labels, label_state = [], UNKNOWN
+    elif label_state is None:
+        label_state = decide_label_state(bool(labels), says_normal=False)
+    elif label_state not in LABEL_STATES:
+        raise ValueError(f"label_state {label_state!r} is not one of {LABEL_STATES}")
 
     pixels = np.asarray(pixels)
     _, pixel_ref = ctx.blobs.put_array("pixels", pixels)
@@ -138,6 +157,9 @@ def make_record(
         "photometric": photometric,
         "source_text": json.dumps(source_text, sort_keys=True, ensure_ascii=False) if source_text else None,
         "flags": sorted(set(flags or [])),
+        "label_state": label_state,
+        "grades": sorted(set(grades or [])),
+        "slice_role": slice_role,
     }
 
 

@@ -45,6 +45,7 @@ from medtrinity_assets.sources.image_common import (
     path_labels,
     patient_id_for,
 )
+from medtrinity_assets.sources.label_state import FINDING
 
 LISTED_FORMATS = ("coco", "csv", "circles")  # the annotation file names its images
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -215,6 +216,8 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
                 "annotations": json.dumps(json.loads(item["annotations"] or "[]") + annotations, sort_keys=True),
                 "labels": sorted(set(item["labels"]) | set(labels)) if settings.boxes_are_findings else item["labels"],
             }
+            if settings.boxes_are_findings and labels:
+                item["label_state"] = FINDING  # a finding box makes a finding, whatever the family said
         yield item
     if table is not None:
         for rel in table.boxes:

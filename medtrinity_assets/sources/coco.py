@@ -20,8 +20,10 @@ from medtrinity_assets.sources.image_common import (
     decode_image,
     image_record,
     path_labels,
+    path_says_normal,
     patient_id_for,
 )
+from medtrinity_assets.sources.label_state import decide_label_state
 
 
 def read(ctx: IngestContext) -> IngestStream:
@@ -49,12 +51,15 @@ def read(ctx: IngestContext) -> IngestStream:
             spec, objects, relative_path, width, height, record_id, layout.known_labels
         )
         yield from problems
+        labels = sorted(set(labels) | set(path_labels(spec, relative_path)))
         yield image_record(
             ctx,
             relative_path,
             pixels,
             photometric,
-            labels=sorted(set(labels) | set(path_labels(spec, relative_path))),
+            labels=labels,
             annotations=annotations,
             patient_id=patient_id_for(spec, relative_path),
+            # A folder the spec declares normal (TBX11K "health") makes an unboxed image normal.
+            label_state=decide_label_state(bool(labels), path_says_normal(spec, relative_path)),
         )

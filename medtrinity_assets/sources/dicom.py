@@ -38,6 +38,7 @@ from medtrinity_assets.sources.base import (
 )
 from medtrinity_assets.sources.dicom_annotations import PlaneMasks, collect_annotations, planes_of
 from medtrinity_assets.sources.image_common import path_labels
+from medtrinity_assets.sources.label_state import ANNOTATED, CONTEXT
 from medtrinity_assets.sources.lidc_xml import collect_lidc_annotations
 
 
@@ -74,8 +75,10 @@ def _mask_annotations(ctx: IngestContext, plane_masks: dict[str, np.ndarray] | N
 
 def _record(
     ctx: IngestContext, rel: str, header: DicomHeader, decoded, slice_index: int, slice_count: int,
-    plane_masks: dict[str, np.ndarray] | None, flags: list[str],
+    plane_masks: dict[str, np.ndarray] | None, flags: list[str], annotated_volume: bool = False,
 ) -> dict:
+    # A slice of an annotated series / multi-frame file cuts the annotation or is context.
+    role = (ANNOTATED if plane_masks else CONTEXT) if annotated_volume else None
     return make_record(
         ctx,
         source_file=rel,
@@ -90,6 +93,7 @@ def _record(
         dicom_modality=header.modality,
         pixel_spacing_mm=header.pixel_spacing_mm,
         flags=flags,
+        slice_role=role,
     )
 
 
@@ -127,6 +131,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
         frames = [(index, index, header.n_frames) for index in selected]
     else:
         frames = [(None, -1, 1)]
+        presence = None
     for frame, slice_index, slice_count in frames:
         flags = _burned_in(ctx, rel, header, slice_index)
         if isinstance(flags, Quarantined):
@@ -134,7 +139,8 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
             continue
         try:
             decoded = decode_frame(ds, header, frame)
-            yield _record(ctx, rel, header, decoded, slice_index, slice_count, masks.get((rel, frame)), flags)
+            yield _record(ctx, rel, header, decoded, slice_index, slice_count, masks.get((rel, frame)), flags,
+                          annotated_volume=presence is not None and bool(np.any(presence)))
         except Exception as error:
             yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index))
 
@@ -187,7 +193,8 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                 continue
             try:
                 decoded = decode_frame(deidentify_dataset(ctx, read_dicom(path), header), header, None)
-                yield _record(ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags)
+                yield _record(ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags,
+                              annotated_volume=presence is not None)
             except Exception as error:
                 yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index))
 

@@ -37,29 +37,45 @@ def iter_image_files(root: Path, pattern: str) -> Iterator[str]:
 
 
 def rename_label(spec: SourceSpec, raw: str) -> str | None:
-    """Catalog name of a raw label; None when it means "no finding" (renamed to "")."""
+    """Catalog name of a raw label; None when it names no finding (renamed to "", or a value
+    of ``labels.normal``)."""
     raw = raw.strip()
-    if not raw:
+    if not raw or raw in spec.labels.normal:
         return None
     name = spec.labels.rename.get(raw, raw)
     return name.strip().lower() or None
 
 
-def path_labels(spec: SourceSpec, relative_path: str) -> list[str]:
-    """Labels of an image from its path (class folder) or the spec's fixed labels."""
+def says_normal(spec: SourceSpec, raw: str | None) -> bool:
+    """Whether a raw label value is one the spec declares as the publisher's "normal"."""
+    return raw is not None and raw.strip() in spec.labels.normal
+
+
+def path_label_value(spec: SourceSpec, relative_path: str) -> str | None:
+    """The raw label a path carries under the spec's folder / regex rule, or None."""
     rule = spec.labels
-    if rule.source == "fixed":
-        return [label.lower() for label in rule.fixed]
-    raw = None
     if rule.source == "folder":
         parts = PurePosixPath(relative_path).parts[:-1]
         if rule.folder_depth < len(parts):
-            raw = parts[rule.folder_depth]
+            return parts[rule.folder_depth]
     elif rule.source == "regex":
         match = re.search(rule.pattern, relative_path)
-        raw = match.group(1) if match else None
+        return match.group(1) if match else None
+    return None
+
+
+def path_labels(spec: SourceSpec, relative_path: str) -> list[str]:
+    """Labels of an image from its path (class folder) or the spec's fixed labels."""
+    if spec.labels.source == "fixed":
+        return [label.lower() for label in spec.labels.fixed]
+    raw = path_label_value(spec, relative_path)
     label = rename_label(spec, raw) if raw is not None else None
     return [label] if label else []
+
+
+def path_says_normal(spec: SourceSpec, relative_path: str) -> bool:
+    """Whether the image's class folder / file-name label is one the spec declares normal."""
+    return says_normal(spec, path_label_value(spec, relative_path))
 
 
 def patient_id_for(spec: SourceSpec, relative_path: str, row: Mapping[str, str] | None = None) -> str:
@@ -113,6 +129,8 @@ def image_record(
     source_text: dict | None = None,
     flags: list[str] | None = None,
     organs: list[str] | None = None,
+    label_state: str | None = None,
+    grades: list[str] | None = None,
 ) -> dict:
     return make_record(
         ctx,
@@ -127,6 +145,8 @@ def image_record(
         source_text=source_text,
         flags=flags,
         organs=organs,
+        label_state=label_state,
+        grades=grades,
     )
 
 

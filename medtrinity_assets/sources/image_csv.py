@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import csv
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from medtrinity_assets.catalog.spec import ImageCsvLayout, SourceSpec
@@ -30,17 +31,34 @@ from medtrinity_assets.sources.image_common import (
     patient_id_for,
     read_csv_rows,
     rename_label,
+    says_normal,
     template_fields,
     template_glob,
 )
+from medtrinity_assets.sources.label_state import decide_label_state
 
-TRUTHY = {"1", "1.0", "yes", "y", "true", "t"}
 ABSENT_IMAGE = "metadata row names an absent image"
 UNLISTED_IMAGE = "image has no metadata row"
+# check-source groups quarantine reasons that start with this by column and value.
+UNEXPECTED_VALUE = "unexpected label value"
 
 
-def is_truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in TRUTHY
+class UnexpectedLabelValue(ValueError):
+    """A flag or grade cell whose value the spec does not declare; the row is quarantined."""
+
+    def __init__(self, field: str, column: str, value: str, allowed: list[str]):
+        self.field, self.column, self.value = field, column, value
+        super().__init__(
+            f"{UNEXPECTED_VALUE} {value!r} in column {column!r} ({field}); the spec allows "
+            f"{', '.join(repr(v) for v in allowed)} or blank"
+        )
+
+
+@dataclass(frozen=True)
+class RowLabels:
+    labels: list[str]
+    label_state: str
+    grades: list[str]
 
 
 def list_literal(cell: str) -> list[str]:
@@ -61,13 +79,56 @@ def list_literal(cell: str) -> list[str]:
     return [v.strip() for v in value]
 
 
-def row_labels(spec: SourceSpec, layout: ImageCsvLayout, row: dict[str, str]) -> list[str]:
+def _flag(layout: ImageCsvLayout, field: str, column: str, cell: str | None) -> str:
+    """One 0/1 cell as "positive", "negative", "uncertain" or "blank"."""
+    value = (cell or "").strip()
+    if not value:
+        return "blank"
+    key = value.lower()
+    rule = layout.flag_values
+    for state, values in (("positive", rule.positive), ("negative", rule.negative), ("uncertain", rule.uncertain)):
+        if key in {v.strip().lower() for v in values}:
+            return state
+    raise UnexpectedLabelValue(field, column, value, [*rule.positive, *rule.negative, *rule.uncertain])
+
+
+def _grade_value(value: str) -> str:
+    # Grades written as floats by some exports ("2.0") are the integer grade.
+    return value[:-2] if value.endswith(".0") and value[:-2].lstrip("-").isdigit() else value
+
+
+def row_labels(spec: SourceSpec, layout: ImageCsvLayout, row: dict[str, str]) -> RowLabels:
+    """Labels, label state and grades of one table row, by the spec's label declarations.
+
+    Raises ValueError (UnexpectedLabelValue for an undeclared flag or grade value) when the row
+    cannot be read; the caller quarantines the row.
+    """
     labels: list[str] = []
-    for column in layout.label_columns:
-        if is_truthy(row.get(column)):
+    says_normal_any = False
+    flags: list[str] = []
+    for i, column in enumerate(layout.label_columns):
+        flag = _flag(layout, f"layout.label_columns[{i}]", column, row.get(column))
+        flags.append(flag)
+        counts = flag == "positive" or (flag == "uncertain" and layout.flag_values.uncertain_means == "finding")
+        if counts:
             name = rename_label(spec, column)
             if name:
                 labels.append(name)
+    for i, column in enumerate(layout.normal_columns):
+        if _flag(layout, f"layout.normal_columns[{i}]", column, row.get(column)) == "positive":
+            says_normal_any = True
+    grades: list[str] = []
+    for i, grade in enumerate(layout.grade_columns):
+        value = _grade_value((row.get(grade.column) or "").strip())
+        if not value:
+            continue
+        if value not in grade.values:
+            raise UnexpectedLabelValue(f"layout.grade_columns[{i}]", grade.column, value, grade.values)
+        grades.append(f"{grade.column}={value}")
+        if value in grade.normal:
+            says_normal_any = True
+        elif grade.findings.get(value, "").strip():
+            labels.append(grade.findings[value].strip().lower())
     if layout.label_column:
         raw = row.get(layout.label_column) or ""
         if layout.label_list_literal:
@@ -75,10 +136,24 @@ def row_labels(spec: SourceSpec, layout: ImageCsvLayout, row: dict[str, str]) ->
         else:
             values = raw.split(layout.label_separator) if layout.label_separator else [raw]
         for value in values:
+            says_normal_any = says_normal_any or says_normal(spec, value)
             name = rename_label(spec, value)
             if name:
                 labels.append(name)
-    return labels
+    rule = layout.all_negative
+    if not labels and rule is not None and flags and all(flag == "negative" for flag in flags):
+        if rule.state == "finding":
+            labels.append(rule.label.strip().lower())
+        else:
+            says_normal_any = True
+    state = decide_label_state(bool(labels), says_normal_any)
+    return RowLabels(labels=labels, label_state=state, grades=grades)
+
+
+def missing_label_fields(layout: ImageCsvLayout, header: list[str]) -> list[str]:
+    """"<spec field> names column '<column>'" for every declared label column the header lacks."""
+    present = set(header)
+    return [f"{field} names column {column!r}" for field, column in layout.label_fields() if column not in present]
 
 
 def files_by_id(root, pattern: str) -> dict[str, list[str]]:
@@ -107,11 +182,15 @@ def read(ctx: IngestContext) -> IngestStream:
 
     template = layout.path_template
     path_fields = [name for name in template_fields(template) if name != "id"] if template else []
-    needed = [layout.id_column, *path_fields, *layout.label_columns]
-    needed += [c for c in (layout.label_column, layout.modality_column) if c]
+    needed = [layout.id_column, *path_fields]
+    needed += [c for c in (layout.modality_column,) if c]
     missing = [column for column in needed if column not in header]
-    if missing:
-        yield Quarantined(layout.csv, f"CSV lacks column(s) {', '.join(missing)}; header is {', '.join(header)}")
+    missing_labels = missing_label_fields(layout, header)
+    if missing or missing_labels:
+        # Read without a declared label column, every row's label state would be a guess.
+        what = [f"column(s) {', '.join(missing)}"] if missing else []
+        what += [f"label column(s) the spec declares: {'; '.join(missing_labels)}"] if missing_labels else []
+        yield Quarantined(layout.csv, f"CSV {layout.csv} lacks {' and '.join(what)}; header is {', '.join(header)}")
         return
 
     index = files_by_id(ctx.root, layout.path_index_glob) if layout.path_index_glob else None
@@ -185,7 +264,7 @@ def read(ctx: IngestContext) -> IngestStream:
             yield decoded
             continue
         try:
-            labels = row_labels(spec, layout, row)
+            reading = row_labels(spec, layout, row)
         except ValueError as error:
             yield Quarantined(row_ref, str(error))
             continue
@@ -195,10 +274,12 @@ def read(ctx: IngestContext) -> IngestStream:
             relative_path,
             pixels,
             photometric,
-            labels=labels,
+            labels=reading.labels,
             annotations=[],
             patient_id=patient_id_for(spec, relative_path, row),
             modality=modality,
+            label_state=reading.label_state,
+            grades=reading.grades,
         )
 
     if layout.unlisted_images == "quarantine":

@@ -1,7 +1,8 @@
 """Plain images in class folders or a flat folder: one record per file, no annotations.
 
 Labels come from the spec's ``labels`` rule (``source: folder`` reads the class folder at
-``folder_depth``); ``exclude_glob`` leaves out files the publisher ships beside the images
+``folder_depth``): a class folder the spec renames to a disease is a finding, one listed in
+``labels.normal`` is normal, any other (landmarks, tissue classes renamed to "") is unknown; ``exclude_glob`` leaves out files the publisher ships beside the images
 (thumbnails, masks, a second copy) that would otherwise become records.
 """
 
@@ -14,8 +15,10 @@ from medtrinity_assets.sources.image_common import (
     image_record,
     iter_image_files,
     path_labels,
+    path_says_normal,
     patient_id_for,
 )
+from medtrinity_assets.sources.label_state import decide_label_state
 
 
 def read(ctx: IngestContext) -> IngestStream:
@@ -31,14 +34,16 @@ def read(ctx: IngestContext) -> IngestStream:
             yield decoded
             continue
         pixels, photometric = decoded
+        labels = path_labels(ctx.spec, relative_path)
         yield image_record(
             ctx,
             relative_path,
             pixels,
             photometric,
-            labels=path_labels(ctx.spec, relative_path),
+            labels=labels,
             annotations=[],
             patient_id=patient_id_for(ctx.spec, relative_path),
+            label_state=decide_label_state(bool(labels), path_says_normal(ctx.spec, relative_path)),
         )
     if not found_any:
         what = f"image_glob {layout.image_glob!r}" + (f" outside exclude_glob {layout.exclude_glob!r}" if excluded else "")

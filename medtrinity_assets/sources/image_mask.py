@@ -10,6 +10,11 @@ Binary masks become one "mask" annotation per mask file. Multi-class masks becom
 annotation per label. Instance-label masks (each nucleus its own integer) stay ONE annotation
 marked "instances" so grounding can split them; storing thousands of per-nucleus masks here
 would bloat the blob store for no gain.
+
+Label state: a non-empty mask of a finding (``masks_are_findings``, or a mask entry's
+``finding``) makes its image a finding and its label enters ``labels``; masks of anatomy are
+ROIs only. Without a finding, the class folder decides: normal when it is in ``labels.normal``
+(BUSI ``normal``, whose masks are all zero), else unknown.
 """
 
 from __future__ import annotations
@@ -35,18 +40,21 @@ from medtrinity_assets.sources.image_common import (
     image_record,
     iter_image_files,
     path_labels,
+    path_says_normal,
     patient_id_for,
 )
+from medtrinity_assets.sources.label_state import decide_label_state
 
 
 @dataclass(frozen=True)
 class MaskPlan:
     """One mask file an image should have: where, with which label (None: the image's own),
-    and whether its absence is allowed."""
+    whether its absence is allowed, and whether it outlines a finding or anatomy."""
 
     path: str
     label: str | None
     optional: bool
+    finding: bool = True
 
 
 class MaskProblem(Exception):
@@ -92,6 +100,7 @@ def planned_masks(layout: ImageMaskLayout, image_path: str, match: re.Match | No
                 path=fill_template(entry.template, values) if entry.template else apply_replacements(image_path, entry.replace),
                 label=entry.label,
                 optional=entry.optional or layout.mask_optional,
+                finding=layout.masks_are_findings if entry.finding is None else entry.finding,
             )
             for entry in layout.masks
         ]
@@ -99,7 +108,7 @@ def planned_masks(layout: ImageMaskLayout, image_path: str, match: re.Match | No
         path = fill_template(layout.mask_template, template_values(image_path, match))
     else:
         path = apply_replacements(image_path, layout.mask_replace)
-    return [MaskPlan(path=path, label=None, optional=layout.mask_optional)]
+    return [MaskPlan(path=path, label=None, optional=layout.mask_optional, finding=layout.masks_are_findings)]
 
 
 def extra_mask_paths(ctx: IngestContext, layout: ImageMaskLayout, mask_path: str) -> list[str]:
@@ -247,14 +256,18 @@ def read(ctx: IngestContext) -> IngestStream:
         labels = path_labels(ctx.spec, image_path)
         image_label = layout.mask_label or (labels[0] if labels else default_label)
 
-        mask_files = [(plan.path, plan.label or image_label) for plan in present]
+        mask_files = [(plan.path, plan.label or image_label, plan.finding) for plan in present]
         if present and not layout.masks:
-            mask_files += [(path, image_label) for path in extra_mask_paths(ctx, layout, present[0].path)]
+            mask_files += [(path, image_label, layout.masks_are_findings) for path in extra_mask_paths(ctx, layout, present[0].path)]
         annotations: list[dict] = []
         try:
-            for path, label in mask_files:
+            for path, label, is_finding in mask_files:
                 mask = _load_mask(ctx, layout, path, pixels.shape)
-                annotations += mask_annotations(ctx, layout, mask, path, label)
+                found = mask_annotations(ctx, layout, mask, path, label)
+                annotations += found
+                if is_finding:
+                    # An annotated lesion is a finding of its image, whatever its folder says.
+                    labels += [annotation["label"] for annotation in found]
         except MaskProblem as problem:
             yield Quarantined(image_path, str(problem))
             continue
@@ -266,6 +279,7 @@ def read(ctx: IngestContext) -> IngestStream:
             labels=labels,
             annotations=annotations,
             patient_id=patient_id_for(ctx.spec, image_path),
+            label_state=decide_label_state(bool(labels), path_says_normal(ctx.spec, image_path)),
         )
     if not found_any:
         where = f"image_glob {layout.image_glob!r}" + (f" and image_regex {layout.image_regex!r}" if pattern else "")

@@ -56,6 +56,7 @@ from medtrinity_assets.sources.base import (
 from medtrinity_assets.sources.dicom import list_files
 from medtrinity_assets.sources.image_common import path_labels
 from medtrinity_assets.sources.image_common import rename_label
+from medtrinity_assets.sources.label_state import ANNOTATED, CONTEXT
 
 # Slices read from the file in one proxy access: bounds memory for big volumes while keeping
 # the number of reads (and gzip seeks) small.
@@ -286,7 +287,8 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
             annotations, found = [], []
             for _, name, mask in label_value_masks(label_plane, names):
                 annotations.append({"kind": "mask", "label": name, "mask_ref": store_mask(ctx, mask)})
-                found.append(name)
+                if layout.finding_labels is None or name in layout.finding_labels:
+                    found.append(name)
             annotations_cache[index] = (annotations, found)
         return annotations_cache[index]
 
@@ -334,6 +336,11 @@ def _volume_records(
         yield Quarantined(rel, f"{what}: voxel data not readable: {describe_error(error)}")
         return
     modality = ctx.spec.modality_for(rel)
+    # A slice of a volume with annotations either cuts them or was kept beside them (context).
+    try:
+        annotated_volume = any(annotations_for(index)[0] for index in indices)
+    except Exception:
+        annotated_volume = True  # the failing slice is quarantined below, with its reason
     for index in indices:
         try:
             annotations, found = annotations_for(index)
@@ -350,6 +357,7 @@ def _volume_records(
                 slice_index=index,
                 slice_count=slice_count,
                 pixel_spacing_mm=spacing,
+                slice_role=(ANNOTATED if annotations else CONTEXT) if annotated_volume else None,
             )
         except Exception as error:
             yield Quarantined(rel, f"slice {index}: {describe_error(error)}", record_id_for(ctx.spec.id, rel, sequence, index))

@@ -38,6 +38,9 @@ class MaskFile(Strict):
     label: str
     # An absent optional mask means "this finding is not in the image" (IDRiD haemorrhages).
     optional: bool = False
+    # Whether this mask outlines a finding (IDRiD lesions) or anatomy (IDRiD optic disc, JSRT
+    # lungs); None: the layout's masks_are_findings.
+    finding: Optional[bool] = None
 
     @model_validator(mode="after")
     def _one_rule(self) -> "MaskFile":
@@ -88,6 +91,10 @@ class ImageMaskLayout(Strict):
     # Label of the mask annotations when the image has no label of its own; default: the
     # spec's first disease. Set it where that would be wrong (HAM10000 masks every class).
     mask_label: Optional[str] = None
+    # Masks that outline lesions make their image a finding and enter its labels; masks of
+    # anatomy (lungs, vessels, optic disc, nuclei, glands, fetal head) are ROIs only: the label
+    # state then comes from the spec's labels rule (class folder / file-name pattern).
+    masks_are_findings: bool = True
 
     @model_validator(mode="after")
     def _one_pairing(self) -> "ImageMaskLayout":

@@ -48,6 +48,11 @@ class NiftiLayout(Strict):
     # Label value -> finding name; empty means {1: the spec's first disease}. With dataset_json
     # the JSON's "labels" name the values and entries here replace them value by value.
     label_names: dict[int, str] = Field(default_factory=dict)
+    # Label names (values of label_names / dataset.json) that are findings (tumours, lesions,
+    # infection); the others outline anatomy (organs, vessels, heart chambers, grey matter): ROI
+    # masks only, kept out of the record's labels, so a slice cutting only them is no finding.
+    # None: every label is a finding; []: none is (organ atlases).
+    finding_labels: Optional[list[str]] = None
     # For probability maps (e.g. a grey-matter map): voxels >= threshold become label 1.
     label_threshold: Optional[float] = None
     # Regex on the relative path -> what the voxel values are ("SUV", "HU", "raw"); NIfTI
@@ -87,6 +92,15 @@ class NiftiLayout(Strict):
             unknown = set(self.finding_structures) - set(self.structure_names.values())
             if unknown:
                 raise ValueError(f"layout.finding_structures names labels not in layout.structure_names: {sorted(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _finding_labels_are_named(self) -> "NiftiLayout":
+        # Names from dataset.json are only known when the file is read; label_names alone can be checked.
+        if self.finding_labels and self.label_names and not self.dataset_json:
+            unknown = sorted(set(self.finding_labels) - set(self.label_names.values()))
+            if unknown:
+                raise ValueError(f"layout.finding_labels names labels not in layout.label_names: {unknown}")
         return self
 
     @model_validator(mode="after")

@@ -9,6 +9,76 @@ from pydantic import Field, model_validator
 from medtrinity_assets.catalog.layouts.common import Modality, Strict
 
 
+class FlagValues(Strict):
+    """How the cells of 0/1 label columns (``label_columns``, ``normal_columns``) are read.
+
+    A blank cell is "not mentioned" (unknown). A value in none of the lists is unexpected: the
+    row is quarantined with the column and the value named, never read as negative.
+    """
+
+    positive: list[str] = Field(default_factory=lambda: ["1", "1.0", "yes", "y", "true", "t"])
+    negative: list[str] = Field(default_factory=lambda: ["0", "0.0", "no", "n", "false", "f"])
+    # CheXpert's labeller writes -1.0 for "uncertain".
+    uncertain: list[str] = Field(default_factory=list)
+    # An uncertain finding is read as unknown (no label) unless the spec asks for the
+    # "U-Ones" policy, where it counts as the finding.
+    uncertain_means: Literal["unknown", "finding"] = "unknown"
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "FlagValues":
+        lists = {"positive": self.positive, "negative": self.negative, "uncertain": self.uncertain}
+        seen: dict[str, str] = {}
+        for name, values in lists.items():
+            for value in values:
+                key = value.strip().lower()
+                if key in seen:
+                    raise ValueError(f"flag value {value!r} is in both {seen[key]} and {name}")
+                seen[key] = name
+        return self
+
+
+class GradeColumn(Strict):
+    """A severity / grade column (diabetic retinopathy 0-4): its allowed values, which of them
+    mean normal, and the finding each other value names. The value is kept in the record's
+    ``grades`` as "<column>=<value>"; a blank cell says nothing."""
+
+    column: str
+    values: list[str] = Field(min_length=1)
+    # Values with which the publisher says "normal" (APTOS / EyePACS / IDRiD grade 0 = "No DR").
+    normal: list[str] = Field(default_factory=list)
+    # Value -> finding it names ({"2": moderate diabetic retinopathy}); an allowed value that is
+    # neither here nor normal keeps its grade and names no finding (state unknown).
+    findings: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _values_declared(self) -> "GradeColumn":
+        outside = sorted((set(self.normal) | set(self.findings)) - set(self.values))
+        if outside:
+            raise ValueError(f"grade column {self.column!r}: values {outside} are not among its values")
+        both = sorted(set(self.normal) & set(self.findings))
+        if both:
+            raise ValueError(f"grade column {self.column!r}: values {both} are both normal and a finding")
+        return self
+
+
+class AllNegative(Strict):
+    """What a row with EVERY finding column explicitly negative means, where the publisher
+    says so: ISIC 2017 (neither melanoma nor seborrheic keratosis is a nevus) is
+    ``{state: finding, label: nevus}``; a table whose flags are exhaustive "all zero = normal"
+    is ``{state: normal}``. Without this rule such a row is unknown."""
+
+    state: Literal["finding", "normal"]
+    label: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _label_fits_state(self) -> "AllNegative":
+        if self.state == "finding" and not (self.label or "").strip():
+            raise ValueError("all_negative with state 'finding' needs 'label'")
+        if self.state == "normal" and self.label:
+            raise ValueError("all_negative with state 'normal' takes no 'label'")
+        return self
+
+
 class ImageCsvLayout(Strict):
     """Image folders with a table of labels, one row per image.
 
@@ -17,6 +87,16 @@ class ImageCsvLayout(Strict):
     (HAM10000_images_part_1/_part_2), by looking the id up among the files of ``path_index_glob``
     by file stem or file name (ChestX-ray14 ids carry the ".png"); an id matching several files
     is ambiguous and quarantined.
+
+    Labels: EVERY label column of the table is declared, each with its meaning. Finding flags
+    (``label_columns``), flags meaning normal (``normal_columns``, CheXpert "No Finding"), one
+    categorical column (``label_column``, its normal values in the spec's ``labels.normal``),
+    grade columns (``grade_columns``) and the publisher's rule for an all-negative row
+    (``all_negative``). A row is a finding when any of them names one, normal when none does and
+    one says normal, else unknown. A declared column absent from the table stops the read with
+    the spec field named; a flag or grade value outside what the spec allows quarantines the
+    row with the column and the value (the row is not guessed at: an undeclared value may mean
+    the spec misreads the publisher's scale, so check-source lists these values).
     """
 
     family: Literal["image_csv"]
@@ -26,8 +106,13 @@ class ImageCsvLayout(Strict):
     path_index_glob: Optional[str] = None
     delimiter: str = ","
     csv_encoding: str = "utf-8"
-    # Multi-label: each column is a label, present when its value is truthy (1, 1.0, "yes").
+    # Multi-label: each column is a finding, present when its value is in flag_values.positive.
     label_columns: list[str] = Field(default_factory=list)
+    # 0/1 columns whose positive value means the publisher found nothing (CheXpert "No Finding").
+    normal_columns: list[str] = Field(default_factory=list)
+    flag_values: FlagValues = Field(default_factory=FlagValues)
+    grade_columns: list[GradeColumn] = Field(default_factory=list)
+    all_negative: Optional[AllNegative] = None
     # Single categorical label column (e.g. "finding", "dx").
     label_column: Optional[str] = None
     # A single label cell holding several findings ("Effusion|Mass") is split on this.
@@ -52,7 +137,23 @@ class ImageCsvLayout(Strict):
             raise ValueError("layout needs exactly one of 'path_template' or 'path_index_glob'")
         if self.label_list_literal and (self.label_separator or not self.label_column):
             raise ValueError("layout.label_list_literal needs layout.label_column and no label_separator")
+        if self.all_negative and not self.label_columns:
+            raise ValueError("layout.all_negative needs layout.label_columns (the flags it speaks of)")
+        declared = [*self.label_columns, *self.normal_columns, *(g.column for g in self.grade_columns)]
+        declared += [self.label_column] if self.label_column else []
+        repeated = sorted({c for c in declared if declared.count(c) > 1})
+        if repeated:
+            raise ValueError(f"label column(s) {repeated} declared twice (label_columns, normal_columns, grade_columns, label_column)")
         return self
+
+    def label_fields(self) -> list[tuple[str, str]]:
+        """(spec field, column) of every label column the layout declares, for error messages."""
+        fields = [(f"layout.label_columns[{i}]", c) for i, c in enumerate(self.label_columns)]
+        fields += [(f"layout.normal_columns[{i}]", c) for i, c in enumerate(self.normal_columns)]
+        fields += [(f"layout.grade_columns[{i}].column", g.column) for i, g in enumerate(self.grade_columns)]
+        if self.label_column:
+            fields.append(("layout.label_column", self.label_column))
+        return fields
 
 
 class ImageFolderLayout(Strict):
