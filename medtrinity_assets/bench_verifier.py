@@ -188,6 +188,11 @@ _INVENTED_FINDINGS = ["pleural effusion", "consolidation", "pneumothorax", "mela
                       "renal cyst", "colorectal polyp", "microaneurysms", "fibroadenoma", "rib fracture"]
 
 
+def _zone_key(phrase: str) -> frozenset:
+    words = set(phrase.lower().replace("-", " ").split())
+    return frozenset(words & {"left", "right", "upper", "lower", "middle", "outer", "inner", "zone", "quadrant"})
+
+
 def _noun(facts: FactSet, roi_id: str, rng: random.Random) -> str:
     label = (facts.roi_value(roi_id, "label") or "").replace("_", " ")
     options = ["region", "annotated region", "lesion"] + ([f"{label} region"] if label else [])
@@ -309,14 +314,25 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
         add("laterality", "natural", rng.choice([
             f"A lesion is seen in the {side} {part}.", f"There is a {side}-sided abnormality.",
         ]), True)
-    quadrants = _QUADRANT_PHRASES.get(region or "", ["the lower left quadrant"])
+    from medtrinity_assets.generation.claims import _QUADRANT
+
+    notes = " ".join(facts.record_values("publisher_text")).lower()
+    named = {_zone_key(m.group(0)) for m in _QUADRANT.finditer(notes)}
+    quadrants = [q for q in _QUADRANT_PHRASES.get(region or "", ["the lower left quadrant"])
+                 if _zone_key(q) not in named] or ["the lower inner quadrant"]
     add("quadrant", "template", f"The finding lies in {quadrants[0]}.", True)
     add("quadrant", "natural", rng.choice([
         f"A 2 cm hypoechoic mass is seen in {quadrants[-1]}.", f"There is a rounded opacity in {quadrants[-1]}.",
         f"An abnormality is located in {quadrants[0]}.",
     ]), True)
     for note in facts.record_values("publisher_text"):
-        add("quadrant", "true", note, False)  # the publisher's sentence supports itself
+        # A zone the publisher's note names is true; the same zone on the other side is not.
+        for match in _QUADRANT.finditer(note):
+            zone = " ".join(match.group(0).lower().split())
+            flipped = zone.replace("left", "\0").replace("right", "left").replace("\0", "right")
+            add("quadrant", "true", f"The publisher's note places a finding in the {zone}.", False)
+            if flipped != zone and flipped not in note.lower():
+                add("quadrant", "template", f"A finding is seen in the {flipped}.", True)
 
     if not ids:
         _whole_image_cases(add, facts, rng, modality, organs, state)
@@ -546,6 +562,8 @@ def _whole_image_cases(add, facts: FactSet, rng: random.Random, modality: str, o
     add("side", "natural", f"The lesion lies in the {rng.choice(['left', 'right'])} part of the image.", True)
     add("count", "natural", rng.choice(["Two lesions are present.", "Multiple nodules are seen."]), True)
     add("size", "natural", rng.choice(["A large abnormality is visible.", "The lesion measures 3 cm."]), True)
+    if state == "normal":
+        add("negation", "true", rng.choice(["No mass is seen.", "There is no lesion in this image."]), False)
     add("lesion_on_whole_image", "true", rng.choice([
         "No region is annotated in this image.", "The source marks no region in this image.",
     ]), False)

@@ -295,3 +295,19 @@ def test_benchmark_corpus_is_deterministic(real_rows):
 
     assert build_corpus(real_rows, seed=5, per_source=3) == build_corpus(real_rows, seed=5, per_source=3)
     assert build_corpus(real_rows, seed=5, per_source=3) != build_corpus(real_rows, seed=6, per_source=3)
+
+
+def test_corpus_uses_publisher_zones_and_patient_sides_when_facts_give_them():
+    import random
+
+    from medtrinity_assets.bench_verifier import cases_for_record
+
+    facts = FactSet(record_facts(modality="xray", organs=("lung", "chest"), findings=("pneumonia",), rois=1,
+                                 publisher_text=("Patchy consolidation in the right lower zone.", "publisher_text"))
+                    + roi_facts("a", 1, label="pneumonia", side=("right", "geometry")))
+    cases = cases_for_record("src", facts, random.Random(0), default_vocabulary())
+    kinds = {(c.claim_type, c.planted) for c in cases}
+    assert {("quadrant", False), ("quadrant", True), ("laterality", False), ("laterality", True)} <= kinds
+    for case in cases:
+        flags = verify(case.text, facts)
+        assert bool(flags) == case.planted, (case, flags)
