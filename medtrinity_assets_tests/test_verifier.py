@@ -311,3 +311,56 @@ def test_corpus_uses_publisher_zones_and_patient_sides_when_facts_give_them():
     for case in cases:
         flags = verify(case.text, facts)
         assert bool(flags) == case.planted, (case, flags)
+
+
+# --- descriptions as a language model writes them, on the facts of real rows ------------------
+# (facts copied from a BUSI image with two benign lesions and an IBSI sarcoma MRI slice)
+
+
+def busi_two_real() -> FactSet:
+    return FactSet(record_facts(rois=2) + roi_facts("a", 1, count=2, fraction=0.0077)
+                   + roi_facts("b", 2, horizontal="center", margin="ill-defined", fraction=0.0025, count=2))
+
+
+def ibsi_mri_slice() -> FactSet:
+    return FactSet(record_facts(modality="mri", organs=("soft tissue", "extremity"), findings=("soft tissue sarcoma",))
+                   + roi_facts("t", 1, label="soft tissue sarcoma", horizontal="center", vertical="middle", size="large",
+                               shape="round", margin="ill-defined", intensity=("similar", "isointense"), fraction=0.2021))
+
+
+LLM_BUSI = (
+    "Modality: This is a B-mode breast ultrasound image (512 x 429 pixels).\n"
+    "Organ and tissue: The image depicts breast tissue, with the overlying skin and subcutaneous fat in the near field. "
+    "The source labels the finding as a benign breast tumor.\n"
+    "ROI location and analysis: Two small lesions are annotated. The larger one is located in the upper left part of the "
+    "image and occupies about 0.8% of the image area; the second, smaller lesion lies in the upper central part of the image.\n"
+    "Texture and colour: The larger lesion is hypoechoic and homogeneous, with an oval shape and well-defined margins. "
+    "The smaller lesion is also oval and hypoechoic, but its margins are ill-defined.\n"
+    "Region relations: The larger lesion lies to the left of the smaller one; both are in the upper half of the image. "
+    "These features are compatible with a benign breast tumour."
+)
+LLM_IBSI = (
+    "This axial MRI slice (slice 32 of 59) shows the soft tissue of the extremity. A large, round, isointense mass lies in "
+    "the centre of the image, consistent with the labelled soft-tissue sarcoma. Its texture is homogeneous and its margins "
+    "are ill-defined. It covers roughly 20% of the image."
+)
+
+
+def test_language_model_style_descriptions_verify_clean():
+    assert verify(LLM_BUSI, busi_two_real()) == []
+    assert verify(LLM_IBSI, ibsi_mri_slice()) == []
+
+
+@pytest.mark.parametrize("facts,sentence,kind", [
+    (busi_two_real, "Two small lesions are annotated. The second, smaller lesion lies in the upper left part of the image.", "side"),
+    (busi_two_real, "The smaller lesion is also oval and hypoechoic, and its margins are well-defined.", "margin"),
+    (busi_two_real, "The larger lesion is hyperechoic with posterior acoustic shadowing.", "intensity"),
+    (busi_two_real, "Three small lesions are annotated.", "count"),
+    (ibsi_mri_slice, "The tumour is located in the left thigh.", "laterality"),
+    (ibsi_mri_slice, "This PET/CT slice shows the thigh.", "modality"),
+    (ibsi_mri_slice, "The tumour measures 8 cm in diameter.", "size"),
+    (ibsi_mri_slice, "The mass is not isointense.", "negation"),
+    (ibsi_mri_slice, "Small bilateral pleural effusions are present.", "finding"),
+])
+def test_language_model_style_contradictions_are_caught(facts, sentence, kind):
+    assert kind in flag_types(sentence, facts())

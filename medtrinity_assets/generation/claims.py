@@ -275,7 +275,9 @@ def read_clauses(description: str) -> list[Clause]:
         background = bool(BACKGROUND_START.match(sentence) or _ATTRIBUTED_PASSAGE.search(sentence))
         # An attributed passage inside a sentence is background; the rest is read normally.
         sentence = _ATTRIBUTED_PASSAGE.sub(" ", sentence) if not BACKGROUND_START.match(sentence) else sentence
-        for part in re.split(r";|\s+[—–]\s+", sentence):
+        # Clauses: at ';', a dash, and where a contrast starts a new subject ("..., while the left
+        # lung region lies ..."), so each clause can name its own ROI.
+        for part in re.split(r";|\s+[—–]\s+|,?\s+(?:while|whereas)\s+|,\s+but\s+(?=(?:the|its|it)\b)|,\s+and\s+(?=the\s)", sentence):
             if part.strip():
                 clauses.append(Clause(_blank_quotes(part), part, s_index, len(clauses), background))
     return clauses

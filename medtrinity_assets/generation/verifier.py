@@ -152,6 +152,11 @@ def _mentions(text: str, term: str) -> bool:
     return any(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", text) for f in forms)
 
 
+def _first_mention(text: str, term: str) -> int:
+    match = re.search(rf"(?<![\w-]){re.escape(term)}", text)
+    return match.start() if match else len(text)
+
+
 # --- binding -----------------------------------------------------------------------------
 
 
@@ -161,6 +166,10 @@ def _bind(clause: Clause, record: _Record, previous: list[str] | None, same_sent
         return [], False
     raw = _norm(clause.raw)
     named = [rid for rid, label in record.labels.items() if label and _mentions(raw, label)]
+    if len({record.labels[rid] for rid in named}) > 1:
+        # Several labels named: the clause speaks of the one it names first (its subject).
+        first = min({record.labels[rid] for rid in named}, key=lambda label: _first_mention(raw, label))
+        named = [rid for rid in named if record.labels[rid] == first]
     pool = named or list(record.roi_ids)
     ordinal = _ORDINAL_RE.search(raw)
     if ordinal:
@@ -365,6 +374,8 @@ def _record_claim(claim: Claim, candidates: list[str], record: _Record, clause: 
     if kind == "normal":
         return record.state == "normal", f"label state {record.state}"
     if kind == "annotation":
+        if _FURTHER.search(clause.text):
+            return record.annotated <= 1, f"{record.annotated} annotated region(s)"
         return record.annotated == 0, f"{record.annotated} annotated region(s)"
     if kind == "lesion":
         return _lesion(claim, record, clause)
