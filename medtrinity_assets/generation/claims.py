@@ -424,11 +424,18 @@ def _laterality_claims(clause: Clause, text: str, claims: list[Claim]) -> str:
     return text
 
 
-def _word_claims(kind: str, table: dict[str, set[str]], clause: Clause, text: str, claims: list[Claim]) -> str:
+@lru_cache(maxsize=16)
+def _word_table(kind: str) -> tuple[re.Pattern, dict[str, set[str]]]:
+    table = _WORD_TABLES[kind]
     pattern = re.compile(rf"(?<![\w-])({_alternation(table)})(?![\w-])", re.I)
+    return pattern, {" ".join(k.replace("-", " ").split()): v for k, v in table.items()}
+
+
+def _word_claims(kind: str, clause: Clause, text: str, claims: list[Claim]) -> str:
+    pattern, table = _word_table(kind)
     for match in pattern.finditer(text):
         key = " ".join(match.group(1).lower().replace("-", " ").split())
-        accepts = next((v for k, v in table.items() if " ".join(k.replace("-", " ").split()) == key), None)
+        accepts = table.get(key)
         if accepts is None:
             continue
         claims.append(Claim(kind, sorted(accepts)[0], match.group(0), clause.sentence, clause.index,
@@ -437,6 +444,7 @@ def _word_claims(kind: str, table: dict[str, set[str]], clause: Clause, text: st
 
 
 _INTENSITY_TABLE = {word: {value} for value, words in INTENSITY_WORDS.items() for word in words}
+_WORD_TABLES = {"shape": SHAPE_WORDS, "margin": MARGIN_WORDS, "intensity": _INTENSITY_TABLE, "texture": TEXTURE_WORDS}
 
 
 def _size_claims(clause: Clause, text: str, claims: list[Claim]) -> None:
@@ -527,8 +535,7 @@ def _finding_claims(clause: Clause, text: str, claims: list[Claim], vocabulary: 
                             is_negated(text, match.start(), match.end()),
                             accepts=frozenset(vocabulary.entries_for(term))))
         text = text[:match.start()] + " " * (match.end() - match.start()) + text[match.end():]
-    malignancy = re.compile(rf"(?<![\w-])({_alternation(GENERIC_MALIGNANT)}|{_alternation(GENERIC_BENIGN)})(?![\w-])", re.I)
-    for match in malignancy.finditer(text):
+    for match in _MALIGNANCY.finditer(text):
         word = match.group(1).lower()
         value = "benign" if word in GENERIC_BENIGN else "malignant"
         claims.append(Claim("malignancy", value, match.group(0), clause.sentence, clause.index,
@@ -536,6 +543,7 @@ def _finding_claims(clause: Clause, text: str, claims: list[Claim], vocabulary: 
     return text
 
 
+_MALIGNANCY = re.compile(rf"(?<![\w-])({_alternation(GENERIC_MALIGNANT)}|{_alternation(GENERIC_BENIGN)})(?![\w-])", re.I)
 _LESION_RE = re.compile(rf"(?<![\w-])({_alternation(LESION_NOUNS)})(?![\w-])", re.I)
 
 
@@ -564,10 +572,10 @@ def extract_claims(clause: Clause, vocabulary: "FindingVocabulary", count_nouns:
     text = _laterality_claims(clause, text, claims)
     _size_claims(clause, text, claims)
     _count_claims(clause, text, claims, set(count_nouns))
-    _word_claims("shape", SHAPE_WORDS, clause, text, claims)
-    _word_claims("margin", MARGIN_WORDS, clause, text, claims)
-    text = _word_claims("intensity", _INTENSITY_TABLE, clause, text, claims)
-    _word_claims("texture", TEXTURE_WORDS, clause, text, claims)
+    _word_claims("shape", clause, text, claims)
+    _word_claims("margin", clause, text, claims)
+    text = _word_claims("intensity", clause, text, claims)
+    _word_claims("texture", clause, text, claims)
     _modality_claims(clause, text, claims)
     _organ_claims(clause, text, claims)
     text = _finding_claims(clause, text, claims, vocabulary)

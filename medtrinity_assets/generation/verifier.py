@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from medtrinity_assets.generation.claims import (
     BENIGN_WORDS,
@@ -91,7 +92,11 @@ class _Record:
         self.facts = facts
         self.vocabulary = vocabulary
         self.roi_ids = facts.roi_ids()
-        self.labels = {rid: _norm(facts.roi_value(rid, "label") or "") for rid in self.roi_ids}
+        self.by_roi: dict[tuple[str, str], object] = {}
+        for fact in facts:
+            if fact.roi_id is not None:
+                self.by_roi.setdefault((fact.roi_id, fact.attribute), fact)
+        self.labels = {rid: _norm(self.fact(rid, "label").value) if self.fact(rid, "label") else "" for rid in self.roi_ids}
         self.modality = facts.record_value("modality")
         self.organs = [_norm(o) for o in facts.record_values("organ")]
         self.state = facts.record_value("label_state") or "unknown"
@@ -113,11 +118,15 @@ class _Record:
             for match in _QUADRANT.finditer(text):
                 self.publisher_quadrants.add(_quadrant_key(match.group(0)))
 
+    def fact(self, roi_id: str | None, attribute: str):
+        """The ROI's fact (indexed: a multi-ROI image is checked ROI by ROI)."""
+        return self.by_roi.get((roi_id, attribute))
+
     def label_count(self, label: str) -> int:
         return sum(1 for l in self.labels.values() if l == label)
 
     def side_facts(self, roi_id: str | None) -> list[str]:
-        fact = self.facts.roi(roi_id, "patient_side") if roi_id else None
+        fact = self.fact(roi_id, "patient_side") if roi_id else None
         return [fact.value] if fact is not None and fact.provenance in SIDE_PROVENANCES else []
 
     def malignancy(self) -> set[str]:
@@ -143,13 +152,19 @@ def _in_publisher_text(claim: Claim, record: _Record) -> bool:
 
 
 def _mentions(text: str, term: str) -> bool:
-    term = _norm(term)
+    pattern = _term_pattern(_norm(term))
+    return bool(pattern and pattern.search(text))
+
+
+@lru_cache(maxsize=4096)
+def _term_pattern(term: str) -> re.Pattern | None:
+    """The term, its plural, and "-us" -> "-i" (nucleus, nuclei), as whole words."""
     if len(term) < 3:
-        return False
+        return None
     forms = {term, term + "s", term + "es"}
     if term.endswith("us"):
         forms.add(term[:-2] + "i")
-    return any(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", text) for f in forms)
+    return re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) + r")(?![\w-])")
 
 
 def _first_mention(text: str, term: str) -> int:
@@ -197,19 +212,18 @@ def _bind(clause: Clause, record: _Record, previous: list[str] | None, same_sent
 
 
 def _roi_claim(claim: Claim, roi_id: str | None, record: _Record) -> tuple[bool, str]:
-    facts = record.facts
     if roi_id is None:
         return False, "no region is annotated in this image"
     label = record.labels.get(roi_id) or roi_id
     attribute = {"side": "image_horizontal", "position": "image_vertical", "size": "size_class"}.get(claim.kind, claim.kind)
     if claim.kind == "size" and claim.unit == "mm":
-        fact = facts.roi(roi_id, "max_diameter_mm")
+        fact = record.fact(roi_id, "max_diameter_mm")
         if fact is None or fact.number is None:
             return False, f"no size in mm is known for the {label} region"
         ok = abs(claim.number - fact.number) <= max(2.0, 0.25 * fact.number)
         return ok != claim.negated, f"the {label} region measures about {fact.number:.0f} mm"
     if claim.kind == "size" and claim.unit == "%":
-        fact = facts.roi(roi_id, "area_fraction")
+        fact = record.fact(roi_id, "area_fraction")
         if fact is None or fact.number is None:
             return False, f"no area is known for the {label} region"
         percent = 100 * fact.number
@@ -221,7 +235,7 @@ def _roi_claim(claim: Claim, roi_id: str | None, record: _Record) -> tuple[bool,
         if claim.negated:
             return ("non enhancing" in labels or "necrotic" in labels), f"the labels are {', '.join(record.findings) or 'none'}; enhancement is not measured"
         return enhancing, f"the labels are {', '.join(record.findings) or 'none'}; enhancement is not measured"
-    fact = facts.roi(roi_id, attribute)
+    fact = record.fact(roi_id, attribute)
     if fact is None:
         return False, f"no {attribute.replace('_', ' ')} fact for the {label} region"
     accepts = claim.accepts or frozenset({claim.value})
@@ -256,7 +270,8 @@ def _quadrant(claim: Claim, candidates: list[str], record: _Record) -> tuple[boo
     vertical = next(iter(key & {"upper", "lower", "middle"}), None)
     if side and vertical and record.modality in PROJECTION_MODALITIES:
         for rid in candidates:
-            if side in record.side_facts(rid) and record.facts.roi_value(rid, "image_vertical") == vertical:
+            vertical_fact = record.fact(rid, "image_vertical")
+            if side in record.side_facts(rid) and vertical_fact is not None and vertical_fact.value == vertical:
                 return not claim.negated, "the region's patient side and image position"
     return claim.negated and not record.publisher_quadrants, (
         f"the publisher's text names {', '.join(' '.join(sorted(k)) for k in record.publisher_quadrants)}"
