@@ -45,7 +45,7 @@ DEFAULT_SOURCES = (
 )
 CLAIM_TYPES = (
     "side", "position", "laterality", "quadrant", "size", "count", "shape", "margin", "intensity", "texture",
-    "negation", "modality", "organ", "finding", "normal", "lesion_on_whole_image", "binding", "combined",
+    "colour", "negation", "modality", "organ", "finding", "normal", "lesion_on_whole_image", "binding", "combined",
 )
 # Flag types that count as catching a planted claim of each type "for the right reason".
 RIGHT_FLAGS = {"binding": {"side", "size", "position"}, "lesion_on_whole_image": {"lesion_on_whole_image", "finding"}}
@@ -148,6 +148,9 @@ _INTENSITY = {
 }
 _GENERIC_INTENSITY = {"lower": "darker than its surroundings", "higher": "brighter than its surroundings",
                       "similar": "of similar brightness to its surroundings"}
+# A colour that no measured colour name agrees with.
+_WRONG_COLOUR = {"red": "blue", "pink": "blue", "brown": "pink", "dark brown": "pink", "black": "yellow",
+                 "purple": "yellow", "blue": "yellow", "white": "red", "yellow": "blue", "orange": "blue", "grey": "red"}
 _OTHER_DIRECTION = {"lower": "higher", "higher": "lower", "similar": "higher"}
 _MODALITY_PHRASE = {
     "ct": "a CT image", "mri": "an MRI image", "xray": "a radiograph", "ultrasound": "an ultrasound image",
@@ -414,6 +417,12 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
             else f"Relative to the surrounding tissue, {subject.lower()} is {wrong_word}.", True)
         add("negation", "template", f"{subject} is not {true_word.replace('showing ', '')}.", True)
         add("negation", "true", f"{subject} is not {wrong_word.replace('showing ', '')}.", False)
+    colour = facts.roi_value(primary, "colour")
+    if colour in _WRONG_COLOUR:
+        add("colour", "true", rng.choice([f"{subject} has a {colour} colour.", f"The colour of {subject[0].lower() + subject[1:]} is {colour}."]), False)
+        wrong = _WRONG_COLOUR[colour]
+        add("colour", "template", f"{subject} has a {wrong} colour.", True)
+        add("colour", "natural", rng.choice([f"{subject} appears predominantly {wrong}.", f"A {wrong} {noun} is visible."]), True)
     lesion = rng.choice(["mass", "lesion", "abnormality"])
     add("negation", "natural", rng.choice([f"No {lesion} is seen.", f"There is no {lesion} in this image.",
                                            f"The image shows no {lesion}."]), True)

@@ -364,3 +364,16 @@ def test_language_model_style_descriptions_verify_clean():
 ])
 def test_language_model_style_contradictions_are_caught(facts, sentence, kind):
     assert kind in flag_types(sentence, facts())
+
+
+def test_colour_against_the_measured_colour_name():
+    facts = FactSet(record_facts(modality="dermoscopy", organs=("skin",), findings=("melanoma",)) + roi_facts("a", 1, label="melanoma")
+                    + [Fact("rec1", "a", "colour", "brown", "measurement")])
+    assert verify("A dark brown lesion is seen; the lesion is predominantly brown.", facts) == []
+    assert "colour" in flag_types("The lesion is pink.", facts)
+    assert "colour" in flag_types("Its colour is blue.", facts)
+    # Anatomy and finding names that contain a colour word are not colour claims.
+    assert "colour" not in flag_types("A blue nevus is in the differential.", facts)
+    # On a grey-scale image, white/black describe brightness.
+    xray = FactSet(record_facts(modality="xray", organs=("lung",), findings=("lung opacity",)) + roi_facts("a", 1, label="lung opacity"))
+    assert "colour" not in flag_types("A white opacity is seen.", xray)

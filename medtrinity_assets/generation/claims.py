@@ -92,6 +92,19 @@ TEXTURE_WORDS = {
     "mottled": {"heterogeneous"}, "non-uniform": {"heterogeneous"},
 }
 
+# Colour words -> the measured colour names (grounding.attributes palette) they agree with.
+COLOUR_WORDS = {
+    "red": {"red", "pink"}, "reddish": {"red", "pink"}, "pink": {"pink", "red"}, "pinkish": {"pink", "red"},
+    "brown": {"brown", "dark brown"}, "brownish": {"brown", "dark brown"}, "light brown": {"brown"}, "tan": {"brown"},
+    "dark brown": {"dark brown", "brown", "black"}, "black": {"black", "dark brown"}, "blackish": {"black", "dark brown"},
+    "purple": {"purple", "blue"}, "violet": {"purple", "blue"}, "purplish": {"purple", "blue"},
+    "blue": {"blue", "purple"}, "bluish": {"blue", "purple"}, "white": {"white"}, "whitish": {"white"},
+    "yellow": {"yellow", "orange"}, "yellowish": {"yellow", "orange"}, "orange": {"orange", "yellow", "red"},
+    "grey": {"grey"}, "gray": {"grey"}, "greyish": {"grey"},
+}
+# Brightness, not hue, on a grey-scale image ("a white opacity" on a radiograph).
+ACHROMATIC = {"black", "blackish", "white", "whitish", "grey", "gray", "greyish"}
+
 # Modality words: (regex, case-sensitive). Acronyms are case-sensitive so "ct" inside a word or
 # "pet" the animal never count.
 MODALITY_PATTERNS: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -544,6 +557,26 @@ def _finding_claims(clause: Clause, text: str, claims: list[Claim], vocabulary: 
 
 
 _MALIGNANCY = re.compile(rf"(?<![\w-])({_alternation(GENERIC_MALIGNANT)}|{_alternation(GENERIC_BENIGN)})(?![\w-])", re.I)
+_COLOUR_ALT = _alternation(COLOUR_WORDS)
+_COLOUR = re.compile(
+    rf"(?<![\w-])({_COLOUR_ALT})(?:(?:\s*(?:-|to|and|or)\s*|\s+)(?:{_COLOUR_ALT}))?(?=(?:[\s,-]+[\w-]+){{0,2}}?[\s-]+"
+    rf"(?:{_alternation(_ALL_NOUNS)}|colou?r|hue|tint|pigmentation|pigment|tone|appearance)\b)"
+    rf"|\b(?:colou?r|hue|tint|pigmentation)\s+(?:is|was|appears|looks)\s+(?:mostly\s+|mainly\s+|predominantly\s+)?({_COLOUR_ALT})\b"
+    rf"|\b(?:is|appears|looks|seems)\s+(?:mostly\s+|mainly\s+|predominantly\s+|uniformly\s+)?"
+    rf"((?:red|reddish|pink|pinkish|brown|brownish|light brown|tan|dark brown|purple|purplish|violet|blue|bluish|yellow|yellowish|orange))\b",
+    re.I,
+)
+
+
+def _colour_claims(clause: Clause, text: str, claims: list[Claim]) -> None:
+    for match in _COLOUR.finditer(text):
+        word = " ".join(next(g for g in match.groups() if g).lower().replace("-", " ").split())
+        if re.match(r"\s+matter\b", text[match.end():]) or word not in COLOUR_WORDS:
+            continue  # "white matter" is anatomy
+        claims.append(Claim("colour", word, match.group(0), clause.sentence, clause.index,
+                            is_negated(text, match.start(), match.end()), accepts=frozenset(COLOUR_WORDS[word])))
+
+
 _LESION_RE = re.compile(rf"(?<![\w-])({_alternation(LESION_NOUNS)})(?![\w-])", re.I)
 
 
@@ -579,6 +612,7 @@ def extract_claims(clause: Clause, vocabulary: "FindingVocabulary", count_nouns:
     _modality_claims(clause, text, claims)
     _organ_claims(clause, text, claims)
     text = _finding_claims(clause, text, claims, vocabulary)
+    _colour_claims(clause, text, claims)
     _presence_claims(clause, text, claims)
     clause.claims = claims
     return claims

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from medtrinity_assets.generation.claims import (
+    ACHROMATIC,
     BENIGN_WORDS,
     MALIGNANT_WORDS,
     ORGAN_WORDS,
@@ -50,7 +51,9 @@ SIDE_PROVENANCES = {"geometry", "metadata", "publisher_text"}
 COMPATIBLE_MODALITIES = {"mammography": {"xray"}, "histopathology": {"microscopy"}}
 # Modalities whose image "up" is the patient's head, so an upper/lower zone can be read off it.
 PROJECTION_MODALITIES = {"xray"}
-ROI_CLAIMS = {"side", "position", "size", "shape", "margin", "intensity", "texture"}
+# Modalities photographed in colour: their ROIs carry a measured colour.
+PHOTO_MODALITIES = {"dermoscopy", "endoscopy", "fundus", "histopathology", "microscopy"}
+ROI_CLAIMS = {"side", "position", "size", "shape", "margin", "intensity", "texture", "colour"}
 
 _ORDINALS = {
     "first": 1, "largest": 1, "biggest": 1, "main": 1, "primary": 1, "dominant": 1, "larger": 1, "bigger": 1,
@@ -236,6 +239,8 @@ def _roi_claim(claim: Claim, roi_id: str | None, record: _Record) -> tuple[bool,
             return ("non enhancing" in labels or "necrotic" in labels), f"the labels are {', '.join(record.findings) or 'none'}; enhancement is not measured"
         return enhancing, f"the labels are {', '.join(record.findings) or 'none'}; enhancement is not measured"
     fact = record.fact(roi_id, attribute)
+    if claim.kind == "colour" and fact is None and claim.value in ACHROMATIC and record.modality not in PHOTO_MODALITIES:
+        return True, "a grey-scale image: black/white/grey describe brightness"
     if fact is None:
         return False, f"no {attribute.replace('_', ' ')} fact for the {label} region"
     accepts = claim.accepts or frozenset({claim.value})
