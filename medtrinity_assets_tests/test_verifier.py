@@ -377,3 +377,10 @@ def test_colour_against_the_measured_colour_name():
     # On a grey-scale image, white/black describe brightness.
     xray = FactSet(record_facts(modality="xray", organs=("lung",), findings=("lung opacity",)) + roi_facts("a", 1, label="lung opacity"))
     assert "colour" not in flag_types("A white opacity is seen.", xray)
+
+
+def test_bounded_figures():
+    facts = busi_one()  # 12 mm, 2% of the image
+    assert verify("The lesion covers less than 5% of the image and measures under 2 cm.", facts) == []
+    assert "size" in flag_types("The lesion covers more than 10% of the image.", facts)
+    assert "size" in flag_types("The lesion measures more than 3 cm.", facts)

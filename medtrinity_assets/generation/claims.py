@@ -476,13 +476,25 @@ def _size_claims(clause: Clause, text: str, claims: list[Claim]) -> None:
         if re.search(r"spacing|thickness|resolution|pixel|voxel|interval|slice|distance|apart|from the", before) or \
                 re.match(r"\s*(?:per|/)\s*(?:pixel|voxel|px)", after):
             continue
-        claims.append(Claim("size", f"{max(values):g} mm", match.group(0), clause.sentence, clause.index,
+        bound = _bound(text, match.start())
+        claims.append(Claim("size", f"{bound}{max(values):g} mm", match.group(0), clause.sentence, clause.index,
                             is_negated(text, match.start(), match.end()), number=max(values), unit="mm"))
     for match in _PERCENT.finditer(text):
         if re.search(r"\b(?:remaining|rest|other|outside)\W*(?:\w+\W+)?$", text[max(0, match.start() - 25):match.start() + 1], re.I):
             continue  # "the remaining 97.9% of the image lies outside it"
-        claims.append(Claim("size", f"{match.group(1)}%", match.group(0).strip(), clause.sentence, clause.index,
+        bound = _bound(text, match.start(1))
+        claims.append(Claim("size", f"{bound}{match.group(1)}%", match.group(0).strip(), clause.sentence, clause.index,
                             is_negated(text, match.start(), match.end()), number=float(match.group(1)), unit="%"))
+
+
+_LESS = re.compile(r"(?:less than|under|below|smaller than|at most|up to|<)\s*(?:about\s+|approximately\s+)?$", re.I)
+_MORE = re.compile(r"(?:more than|over|above|larger than|greater than|at least|exceeding|>)\s*(?:about\s+|approximately\s+)?$", re.I)
+
+
+def _bound(text: str, start: int) -> str:
+    """'<' for "less than 5%", '>' for "more than 2 cm", '' for a plain figure."""
+    before = text[max(0, start - 30):start]
+    return "<" if _LESS.search(before) else ">" if _MORE.search(before) else ""
 
 
 def _count_claims(clause: Clause, text: str, claims: list[Claim], count_nouns: set[str]) -> None:

@@ -214,6 +214,15 @@ def _bind(clause: Clause, record: _Record, previous: list[str] | None, same_sent
 # --- checks ------------------------------------------------------------------------------
 
 
+def _within(claim: Claim, measured: float, tolerance: float) -> bool:
+    """A stated figure agrees with the measured one: within tolerance, or on the stated side of a bound."""
+    if claim.value.startswith("<"):
+        return measured <= claim.number + tolerance / 2
+    if claim.value.startswith(">"):
+        return measured >= claim.number - tolerance / 2
+    return abs(claim.number - measured) <= tolerance
+
+
 def _roi_claim(claim: Claim, roi_id: str | None, record: _Record) -> tuple[bool, str]:
     if roi_id is None:
         return False, "no region is annotated in this image"
@@ -223,14 +232,14 @@ def _roi_claim(claim: Claim, roi_id: str | None, record: _Record) -> tuple[bool,
         fact = record.fact(roi_id, "max_diameter_mm")
         if fact is None or fact.number is None:
             return False, f"no size in mm is known for the {label} region"
-        ok = abs(claim.number - fact.number) <= max(2.0, 0.25 * fact.number)
+        ok = _within(claim, fact.number, max(2.0, 0.25 * fact.number))
         return ok != claim.negated, f"the {label} region measures about {fact.number:.0f} mm"
     if claim.kind == "size" and claim.unit == "%":
         fact = record.fact(roi_id, "area_fraction")
         if fact is None or fact.number is None:
             return False, f"no area is known for the {label} region"
         percent = 100 * fact.number
-        ok = abs(claim.number - percent) <= max(1.0, 0.25 * percent)
+        ok = _within(claim, percent, max(1.0, 0.25 * percent))
         return ok != claim.negated, f"the {label} region covers {percent:.1f}% of the image"
     if claim.kind == "intensity" and claim.value == "enhancement":
         labels = " ".join(record.findings)
