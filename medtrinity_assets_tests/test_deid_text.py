@@ -50,7 +50,7 @@ def test_eponyms_and_capitalised_anatomy_are_not_names(sentence):
 
 def test_known_values_of_the_row_are_scrubbed_wherever_they_appear():
     note = "Transferred from Myongji Hospital in Goyang after 3 days."
-    assert deidentify_text(note, known=["Goyang", "Myongji Hospital"]) == "Transferred from [redacted] in [redacted] after 3 days."
+    assert deidentify_text(note, known=["Goyang", "Myongji Hospital"]) == "Transferred from [institution] in [redacted] after 3 days."
     # Too short to be safe ("M", "12") is never scrubbed as a known value.
     assert deidentify_text("M 12 cm", known=["M", "12"]) == "M 12 cm"
 

@@ -369,8 +369,9 @@ def _known_spans(text: str, known: Iterable[str]) -> list[Span]:
     return spans
 
 
-# Kinds in priority order: when spans overlap, the longer wins; at equal length the earlier kind.
-PRIORITY = ["known", "email", "url", "date", "age", "phone", "id", "address", "postcode", "institution", "name"]
+# Kinds in priority order: when spans overlap, the longer wins; at equal length the earlier kind
+# (a known value that is also a date reads "[date]", not "[redacted]").
+PRIORITY = ["email", "url", "date", "age", "phone", "id", "address", "postcode", "institution", "name", "known"]
 
 
 def find_identifiers(text: str, known: Iterable[str] = ()) -> list[Span]:
