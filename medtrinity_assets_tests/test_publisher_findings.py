@@ -39,8 +39,15 @@ def test_every_real_covid_note_reads_as_checked_by_eye():
                                      (["consolidation"], [], [], True)],
     }
     # "probably partially resolved consolidations" is hedged; the costal-margin note is not.
-    hedged = [s["uncertain"] for s in publisher_findings(next(n for n in notes if n.startswith("Chest CT")))]
-    assert hedged == [False, True, True]
+    ct_note = publisher_findings(next(n for n in notes if n.startswith("Chest CT")))
+    assert [s["uncertain"] for s in ct_note] == [False, True, True]
+    # The imaging each statement is about, as the note says: the same note rides on this
+    # patient's radiographs, so a writer must see that these are CT findings.
+    assert [s["modalities"] for s in ct_note] == [["ct"], ["ct"], ["ct"]]
+    modalities = {note[:24]: [s["modalities"] for s in publisher_findings(note)] for note in notes}
+    assert modalities["Small consolidation in r"] == [["ct"], ["ct"]]
+    assert modalities["On [date], a 55-year-old"] == [["xray"]]
+    assert modalities["Fever, cough, breathing "] == [[]]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,13 @@ text into statements the grounded writer can render (provenance ``publisher_text
 verifier can check sentences against:
 
     {"sentence": "...", "terms": ["consolidation"], "sides": ["left"], "zones": ["costal margin"],
-     "negated": False, "uncertain": False}
+     "negated": False, "uncertain": False, "modalities": []}
+
+``modalities`` names the imaging the statement is about when the text says so ("were observed on
+high-resolution computed tomography", "Chest X-ray showed"), carried to the following sentences
+of the same text until another is named. Publisher notes are often per case, not per image
+(covid-chestxray gives every image of a patient the same note, CT findings included): a writer
+must not state a CT finding as seen on the radiograph it describes.
 
 One statement per group of finding terms that share a location: "small consolidation in right
 upper lobe and ground-glass opacities in both lower lobes" gives two (right / upper lobe;
@@ -25,6 +31,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
+
+from medtrinity_assets.generation.vocabulary import MODALITY_TERMS
 
 # Finding terms: (pattern, normalized term). Longer phrases first, so "ground-glass opacities"
 # is one term and not "opacity".
@@ -132,6 +140,7 @@ class FindingStatement:
     zones: tuple[str, ...]
     negated: bool
     uncertain: bool
+    modalities: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -243,12 +252,25 @@ def _clause_statements(sentence: str, clause: str) -> list[FindingStatement]:
     return statements
 
 
+def named_modalities(sentence: str) -> tuple[str, ...]:
+    """Catalog modality codes a sentence names (the verifier's own modality words)."""
+    found = []
+    for code, patterns in MODALITY_TERMS.items():
+        for pattern, case_sensitive in patterns:
+            if re.search(pattern, sentence, 0 if case_sensitive else re.IGNORECASE):
+                found.append(code)
+                break
+    return tuple(found)
+
+
 def publisher_findings(text: str | None) -> list[dict]:
     """Finding statements of de-identified publisher text, in text order (see module doc)."""
     statements: list[dict] = []
+    modalities: tuple[str, ...] = ()
     for sentence in split_sentences(text or ""):
+        modalities = named_modalities(sentence) or modalities
         for clause in CLAUSE_BREAK.split(sentence):
-            statements += [s.as_dict() for s in _clause_statements(sentence, clause)]
+            statements += [{**s.as_dict(), "modalities": list(modalities)} for s in _clause_statements(sentence, clause)]
     return statements
 
 
