@@ -77,6 +77,20 @@ MEDICAL_SENTENCES = [
     "May be related to infection; will reassess after treatment.",
     "Opacities may represent atelectasis; clinical correlation is advised.",
     "Echocardiography showed an ejection fraction of 55%.",
+    # Caption-style text (ROCO, MedICaT): capitalised headings and named signs.
+    "Computed Tomography of the Chest showing a Right Upper Lobe mass.",
+    "Axial T2-weighted MRI of the Brain Stem demonstrating a hyperintense lesion.",
+    "Li-Fraumeni syndrome and Ann Arbor staging IIB Hodgkin lymphoma.",
+    "Sister Mary Joseph nodule at the umbilicus.",
+    "Figure 3. Chest X-ray (PA view) of Case 2 with bilateral infiltrates.",
+    "Transverse Ultrasound of the Left Kidney with Doppler.",
+    "Mallory-Weiss tear and Boerhaave syndrome were considered.",
+    "Histopathology (H&E, x40) of Wilms tumour with Homer Wright rosettes.",
+    "Coronal FLAIR image shows a lesion in the Left Temporal Lobe.",
+    "Hounsfield units measured 45 HU at 120 kVp; slice thickness 1.25 mm; 512 x 512 matrix.",
+    "Kaplan-Meier survival curve and Cox regression, p = 0.003.",
+    "Stanford type A dissection of the Ascending Aorta.",
+    "Salter-Harris type II fracture of the distal radius; Child-Pugh class B cirrhosis.",
 ]
 
 

@@ -81,7 +81,8 @@ GIVEN_NAMES = set(
     thomas timothy tyler victoria vincent virginia walter wang wei william yuki zhang
     """.split()
 )
-TITLES = r"(?:Dr|Drs|Doctor|Mr|Mrs|Ms|Mss|Miss|Mx|Prof|Professor|Sr|Sister|Nurse|Rev)"
+# ("Sister" is left out: "Sister Mary Joseph nodule" is a sign, not a nurse.)
+TITLES = r"(?:Dr|Drs|Doctor|Mr|Mrs|Ms|Mss|Miss|Mx|Prof|Professor|Sr|Nurse|Rev)"
 # Cues after which capitalised words are a person's name even without a title.
 NAME_CUES = (
     r"(?:courtesy of|(?:seen|reported|dictated|signed|read|referred|examined|reviewed|verified|"
@@ -291,7 +292,8 @@ EPONYM_HEADS = re.compile(
     r"test|score|scale|classification|criteria|procedure|operation|nodes?|cells?|tube|catheter|"
     r"phenomenon|reflex|anomaly|malformation|deformity|cyst|ulcer|esophagus|oesophagus|hernia|"
     r"angle|space|canal|duct|gland|body|bodies|ring|node|aneurysm|thyroiditis|encephalopathy|"
-    r"dystrophy|sarcoidosis|arteritis|granulomatosis|pouch|diverticulum|foramen)\b",
+    r"dystrophy|sarcoidosis|arteritis|granulomatosis|pouch|diverticulum|foramen|rosettes?|staging|stage|"
+    r"nodules?|tear|effect|maneuver|manoeuvre|position|view|projection|curve|regression|units?)\b",
     re.IGNORECASE,
 )
 
@@ -330,11 +332,14 @@ def _name_spans(text: str) -> list[Span]:
             spans.append(Span("name", match.start("name"), match.end("name"), TOKENS["name"]))
     for match in PERSON_PREPOSITION_NAME_RE.finditer(text):
         words = match.group("name").split()
+        # "with Homer Wright rosettes", "Ann Arbor staging": two capitals naming a thing.
+        if EPONYM_HEADS.match(text[match.end():]):
+            continue
         if not any(_plain_capitalised(w) for w in words) and not _is_eponym(words[-1], text[match.end():]):
             spans.append(Span("name", match.start("name"), match.end("name"), TOKENS["name"]))
     for match in GIVEN_NAME_RE.finditer(text):
         given, family = match.group("given"), match.group("family")
-        if given.lower() in GIVEN_NAMES and not _is_eponym(family, text[match.end():]):
+        if given.lower() in GIVEN_NAMES and not _is_eponym(family, text[match.end():]) and not EPONYM_HEADS.match(text[match.end():]):
             spans.append(Span("name", match.start(), match.end(), TOKENS["name"]))
     return spans
 
