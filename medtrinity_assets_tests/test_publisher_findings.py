@@ -88,3 +88,36 @@ def test_source_text_json_reads_notes_reports_and_captions():
     # QA pairs are not statements (a question states nothing).
     assert found == [(["pneumothorax"], True), (["consolidation"], False)]
     assert source_text_findings(None) == [] and source_text_findings("not json") == []
+
+
+@needs_realdata
+def test_facts_of_covid_records_keep_only_statements_about_their_own_modality(tmp_path):
+    from medtrinity_assets.catalog.load import load_spec, source_root
+    from medtrinity_assets.generation.publisher_findings import publisher_text_facts
+    from medtrinity_assets.paths import REPO_ROOT
+    from medtrinity_assets.sources import read_source
+    from medtrinity_assets.sources.base import IngestContext
+    from medtrinity_assets.storage import BlobStore
+
+    spec = load_spec(REPO_ROOT / "data" / "sources" / "covid_chestxray.yaml")
+    ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(tmp_path), salt="s")
+    records = {r["source_file"].split("/")[-1]: r for r in read_source(ctx) if isinstance(r, dict)}
+
+    def facts(name):
+        return [(f.attribute, f.value, json.loads(f.detail) if f.detail else None, f.confidence)
+                for f in publisher_text_facts(records[name])]
+
+    # A radiograph whose note describes the patient's HRCT: no publisher finding, metadata only.
+    assert facts("jkms-35-e79-g001-l-a.jpg") == [("view", "AP", None, 1.0), ("sex", "male", None, 1.0),
+                                                 ("age_band", "50-59", None, 1.0)]
+    # The CT of the same patient gets both located statements.
+    ct = [f for f in facts("jkms-35-e79-g001-l-d.jpg") if f[0] == "publisher_text"]
+    assert [(d["terms"], d["sides"], d["zones"]) for _, _, d, _ in ct] == [
+        (["consolidation"], ["right"], ["upper lobe"]), (["ground-glass opacity"], ["bilateral"], ["lower lobe"])]
+    # A radiograph whose note names no modality keeps its statement, with the sentence as value.
+    costal = facts("covid-19-pneumonia-7-PA.jpg")
+    assert costal[0][:2] == ("publisher_text", "Vertical air space consolidation along the left costal margin.")
+    assert costal[0][2]["zones"] == ["costal margin"] and costal[0][2]["negated"] is False
+    assert ("view", "PA", None, 1.0) in costal and ("view", "lateral", None, 1.0) in facts("covid-19-pneumonia-7-L.jpg")
+    hedged = [f for f in facts("1-s2.0-S0929664620300449-gr3_lrg-a.jpg") if f[0] == "publisher_text"]
+    assert [f[3] for f in hedged] == [1.0, 0.5, 0.5]

@@ -32,7 +32,8 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from medtrinity_assets.generation.vocabulary import MODALITY_TERMS
+from medtrinity_assets.generation.facts import Fact
+from medtrinity_assets.generation.vocabulary import COMPATIBLE_MODALITIES, MODALITY_TERMS
 
 # Finding terms: (pattern, normalized term). Longer phrases first, so "ground-glass opacities"
 # is one term and not "opacity".
@@ -284,3 +285,34 @@ def source_text_findings(source_text: str | None) -> list[dict]:
         return []
     texts = [t for key in ("notes", "reports", "captions") for t in data.get(key, []) if isinstance(t, str)]
     return [statement for text in texts for statement in publisher_findings(text)]
+
+
+def publisher_text_facts(record: dict) -> list[Fact]:
+    """Facts of one RAW_RECORDS row from its publisher text and metadata columns:
+
+    - one ``publisher_text`` fact per finding statement, value = the de-identified sentence,
+      ``detail`` = the statement as JSON (terms, sides, zones, negated, uncertain, modalities);
+      confidence 0.5 when hedged. Statements about another imaging modality than the record's
+      (the CT findings of a note that rides on a radiograph) are left out;
+    - ``view``, ``sex`` and ``age_band`` facts (provenance ``metadata``) where the row has them.
+
+    The facts stage calls this beside the other fact builders; writers render these facts and
+    the verifier reads claims against them.
+    """
+    record_id, modality = record["record_id"], record.get("modality")
+    fitting = {modality, *COMPATIBLE_MODALITIES.get(modality, set())} if modality else set()
+    facts = []
+    seen: set[tuple[str, str]] = set()
+    for statement in source_text_findings(record.get("source_text")):
+        if statement["modalities"] and modality and not fitting & set(statement["modalities"]):
+            continue
+        detail = json.dumps({k: v for k, v in statement.items() if k != "sentence"}, sort_keys=True)
+        if (statement["sentence"], detail) in seen:
+            continue
+        seen.add((statement["sentence"], detail))
+        facts.append(Fact(record_id, None, "publisher_text", statement["sentence"], "publisher_text",
+                          confidence=0.5 if statement["uncertain"] else 1.0, detail=detail))
+    for attribute in ("view", "sex", "age_band"):
+        if record.get(attribute):
+            facts.append(Fact(record_id, None, attribute, record[attribute], "metadata"))
+    return facts
