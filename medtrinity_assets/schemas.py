@@ -41,8 +41,9 @@ RAW_RECORDS = pa.schema(
         ("pixel_spacing_mm", FLOAT_LIST),  # [row, col] or null
         ("annotations", STR),  # JSON list: {"kind": "mask"|"box"|"contour", "label", ...}
         ("photometric", STR),
-        # The publisher's own text for this image (captions, question-answer pairs), JSON
-        # {"captions": [...], "qa": [{"question", "answer"}]}; null when it has none. Kept
+        # The publisher's own text for this image, de-identified (imaging/deid_text.py), JSON
+        # {"captions": [...], "qa": [{"question", "answer"}]}, plus "notes" (clinical notes) and
+        # "reports" where a label table declares such columns; null when it has none. Kept
         # beside the generated description, never replaced by it.
         ("source_text", STR),
         # Review flags, e.g. "burned_in_annotation" (DICOM says text is burned into pixels).
@@ -56,6 +57,13 @@ RAW_RECORDS = pa.schema(
         # (kept beside it: label_state unknown, no finding label); null for 2D images and for
         # slices of volumes without annotation.
         ("slice_role", STR),
+        # Per-image metadata, normalized at ingest (sources/publisher_text.py); null when the
+        # source does not say. view: PA | AP | AP supine | lateral | frontal | oblique | CC | MLO |
+        # axial | coronal | sagittal. sex: female | male. age_band: decade "40-49", or "90+"; the
+        # exact age never leaves ingest.
+        ("view", STR),
+        ("sex", STR),
+        ("age_band", STR),
     ]
 )
 
