@@ -304,8 +304,9 @@ def compare_images(a: np.ndarray, b: np.ndarray, min_overlap: float = MIN_OVERLA
 
     The same picture may come back with a few rows cropped and resized to the 512 px bound
     with another factor, so b is tried at three scales (as is; its height matched to a's; its
-    width matched to a's), each aligned by translation; the best SSIM wins. Only an overlap
-    covering ``min_overlap`` of the smaller image counts.
+    width matched to a's), each aligned by translation; only an overlap covering
+    ``min_overlap`` of the smaller image counts. Plain b stretched onto a's grid is always
+    measured too, so every pair gets numbers. The best SSIM wins.
     """
     from skimage.metrics import structural_similarity
 
@@ -314,27 +315,28 @@ def compare_images(a: np.ndarray, b: np.ndarray, min_overlap: float = MIN_OVERLA
         return PixelMatch(1.0, 1.0, "identical pixels")
     if min(a.shape + b.shape) < 7:
         return PixelMatch(None, None, "image smaller than the 7 px SSIM window")
-    smaller = min(a.size, b.size)
-    scales = sorted({1.0, a.shape[0] / b.shape[0], a.shape[1] / b.shape[1]})
-    best: PixelMatch | None = None
-    for scale in scales:
-        height, width = round(b.shape[0] * scale), round(b.shape[1] * scale)
-        if min(height, width) < 7:
-            continue
-        overlap = _aligned_overlap(a, _resize(b, height, width))
-        if overlap is None or overlap[0].size < min_overlap * smaller or min(overlap[0].shape) < 7:
-            continue
-        part_a, part_b = overlap
+    def measure(part_a: np.ndarray, part_b: np.ndarray, how: str) -> PixelMatch:
         if part_a.std() == 0 or part_b.std() == 0:
             # A flat image has no correlation; equal flat images are the same picture.
             correlation = 1.0 if np.allclose(part_a, part_b, atol=1.0) else 0.0
         else:
             correlation = float(np.corrcoef(part_a.ravel(), part_b.ravel())[0, 1])
         ssim = float(structural_similarity(part_a, part_b, data_range=255.0))
-        candidate = PixelMatch(round(correlation, 4), round(ssim, 4), f"aligned at scale {scale:.3f}")
-        if best is None or candidate.ssim > best.ssim:
+        return PixelMatch(round(correlation, 4), round(ssim, 4), how)
+
+    best = measure(a, _resize(b, *a.shape), "stretched onto the same grid")
+    smaller = min(a.size, b.size)
+    for scale in sorted({1.0, a.shape[0] / b.shape[0], a.shape[1] / b.shape[1]}):
+        height, width = round(b.shape[0] * scale), round(b.shape[1] * scale)
+        if min(height, width) < 7:
+            continue
+        overlap = _aligned_overlap(a, _resize(b, height, width))
+        if overlap is None or overlap[0].size < min_overlap * smaller or min(overlap[0].shape) < 7:
+            continue
+        candidate = measure(*overlap, f"aligned at scale {scale:.3f}")
+        if candidate.ssim > best.ssim:
             best = candidate
-    return best or PixelMatch(None, None, f"aligned overlap below {min_overlap:.0%} of the image")
+    return best
 
 
 class ImageComparer:
