@@ -21,7 +21,6 @@ import shutil
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from conftest import REALDATA, needs_realdata
 from PIL import Image
 from skimage import data as skdata
@@ -183,30 +182,39 @@ def test_busi_train_frame_exported_under_two_classes_is_a_reported_conflict(tmp_
         (max(malignant, benign), "conflict"), (max(normal_a, normal_b), "confirmed")}
 
 
-@needs_realdata
-def test_real_image_copied_under_two_labels_and_close_different_images(tmp_path):
+POLYPS = ("cju8dpa89u6l80818dj6lldh9", "cju8c5223s8j80850b4kealt4")
+RELABELLED_SPEC = {
+    "id": "relabelled", "modality": "ultrasound", "organs": ["breast"],
+    "layout": {"family": "image_folder", "image_glob": "*/*.png"},
+    "labels": {"source": "folder", "folder_depth": 0}, "patient": {"source": "file"},
+}
+
+
+def _relabelled_source(tmp_path) -> tuple[DataRoot, dict]:
     """A temp source in class folders: one real ultrasound image filed as benign and as malignant,
-    plus two different real colonoscopy frames whose hashes are 2 bits apart."""
+    plus two different real colonoscopy frames whose hashes are 2 bits apart. Ingested,
+    normalized and assembled into triplets; returns the data root and the spec fields."""
     source = tmp_path / "relabelled"
     busi_image = REALDATA / "busi" / "benign" / "images" / "benign (1).png"
     for label in ("benign", "malignant"):
         (source / label).mkdir(parents=True)
         shutil.copy(busi_image, source / label / "case.png")
     (source / "polyp").mkdir()
-    polyps = ("cju8dpa89u6l80818dj6lldh9", "cju8c5223s8j80850b4kealt4")
-    for name in polyps:
+    for name in POLYPS:
         Image.open(REALDATA / "kvasir_seg" / "images" / f"{name}.jpg").save(source / "polyp" / f"{name}.png")
-    spec = build_spec(
-        id="relabelled", modality="ultrasound", organs=["breast"], root=str(source),
-        layout={"family": "image_folder", "image_glob": "*/*.png"},
-        labels={"source": "folder", "folder_depth": 0}, patient={"source": "file"},
-    )
+    fields = {**RELABELLED_SPEC, "root": str(source)}
     root = DataRoot(tmp_path / "var")
-    _materialize(root, spec)
+    _materialize(root, build_spec(**fields))
+    return root, fields
+
+
+@needs_realdata
+def test_real_image_copied_under_two_labels_and_close_different_images(tmp_path):
+    root, _ = _relabelled_source(tmp_path)
     stats = _build(root, ["relabelled"])
     ids = _record_ids(root, "relabelled")
     benign, malignant = ids["benign/case.png"], ids["malignant/case.png"]
-    polyp_ids = [ids[f"polyp/{name}.png"] for name in polyps]
+    polyp_ids = [ids[f"polyp/{name}.png"] for name in POLYPS]
 
     pairs = {tuple(sorted((p["record_id"], p["kept_record_id"]))): p for p in _pairs(root)}
     conflict = pairs[tuple(sorted((benign, malignant)))]
@@ -224,3 +232,37 @@ def test_real_image_copied_under_two_labels_and_close_different_images(tmp_path)
     assert sorted((h["id"], tuple(h["labels"])) for h in held) == sorted([(benign, ("benign",)), (malignant, ("malignant",))])
     example = _checks(root)["duplicate_label_conflicts"].metadata["examples"][0]
     assert {example["record_id"], example["kept_record_id"]} == {benign, malignant}
+
+
+@needs_realdata
+def test_dagster_dataset_asset_warns_with_examples_of_the_conflict(tmp_path, monkeypatch):
+    import dagster as dg
+    import yaml
+    from spec_factory import PLACEHOLDER_METADATA
+
+    from medtrinity_assets.defs.assets import medtrinity_dataset
+    from medtrinity_assets.defs.resources import PipelineSettings
+
+    root, fields = _relabelled_source(tmp_path)
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "relabelled.yaml").write_text(yaml.safe_dump({**PLACEHOLDER_METADATA, **fields}))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    ids = _record_ids(root, "relabelled")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [medtrinity_dataset], instance=instance,
+            resources={"settings": PipelineSettings(data_root=str(root.root), catalog=str(catalog))},
+        )
+    assert result.success  # a WARN check does not stop the dataset
+    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    conflict = checks["duplicate_label_conflicts"]
+    assert not conflict.passed and conflict.severity == dg.AssetCheckSeverity.WARN
+    (example,) = conflict.metadata["examples"].value
+    assert {example["record_id"], example["kept_record_id"]} == {ids["benign/case.png"], ids["malignant/case.png"]}
+    assert sorted(example["labels"] + example["kept_labels"]) == ["benign", "malignant"]
+    assert not checks["duplicate_cross_patient"].passed  # one picture, two "patients" of one source
+    materialized = next(e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION")
+    metadata = materialized.event_specific_data.materialization.metadata
+    assert metadata["pairs_by_verdict"].value == {"confirmed": 0, "conflict": 1, "rejected": 1}
