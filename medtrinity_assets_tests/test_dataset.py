@@ -449,6 +449,23 @@ def test_build_dataset_dedups_guards_splits_and_exports(two_sources, tmp_path):
     )
 
 
+def test_build_dataset_reads_label_state_when_the_triplets_carry_it(two_sources):
+    import pyarrow as pa
+
+    root, specs = two_sources
+    paths = assemble_all(root, specs)
+    # kvasir_seg's rows say nothing certain about their images (label state unknown), so the
+    # copy of br01's bytes is a plain duplicate, not a conflict.
+    kvasir = pq.read_table(root.table("triplets", "kvasir_seg"))
+    kvasir = kvasir.append_column("label_state", pa.array(["unknown"] * kvasir.num_rows))
+    pq.write_table(kvasir, root.table("triplets", "kvasir_seg"))
+    stats = build_dataset(paths, root.table("medtrinity_dataset"), root.exports)
+    pairs = {p["record_id"]: p for p in pq.read_table(root.table("duplicate_pairs")).to_pylist()}
+    assert pairs["kv01"]["verdict"] == "confirmed" and pairs["kv01"]["label_state"] == "unknown"
+    assert pairs["kv01"]["kept_label_state"] is None
+    assert stats["duplicates"] == 1 and stats["held_back_conflicts"] == 0
+
+
 def test_unverified_rows_go_to_rejected_file_with_flags(two_sources):
     root, specs = two_sources
     paths = [root.table("triplets", "kvasir_seg")]
@@ -485,6 +502,25 @@ def test_slices_of_one_volume_are_not_near_duplicates_of_each_other():
     assert found.duplicates["c"].kind == "near" and found.duplicates["d"].kind == "exact"
     # c matches b exactly (0 bits), the closest kept row, rather than a (1 bit).
     assert {(p.row.record_id, p.kept.record_id) for p in found.pairs} == {("c", "b"), ("d", "a")}
+
+
+def test_label_states_decide_what_a_conflict_is():
+    from medtrinity_assets.dataset.dedup import label_difference
+
+    def row(labels, state=None):
+        return DedupRow("s", "r", "sha", None, labels=tuple(labels), label_state=state)
+
+    assert label_difference(row(["benign"]), row(["malignant"])) == "labels ['malignant'] vs ['benign']"
+    assert label_difference(row(["benign", "cyst"]), row(["cyst", "benign"])) is None
+    assert label_difference(row([], "normal"), row(["mass"], "finding")) == "label state 'finding' vs 'normal'"
+    assert label_difference(row(["mass"], "finding"), row(["calcification"], "finding")) is not None
+    # A copy that says nothing about the picture contradicts nothing.
+    assert label_difference(row([], "unknown"), row(["mass"], "finding")) is None
+    # Confirmed pixels with a conflict: neither row dropped, both reported.
+    rows = [DedupRow("a", "a1", "sha", "00", labels=("benign",)), DedupRow("b", "b1", "sha", "00", labels=("malignant",))]
+    result = find_duplicates(rows, same_pixels)
+    assert result.duplicates == {} and result.conflicts == {"a1": ["b1"], "b1": ["a1"]}
+    assert [(p.verdict, p.kind) for p in result.pairs] == [("conflict", "exact")]
 
 
 def test_volume_group_keeps_dicom_series_and_volumes_together_and_2d_images_apart():

@@ -174,7 +174,14 @@ def volume_group(source_id: str, source_file: str | None, slice_index: int | Non
 
 
 def label_difference(row: DedupRow, kept: DedupRow) -> str | None:
-    """Why two copies of one picture disagree on what it shows, or None when they agree."""
+    """Why two copies of one picture disagree on what it shows, or None when they agree.
+
+    A copy whose label state is ``unknown`` says nothing about the picture, so it contradicts
+    nothing; ``finding`` against ``normal``, or two different findings, is a conflict. Without
+    label states (older tables) the label sets are compared as they are.
+    """
+    if "unknown" in (row.label_state, kept.label_state):
+        return None
     if row.label_state and kept.label_state and row.label_state != kept.label_state:
         return f"label state {kept.label_state!r} vs {row.label_state!r}"
     if sorted(set(row.labels)) != sorted(set(kept.labels)):
