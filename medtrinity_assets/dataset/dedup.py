@@ -44,8 +44,9 @@ NEAR_DUPLICATE_MAX_HAMMING = 4
 HASH_BITS = 64
 
 # Confirmation thresholds, measured on the real-data sources (python -m medtrinity_assets.bench_dedup):
-# the same picture (Kvasir-SEG frames stored twice; BUSI frames exported twice with a few
-# columns cropped) scores SSIM 0.936-0.982 and correlation >= 0.996 after alignment, while the
+# the same picture (BUSI frames exported twice with a few columns cropped; Kvasir-SEG frames
+# taken seconds apart by a still scope, only the burned-in clock differing) scores SSIM
+# 0.936-0.982 and correlation >= 0.996 after alignment, while the
 # closest different pictures (consecutive frames of one BUSI sweep, neighbouring PET/CT/MR
 # slices, other polyps) reach SSIM 0.905 at most: SSIM separates them, correlation alone does
 # not (consecutive BUSI frames reach 0.997). The SSIM cut sits in the middle of that gap.

@@ -35,9 +35,9 @@ from medtrinity_assets.dataset.dedup import (
     MIN_CORRELATION,
     MIN_SSIM,
     NEAR_DUPLICATE_MAX_HAMMING,
+    VERDICTS,
     DedupRow,
     ImageComparer,
-    VERDICTS,
     find_duplicates,
     volume_group,
 )
