@@ -175,6 +175,11 @@ def test_busi_train_frame_exported_under_two_classes_is_a_reported_conflict(tmp_
     (example,) = conflicts.metadata["examples"]
     assert {example["record_id"], example["kept_record_id"]} == {malignant, benign}
     assert {tuple(example["labels"]), tuple(example["kept_labels"])} == {("malignant breast tumor",), ("benign breast tumor",)}
+    # Two frames of one sweep filed as benign (85) and malignant (52): different pixels, so no
+    # conflict, but listed beside the check for a reviewer.
+    look_alike = {tuple(sorted((e["record_id"], e["kept_record_id"]))) for e in conflicts.metadata["rejected_candidate_examples"]}
+    assert tuple(sorted((ids["benign/images/benign (85).png"], ids["malignant/images/malignant (52).png"]))) in look_alike
+    assert conflicts.metadata["rejected_candidates_with_other_labels"] == len(look_alike)
     # BUSI has no patient ids (each image is its own patient), so both matches span two "patients".
     cross = checks["duplicate_cross_patient"]
     assert not cross.passed and cross.metadata["within_source"] == 2

@@ -415,6 +415,8 @@ def check_duplicate_label_conflicts(
 
     Such rows are held out of training by the export; the check makes them visible, with the
     record ids and both label sets, so someone can ask the publisher which label is right.
+    Candidates the pixels rejected but whose labels differ (two frames of one sweep, one called
+    benign and one malignant) do not fail the check; they are counted and listed beside it.
     """
 
     def body(rel: str) -> CheckOutcome:
@@ -423,12 +425,19 @@ def check_duplicate_label_conflicts(
         examples = _dicts(
             con, f"SELECT {_PAIR_EXAMPLE} FROM {rel} WHERE verdict = 'conflict' ORDER BY record_id LIMIT {MAX_EXAMPLES}"
         ) if conflicts else []
+        look_alike = f"""verdict = 'rejected' AND correlation IS NOT NULL
+            AND list_sort(list_distinct(coalesce(labels, []))) <> list_sort(list_distinct(coalesce(kept_labels, [])))"""
+        n_look_alike = int(_rows(con, f"SELECT count(*) FROM {rel} WHERE {look_alike}")[0][0])
+        look_alike_examples = _dicts(
+            con, f"SELECT {_PAIR_EXAMPLE} FROM {rel} WHERE {look_alike} ORDER BY ssim DESC, record_id LIMIT {MAX_EXAMPLES}"
+        ) if n_look_alike else []
         return CheckOutcome(
             name, conflicts == 0, severity,
             "no duplicate image carries conflicting labels" if conflicts == 0
             else f"{conflicts} duplicate pairs carry conflicting labels (both rows held out of training)",
             {"conflict_pairs": conflicts, "pairs_by_verdict": {k: int(v) for k, v in by_verdict.items()},
-             "examples": examples},
+             "examples": examples, "rejected_candidates_with_other_labels": n_look_alike,
+             "rejected_candidate_examples": look_alike_examples},
         )
 
     return _guarded(name, severity, pairs_path, body)
