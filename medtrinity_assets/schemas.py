@@ -243,4 +243,36 @@ TRIPLETS = pa.schema(
     ]
 )
 
-DATASET = pa.schema(list(TRIPLETS) + [pa.field("duplicate_of", STR)])
+DATASET = pa.schema(
+    list(TRIPLETS)
+    + [
+        pa.field("duplicate_of", STR),  # the kept row, when the pixels confirmed the hash match
+        # Rows showing the same pixels under other labels: this row is held out of training.
+        pa.field("duplicate_conflicts", STR_LIST),
+    ]
+)
+
+# Every hash match the dedup pass looked at (dataset/dedup.py), with what the pixels said:
+# one row per candidate pair, the later row first and the kept row it was compared with.
+DUPLICATE_PAIRS = pa.schema(
+    [
+        ("record_id", STR),
+        ("source_id", STR),
+        ("patient_hash", STR),
+        ("labels", STR_LIST),
+        ("label_state", STR),
+        ("kept_record_id", STR),
+        ("kept_source_id", STR),
+        ("kept_patient_hash", STR),
+        ("kept_labels", STR_LIST),
+        ("kept_label_state", STR),
+        ("match", STR),  # exact (same sha256) | near (phash within the Hamming limit)
+        ("phash_distance", INT),
+        ("correlation", FLOAT),  # Pearson, after alignment; null when not compared
+        ("ssim", FLOAT),
+        ("verdict", STR),  # confirmed | conflict | rejected
+        ("reason", STR),
+        ("cross_patient", BOOL),  # both patient hashes known and different
+        ("cross_source", BOOL),
+    ]
+)
