@@ -457,7 +457,8 @@ def test_build_dataset_reads_label_state_when_the_triplets_carry_it(two_sources)
     # kvasir_seg's rows say nothing certain about their images (label state unknown), so the
     # copy of br01's bytes is a plain duplicate, not a conflict.
     kvasir = pq.read_table(root.table("triplets", "kvasir_seg"))
-    kvasir = kvasir.append_column("label_state", pa.array(["unknown"] * kvasir.num_rows))
+    kvasir = kvasir.set_column(kvasir.schema.get_field_index("label_state"), "label_state",
+                               pa.array(["unknown"] * kvasir.num_rows))
     pq.write_table(kvasir, root.table("triplets", "kvasir_seg"))
     stats = build_dataset(paths, root.table("medtrinity_dataset"), root.exports)
     pairs = {p["record_id"]: p for p in pq.read_table(root.table("duplicate_pairs")).to_pylist()}
