@@ -41,8 +41,9 @@ RAW_RECORDS = pa.schema(
         ("pixel_spacing_mm", FLOAT_LIST),  # [row, col] or null
         ("annotations", STR),  # JSON list: {"kind": "mask"|"box"|"contour", "label", ...}
         ("photometric", STR),
-        # The publisher's own text for this image (captions, question-answer pairs), JSON
-        # {"captions": [...], "qa": [{"question", "answer"}]}; null when it has none. Kept
+        # The publisher's own text for this image, de-identified (imaging/deid_text.py), JSON
+        # {"captions": [...], "qa": [{"question", "answer"}]}, plus "notes" (clinical notes) and
+        # "reports" where a label table declares such columns; null when it has none. Kept
         # beside the generated description, never replaced by it.
         ("source_text", STR),
         # Review flags, e.g. "burned_in_annotation" (DICOM says text is burned into pixels).
@@ -56,6 +57,13 @@ RAW_RECORDS = pa.schema(
         # (kept beside it: label_state unknown, no finding label); null for 2D images and for
         # slices of volumes without annotation.
         ("slice_role", STR),
+        # Per-image metadata, normalized at ingest (sources/publisher_text.py); null when the
+        # source does not say. view: PA | AP | AP supine | lateral | frontal | oblique | CC | MLO |
+        # axial | coronal | sagittal. sex: female | male. age_band: decade "40-49", or "90+"; the
+        # exact age never leaves ingest.
+        ("view", STR),
+        ("sex", STR),
+        ("age_band", STR),
     ]
 )
 
@@ -235,4 +243,36 @@ TRIPLETS = pa.schema(
     ]
 )
 
-DATASET = pa.schema(list(TRIPLETS) + [pa.field("duplicate_of", STR)])
+DATASET = pa.schema(
+    list(TRIPLETS)
+    + [
+        pa.field("duplicate_of", STR),  # the kept row, when the pixels confirmed the hash match
+        # Rows showing the same pixels under other labels: this row is held out of training.
+        pa.field("duplicate_conflicts", STR_LIST),
+    ]
+)
+
+# Every hash match the dedup pass looked at (dataset/dedup.py), with what the pixels said:
+# one row per candidate pair, the later row first and the kept row it was compared with.
+DUPLICATE_PAIRS = pa.schema(
+    [
+        ("record_id", STR),
+        ("source_id", STR),
+        ("patient_hash", STR),
+        ("labels", STR_LIST),
+        ("label_state", STR),
+        ("kept_record_id", STR),
+        ("kept_source_id", STR),
+        ("kept_patient_hash", STR),
+        ("kept_labels", STR_LIST),
+        ("kept_label_state", STR),
+        ("match", STR),  # exact (same sha256) | near (phash within the Hamming limit)
+        ("phash_distance", INT),
+        ("correlation", FLOAT),  # Pearson, after alignment; null when not compared
+        ("ssim", FLOAT),
+        ("verdict", STR),  # confirmed | conflict | rejected
+        ("reason", STR),
+        ("cross_patient", BOOL),  # both patient hashes known and different
+        ("cross_source", BOOL),
+    ]
+)

@@ -471,13 +471,15 @@ def run_triplets(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 
 def run_dataset(data_root: DataRoot, source_ids: list[str]) -> StageReport:
-    from medtrinity_assets.dataset.exports import build_dataset
+    from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE, build_dataset
 
     report = StageReport("medtrinity_dataset", None)
     started = time.perf_counter()
     paths = [data_root.table("triplets", s) for s in sorted(source_ids) if data_root.table("triplets", s).exists()]
     out = data_root.table("medtrinity_dataset")
-    stats = build_dataset(paths, out, data_root.exports)
+    stats = build_dataset(
+        paths, out, data_root.exports, images_root=data_root.root, pairs_path=data_root.table(DUPLICATE_PAIRS_TABLE)
+    )
     report.rows = int(stats.get("rows", 0))
     report.inputs = len(paths)
     report.seconds = time.perf_counter() - started

@@ -19,9 +19,10 @@ from spec_factory import build_spec
 
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog.spec import SourceSpec
-from medtrinity_assets.dataset.dedup import find_duplicates, hamming, parse_phash
+from medtrinity_assets.dataset.dedup import DedupRow, PixelMatch, find_duplicates, hamming, parse_phash
 from medtrinity_assets.dataset.exports import (
     CARD_FILE,
+    CONFLICTS_FILE,
     FLAGGED_FILE,
     REJECTED_FILE,
     build_dataset,
@@ -171,8 +172,9 @@ KVASIR = [
      "rois": [("polyp", "annotation:mask", (5, 5, 60, 60))], "quarantined_at": "describe"},
 ]
 BRATS = [
-    # Slices of two patients; one slice's image is byte-identical to kv01 (exact duplicate) and one
-    # is 3 bits away from kv02's phash (near duplicate); one is 5 bits away (not a duplicate).
+    # Slices of two patients; one slice's image is byte-identical to kv01 (an exact hash match,
+    # under another label: a conflict) and one is 3 bits away from kv02's phash (a near candidate
+    # whose image files are absent here, so it cannot be confirmed); one is 5 bits away (no candidate).
     {"id": "br01", "file": "BraTS_001/flair.nii.gz", "patient": "pb1", "slice": 70, "slice_count": 155, "sequence": "FLAIR",
      "labels": ["glioma"], "phash": "ffff0000ffff0000", "sha": "sha-kv01",
      "rois": [("glioma", "annotation:mask", (120, 90, 170, 150))]},
@@ -305,8 +307,18 @@ def test_assemble_triplets_names_missing_stage_table(two_sources):
 # --- dedup -----------------------------------------------------------------------------
 
 
+def same_pixels(row, kept):
+    """A comparer for tests of the hash candidate search alone: every candidate's pixels match."""
+    return PixelMatch(1.0, 1.0, "test: pixels taken as equal")
+
+
+def rows_of(tuples, labels=()):
+    """(source_id, record_id, sha, phash[, group]) tuples as dedup rows, all with the same labels."""
+    return [DedupRow(t[0], t[1], t[2], t[3], t[4] if len(t) > 4 else None, labels=tuple(labels)) for t in tuples]
+
+
 def test_find_duplicates_exact_near_and_far():
-    rows = [
+    rows = rows_of([
         ("b_src", "b1", "sha-x", "0000000000000000"),
         ("a_src", "a1", "sha-x", "ffffffffffffffff"),  # same bytes as b1, earlier source: kept
         ("a_src", "a2", "sha-y", "000000000000000f"),
@@ -314,14 +326,14 @@ def test_find_duplicates_exact_near_and_far():
         ("b_src", "b3", "sha-w", "00000000000003ff"),  # 6 bits from a2: distinct
         ("b_src", "b4", "sha-v", "1111000000000000"),  # 4 bits from b1, which is itself a duplicate
         ("b_src", "b5", "sha-u", None),  # no phash: exact matching only
-    ]
-    dups = find_duplicates(rows)
+    ])
+    dups = find_duplicates(rows, same_pixels).duplicates
     assert dups["b1"].kept_record_id == "a1" and dups["b1"].kind == "exact"
     assert dups["b2"].kept_record_id == "a2" and dups["b2"].kind == "near" and dups["b2"].distance == 1
     assert "b3" not in dups and "b5" not in dups and "a1" not in dups and "a2" not in dups
     # Only kept rows anchor near duplicates: b4 is close to b1 alone, and b1 is not kept.
     assert "b4" not in dups
-    assert find_duplicates(list(reversed(rows))) == dups  # order of input does not matter
+    assert find_duplicates(list(reversed(rows)), same_pixels).duplicates == dups  # order of input does not matter
 
 
 def test_near_duplicate_at_distance_four_across_all_blocks_is_found():
@@ -329,10 +341,11 @@ def test_near_duplicate_at_distance_four_across_all_blocks_is_found():
     base = 0x0123456789ABCDEF
     other = base ^ (1 | 1 << 16 | 1 << 32 | 1 << 48)
     assert hamming(base, other) == 4
-    dups = find_duplicates([("s", "r1", "h1", f"{base:016x}"), ("s", "r2", "h2", f"{other:016x}")])
-    assert dups["r2"].kept_record_id == "r1" and dups["r2"].distance == 4
+    dups = find_duplicates(rows_of([("s", "r1", "h1", f"{base:016x}"), ("s", "r2", "h2", f"{other:016x}")]), same_pixels)
+    assert dups.duplicates["r2"].kept_record_id == "r1" and dups.duplicates["r2"].distance == 4
     five = base ^ (1 | 1 << 16 | 1 << 32 | 1 << 48 | 1 << 63)
-    assert find_duplicates([("s", "r1", "h1", f"{base:016x}"), ("s", "r2", "h2", f"{five:016x}")]) == {}
+    far = find_duplicates(rows_of([("s", "r1", "h1", f"{base:016x}"), ("s", "r2", "h2", f"{five:016x}")]), same_pixels)
+    assert far.duplicates == {} and far.pairs == []
 
 
 def test_find_duplicates_matches_brute_force_and_is_fast():
@@ -344,7 +357,7 @@ def test_find_duplicates_matches_brute_force_and_is_fast():
         for _ in range(rng.randint(0, 7)):
             value ^= 1 << rng.randrange(64)
         rows.append(("s", f"r{i:05d}", f"sha{i}", f"{value:016x}"))
-    dups = find_duplicates(rows)
+    dups = find_duplicates(rows_of(rows), same_pixels).duplicates
     # Brute force: the same greedy rule over all pairs.
     kept: list[tuple[int, str]] = []
     expected = {}
@@ -358,9 +371,9 @@ def test_find_duplicates_matches_brute_force_and_is_fast():
     assert {rid: d.kept_record_id for rid, d in dups.items()} == expected
     assert 0 < len(expected) < len(rows)
 
-    big = [("s", f"r{i:06d}", f"sha{i}", f"{rng.getrandbits(64):016x}") for i in range(100_000)]
+    big = rows_of([("s", f"r{i:06d}", f"sha{i}", f"{rng.getrandbits(64):016x}") for i in range(100_000)])
     started = time.perf_counter()
-    find_duplicates(big)
+    find_duplicates(big, same_pixels)
     assert time.perf_counter() - started < 30
 
 
@@ -382,45 +395,76 @@ def test_build_dataset_dedups_guards_splits_and_exports(two_sources, tmp_path):
     assert table.schema.names == schemas.DATASET.names
     rows = {row["record_id"]: row for row in table.to_pylist()}
     assert sorted(rows) == ["br01", "br02", "br03", "br04", "kv01", "kv02"]
-    # brats_demo sorts before kvasir_seg, so the brats rows are the kept ones.
-    assert rows["kv01"]["duplicate_of"] == "br01"  # same image bytes
-    assert rows["kv02"]["duplicate_of"] == "br02"  # phash 3 bits away
-    assert rows["br03"]["duplicate_of"] is None  # 6 bits from br02, 5 from kv02: distinct
-    assert {r["duplicate_of"] for r in rows.values()} == {None, "br01", "br02"}
-    # Leakage guard: a duplicate ends in its kept row's split.
-    assert rows["kv01"]["split"] == rows["br01"]["split"] == patient_split("pb1")
-    assert rows["kv02"]["split"] == rows["br02"]["split"]
-    assert stats["rows"] == 6 and stats["duplicates"] == 2
-    assert stats["exact_duplicates"] == 1 and stats["near_duplicates"] == 1
-    assert stats["split_reassigned"] == 2  # both duplicates started in another split than their kept row
+    # brats_demo sorts before kvasir_seg, so the brats rows are the kept ones. kv01 has br01's
+    # bytes under another label: a conflict, both held back, neither dropped as a duplicate.
+    assert rows["kv01"]["duplicate_of"] is None and rows["kv01"]["duplicate_conflicts"] == ["br01"]
+    assert rows["br01"]["duplicate_conflicts"] == ["kv01"]
+    # kv02 is 3 bits from br02, but their image files are absent: not confirmed, so not dropped.
+    assert rows["kv02"]["duplicate_of"] is None and rows["kv02"]["duplicate_conflicts"] is None
+    assert {r["duplicate_of"] for r in rows.values()} == {None}
+    # Conflicting rows keep their own (patient) split.
+    assert rows["kv01"]["split"] == patient_split("pk1") and rows["br01"]["split"] == patient_split("pb1")
+    assert stats["rows"] == 6 and stats["duplicates"] == 0 and stats["split_reassigned"] == 0
+    assert stats["candidate_pairs"] == 2
+    assert stats["pairs_by_verdict"] == {"confirmed": 0, "conflict": 1, "rejected": 1}
     assert stats["by_source"] == {"brats_demo": 4, "kvasir_seg": 2}
+
+    pairs = {p["record_id"]: p for p in pq.read_table(root.table("duplicate_pairs")).to_pylist()}
+    assert pq.read_schema(root.table("duplicate_pairs")).names == schemas.DUPLICATE_PAIRS.names
+    assert pairs["kv01"]["kept_record_id"] == "br01" and pairs["kv01"]["verdict"] == "conflict"
+    assert pairs["kv01"]["match"] == "exact" and pairs["kv01"]["labels"] == ["polyp"] and pairs["kv01"]["kept_labels"] == ["glioma"]
+    assert pairs["kv01"]["cross_source"] and pairs["kv01"]["cross_patient"]
+    assert pairs["kv02"]["verdict"] == "rejected" and pairs["kv02"]["phash_distance"] == 3
+    assert pairs["kv02"]["correlation"] is None and "cannot read blobs/images/br02.png" in pairs["kv02"]["reason"]
 
     exported = {split: read_jsonl(exports / llava_file(split)) for split in SPLIT_NAMES}
     ids = [rec["id"] for recs in exported.values() for rec in recs]
-    assert sorted(ids) == ["br01", "br02", "br03", "br04"]  # duplicates and unverified left out
+    assert sorted(ids) == ["br02", "br03", "br04"]  # conflicts and unverified left out
     assert stats["exported"] == {s: len(v) for s, v in exported.items()}
     for split, records in exported.items():
         for rec in records:
             assert rows[rec["id"]]["split"] == split
-    br01 = next(rec for recs in exported.values() for rec in recs if rec["id"] == "br01")
-    assert br01["image"] == "blobs/images/br01.png" and br01["source_id"] == "brats_demo"
-    assert br01["roi"] == [120, 90, 170, 150]
-    human, gpt = br01["conversations"]
+    br02 = next(rec for recs in exported.values() for rec in recs if rec["id"] == "br02")
+    assert br02["image"] == "blobs/images/br02.png" and br02["source_id"] == "brats_demo"
+    assert br02["roi"] == [118, 92, 172, 149]
+    human, gpt = br02["conversations"]
     assert human["from"] == "human" and human["value"].startswith("<image>\nDescribe this MRI image of the brain")
-    assert "[120, 90, 170, 150]" in human["value"] and "glioma" not in human["value"]
-    assert gpt == {"from": "gpt", "value": rows["br01"]["description"]}
+    assert "[118, 92, 172, 149]" in human["value"] and "glioma" not in human["value"]
+    assert gpt == {"from": "gpt", "value": rows["br02"]["description"]}
     br03 = next(rec for recs in exported.values() for rec in recs if rec["id"] == "br03")
     assert "whole image" in br03["conversations"][0]["value"]
 
-    # kv02 is unverified but also a duplicate: duplicates are out of every export.
-    assert read_jsonl(exports / REJECTED_FILE) == []
+    conflicts = {rec["id"]: rec for rec in read_jsonl(exports / CONFLICTS_FILE)}
+    assert sorted(conflicts) == ["br01", "kv01"] and stats["held_back_conflicts"] == 2
+    assert conflicts["kv01"]["held_back_reason"] == "same pixels as br01 under other labels"
+    assert conflicts["kv01"]["labels"] == ["polyp"] and conflicts["br01"]["labels"] == ["glioma"]
+    assert [r["id"] for r in read_jsonl(exports / REJECTED_FILE)] == ["kv02"]  # unverified, kept
     card = (exports / CARD_FILE).read_text(encoding="utf-8")
-    assert "| brats_demo | 4 | 0 | 4 | 0 | CC BY-NC 4.0 |" in card
-    assert "| kvasir_seg | 2 | 2 | 0 | 0 | CC BY 4.0 |" in card
+    assert "| brats_demo | 4 | 0 | 3 | 0 | CC BY-NC 4.0 |" in card
+    assert "| kvasir_seg | 2 | 0 | 0 | 1 | CC BY 4.0 |" in card
     assert "| mri | 1 | 4 | 4 |" in card
+    assert "2 pairs; confirmed 0, conflict 1, rejected 1" in card
     assert sorted(p.name for p in exports.iterdir()) == sorted(
-        [CARD_FILE, FLAGGED_FILE, REJECTED_FILE, *(llava_file(s) for s in SPLIT_NAMES)]
+        [CARD_FILE, FLAGGED_FILE, REJECTED_FILE, CONFLICTS_FILE, *(llava_file(s) for s in SPLIT_NAMES)]
     )
+
+
+def test_build_dataset_reads_label_state_when_the_triplets_carry_it(two_sources):
+    import pyarrow as pa
+
+    root, specs = two_sources
+    paths = assemble_all(root, specs)
+    # kvasir_seg's rows say nothing certain about their images (label state unknown), so the
+    # copy of br01's bytes is a plain duplicate, not a conflict.
+    kvasir = pq.read_table(root.table("triplets", "kvasir_seg"))
+    kvasir = kvasir.set_column(kvasir.schema.get_field_index("label_state"), "label_state",
+                               pa.array(["unknown"] * kvasir.num_rows))
+    pq.write_table(kvasir, root.table("triplets", "kvasir_seg"))
+    stats = build_dataset(paths, root.table("medtrinity_dataset"), root.exports)
+    pairs = {p["record_id"]: p for p in pq.read_table(root.table("duplicate_pairs")).to_pylist()}
+    assert pairs["kv01"]["verdict"] == "confirmed" and pairs["kv01"]["label_state"] == "unknown"
+    assert pairs["kv01"]["kept_label_state"] is None
+    assert stats["duplicates"] == 1 and stats["held_back_conflicts"] == 0
 
 
 def test_unverified_rows_go_to_rejected_file_with_flags(two_sources):
@@ -443,16 +487,50 @@ def test_build_dataset_with_no_sources_writes_empty_outputs(tmp_path):
 
 
 def test_slices_of_one_volume_are_not_near_duplicates_of_each_other():
-    from medtrinity_assets.dataset.dedup import find_duplicates
+    from medtrinity_assets.dataset.dedup import volume_group
 
     close = "0f0f0f0f0f0f0f0f"
     one_bit_off = "0f0f0f0f0f0f0f0e"
-    rows = [
-        ("mri", "a", "sha-a", close, "mri/vol1.nii.gz"),
-        ("mri", "b", "sha-b", one_bit_off, "mri/vol1.nii.gz"),  # neighbouring slice: kept
-        ("mri", "c", "sha-c", one_bit_off, "mri/vol2.nii.gz"),  # another volume: near duplicate
-        ("mri", "d", "sha-a", close, "mri/vol1.nii.gz"),  # identical bytes: exact duplicate
-    ]
-    found = find_duplicates(rows)
-    assert set(found) == {"c", "d"}
-    assert found["c"].kind == "near" and found["d"].kind == "exact"
+    vol1, vol2 = volume_group("mri", "case1/flair.nii.gz", 70), volume_group("mri", "case2/flair.nii.gz", 70)
+    rows = rows_of([
+        ("mri", "a", "sha-a", close, vol1),
+        ("mri", "b", "sha-b", one_bit_off, vol1),  # neighbouring slice: not even a candidate
+        ("mri", "c", "sha-c", one_bit_off, vol2),  # another volume: near candidate
+        ("mri", "d", "sha-a", close, vol1),  # identical bytes: exact candidate
+    ])
+    found = find_duplicates(rows, same_pixels)
+    assert set(found.duplicates) == {"c", "d"}
+    assert found.duplicates["c"].kind == "near" and found.duplicates["d"].kind == "exact"
+    # c matches b exactly (0 bits), the closest kept row, rather than a (1 bit).
+    assert {(p.row.record_id, p.kept.record_id) for p in found.pairs} == {("c", "b"), ("d", "a")}
+
+
+def test_label_states_decide_what_a_conflict_is():
+    from medtrinity_assets.dataset.dedup import label_difference
+
+    def row(labels, state=None):
+        return DedupRow("s", "r", "sha", None, labels=tuple(labels), label_state=state)
+
+    assert label_difference(row(["benign"]), row(["malignant"])) == "labels ['malignant'] vs ['benign']"
+    assert label_difference(row(["benign", "cyst"]), row(["cyst", "benign"])) is None
+    assert label_difference(row([], "normal"), row(["mass"], "finding")) == "label state 'finding' vs 'normal'"
+    assert label_difference(row(["mass"], "finding"), row(["calcification"], "finding")) is not None
+    # A copy that says nothing about the picture contradicts nothing.
+    assert label_difference(row([], "unknown"), row(["mass"], "finding")) is None
+    # Confirmed pixels with a conflict: neither row dropped, both reported.
+    rows = [DedupRow("a", "a1", "sha", "00", labels=("benign",)), DedupRow("b", "b1", "sha", "00", labels=("malignant",))]
+    result = find_duplicates(rows, same_pixels)
+    assert result.duplicates == {} and result.conflicts == {"a1": ["b1"], "b1": ["a1"]}
+    assert [(p.verdict, p.kind) for p in result.pairs] == [("conflict", "exact")]
+
+
+def test_volume_group_keeps_dicom_series_and_volumes_together_and_2d_images_apart():
+    from medtrinity_assets.dataset.dedup import volume_group
+
+    # A DICOM series is one file per slice in one folder; a NIfTI volume is one file.
+    assert volume_group("s", "dicom/STS_001/CT/image/000012.dcm", 12) == volume_group("s", "dicom/STS_001/CT/image/000013.dcm", 13)
+    assert volume_group("s", "nifti/STS_001/CT_image.nii.gz", 10) == "s/nifti/STS_001"
+    assert volume_group("s", "dicom/STS_002/CT/image/000012.dcm", 12) != volume_group("s", "dicom/STS_001/CT/image/000012.dcm", 12)
+    # 2D images (slice_index -1 or null) belong to no volume, even side by side in one folder.
+    assert volume_group("s", "benign/images/benign (1).png", -1) is None
+    assert volume_group("s", "benign/images/benign (2).png", None) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -91,6 +92,49 @@ def _identifiers() -> list[str]:
     return list(PLANTED.values()) + [SECOND_PATIENT_ID, "PLANTEDNIFTI", "Plantedname", "Doe^Planted"]
 
 
+# Identifiers planted in the free text and identifying columns of a label table (clinical notes
+# kept as source_text after free-text de-identification), each distinctive enough for a byte scan.
+PLANTED_IN_NOTES = {
+    "name": "Zyxwvplanted Quorbling",
+    "mrn": "PLNOTE-MRN-583311",
+    "date": "17 March 2019",
+    "numeric_date": "03/17/2019",
+    "phone": "617-555-0142",
+    "email": "zq.plantednote@example.org",
+    "institution": "Plantedtown Memorial Hospital",
+    "age": "97-year-old",
+    "location_city": "Quxvilleplanted",
+    "patient_id": "PLNOTE-PT-9911",
+}
+
+
+def _build_notes_source(folder: Path) -> SourceSpec:
+    """A covid-chestxray-style label table whose clinical notes carry planted identifiers
+    between the real note's sentences (a real note of the extract where present)."""
+    import csv
+
+    folder.mkdir(parents=True)
+    shutil.copy(SITE / "skimage" / "data" / "camera.png", folder / "cxr.png")
+    real_note = "Vertical air space consolidation along the left costal margin."
+    covid = REALDATA / "covid_chestxray" / "metadata.csv"
+    if covid.is_file():
+        with open(covid, newline="", encoding="utf-8") as handle:
+            real_note = next(r["clinical_notes"] for r in csv.DictReader(handle) if "costal margin" in r["clinical_notes"])
+    p = PLANTED_IN_NOTES
+    note = (f"Mr. {p['name']}, {p['age']}, MRN {p['mrn']}, seen at {p['institution']} on {p['date']}. {real_note} "
+            f"Follow-up {p['numeric_date']}; call {p['phone']} or {p['email']}. Lives in {p['location_city']}.")
+    with open(folder / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([
+            ["patientid", "sex", "age", "view", "location", "filename", "clinical_notes"],
+            [p["patient_id"], "F", "97", "PA", f"{p['institution']}, {p['location_city']}", "cxr.png", note],
+        ])
+    layout = {"family": "image_csv", "csv": "metadata.csv", "id_column": "filename", "path_template": "{id}",
+              "text_columns": {"notes": "clinical_notes"}, "identifying_columns": ["location"],
+              "metadata_columns": {"view": "view", "sex": "sex", "age": "age"}}
+    return build_spec(id="phi_notes", modality="xray", organs=["lung"], annotation_kinds=["label"], layout=layout,
+                      root=str(folder), patient={"source": "column", "column": "patientid"})
+
+
 def test_scanner_finds_planted_strings_so_a_clean_scan_means_something(tmp_path):
     (tmp_path / "a.json").write_text('{"name": "DOE^PLANTED"}')  # case differs
     (tmp_path / "sub").mkdir()
@@ -165,10 +209,11 @@ def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path
     info.add_text("Comment", PLANTED["PatientID"])
     Image.open(SITE / "skimage" / "data" / "ihc.png").convert("RGB").save(photo_root / "slide.png", pnginfo=info)
     photo_spec = _spec("phi_photo", photo_root, {"family": "image_folder", "image_glob": "*.png"}, "histopathology")
+    notes_spec = _build_notes_source(tmp_path / "inputs" / "notes")
 
     root = DataRoot(tmp_path / "out")
     stages.run_knowledge_base(root, knowledge_dir())
-    specs = (dicom_spec, nifti_spec, photo_spec)
+    specs = (dicom_spec, nifti_spec, photo_spec, notes_spec)
     for spec in specs:
         stages.run_ingest(spec, root, salt="pepper")
         for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
@@ -183,7 +228,19 @@ def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path
 
     written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert any(p.suffix == ".png" for p in written) and any(p.name.endswith(".jsonl") for p in written)
-    assert scan_for_identifiers([tmp_path / "out"], _identifiers()) == []
+    in_notes = list(PLANTED_IN_NOTES.values())
+    # The planted inputs hold them (so a clean scan means something)...
+    assert {i for _, i in scan_for_identifiers([tmp_path / "inputs" / "notes"], in_notes)} == set(in_notes)
+    assert scan_for_identifiers([tmp_path / "out"], _identifiers() + in_notes) == []
+    # ...and decoded table values too (Parquet may compress what the byte scan reads).
+    for table in written:
+        if table.suffix == ".parquet":
+            text = " ".join(str(row) for row in pl.read_parquet(table).to_dicts()).lower()
+            assert not [i for i in in_notes if i.lower() in text], table
+    # The note itself survives, de-identified, beside the description in the dataset.
+    dataset = pl.concat([pl.read_parquet(p) for p in written if p.suffix == ".parquet" and "triplets" in p.parts])
+    kept = [json.loads(t)["notes"][0] for t in dataset.filter(pl.col("source_id") == "phi_notes")["source_text"]]
+    assert kept and "consolidation along the left costal margin" in kept[0] and "[name]" in kept[0]
 
 
 

@@ -19,9 +19,9 @@ them still build (without the facts those columns would give).
 
 from __future__ import annotations
 
-import json
-
 from medtrinity_assets.generation.facts import Fact, FactSet
+from medtrinity_assets.generation.publisher_findings import publisher_text_facts
+from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.generation.vocabulary import (
     annotated_rois,
     as_list,
@@ -42,18 +42,11 @@ _INTENSITY_DIRECTION = {
     "increased uptake": "higher", "decreased uptake": "lower", "similar uptake": "similar",
     "brighter": "higher", "darker": "lower", "similar brightness": "similar",
 }
-_SEXES = {"female": "female", "f": "female", "male": "male", "m": "male", "other": "other"}
 
 
 def label_state(record: dict, rois: list[dict]) -> str:
-    """The record's label state; tables from before ``label_state`` existed fall back to
-    'finding' when the source names a finding and 'unknown' otherwise (never 'normal')."""
-    state = record.get("label_state")
-    if state in ("finding", "normal", "unknown"):
-        return state
-    if as_list(record.get("labels")) or annotated_rois(rois):
-        return "finding"
-    return "unknown"
+    """The record's label state (sources.label_state); never 'normal' unless the source says so."""
+    return label_state_of(record)
 
 
 def _number(value) -> float | None:
@@ -72,8 +65,9 @@ def _record_facts(record: dict, rois: list[dict], spec, add) -> None:
 
     state = label_state(record, rois)
     add("label_state", state, "annotation" if annotated_rois(rois) else "metadata")
+    # Only the record's labels are findings: an ROI's label may name anatomy (lung boxes, a
+    # grey-matter map), which ingest keeps out of ``labels``.
     findings = [normalize_label(l) for l in as_list(record.get("labels"))]
-    findings += [normalize_label(r["label"]) for r in annotated_rois(rois) if r.get("label")]
     if state == "finding":
         for finding in dict.fromkeys(f for f in findings if f):
             add("finding", finding, "annotation" if any(normalize_label(r.get("label") or "") == finding for r in annotated_rois(rois)) else "metadata")
@@ -82,12 +76,8 @@ def _record_facts(record: dict, rois: list[dict], spec, add) -> None:
     if record.get("slice_role") == "context":
         add("slice_context", "outside_annotated_region", "annotation")
 
-    for column, attribute in (("view", "view"), ("age_band", "age_band"), ("sequence", "sequence")):
-        if record.get(column):
-            add(attribute, str(record[column]), "metadata")
-    sex = _SEXES.get(str(record.get("sex") or "").strip().lower())
-    if sex:
-        add("sex", sex, "metadata")
+    if record.get("sequence"):
+        add("sequence", str(record["sequence"]), "metadata")
     laterality = str(record.get("laterality") or "").lower()
     if laterality in ("left", "right", "bilateral"):
         add("laterality", laterality, "metadata")
@@ -115,25 +105,9 @@ def _record_facts(record: dict, rois: list[dict], spec, add) -> None:
         add("pixel_spacing_mm", f"{row_mm:.3g} x {col_mm:.3g}", "geometry", number=row_mm, unit="mm")
     add("annotated_roi_count", str(len(annotated_rois(rois))), "annotation", number=float(len(annotated_rois(rois))))
 
-    for sentence in publisher_sentences(record.get("source_text")):
-        add("publisher_text", sentence, "publisher_text")
     flags = set(as_list(record.get("flags")))
     if "burned_in_text" in flags or "burned_in_annotation" in flags:
         add("burned_in_text", "present", "measurement" if "burned_in_text" in flags else "metadata")
-
-
-def publisher_sentences(source_text) -> list[str]:
-    """The publisher's de-identified notes and captions (ingest ran the free-text pass)."""
-    if not source_text:
-        return []
-    try:
-        parsed = json.loads(source_text) if isinstance(source_text, str) else source_text
-    except json.JSONDecodeError:
-        return []
-    if not isinstance(parsed, dict):
-        return []
-    texts = [t for t in as_list(parsed.get("notes")) + as_list(parsed.get("captions")) if isinstance(t, str)]
-    return [" ".join(t.split()) for t in texts if t.strip()]
 
 
 def _roi_facts(roi: dict, rank: int, add) -> None:
@@ -197,6 +171,8 @@ def build_facts(record: dict, rois: list[dict], spec) -> FactSet:
         facts.append(Fact(record_id, roi_id, attribute, str(value), provenance, float(confidence), number, unit, detail))
 
     _record_facts(record, rois, spec, add)
+    # The publisher's finding statements (de-identified at ingest), view, sex and age band.
+    facts.extend(publisher_text_facts(record))
     ranked = sorted(annotated_rois(rois), key=lambda r: (-(r.get("area_px") or 0), str(r.get("roi_id"))))
     for rank, roi in enumerate(ranked, start=1):
         _roi_facts(roi, rank, add)

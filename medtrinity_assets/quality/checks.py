@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import duckdb
 
 from medtrinity_assets import schemas
+from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE
 from medtrinity_assets.dataset.splits import SPLIT_NAMES
 from medtrinity_assets.generation.facts import PROVENANCES
 from medtrinity_assets.paths import DataRoot
@@ -413,6 +414,75 @@ def check_patient_single_split(
     return _guarded(name, severity, path, body)
 
 
+_PAIR_EXAMPLE = """record_id, source_id, labels, kept_record_id, kept_source_id, kept_labels,
+    match, phash_distance, correlation, ssim, reason"""
+
+
+def check_duplicate_label_conflicts(
+    con, pairs_path: PathLike, *, name: str = "duplicate_label_conflicts", severity: str = "WARN"
+) -> CheckOutcome:
+    """No picture appears twice under different labels (verdict ``conflict`` in the pairs table).
+
+    Such rows are held out of training by the export; the check makes them visible, with the
+    record ids and both label sets, so someone can ask the publisher which label is right.
+    Candidates the pixels rejected but whose labels differ (two frames of one sweep, one called
+    benign and one malignant) do not fail the check; they are counted and listed beside it.
+    """
+
+    def body(rel: str) -> CheckOutcome:
+        by_verdict = dict(_rows(con, f"SELECT verdict, count(*) FROM {rel} GROUP BY 1 ORDER BY 1"))
+        conflicts = int(by_verdict.get("conflict", 0))
+        examples = _dicts(
+            con, f"SELECT {_PAIR_EXAMPLE} FROM {rel} WHERE verdict = 'conflict' ORDER BY record_id LIMIT {MAX_EXAMPLES}"
+        ) if conflicts else []
+        look_alike = f"""verdict = 'rejected' AND correlation IS NOT NULL
+            AND list_sort(list_distinct(coalesce(labels, []))) <> list_sort(list_distinct(coalesce(kept_labels, [])))"""
+        n_look_alike = int(_rows(con, f"SELECT count(*) FROM {rel} WHERE {look_alike}")[0][0])
+        look_alike_examples = _dicts(
+            con, f"SELECT {_PAIR_EXAMPLE} FROM {rel} WHERE {look_alike} ORDER BY ssim DESC, record_id LIMIT {MAX_EXAMPLES}"
+        ) if n_look_alike else []
+        return CheckOutcome(
+            name, conflicts == 0, severity,
+            "no duplicate image carries conflicting labels" if conflicts == 0
+            else f"{conflicts} duplicate pairs carry conflicting labels (both rows held out of training)",
+            {"conflict_pairs": conflicts, "pairs_by_verdict": {k: int(v) for k, v in by_verdict.items()},
+             "examples": examples, "rejected_candidates_with_other_labels": n_look_alike,
+             "rejected_candidate_examples": look_alike_examples},
+        )
+
+    return _guarded(name, severity, pairs_path, body)
+
+
+def check_cross_patient_duplicates(
+    con, pairs_path: PathLike, *, name: str = "duplicate_cross_patient", severity: str = "WARN"
+) -> CheckOutcome:
+    """No image confirmed as a copy of another patient's image within one source.
+
+    Patient hashes are salted per source, so across sources every pair is "cross-patient" by
+    construction (a re-published image); those are counted but do not fail the check. Within
+    one source, one picture under two patients means the publisher mixed up patients or images.
+    """
+
+    def body(rel: str) -> CheckOutcome:
+        matched = "verdict IN ('confirmed', 'conflict') AND cross_patient"
+        within, across = _rows(
+            con, f"SELECT count(*) FILTER (NOT cross_source), count(*) FILTER (cross_source) FROM {rel} WHERE {matched}"
+        )[0]
+        examples = _dicts(
+            con,
+            f"""SELECT {_PAIR_EXAMPLE}, patient_hash, kept_patient_hash, verdict FROM {rel}
+                WHERE {matched} AND NOT cross_source ORDER BY record_id LIMIT {MAX_EXAMPLES}""",
+        ) if within else []
+        return CheckOutcome(
+            name, within == 0, severity,
+            "no duplicate spans two patients of one source" if within == 0
+            else f"{within} duplicate pairs span two patients of one source",
+            {"within_source": int(within), "across_sources": int(across), "examples": examples},
+        )
+
+    return _guarded(name, severity, pairs_path, body)
+
+
 # --- registry --------------------------------------------------------------------------
 
 # Assets whose table has another name on disk.
@@ -559,6 +629,17 @@ def _registry() -> dict[str, list[CheckDef]]:
                 lambda con, root, part: check_patient_single_split(
                     con, _table("medtrinity_dataset", root, part), where="duplicate_of IS NULL"
                 ),
+            ),
+            CheckDef(
+                "duplicate_label_conflicts",
+                "No image is a confirmed duplicate of another carrying different labels (examples listed).", "WARN",
+                lambda con, root, part: check_duplicate_label_conflicts(con, root.table(DUPLICATE_PAIRS_TABLE)),
+            ),
+            CheckDef(
+                "duplicate_cross_patient",
+                "No image is a confirmed duplicate of another patient's image in the same source (examples listed).",
+                "WARN",
+                lambda con, root, part: check_cross_patient_duplicates(con, root.table(DUPLICATE_PAIRS_TABLE)),
             ),
         ],
     }

@@ -5,7 +5,9 @@ delimited text file (with a header row, or header-less with ``columns``: ROCO's
 "ROCO_00002<TAB>caption"). Every row names one image; the rows of one image (VQA sets ask many
 questions about one image) become ONE record whose ``source_text`` holds the publisher's text in
 file order: {"captions": [...], "qa": [{"question", "answer"}]}. That text sits beside the
-description the pipeline writes; it is never pasted into it.
+description the pipeline writes; it is never pasted into it. Every caption, question and answer
+passes through the free-text de-identification pass first (imaging/deid_text.py): publisher
+captions quote case reports that name patients, hospitals and dates.
 
 Rows in a language the spec does not keep (SLAKE's "zh" rows) are skipped by design. Rows that
 cannot be used are quarantined with their position in the file: no image value, no text, a
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from medtrinity_assets.catalog.spec import CaptionsLayout
+from medtrinity_assets.imaging.deid_text import deidentify_text
 from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
     decode_image,
@@ -150,9 +153,9 @@ def read(ctx: IngestContext) -> IngestStream:
         gathered = by_image.setdefault(relative_path, ImageText(first_ref=row_ref, first_row=row))
         gathered.rows += 1
         if caption:
-            gathered.captions.append(caption)
+            gathered.captions.append(deidentify_text(caption))
         if has_qa:
-            gathered.qa.append({"question": question, "answer": answer})
+            gathered.qa.append({"question": deidentify_text(question), "answer": deidentify_text(answer)})
         if modality:
             gathered.modalities.setdefault(modality, row_ref)
         if layout.organ_field:

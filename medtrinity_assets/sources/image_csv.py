@@ -4,8 +4,11 @@ covid-chestxray-dataset).
 A row's image is found by ``path_template`` (any column in braces) or, where the publisher
 splits the images over several folders (HAM10000_images_part_1/_part_2, ChestX-ray14's
 images_001..012), by its id among the file stems or names of ``path_index_glob``. Only the columns the spec names are read: id, path fields,
-labels, modality and the patient column (hashed). Free-text columns such as clinical notes may
-identify a person and are never copied into a record.
+labels, modality and the patient column (hashed). Free-text columns the spec declares
+(``text_columns``: clinical notes, reports) pass through the free-text de-identification pass
+into ``source_text``; the values of ``identifying_columns`` and the patient id are scrubbed from
+that text and never stored. ``metadata_columns`` fill ``view``, ``sex`` and ``age_band``
+(sources/publisher_text.py); undeclared columns are never read.
 
 What cannot be used is quarantined, one entry per row or file, so the table and the folder can
 be reconciled from the quarantine alone: a row naming an absent image ("metadata row names an
@@ -23,6 +26,7 @@ from pathlib import PurePosixPath
 
 from medtrinity_assets.catalog.spec import ImageCsvLayout, SourceSpec
 from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, contained_path
+from medtrinity_assets.sources.publisher_text import row_known_identifiers, row_metadata, row_source_text
 from medtrinity_assets.sources.image_common import (
     REPLACEMENT_CHAR,
     decode_image,
@@ -184,6 +188,7 @@ def read(ctx: IngestContext) -> IngestStream:
     path_fields = [name for name in template_fields(template) if name != "id"] if template else []
     needed = [layout.id_column, *path_fields]
     needed += [c for c in (layout.modality_column,) if c]
+    needed += layout.declared_text_and_metadata_columns()
     missing = [column for column in needed if column not in header]
     missing_labels = missing_label_fields(layout, header)
     if missing or missing_labels:
@@ -269,7 +274,8 @@ def read(ctx: IngestContext) -> IngestStream:
             yield Quarantined(row_ref, str(error))
             continue
         pixels, photometric = decoded
-        yield image_record(
+        patient_column = spec.patient.column if spec.patient.source == "column" else None
+        record = image_record(
             ctx,
             relative_path,
             pixels,
@@ -280,7 +286,9 @@ def read(ctx: IngestContext) -> IngestStream:
             modality=modality,
             label_state=reading.label_state,
             grades=reading.grades,
+            source_text=row_source_text(layout, row, row_known_identifiers(layout, row, patient_column)),
         )
+        yield {**record, **row_metadata(layout.metadata_columns, row)}
 
     if layout.unlisted_images == "quarantine":
         if index is not None:

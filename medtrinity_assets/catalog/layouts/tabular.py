@@ -4,9 +4,52 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medtrinity_assets.catalog.layouts.common import Modality, Strict
+
+# Keys of a record's ``source_text`` JSON that publisher text columns may fill.
+TextKind = Literal["captions", "notes", "reports"]
+
+
+def _as_list(value):
+    """A single column name or a list of them."""
+    return [value] if isinstance(value, str) else value
+
+
+class MetadataColumns(Strict):
+    """Per-image metadata columns of a label table, normalized at ingest into the record's
+    ``view``, ``sex`` and ``age_band``; the raw cells (an exact age, a birth year) are never stored.
+
+    ``view``: columns tried in order, the first with a recognised spelling wins (CheXpert:
+    ["AP/PA", "Frontal/Lateral"] gives AP or PA for frontal images, lateral for the others).
+    ``view_map`` adds the publisher's own spellings to the built-in ones (PA, AP, AP supine, L...).
+    ``age`` holds years ("54", or DICOM-style "058Y"); where a publisher gives only the birth year
+    (PadChest), ``birth_year`` with ``study_date`` gives the age, to within a year.
+    """
+
+    view: list[str] = Field(default_factory=list)
+    view_map: dict[str, str] = Field(default_factory=dict)
+    sex: Optional[str] = None
+    age: Optional[str] = None
+    birth_year: Optional[str] = None
+    study_date: Optional[str] = None
+
+    @field_validator("view", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return _as_list(value)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "MetadataColumns":
+        if self.age and self.birth_year:
+            raise ValueError("metadata_columns: give 'age' or 'birth_year', not both")
+        if bool(self.birth_year) != bool(self.study_date):
+            raise ValueError("metadata_columns.birth_year needs metadata_columns.study_date (and the reverse)")
+        return self
+
+    def columns(self) -> list[str]:
+        return [*self.view, *(c for c in (self.sex, self.age, self.birth_year, self.study_date) if c)]
 
 
 class FlagValues(Strict):
@@ -128,6 +171,23 @@ class ImageCsvLayout(Strict):
     # with reason "image has no metadata row", so a spec check sees a table that does not cover
     # its folder; "ignore" where the folder holds other images on purpose.
     unlisted_images: Literal["quarantine", "ignore"] = "quarantine"
+    # Publisher free text kept as the record's source_text after de-identification:
+    # {notes: [clinical_notes]} -> source_text {"captions": [], "qa": [], "notes": ["..."]}.
+    text_columns: dict[TextKind, list[str]] = Field(default_factory=dict)
+    # Columns whose values identify the row (covid-chestxray's "location": a hospital and city):
+    # never stored, and scrubbed from the same row's text wherever they appear.
+    identifying_columns: list[str] = Field(default_factory=list)
+    metadata_columns: Optional[MetadataColumns] = None
+
+    @field_validator("text_columns", mode="before")
+    @classmethod
+    def _text_column_lists(cls, value):
+        return {kind: _as_list(columns) for kind, columns in value.items()} if isinstance(value, dict) else value
+
+    def declared_text_and_metadata_columns(self) -> list[str]:
+        """Every column the text, identifying and metadata declarations name (for the header check)."""
+        named = [c for columns in self.text_columns.values() for c in columns] + list(self.identifying_columns)
+        return named + (self.metadata_columns.columns() if self.metadata_columns else [])
 
     @model_validator(mode="after")
     def _checks(self) -> "ImageCsvLayout":
