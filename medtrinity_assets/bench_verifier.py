@@ -302,8 +302,18 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
         fact = facts.roi(ids[0], "patient_side")
         if fact is not None and fact.provenance in ("geometry", "metadata", "publisher_text") and fact.value in ("left", "right"):
             primary_side = fact.value
+    from medtrinity_assets.generation.verifier import _PublisherView
+
+    publisher = _PublisherView(facts.record("publisher_text"), modality, vocabulary, attributed=False)
     true_side = primary_side or (laterality if laterality in ("left", "right") else None)
-    if true_side:
+    if "bilateral" in publisher.sides or {"left", "right"} <= publisher.sides:
+        true_side = None  # every side word is supported by the notes: nothing to plant
+        add("laterality", "true", "Findings are reported on both sides.", False)
+    elif not true_side and publisher.sides:
+        true_side = next(iter(publisher.sides))
+        add("laterality", "true", f"A finding is reported on the patient's {true_side} side.", False)
+        add("laterality", "template", f"A finding is reported on the patient's {_OPPOSITE_H[true_side]} side.", True)
+    elif true_side:
         subject = _subject(facts, ids[0], rng) if primary_side else "The image"
         add("laterality", "true", f"{subject} is on the patient's {true_side} side." if primary_side
             else f"This is the {true_side} {part}.", False)
@@ -311,7 +321,7 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
         add("laterality", "template", f"{subject} is on the patient's {wrong} side." if primary_side
             else f"This is the {wrong} {part}.", True)
         add("laterality", "natural", f"A finding is seen in the {wrong} {part}.", True)
-    else:
+    elif not publisher.sides:
         side = rng.choice(["left", "right"])
         add("laterality", "template", f"The finding is on the patient's {side}.", True)
         add("laterality", "natural", rng.choice([
@@ -319,10 +329,12 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
         ]), True)
     from medtrinity_assets.generation.claims import _QUADRANT
 
-    notes = " ".join(facts.record_values("publisher_text")).lower()
-    named = {_zone_key(m.group(0)) for m in _QUADRANT.finditer(notes)}
-    quadrants = [q for q in _QUADRANT_PHRASES.get(region or "", ["the lower left quadrant"])
-                 if _zone_key(q) not in named] or ["the lower inner quadrant"]
+    def named(phrase: str) -> bool:
+        words = _zone_key(phrase) - {"zone", "quadrant"}
+        return any(words <= zone for zone in publisher.zones)
+
+    quadrants = [q for q in _QUADRANT_PHRASES.get(region or "", ["the lower left quadrant"]) if not named(q)] \
+        or ["the lower inner quadrant"]
     add("quadrant", "template", f"The finding lies in {quadrants[0]}.", True)
     add("quadrant", "natural", rng.choice([
         f"A 2 cm hypoechoic mass is seen in {quadrants[-1]}.", f"There is a rounded opacity in {quadrants[-1]}.",
@@ -334,7 +346,7 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
             zone = " ".join(match.group(0).lower().split())
             flipped = zone.replace("left", "\0").replace("right", "left").replace("\0", "right")
             add("quadrant", "true", f"The publisher's note places a finding in the {zone}.", False)
-            if flipped != zone and flipped not in note.lower():
+            if flipped != zone and not named(flipped):
                 add("quadrant", "template", f"A finding is seen in the {flipped}.", True)
 
     if not ids:

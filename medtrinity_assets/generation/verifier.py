@@ -23,6 +23,7 @@ list means verified. It works for any writer: nothing here depends on one writer
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,6 +68,13 @@ _ORDINAL_RE = re.compile(
 )
 _CARRY_START = re.compile(r"^\W*(?:it|its|it's|this|that|these|they|their|which|the\s+(?:\w+\s+)?(?:region|lesion|"
                           r"mass|tumou?r|nodule|cyst|polyp|roi|area|finding|opacity|structure|object|abnormality))\b", re.I)
+# A sentence that says what the publisher's notes say ("The publisher's notes report ...").
+_ATTRIBUTED = re.compile(
+    r"\b(?:publisher(?:'s|’s)?|clinical|radiology|radiologist(?:'s|’s)?|accompanying|original|same)\s+(?:own\s+)?"
+    r"(?:notes?|reports?|captions?|text|description)\b|\baccording to the (?:notes?|reports?|captions?|publisher)\b"
+    r"|\bthe (?:notes?|report|caption) (?:states?|reports?|mentions?|describes?|says?)\b",
+    re.I,
+)
 _FURTHER = re.compile(r"\b(?:other|additional|further|another|second|more|separate)\s+(?:\w+\s+)?(?:lesion|mass|masse|tumou?r|nodule|cyst|polyp|abnormalit(?:y|ie)|growth|focus|foci)s?\b", re.I)
 # A general statement about a disease ("X typically appears ...") that does not speak of this image.
 _HEDGE = re.compile(r"\b(?:typically|usually|generally|often|commonly|classically|tends? to|in general|frequently)\b", re.I)
@@ -103,23 +111,20 @@ class _Record:
         self.modality = facts.record_value("modality")
         self.organs = [_norm(o) for o in facts.record_values("organ")]
         self.state = facts.record_value("label_state") or "unknown"
-        self.publisher = [_norm(f.value) for f in facts.record("publisher_text")]
         self.findings = [_norm(v) for v in facts.record_values("finding")] + [l for l in self.labels.values() if l]
         self.knowledge = [_norm(f.detail or f.value) for f in facts.record("knowledge")]
         self.finding_entries = set()
-        for text in self.findings + self.publisher:
+        for text in self.findings:
             self.finding_entries |= vocabulary.entries_in(text)
-        self.publisher_entries = set()
-        for text in self.publisher:
-            self.publisher_entries |= vocabulary.entries_in(text)
         names = [vocabulary.finding_names.get(e, "") for e in self.finding_entries]
-        self.finding_strings = [s for s in self.findings + self.publisher + names if s]
+        self.finding_strings = [s for s in self.findings + names if s]
         self.laterality = facts.record_value("laterality")
         self.annotated = len(self.roi_ids)
-        self.publisher_quadrants = set()
-        for text in self.publisher:
-            for match in _QUADRANT.finditer(text):
-                self.publisher_quadrants.add(_quadrant_key(match.group(0)))
+        notes = facts.record("publisher_text")
+        # In a sentence attributed to the notes, all they say; elsewhere, only what they say
+        # about this image's modality.
+        self.publisher = {attributed: _PublisherView(notes, self.modality, vocabulary, attributed)
+                          for attributed in (True, False)}
 
     def fact(self, roi_id: str | None, attribute: str):
         """The ROI's fact (indexed: a multi-ROI image is checked ROI by ROI)."""
@@ -143,15 +148,77 @@ class _Record:
         return classes
 
 
+class _PublisherView:
+    """What the publisher's de-identified text supports. Facts whose ``detail`` carries the
+    structured statement (terms, sides, zones, negated, modalities) are read by their fields;
+    a bare sentence supports the claims whose words it contains."""
+
+    def __init__(self, notes, modality: str | None, vocabulary: FindingVocabulary, attributed: bool):
+        self.bare: list[str] = []  # sentences without a structured statement
+        self.texts: list[str] = []  # every usable sentence
+        self.stated: list[str] = []
+        self.denied: list[str] = []
+        self.sides: set[str] = set()
+        self.zones: list[frozenset] = []
+        self.entries: set[str] = set()
+        allowed = {modality} | COMPATIBLE_MODALITIES.get(modality or "", set()) | {
+            m for m, compatible in COMPATIBLE_MODALITIES.items() if modality in compatible}
+        for fact in notes:
+            text = _norm(fact.value)
+            statement = _statement(fact.detail)
+            if statement is None:
+                self.bare.append(text)
+                self.texts.append(text)
+                self.entries |= vocabulary.entries_in(text)
+                self.zones.extend(_quadrant_key(m.group(0)) - {"zone", "quadrant"} for m in _QUADRANT.finditer(text))
+                continue
+            about = set(statement.get("modalities") or [])
+            if about and not attributed and not about & allowed:
+                continue  # a CT finding in the note of a radiograph is not seen on this image
+            self.texts.append(text)
+            terms = [_norm(t) for t in statement.get("terms") or [] if t]
+            if statement.get("negated"):
+                self.denied.extend(terms)
+                continue
+            self.stated.extend(terms)
+            for term in terms:
+                self.entries |= vocabulary.entries_in(term)
+            sides = {_norm(side) for side in statement.get("sides") or []}
+            self.sides |= sides & {"left", "right", "bilateral"}
+            words = set(" ".join(_norm(z) for z in statement.get("zones") or []).split())
+            self.zones.append(frozenset(sides | words))
+
+    def states(self, term: str) -> bool:
+        return any(_mentions(t, term) or _mentions(term, t) for t in self.stated) or \
+            any(_mentions(text, term) for text in self.bare)
+
+    def denies(self, term: str) -> bool:
+        return any(_mentions(t, term) or _mentions(term, t) for t in self.denied)
+
+
+def _statement(detail: str | None) -> dict | None:
+    if not detail or not detail.lstrip().startswith("{"):
+        return None
+    try:
+        parsed = json.loads(detail)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) and "terms" in parsed else None
+
+
 def _quadrant_key(phrase: str) -> frozenset:
     words = set(_norm(phrase).replace("mid ", "middle ").split())
     kind = "quadrant" if "quadrant" in words or "quadrants" in words else "zone"
     return frozenset((words & {"left", "right", "upper", "lower", "middle", "outer", "inner"}) | {kind})
 
 
-def _in_publisher_text(claim: Claim, record: _Record) -> bool:
+def _in_publisher_text(claim: Claim, view: _PublisherView) -> bool:
+    """The claim's own words are in the publisher's text (findings: only a bare sentence, since a
+    structured statement says whether the finding is present or denied)."""
     phrase = _norm(claim.phrase)
-    return bool(phrase) and any(re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) for text in record.publisher)
+    texts = view.bare if claim.kind in ("finding", "lesion", "malignancy", "normal", "annotation") else view.texts
+    return bool(phrase) and not claim.negated and any(
+        re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) for text in texts)
 
 
 def _mentions(text: str, term: str) -> bool:
@@ -159,14 +226,33 @@ def _mentions(text: str, term: str) -> bool:
     return bool(pattern and pattern.search(text))
 
 
+def _singular(word: str) -> str:
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("ses") and word[:-2].endswith(("sis", "ss")):
+        return word[:-2]
+    if word.endswith(("xes", "ches", "shes", "sses")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) > 3:
+        return word[:-1]
+    return word
+
+
 @lru_cache(maxsize=4096)
 def _term_pattern(term: str) -> re.Pattern | None:
     """The term, its plural, and "-us" -> "-i" (nucleus, nuclei), as whole words."""
     if len(term) < 3:
         return None
-    forms = {term, term + "s", term + "es"}
-    if term.endswith("us"):
-        forms.add(term[:-2] + "i")
+    head, _, last = term.rpartition(" ")
+    last = _singular(last)
+    base = f"{head} {last}".strip()
+    forms = {term, base, base + "s", base + "es"}
+    if last.endswith("y"):
+        forms.add(base[:-1] + "ies")
+    if last.endswith("us"):
+        forms.add(base[:-2] + "i")
+    if last.endswith("is"):
+        forms.add(base[:-2] + "es")
     return re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) + r")(?![\w-])")
 
 
@@ -258,11 +344,12 @@ def _roi_claim(claim: Claim, roi_id: str | None, record: _Record) -> tuple[bool,
     return ok != claim.negated, f"the {label} region's {attribute.replace('image_', 'image ').replace('_', ' ')} is {said}"
 
 
-def _laterality(claim: Claim, candidates: list[str], record: _Record) -> tuple[bool, str]:
+def _laterality(claim: Claim, candidates: list[str], record: _Record, view: _PublisherView) -> tuple[bool, str]:
     phrase = _norm(claim.phrase)
     if any(phrase in label for label in record.findings):
         return True, "the source's label names it"
     sides = {record.laterality} if record.laterality else set()
+    sides |= view.sides
     for rid in candidates or [None]:
         sides |= set(record.side_facts(rid))
     facts_say = f"the patient side known from geometry/metadata/publisher text is {', '.join(sorted(sides))}" if sides \
@@ -276,9 +363,10 @@ def _laterality(claim: Claim, candidates: list[str], record: _Record) -> tuple[b
     return (claim.value in sides or "bilateral" in sides), facts_say
 
 
-def _quadrant(claim: Claim, candidates: list[str], record: _Record) -> tuple[bool, str]:
+def _quadrant(claim: Claim, candidates: list[str], record: _Record, view: _PublisherView) -> tuple[bool, str]:
     key = _quadrant_key(claim.phrase)
-    if key in record.publisher_quadrants:
+    words = key - {"zone", "quadrant"}
+    if any(words <= zone for zone in view.zones):
         return not claim.negated, "the publisher's text names it"
     side = next(iter(key & {"left", "right"}), None)
     vertical = next(iter(key & {"upper", "lower", "middle"}), None)
@@ -287,9 +375,10 @@ def _quadrant(claim: Claim, candidates: list[str], record: _Record) -> tuple[boo
             vertical_fact = record.fact(rid, "image_vertical")
             if side in record.side_facts(rid) and vertical_fact is not None and vertical_fact.value == vertical:
                 return not claim.negated, "the region's patient side and image position"
-    return claim.negated and not record.publisher_quadrants, (
-        f"the publisher's text names {', '.join(' '.join(sorted(k)) for k in record.publisher_quadrants)}"
-        if record.publisher_quadrants else "no fact places a region in a quadrant or zone of the patient"
+    named = [" ".join(sorted(zone)) for zone in view.zones if zone]
+    return claim.negated and not named, (
+        f"the publisher's text names {'; '.join(named)}" if named
+        else "no fact places a region in a quadrant or zone of the patient"
     )
 
 
@@ -339,8 +428,11 @@ def _organ(claim: Claim, record: _Record) -> tuple[bool, str]:
     return ok, f"the record's organs are {', '.join(record.organs)} ({', '.join(sorted(regions))})"
 
 
-def _finding_present(term: str, entries: set[str], record: _Record, allow_knowledge: bool) -> bool:
+def _finding_present(term: str, entries: set[str], record: _Record, allow_knowledge: bool,
+                     view: _PublisherView | None = None) -> bool:
     if entries & record.finding_entries:
+        return True
+    if view is not None and (entries & view.entries or view.states(term)):
         return True
     if any(_mentions(text, term) for text in record.finding_strings):
         return True
@@ -349,11 +441,16 @@ def _finding_present(term: str, entries: set[str], record: _Record, allow_knowle
     return allow_knowledge and any(_mentions(k, term) for k in record.knowledge)
 
 
-def _finding(claim: Claim, record: _Record, clause: Clause) -> tuple[bool, str]:
+def _finding(claim: Claim, record: _Record, clause: Clause, view: _PublisherView) -> tuple[bool, str]:
     present = _finding_present(claim.value, set(claim.accepts), record,
-                               bool(_COMPARATIVE_KNOWLEDGE.search(clause.raw)))
+                               bool(_COMPARATIVE_KNOWLEDGE.search(clause.raw)), view)
     said = f"label state {record.state}; findings: {', '.join(dict.fromkeys(record.findings)) or 'none'}"
+    if view.stated or view.denied:
+        said += f"; publisher notes report {', '.join(dict.fromkeys(view.stated)) or 'nothing'}" + (
+            f" and deny {', '.join(dict.fromkeys(view.denied))}" if view.denied else "")
     if claim.negated:
+        if view.denies(claim.value):
+            return True, said
         return (not present and record.state == "normal"), said
     return present, said
 
@@ -366,7 +463,7 @@ def _malignancy(claim: Claim, record: _Record) -> tuple[bool, str]:
     return claim.value in classes, said
 
 
-def _lesion(claim: Claim, record: _Record, clause: Clause) -> tuple[bool, str]:
+def _lesion(claim: Claim, record: _Record, clause: Clause, view: _PublisherView) -> tuple[bool, str]:
     noun = claim.value
     if claim.negated:
         said = f"{record.annotated} annotated region(s); label state {record.state}"
@@ -374,22 +471,26 @@ def _lesion(claim: Claim, record: _Record, clause: Clause) -> tuple[bool, str]:
             return record.annotated <= 1, said  # "no other lesion is seen" beside the one annotated
         if record.annotated:
             return False, said
-        if any(_mentions(text, noun) for text in record.finding_strings):
+        if view.denies(noun):
+            return True, said
+        if any(_mentions(text, noun) for text in record.finding_strings) or view.states(noun):
             return False, said
         return record.state == "normal", said
     if record.annotated:
         return True, ""
-    stem = noun.rstrip("s") if not noun.endswith("ss") else noun
-    ok = any(_mentions(text, stem) or _mentions(text, noun) for text in record.finding_strings)
+    stem = _singular(noun)
+    ok = any(_mentions(text, stem) or _mentions(text, noun) for text in record.finding_strings) or \
+        view.states(stem) or view.states(noun)
     return ok, f"no region is annotated (whole image only); label state {record.state}"
 
 
-def _record_claim(claim: Claim, candidates: list[str], record: _Record, clause: Clause) -> tuple[bool, str]:
+def _record_claim(claim: Claim, candidates: list[str], record: _Record, clause: Clause,
+                  view: _PublisherView) -> tuple[bool, str]:
     kind = claim.kind
     if kind == "laterality":
-        return _laterality(claim, candidates, record)
+        return _laterality(claim, candidates, record, view)
     if kind == "quadrant":
-        return _quadrant(claim, candidates, record)
+        return _quadrant(claim, candidates, record, view)
     if kind == "count":
         return _count(claim, candidates, record, clause)
     if kind == "modality":
@@ -397,7 +498,7 @@ def _record_claim(claim: Claim, candidates: list[str], record: _Record, clause: 
     if kind == "organ":
         return _organ(claim, record)
     if kind == "finding":
-        return _finding(claim, record, clause)
+        return _finding(claim, record, clause, view)
     if kind == "malignancy":
         return _malignancy(claim, record)
     if kind == "normal":
@@ -407,7 +508,7 @@ def _record_claim(claim: Claim, candidates: list[str], record: _Record, clause: 
             return record.annotated <= 1, f"{record.annotated} annotated region(s)"
         return record.annotated == 0, f"{record.annotated} annotated region(s)"
     if kind == "lesion":
-        return _lesion(claim, record, clause)
+        return _lesion(claim, record, clause, view)
     return True, ""
 
 
@@ -434,9 +535,12 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
     verdicts: list[Verdict] = []
     previous: list[str] | None = None
     last_sentence = -1
-    for clause in read_clauses(description):
+    clauses = read_clauses(description)
+    attributed = {c.sentence for c in clauses if _ATTRIBUTED.search(c.raw)}
+    for clause in clauses:
         if clause.background:
             continue
+        view = record.publisher[clause.sentence in attributed]
         general = bool(_HEDGE.search(clause.raw)) and not _THIS_IMAGE.search(clause.raw)
         candidates, _ = _bind(clause, record, previous, clause.sentence == last_sentence)
         previous, last_sentence = candidates or previous, clause.sentence
@@ -446,7 +550,7 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
             # Only what the sentence says exists (a finding) is checked in a general statement.
             claims = [c for c in claims if c.kind in ("finding", "malignancy")]
         for claim in claims:
-            if _in_publisher_text(claim, record):
+            if _in_publisher_text(claim, view):
                 verdicts.append(Verdict(claim, True, _flag_type(claim), "the publisher's text says so"))
                 continue
             (roi_claims if claim.kind in ROI_CLAIMS else other_claims).append(claim)
@@ -464,7 +568,7 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
                     best = results
             verdicts.extend(best or [])
         for claim in other_claims:
-            ok, said = _record_claim(claim, candidates, record, clause)
+            ok, said = _record_claim(claim, candidates, record, clause, view)
             verdicts.append(Verdict(claim, ok, _flag_type(claim), said))
     return verdicts
 
