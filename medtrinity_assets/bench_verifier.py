@@ -275,8 +275,11 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
     present = set()
     for text in findings + [facts.roi_value(i, "label") or "" for i in ids]:
         present |= vocabulary.entries_in(text)
-    invented = [f for f in _INVENTED_FINDINGS if not (vocabulary.entries_for(f) & present)
-                and not any(f in (x or "") for x in findings)]
+    from medtrinity_assets.generation.verifier import _PublisherView
+
+    publisher = _PublisherView(facts.record("publisher_text"), modality, vocabulary, attributed=False)
+    invented = [f for f in _INVENTED_FINDINGS if not (vocabulary.entries_for(f) & (present | publisher.entries))
+                and not any(f in (x or "") for x in findings) and not publisher.states(f)]
     if invented:
         first = rng.choice(invented)
         add("finding", "template", f"The appearance is consistent with {first}.", True)
@@ -302,9 +305,6 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
         fact = facts.roi(ids[0], "patient_side")
         if fact is not None and fact.provenance in ("geometry", "metadata", "publisher_text") and fact.value in ("left", "right"):
             primary_side = fact.value
-    from medtrinity_assets.generation.verifier import _PublisherView
-
-    publisher = _PublisherView(facts.record("publisher_text"), modality, vocabulary, attributed=False)
     true_side = primary_side or (laterality if laterality in ("left", "right") else None)
     if "bilateral" in publisher.sides or {"left", "right"} <= publisher.sides:
         true_side = None  # every side word is supported by the notes: nothing to plant

@@ -212,11 +212,17 @@ def _quadrant_key(phrase: str) -> frozenset:
     return frozenset((words & {"left", "right", "upper", "lower", "middle", "outer", "inner"}) | {kind})
 
 
-def _in_publisher_text(claim: Claim, view: _PublisherView) -> bool:
-    """The claim's own words are in the publisher's text (findings: only a bare sentence, since a
-    structured statement says whether the finding is present or denied)."""
+def _in_publisher_text(claim: Claim, view: _PublisherView, attributed: bool) -> bool:
+    """The claim's own words are in the publisher's text. A sentence that reports the notes may
+    repeat any of their words; elsewhere only a bare (unstructured) note supports a finding or a
+    location it names, never a region's measured attributes."""
     phrase = _norm(claim.phrase)
-    texts = view.bare if claim.kind in ("finding", "lesion", "malignancy", "normal", "annotation") else view.texts
+    if attributed:
+        texts = view.texts
+    elif claim.kind in ("finding", "lesion", "malignancy", "laterality", "quadrant", "organ"):
+        texts = view.bare
+    else:
+        return False
     return bool(phrase) and not claim.negated and any(
         re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) for text in texts)
 
@@ -550,7 +556,7 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
             # Only what the sentence says exists (a finding) is checked in a general statement.
             claims = [c for c in claims if c.kind in ("finding", "malignancy")]
         for claim in claims:
-            if _in_publisher_text(claim, view):
+            if _in_publisher_text(claim, view, clause.sentence in attributed):
                 verdicts.append(Verdict(claim, True, _flag_type(claim), "the publisher's text says so"))
                 continue
             (roi_claims if claim.kind in ROI_CLAIMS else other_claims).append(claim)
