@@ -384,3 +384,24 @@ def test_bounded_figures():
     assert verify("The lesion covers less than 5% of the image and measures under 2 cm.", facts) == []
     assert "size" in flag_types("The lesion covers more than 10% of the image.", facts)
     assert "size" in flag_types("The lesion measures more than 3 cm.", facts)
+
+
+def test_structured_publisher_statements():
+    import json
+
+    def note(sentence, **statement):
+        detail = {"terms": [], "sides": [], "zones": [], "negated": False, "uncertain": False, "modalities": [], **statement}
+        return Fact("rec1", None, "publisher_text", sentence, "publisher_text", detail=json.dumps(detail))
+
+    facts = FactSet(record_facts(modality="xray", organs=("lung",), findings=("covid 19 pneumonia",), rois=0) + [
+        note("Consolidation along the left costal margin.", terms=["consolidation"], sides=["left"], zones=["costal margin"]),
+        note("No pleural effusion.", terms=["pleural effusion"], negated=True),
+        note("CT showed ground-glass opacities in both lower lobes.", terms=["ground-glass opacity"], sides=["bilateral"],
+             zones=["lower lobe"], modalities=["ct"]),
+    ])
+    assert verify("There is consolidation along the left costal margin, without pleural effusion.", facts) == []
+    assert "laterality" in flag_types("There is consolidation along the right costal margin.", facts)
+    assert "finding" in flag_types("A pleural effusion is present.", facts)
+    # A CT statement in the radiograph's note: reportable as what the notes say, not as seen here.
+    assert verify("The publisher's notes report ground-glass opacity in both lower lobes.", facts) == []
+    assert flag_types("Ground-glass opacities are seen in both lower lobes.", facts)

@@ -212,15 +212,18 @@ def _quadrant_key(phrase: str) -> frozenset:
     return frozenset((words & {"left", "right", "upper", "lower", "middle", "outer", "inner"}) | {kind})
 
 
-def _in_publisher_text(claim: Claim, view: _PublisherView, attributed: bool) -> bool:
+def _in_publisher_text(claim: Claim, view: _PublisherView, attributed: bool, whole_image: bool) -> bool:
     """The claim's own words are in the publisher's text. A sentence that reports the notes may
-    repeat any of their words; elsewhere only a bare (unstructured) note supports a finding or a
-    location it names, never a region's measured attributes."""
+    repeat any of their words; elsewhere a bare (unstructured) note supports a finding or a
+    location it names, and on an image without regions the words it uses for its finding
+    ("a rounded opacity"); an annotated region's attributes are never the notes' to confirm."""
     phrase = _norm(claim.phrase)
     if attributed:
         texts = view.texts
     elif claim.kind in ("finding", "lesion", "malignancy", "laterality", "quadrant", "organ"):
         texts = view.bare
+    elif whole_image:
+        texts = view.texts
     else:
         return False
     return bool(phrase) and not claim.negated and any(
@@ -556,7 +559,7 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
             # Only what the sentence says exists (a finding) is checked in a general statement.
             claims = [c for c in claims if c.kind in ("finding", "malignancy")]
         for claim in claims:
-            if _in_publisher_text(claim, view, clause.sentence in attributed):
+            if _in_publisher_text(claim, view, clause.sentence in attributed, not record.annotated):
                 verdicts.append(Verdict(claim, True, _flag_type(claim), "the publisher's text says so"))
                 continue
             (roi_claims if claim.kind in ROI_CLAIMS else other_claims).append(claim)
