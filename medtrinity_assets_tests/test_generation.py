@@ -212,7 +212,7 @@ def test_real_busi_image_measured_written_and_verified():
         roi = make_roi(f"r{index}", "benign breast tumor", image_height=mask.shape[0], image_width=mask.shape[1],
                        x0=int(cols.min()), y0=int(rows.min()), x1=int(cols.max()) + 1, y1=int(rows.max()) + 1,
                        count_same_label=2, relations=None)
-        roi.update(measure_roi(mask, display, modality="ultrasound", radiological=False))
+        roi.update(measure_roi(mask, display, modality="ultrasound"))
         rois.append(roi)
     relate(rois)
     record = make_record("ultrasound", ["breast"], ["benign breast tumor"], height=display.shape[0], width=display.shape[1])

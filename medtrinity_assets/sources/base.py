@@ -99,6 +99,10 @@ def make_record(
     source_text: dict | None = None,
     flags: list[str] | None = None,
     organs: list[str] | None = None,
+    image_axes: dict | None = None,
+    view: str | None = None,
+    laterality: str | None = None,
+    frame_kind: str | None = None,
 ) -> dict:
     """Store the de-identified pixel array and return the RAW_RECORDS row for it.
 
@@ -107,6 +111,9 @@ def make_record(
     {"kind": "box", "label", "box": [x0, y0, x1, y1]} in pixel coordinates (x1, y1 exclusive),
     or {"kind": "contour", "label", "points": [[x, y], ...]}. ``source_text`` is the
     publisher's caption / question-answer text ({"captions": [...], "qa": [...]}).
+    ``image_axes``, ``view``, ``laterality``, ``frame_kind``: geometry the file states
+    (``imaging.geometry``); a view or laterality the file does not state comes from the spec's
+    declaration, and a frontal radiograph without stated geometry gets its declared-view axes.
     """
     import json
 
@@ -138,7 +145,25 @@ def make_record(
         "photometric": photometric,
         "source_text": json.dumps(source_text, sort_keys=True, ensure_ascii=False) if source_text else None,
         "flags": sorted(set(flags or [])),
+        **record_geometry(ctx.spec, source_file, modality or ctx.spec.modality_for(source_file),
+                          image_axes, view, laterality, frame_kind),
     }
+
+
+def record_geometry(
+    spec: SourceSpec, source_file: str, modality: str, image_axes: dict | None,
+    view: str | None, laterality: str | None, frame_kind: str | None,
+) -> dict:
+    """The RAW_RECORDS geometry columns: what the file states first, then the spec's declarations."""
+    from medtrinity_assets.imaging.geometry import declared_view_axes, encode_axes, normalize_laterality, normalize_view
+
+    view = normalize_view(view) or (normalize_view(spec.view.value_for(source_file)) if spec.view else None)
+    laterality = normalize_laterality(laterality) or (
+        normalize_laterality(spec.laterality.value_for(source_file)) if spec.laterality else None
+    )
+    if image_axes is None and modality == "xray":
+        image_axes = declared_view_axes(view)
+    return {"image_axes": encode_axes(image_axes), "view": view, "laterality": laterality, "frame_kind": frame_kind}
 
 
 def store_mask(ctx: IngestContext, mask) -> str:
