@@ -35,8 +35,11 @@ FRONTAL_MIDLINE_BAND = (0.4, 0.6)
 # Display grey level above which a pixel is body, not air/background (CT windows map air to 0,
 # MR/PET percentile scaling maps the background minimum to 0).
 BODY_GREY = 10
-# Body parts smaller than this fraction of the image are noise or tubing, not the body.
+# The body is the largest bright component (at least this fraction of the image) and any other
+# of at least BODY_PART_RATIO of its size (two legs, two arms); smaller ones are head holders,
+# tubing, table edges or noise, which would shift the centre (the pydicom CT head's holder does).
 BODY_MIN_FRACTION = 0.005
+BODY_PART_RATIO = 0.2
 SINGLE_PART_MODALITIES = frozenset({"mammography"})
 NO_SIDE = {"patient_side": None, "patient_side_source": None}
 
@@ -56,9 +59,9 @@ def body_midline_x_mm(axes: dict, display: np.ndarray, height: int, width: int) 
     if count == 0:
         return None
     sizes = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero(sizes >= BODY_MIN_FRACTION * body.size) + 1
-    if keep.size == 0:
+    if sizes.max() < BODY_MIN_FRACTION * body.size:
         return None
+    keep = np.flatnonzero(sizes >= BODY_PART_RATIO * sizes.max()) + 1
     body = np.isin(labels, keep)
     if body[0, :].any() or body[-1, :].any() or body[:, 0].any() or body[:, -1].any():
         return None

@@ -40,11 +40,12 @@ _ORIENTATION_LETTERS = set("LRAPHF")
 
 # Views of a projection radiograph shown in the standard display, where the patient faces the
 # viewer (PA and AP alike): increasing column runs towards the patient's left, rows downwards.
-FRONTAL_VIEWS = frozenset({"PA", "AP"})
+# "frontal": PA or AP, the publisher does not say which (the display is the same).
+FRONTAL_VIEWS = frozenset({"PA", "AP", "frontal"})
 
 # ViewPosition / declared spellings -> one name per view.
 _VIEW_NAMES = {
-    "PA": "PA", "POSTEROANTERIOR": "PA", "AP": "AP", "ANTEROPOSTERIOR": "AP",
+    "PA": "PA", "POSTEROANTERIOR": "PA", "AP": "AP", "ANTEROPOSTERIOR": "AP", "FRONTAL": "frontal",
     "LL": "lateral", "RL": "lateral", "LAT": "lateral", "LATERAL": "lateral", "LLD": "lateral", "RLD": "lateral",
     "CC": "CC", "MLO": "MLO", "ML": "ML", "LM": "LM", "XCCL": "XCCL", "XCCM": "XCCM", "LMO": "LMO", "SIO": "SIO",
 }

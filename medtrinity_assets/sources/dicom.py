@@ -73,7 +73,7 @@ def _mask_annotations(ctx: IngestContext, plane_masks: dict[str, np.ndarray] | N
     ]
 
 
-def _geometry(header: DicomHeader, frame: Optional[int], frame_kind: Optional[str]) -> dict:
+def dicom_geometry(header: DicomHeader, frame: Optional[int], frame_kind: Optional[str]) -> dict:
     """make_record's geometry arguments for one frame (or a single-frame file: ``frame`` None)."""
     position = header.position
     if frame is not None and header.frame_positions:
@@ -156,7 +156,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
             decoded = decode_frame(ds, header, frame)
             yield _record(
                 ctx, rel, header, decoded, slice_index, slice_count, masks.get((rel, frame)), flags,
-                _geometry(header, frame, frame_kind),
+                dicom_geometry(header, frame, frame_kind),
             )
         except Exception as error:
             yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index))
@@ -214,7 +214,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                     header.modality, 1, None, has_orientation=header.orientation is not None
                 )
                 yield _record(
-                    ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags, _geometry(header, None, frame_kind)
+                    ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags, dicom_geometry(header, None, frame_kind)
                 )
             except Exception as error:
                 yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index))
