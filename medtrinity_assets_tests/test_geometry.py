@@ -298,3 +298,31 @@ def test_view_and_laterality_names_and_incomplete_geometry():
     axes = dicom_axes([0, 1, 0, 0, 0, -1], [10, -100, 50], [2, 0.5])  # a sagittal plane
     assert (axes["column_direction"], axes["row_direction"]) == ("P", "F")
     assert patient_position_mm(axes, 4, 10).tolist() == [10, -95, 42]
+
+
+@needs_realdata
+def test_declared_frontal_views_agree_with_the_publishers_lung_sides(tmp_path):
+    """covid-chestxray: the CSV's view (PA / AP / L) as a declared view; the publisher's COCO
+    boxes name each lung. Every lung box on a frontal view must get the side its label names."""
+    import csv
+
+    from medtrinity_assets.catalog import source_root
+    from medtrinity_assets.imaging.geometry import declared_view_axes, encode_axes
+
+    spec = load_catalog()["covid_chestxray"]
+    root = source_root(spec)
+    with open(root / "metadata.csv", encoding="utf-8") as handle:
+        views = {row["filename"]: row["view"] for row in csv.DictReader(handle)}
+    blobs = BlobStore(tmp_path / "blobs")
+    outcomes = []
+    for record in ingest(spec, root, blobs):
+        view = normalize_view(views.get(record["source_file"].rsplit("/", 1)[-1]))
+        axes = declared_view_axes(view) if record["modality"] == "xray" else None
+        record = {**record, "view": view, "image_axes": encode_axes(axes)}
+        normalized = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec)
+        rois, _ = ground_record(record, normalized.display, normalized.scale, blobs, spec)
+        for roi in rois:
+            if roi["label"] and roi["label"].lower() in ("right lung", "left lung"):
+                outcomes.append((roi["label"].split()[0].lower(), roi["patient_side"], roi["patient_side_source"]))
+    assert len(outcomes) >= 10
+    assert all(side == named and source == "declared_view" for named, side, source in outcomes), outcomes
