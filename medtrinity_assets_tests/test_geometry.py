@@ -21,6 +21,7 @@ from medtrinity_assets.grounding.patient_side import body_midline_x_mm
 from medtrinity_assets.grounding.rois import ground_record
 from medtrinity_assets.grounding.side_report import count_patient_sides, materialize_upto_rois
 from medtrinity_assets.imaging.geometry import (
+    anatomical_plane,
     decode_axes,
     dicom_axes,
     dicom_frame_kind,
@@ -298,6 +299,11 @@ def test_view_and_laterality_names_and_incomplete_geometry():
     axes = dicom_axes([0, 1, 0, 0, 0, -1], [10, -100, 50], [2, 0.5])  # a sagittal plane
     assert (axes["column_direction"], axes["row_direction"]) == ("P", "F")
     assert patient_position_mm(axes, 4, 10).tolist() == [10, -95, 42]
+    assert anatomical_plane(axes) == "sagittal"
+    assert anatomical_plane(dicom_axes([1, 0, 0, 0, 1, 0], [0, 0, 0], [1, 1])) == "axial"
+    assert anatomical_plane(dicom_axes([1, 0, 0, 0, 0, -1], [0, 0, 0], [1, 1])) == "coronal"
+    # The pydicom-data shoulder MR is oblique by 35 degrees in the axial plane: no plane word.
+    assert anatomical_plane(dicom_axes([0.569486, 0.822001, 0, 0, 0, -1], [0, 0, 0], [1, 1])) is None
 
 
 @needs_realdata

@@ -156,6 +156,18 @@ def patient_position_mm(axes: dict, row: float, column: float) -> Optional[np.nd
     )
 
 
+def anatomical_plane(axes: Optional[dict]) -> Optional[str]:
+    """axial | coronal | sagittal from the image normal (column x row direction); None without
+    cosines or for a plane more than 30 degrees oblique to all three."""
+    if not axes or axes.get("column_cosines") is None:
+        return None
+    normal = np.cross(np.asarray(axes["column_cosines"], float), np.asarray(axes["row_cosines"], float))
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < np.cos(np.radians(30)) * np.linalg.norm(normal):
+        return None
+    return ("sagittal", "coronal", "axial")[axis]
+
+
 def encode_axes(axes: Optional[dict]) -> Optional[str]:
     return json.dumps(axes, sort_keys=True) if axes else None
 
