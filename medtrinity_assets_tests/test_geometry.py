@@ -332,3 +332,31 @@ def test_declared_frontal_views_agree_with_the_publishers_lung_sides(tmp_path):
                 outcomes.append((roi["label"].split()[0].lower(), roi["patient_side"], roi["patient_side_source"]))
     assert len(outcomes) >= 10
     assert all(side == named and source == "declared_view" for named, side, source in outcomes), outcomes
+
+
+@needs_realdata
+def test_nifti_without_qform_or_sform_code_has_no_geometry(tmp_path):
+    """A NIfTI whose qform and sform codes are 0 carries only voxel sizes: no image_axes, so no
+    patient side, even though the volume, the labels and the ROIs are the same."""
+    import nibabel as nib
+
+    source = REALDATA / "ibsi_sts" / "nifti" / "STS_001"
+    root = tmp_path / "nifti"
+    root.mkdir()
+    for name in ("CT_image.nii.gz", "CT_mask.nii.gz"):
+        image = nib.load(source / name)
+        header = image.header.copy()
+        header.set_qform(None, code=0)
+        header.set_sform(None, code=0)
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), None, header), root / name)
+    spec = build_spec(
+        modality="ct", organs=["extremity"], root=str(root),
+        layout={"family": "nifti", "image_glob": "*_image.nii.gz", "label_replace": [{"old": "_image", "new": "_mask"}]},
+    )
+    blobs = BlobStore(tmp_path / "blobs")
+    records = ingest(spec, root, blobs)
+    assert records and {r["image_axes"] for r in records} == {None} and {r["frame_kind"] for r in records} == {"slice"}
+    annotated = next(r for r in records if json.loads(r["annotations"]))
+    normalized = normalize_pixels(blobs.get_array(annotated["pixel_ref"]), annotated, spec)
+    rois, _ = ground_record(annotated, normalized.display, normalized.scale, blobs, spec)
+    assert rois and {r["patient_side"] for r in rois} == {None}

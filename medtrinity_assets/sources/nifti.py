@@ -141,6 +141,14 @@ def canonical_affine(image) -> np.ndarray:
     return image.affine @ inv_ornt_aff(ornt, image.shape[:3])
 
 
+def has_world_coordinates(image) -> bool:
+    """Whether the affine places voxels in the patient: qform or sform code set. With both 0
+    (NIfTI "method 1") the affine is only the voxel size, with no orientation to trust."""
+    header = image.header
+    codes = [header.get(key) for key in ("qform_code", "sform_code")]
+    return any(code is not None and int(code) > 0 for code in codes)
+
+
 def _file_plane_to_canonical(plane: np.ndarray, mapping: list[tuple[int, bool]], axis: int) -> np.ndarray:
     """A plane cut across file axis ``mapping[axis][0]``, reordered and flipped into RAS."""
     file_axis = mapping[axis][0]
@@ -338,7 +346,7 @@ def _volume_records(
     try:
         planes = canonical_planes(image, axis, indices, channel)
         spacing = _in_plane_spacing(image, axis)
-        affine = canonical_affine(image)
+        affine = canonical_affine(image) if has_world_coordinates(image) else None
         plane_shape = tuple(n for c, n in enumerate(_canonical_shape(image)) if c != axis)
     except Exception as error:
         what = f"sequence {sequence}" if sequence else "volume"
@@ -361,7 +369,7 @@ def _volume_records(
                 slice_index=index,
                 slice_count=slice_count,
                 pixel_spacing_mm=spacing,
-                image_axes=nifti_display_axes(affine, axis, index, plane_shape),
+                image_axes=nifti_display_axes(affine, axis, index, plane_shape) if affine is not None else None,
                 # A 2D file (one echo frame per file) is an image, not a slice of a volume.
                 frame_kind="slice" if slice_count > 1 else None,
             )
