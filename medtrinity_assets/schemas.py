@@ -64,6 +64,14 @@ RAW_RECORDS = pa.schema(
         ("view", STR),
         ("sex", STR),
         ("age_band", STR),
+        # Geometry (imaging.geometry): JSON with the patient direction (DICOM LPS letters
+        # L/R, A/P, H/F) of increasing column and row of the stored pixel array, the LPS
+        # position (mm) of pixel (0, 0), the row/column direction cosines and spacing where
+        # known, and "source": dicom_orientation | dicom_patient_orientation | nifti_affine |
+        # declared_view. Null when nothing is known (photos, most 2D files).
+        ("image_axes", STR),
+        ("laterality", STR),  # left | right | bilateral | null: side of the imaged paired part
+        ("frame_kind", STR),  # slice (of a spatial volume) | frame (of a cine loop) | null (2D)
     ]
 )
 
@@ -118,7 +126,7 @@ ROIS = pa.schema(
         ("centroid_y", FLOAT),  # fraction of height
         ("horizontal", STR),  # image side: left | center | right
         ("vertical", STR),  # upper | middle | lower
-        ("patient_side", STR),  # right | left | midline | null (radiological convention)
+        ("patient_side", STR),  # right | left | midline | null: from geometry only (grounding.patient_side)
         ("size_class", STR),  # small | medium | large
         ("shape", STR),  # round | oval | elongated | irregular
         ("circularity", FLOAT),
@@ -133,6 +141,7 @@ ROIS = pa.schema(
         ("colour", STR),  # colour name for RGB images, else null
         ("count_same_label", INT),  # ROIs with this label in the image
         ("relations", STR),  # JSON [{"roi_id", "label", "relation", "distance"}]
+        ("patient_side_source", STR),  # geometry | declared_view | null (no patient side)
     ]
 )
 

@@ -236,24 +236,24 @@ def test_roi_ids_are_stable(blobs):
 # --- attributes -------------------------------------------------------------------------------
 
 
-def test_position_words_and_patient_side_for_disk_on_image_left():
+def test_position_words_are_image_frame_words_only():
     shape = (300, 300)
     mask = disk_mask(shape, (250, 50), 20)
     image = bright_disk_image(shape, (250, 50), 20)
-    ct = measure_roi(mask, image, modality="ct", radiological=True)
-    assert (ct["horizontal"], ct["vertical"], ct["patient_side"]) == ("left", "lower", "right")
+    ct = measure_roi(mask, image, modality="ct")
+    assert (ct["horizontal"], ct["vertical"]) == ("left", "lower")
     assert ct["centroid_x"] == pytest.approx(50.5 / 300, abs=1e-3)
-    photo = measure_roi(mask, image, modality="dermoscopy", radiological=False)
-    assert photo["patient_side"] is None and photo["horizontal"] == "left"
-    middle = measure_roi(disk_mask(shape, (150, 150), 20), image, modality="ct", radiological=True)
-    assert (middle["horizontal"], middle["vertical"], middle["patient_side"]) == ("center", "middle", "midline")
+    # Where the ROI sits in the frame never gives a patient side (grounding.patient_side does).
+    assert "patient_side" not in ct
+    middle = measure_roi(disk_mask(shape, (150, 150), 20), image, modality="ct")
+    assert (middle["horizontal"], middle["vertical"]) == ("center", "middle")
 
 
 def test_tiny_roi_has_no_shape_but_is_measured():
     shape = (64, 64)
     mask = np.zeros(shape, bool)
     mask[10, 10] = True
-    result = measure_roi(mask, bright_disk_image(shape, (10, 10), 1), modality="ct", radiological=True)
+    result = measure_roi(mask, bright_disk_image(shape, (10, 10), 1), modality="ct")
     assert result["area_px"] == 1 and result["size_class"] == "small"
     assert result["shape"] is None and result["circularity"] is None
     assert result["intensity_word"] is not None
@@ -263,7 +263,7 @@ def test_tiny_roi_has_no_shape_but_is_measured():
 def test_size_classes(radius, expected):
     shape = (256, 256)
     mask = disk_mask(shape, (128, 128), radius)
-    assert measure_roi(mask, bright_disk_image(shape, (128, 128), radius), modality="ct", radiological=True)["size_class"] == expected
+    assert measure_roi(mask, bright_disk_image(shape, (128, 128), radius), modality="ct")["size_class"] == expected
 
 
 def test_shapes():
@@ -271,7 +271,7 @@ def test_shapes():
     image = np.zeros(shape, np.uint8)
 
     def shape_of(mask):
-        return measure_roi(mask, image, modality="ct", radiological=True)["shape"]
+        return measure_roi(mask, image, modality="ct")["shape"]
 
     assert shape_of(disk_mask(shape, (128, 128), 30)) == "round"
     oval = np.zeros(shape, bool)
@@ -291,12 +291,12 @@ def test_bright_disk_is_hyperdense_with_sharp_margin_and_blurred_disk_is_ill_def
     shape = (256, 256)
     mask = disk_mask(shape, (128, 128), 25)
     sharp = bright_disk_image(shape, (128, 128), 25)
-    result = measure_roi(mask, sharp, modality="ct", radiological=True)
+    result = measure_roi(mask, sharp, modality="ct")
     assert result["intensity_word"] == "hyperdense" and result["intensity_contrast"] > 0.5
     assert result["margin"] == "well-defined" and result["texture"] == "homogeneous"
     blurred = ndimage.gaussian_filter(bright_disk_image(shape, (128, 128), 25, noise=0).astype(float), 5)
     blurred = np.clip(blurred + np.random.default_rng(1).normal(0, 5, shape), 0, 255).astype(np.uint8)
-    soft = measure_roi(mask, blurred, modality="ct", radiological=True)
+    soft = measure_roi(mask, blurred, modality="ct")
     assert soft["margin"] == "ill-defined"
     assert soft["margin_sharpness"] < result["margin_sharpness"]
 
@@ -310,7 +310,7 @@ def test_intensity_words_by_modality(modality, inside, word):
     shape = (128, 128)
     mask = disk_mask(shape, (64, 64), 20)
     image = bright_disk_image(shape, (64, 64), 20, inside=inside, outside=40)
-    assert measure_roi(mask, image, modality=modality, radiological=True)["intensity_word"] == word
+    assert measure_roi(mask, image, modality=modality)["intensity_word"] == word
 
 
 def test_heterogeneous_versus_homogeneous():
@@ -320,8 +320,8 @@ def test_heterogeneous_versus_homogeneous():
     mottled = smooth.copy()
     rng = np.random.default_rng(2)
     mottled[mask] = np.clip(160 + rng.normal(0, 40, int(mask.sum())), 0, 255).astype(np.uint8)
-    assert measure_roi(mask, smooth, modality="mri", radiological=True)["texture"] == "homogeneous"
-    result = measure_roi(mask, mottled, modality="mri", radiological=True)
+    assert measure_roi(mask, smooth, modality="mri")["texture"] == "homogeneous"
+    result = measure_roi(mask, mottled, modality="mri")
     assert result["texture"] == "heterogeneous" and result["texture_ratio"] > 3
 
 
@@ -330,8 +330,8 @@ def test_colour_of_red_patch_on_real_fundus_photo():
     mask = np.zeros(retina.shape[:2], bool)
     mask[100:140, 150:200] = True
     retina[mask] = (185, 35, 45)
-    assert measure_roi(mask, retina, modality="fundus", radiological=False)["colour"] == "red"
-    grey = measure_roi(mask, retina[:, :, 0], modality="fundus", radiological=False)
+    assert measure_roi(mask, retina, modality="fundus")["colour"] == "red"
+    grey = measure_roi(mask, retina[:, :, 0], modality="fundus")
     assert grey["colour"] is None
 
 

@@ -27,6 +27,7 @@ from medtrinity_assets.catalog.layouts import (
     Replace,
     Strict,
 )
+from medtrinity_assets.imaging.geometry import normalize_laterality, normalize_view
 
 Access = Literal["open", "registration", "credentialed", "package"]
 AnnotationKind = Literal["mask", "box", "contour", "label", "caption", "vqa", "none"]
@@ -67,6 +68,64 @@ class Labels(Strict):
                     raise ValueError("labels.pattern needs one group: the label")
             except re.error as error:
                 raise ValueError(f"labels.pattern is not a valid regex: {error}") from None
+        return self
+
+
+class Declared(Strict):
+    """A per-image value the publisher's layout guarantees: one value for the whole source
+    ("fixed"), or the first group of ``pattern`` on the relative path ("regex"), mapped through
+    ``rename`` (CBIS-DDSM "Mass-Training_P_00001_LEFT_CC": pattern "_(LEFT|RIGHT)_",
+    rename {LEFT: left, RIGHT: right}). A path the pattern does not match gets no value."""
+
+    source: Literal["fixed", "regex"]
+    fixed: Optional[str] = None
+    pattern: Optional[str] = None
+    rename: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Declared":
+        if self.source == "fixed" and not self.fixed:
+            raise ValueError("source 'fixed' needs 'fixed'")
+        if self.source == "regex":
+            if not self.pattern:
+                raise ValueError("source 'regex' needs 'pattern'")
+            try:
+                if re.compile(self.pattern).groups < 1:
+                    raise ValueError("pattern needs one group: the value")
+            except re.error as error:
+                raise ValueError(f"pattern is not a valid regex: {error}") from None
+        return self
+
+    def value_for(self, relative_path: str) -> Optional[str]:
+        if self.source == "fixed":
+            raw = self.fixed
+        else:
+            match = re.search(self.pattern, relative_path)
+            raw = match.group(1) if match else None
+        return self.rename.get(raw, raw) if raw is not None else None
+
+
+class DeclaredView(Declared):
+    """The radiographic view (PA, AP, lateral, CC, MLO...). A declared PA/AP radiograph in the
+    standard display gives patient sides (source "declared_view"); a lateral gives none."""
+
+    @model_validator(mode="after")
+    def _known_view(self) -> "DeclaredView":
+        for value in [self.fixed, *self.rename.values()]:
+            if value is not None and normalize_view(value) is None:
+                raise ValueError(f"unknown view {value!r}: use PA, AP, lateral, CC, MLO, ML, LM, XCCL...")
+        return self
+
+
+class DeclaredLaterality(Declared):
+    """Which paired part the image shows (left / right breast, eye, hand); such an image gets
+    no patient side per ROI: the whole image is one side."""
+
+    @model_validator(mode="after")
+    def _known_side(self) -> "DeclaredLaterality":
+        for value in [self.fixed, *self.rename.values()]:
+            if value is not None and normalize_laterality(value) is None:
+                raise ValueError(f"unknown laterality {value!r}: use left, right or bilateral (or L, R, B)")
         return self
 
 
@@ -201,7 +260,13 @@ class SourceSpec(Strict):
     pseudonymize_paths: bool = False
     # Boxes from a second annotation file added to the records of any layout family.
     extra_boxes: Optional[BoxAnnotations] = None
-    # Radiological display convention: image left is patient right (set false for photos).
+    # Views and laterality the publisher's layout guarantees (DICOM ViewPosition and
+    # ImageLaterality / Laterality are read by the dicom family and win over these).
+    view: Optional[DeclaredView] = None
+    laterality: Optional[DeclaredLaterality] = None
+    # Radiological display convention of the stored images. It no longer decides any
+    # patient-side word (those come from geometry or a declared view: grounding.patient_side);
+    # kept for the LLM prompt and the verifier, which still read ``is_radiological``.
     radiological_orientation: Optional[bool] = None
 
     @field_validator("id")

@@ -37,9 +37,6 @@ IRREGULAR_CIRCULARITY = 0.55
 ELONGATED_ECCENTRICITY = 0.92
 ROUND_ECCENTRICITY = 0.60
 ROUND_CIRCULARITY = 0.75
-# Radiological convention: image left is the patient's right; the middle fifth is midline.
-PATIENT_RIGHT_BELOW = 0.4
-PATIENT_LEFT_ABOVE = 0.6
 
 INTENSITY_WORDS: dict[str, tuple[str, str, str]] = {  # (higher, lower, similar)
     "ct": ("hyperdense", "hypodense", "isodense"),
@@ -84,13 +81,12 @@ def colour_name(mean_rgb) -> str:
     return _PALETTE_NAMES[int(np.argmin(np.linalg.norm(_PALETTE_LAB - lab, axis=1)))]
 
 
-def position_words(cx: float, cy: float, radiological: bool) -> dict:
+def position_words(cx: float, cy: float) -> dict:
+    """Where the ROI sits in the picture (thirds of width and height). Image-frame words only:
+    the patient's side needs geometry (grounding.patient_side), never the frame position."""
     horizontal = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "center"
     vertical = "upper" if cy < 1 / 3 else "lower" if cy > 2 / 3 else "middle"
-    side = None
-    if radiological:
-        side = "right" if cx < PATIENT_RIGHT_BELOW else "left" if cx > PATIENT_LEFT_ABOVE else "midline"
-    return {"horizontal": horizontal, "vertical": vertical, "patient_side": side}
+    return {"horizontal": horizontal, "vertical": vertical}
 
 
 def size_class(area_fraction: float) -> str:
@@ -170,7 +166,6 @@ def measure_roi(
     display: np.ndarray,
     *,
     modality: str,
-    radiological: bool,
     pixel_spacing_mm=None,
     scale: float = 1.0,
     outline_is_exact: bool = True,
@@ -195,7 +190,7 @@ def measure_roi(
         "area_mm2": _area_mm2(area_px, pixel_spacing_mm, scale),
         "centroid_x": cx,
         "centroid_y": cy,
-        **position_words(cx, cy, radiological),
+        **position_words(cx, cy),
         "size_class": size_class(area_fraction),
         **_empty_measures(),
         "colour": None,

@@ -18,6 +18,7 @@ from skimage import draw, measure
 
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.grounding.attributes import measure_roi, measure_whole_image
+from medtrinity_assets.grounding.patient_side import patient_side_locator
 from medtrinity_assets.grounding.relations import relate
 from medtrinity_assets.imaging.normalize import encode_png, resize_mask
 from medtrinity_assets.storage import BlobStore
@@ -145,6 +146,7 @@ def ground_record(
 
     rois: list[dict] = []
     masks: dict[str, np.ndarray] = {}
+    side_of = patient_side_locator(record, display)
     for number, annotation in enumerate(annotations):
         described = f"annotation {number} ({annotation.get('kind')}, label {annotation.get('label')!r})"
         try:
@@ -164,10 +166,11 @@ def ground_record(
                 mask_path=mask_path,
                 contour=json.dumps(outline(mask)),
                 **measure_roi(
-                    mask, display, modality=modality, radiological=spec.is_radiological,
+                    mask, display, modality=modality,
                     pixel_spacing_mm=spacing, scale=scale, outline_is_exact=origin != "annotation:box",
                 ),
             )
+            row.update(side_of(row["centroid_x"], row["centroid_y"]))
             masks[row["roi_id"]] = mask
             rois.append(row)
 
@@ -176,6 +179,7 @@ def ground_record(
         row.update(
             x0=0, y0=0, x1=int(display.shape[1]), y1=int(display.shape[0]), mask_path=None, contour=None,
             **measure_whole_image(display, pixel_spacing_mm=spacing, scale=scale),
+            patient_side_source=None,
         )
         rois.append(row)
 
