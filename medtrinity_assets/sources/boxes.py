@@ -46,7 +46,7 @@ from medtrinity_assets.sources.image_common import (
     patient_id_for,
 )
 
-LISTED_FORMATS = ("coco", "csv", "circles")  # the annotation file names its images
+LISTED_FORMATS = ("coco", "csv", "circles", "keyed_json")  # the annotation file names its images
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 # --------------------------------------------------------------------------- decoding
@@ -210,10 +210,16 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
                 ctx, settings, image_table, rel, item["width"], item["height"], item["record_id"]
             )
             yield from problems
+            reference = settings.role == "reference"
+            if reference:
+                # Publisher boxes beside masks: kept for grounding's cross-check, not findings.
+                annotations = [{**annotation, "reference": True} for annotation in annotations]
             item = {
                 **item,
                 "annotations": json.dumps(json.loads(item["annotations"] or "[]") + annotations, sort_keys=True),
-                "labels": sorted(set(item["labels"]) | set(labels)) if settings.boxes_are_findings else item["labels"],
+                "labels": sorted(set(item["labels"]) | set(labels))
+                if settings.boxes_are_findings and not reference
+                else item["labels"],
             }
         yield item
     if table is not None:
