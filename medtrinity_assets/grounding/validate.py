@@ -271,30 +271,39 @@ def colours_report() -> dict:
 # --------------------------------------------------------------------------- MNI152
 
 
-def mni_report() -> dict:
+def mni_rois(exclude_background: bool = True) -> list[tuple[int, dict]]:
+    """(slice index, grey-matter ROI) of the demo MNI152 source; ``exclude_background`` False
+    gives the former comparison ring, background included."""
     from medtrinity_assets.catalog.acquire import fetch_package_files
 
     spec = load_spec(CATALOG / "demo_mri_brain_mni.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw"
-        fetch_package_files(spec, raw)
-        spec = spec.model_copy(update={"root": str(raw)})
-        blobs = BlobStore(Path(tmp) / "blobs")
-        words: Counter = Counter()
-        excluded = []
-        rois_per_slice = []
-        for _, rois, _, _ in ground_source(spec, blobs):
-            if rois is None:
-                continue
-            grey_matter = [r for r in rois if r["label"] == "grey matter"]
-            rois_per_slice.append(len(grey_matter))
-            words.update(r["intensity_word"] for r in grey_matter)
-            excluded += [r["ring_excluded_fraction"] for r in grey_matter if r["ring_excluded_fraction"] is not None]
-    return {
-        "grey matter intensity words": dict(words),
-        "ring share excluded as background": _spread(excluded),
-        "grey-matter ROIs per slice": _spread(rois_per_slice),
-    }
+    saved = set(attributes.BACKGROUND_MODALITIES)
+    if not exclude_background:
+        attributes.BACKGROUND_MODALITIES.clear()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "raw"
+            fetch_package_files(spec, raw)
+            spec = spec.model_copy(update={"root": str(raw)})
+            found = []
+            for record, rois, _, _ in ground_source(spec, BlobStore(Path(tmp) / "blobs")):
+                if rois is not None:
+                    found += [(record["slice_index"], r) for r in rois if r["label"] == "grey matter"]
+            return found
+    finally:
+        attributes.BACKGROUND_MODALITIES.update(saved)
+
+
+def mni_report() -> dict:
+    report = {}
+    for name, exclude in (("background in the ring (before)", False), ("background excluded (now)", True)):
+        rois = mni_rois(exclude)
+        report[name] = {
+            "grey matter intensity words": dict(Counter(r["intensity_word"] for _, r in rois)),
+            "hyperintense slices": sorted(i for i, r in rois if r["intensity_word"] == "hyperintense"),
+            "ring share excluded as background": _spread([r["ring_excluded_fraction"] or 0.0 for _, r in rois]),
+        }
+    return report
 
 
 def main(argv=None) -> int:
