@@ -226,6 +226,61 @@ def test_contour_is_rasterized(blobs):
     assert "at least 3" in problems[0]
 
 
+def test_publisher_boxes_in_a_keyed_json_are_read_checked_and_reported(tmp_path):
+    from medtrinity_assets.sources.box_formats import parse_keyed_json
+
+    spec = build_spec(
+        layout={"family": "image_mask", "image_glob": "images/*.jpg", "mask_template": "masks/{stem}.jpg"},
+        extra_boxes={
+            "format": "keyed_json", "file": "boxes.json", "path_template": "images/{id}.jpg",
+            "box_columns": ["xmin", "ymin", "xmax", "ymax"], "label_column": "label", "role": "reference",
+        },
+    )
+    (tmp_path / "boxes.json").write_text(json.dumps({
+        "a": {"height": 50, "width": 60, "bbox": [{"label": "polyp", "xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40}]},
+        "b": {"bbox": [{"label": "polyp", "xmin": "?", "ymin": 2, "xmax": 3, "ymax": 4}]},
+        "c": {"height": 5},
+    }))
+    table = parse_keyed_json(tmp_path, spec.extra_boxes)
+    assert [b.box for b in table.boxes["images/a.jpg"]] == [(1.0, 2.0, 30.0, 40.0)]
+    assert table.sizes["images/a.jpg"] == (60, 50) and table.boxes["images/b.jpg"] == []
+    reasons = sorted(f"{q.source_file}: {q.reason}" for q in table.problems)
+    assert reasons == [
+        "boxes.json id b box 0: box lacks numeric xmin, ymin, xmax, ymax",
+        "boxes.json id c: entry has no list under 'bbox'",
+    ]
+    with pytest.raises(Exception, match="needs four 'box_columns'"):
+        build_spec(extra_boxes={"format": "keyed_json", "file": "boxes.json", "label_column": "label"})
+
+
+def test_reference_boxes_are_matched_to_components_and_never_become_rois(blobs):
+    shape = (100, 100)
+    mask = np.zeros(shape, np.uint8)
+    mask[10:30, 10:30] = 1
+    mask[60:90, 50:80] = 1
+    annotations = [
+        mask_annotation(blobs, mask, "polyp"),
+        {"kind": "box", "label": "polyp", "box": [50, 60, 80, 90], "reference": True},
+        {"kind": "box", "label": "polyp", "box": [5, 5, 12, 12], "reference": True},  # a box nothing fills
+    ]
+    rois, problems = ground_record(make_record(shape, annotations), np.zeros(shape, np.uint8), 1.0, blobs, make_spec("endoscopy", ["colon"]))
+    assert [r["origin"] for r in rois] == ["annotation:mask"] * 2
+    assert [r["box_agreement"] for r in rois] == [1.0, None]
+    assert len(problems) == 2 and all(p.startswith("publisher box check") for p in problems)
+    assert "best IoU 0.01" in problems[0] and "[10, 10, 30, 30] (display px) has no publisher box" in problems[1]
+
+
+def test_max_diameter_in_mm_uses_the_export_scale_per_axis(blobs):
+    shape = (400, 200)
+    mask = np.zeros(shape, np.uint8)
+    mask[100:300, 50:150] = 1  # 200 x 100 original px at 0.5 x 1.0 mm: 100 mm x 100 mm
+    record = make_record(shape, [mask_annotation(blobs, mask)], spacing=[0.5, 1.0])
+    (roi,), _ = ground_record(record, np.zeros((200, 100), np.uint8), 0.5, blobs, make_spec("ct", ["liver"]))
+    assert (roi["width_px"], roi["height_px"]) == (50, 100)
+    assert roi["area_mm2"] == pytest.approx(100 * 100, rel=0.01)
+    assert roi["max_diameter_mm"] == pytest.approx(100 * np.sqrt(2), rel=0.01)
+
+
 # --- whole image ------------------------------------------------------------------------------
 
 

@@ -150,3 +150,27 @@ def test_mni152_grey_matter_is_compared_with_tissue_not_background():
     # brain in the ring, 23 of 24 slices were "hyperintense".
     assert words["hypointense"] > len(rois) / 2 and words["hyperintense"] <= 3, words
     assert all(r["ring_excluded_fraction"] > 0.3 for _, r in rois)
+
+
+@needs_realdata
+def test_ground_stage_reports_specks_and_box_agreement(tmp_path):
+    import pyarrow.parquet as pq
+
+    from medtrinity_assets import schemas, stages
+    from medtrinity_assets.paths import DataRoot
+
+    spec = linked_kvasir(tmp_path, TWO_POLYPS + [JOINED_POLYPS, CORNER_SPECK])
+    root = DataRoot(tmp_path / "var")
+    ingest = stages.run_ingest(spec, root, "salt")
+    assert ingest.rows == 4  # the other 996 ids of the box file are reported as absent images
+    stages.run_normalize(spec, root)
+    report = stages.run_ground(spec, root)
+    boxes = report.extra["publisher_boxes"]
+    assert boxes["boxes"] == 7 and boxes["matched"] == 6 and boxes["unmatched"] == 1
+    assert boxes["components_without_box"] == 0 and boxes["mean_iou"] > 0.9
+    assert report.extra["specks_dropped"] >= 1
+    # The unmatched box is in the quarantine table as a cross-check finding, not a dropped annotation.
+    quarantine = pq.read_table(root.quarantine("ground", spec.id)).to_pylist()
+    assert [q["reason"].split(":")[0] for q in quarantine] == [REFERENCE_PREFIX]
+    table = pq.read_table(root.table("rois", spec.id))
+    assert table.schema.names == schemas.ROIS.names and table.num_rows == 6
