@@ -27,9 +27,10 @@ HETEROGENEOUS_STD = 0.12  # std of the ROI core / 255 above this: heterogeneous 
 #    microlobulated or spiculated outlines are longer than their hull);
 #  - boundary contrast-to-noise = |mean of the 10 px band outside - 10 px band inside| /
 #    pooled std of the two bands (an edge that is really there, not just drawn).
-# On BUSI (busi_train, 150 benign/malignant masses, fitted there; busi, 16, held out),
-# "well-defined" vs benign: busi_train 142/150 agree (94.7%), busi 16/16; the old gradient-ratio
-# rule agreed 84/150 and 13/16 (see grounding/validate.py busi-margin).
+# On BUSI (busi_train: 150 benign/malignant masses, thresholds fitted there; busi: 16, held
+# out), "well-defined" agrees with "benign" for 138/150 (92%) and 16/16; benign masses called
+# well-defined: 93/100 and 8/8. The former gradient-ratio rule (>= 1.5) agreed 85/150 and 13/16
+# and called 60 of 100 benign masses ill-defined (grounding/validate.py busi).
 WELL_DEFINED_CONVEXITY = 0.95
 # margin_sharpness (kept as a measurement, no longer the margin word): boundary gradient /
 # ring gradient, with the ring gradient floored so a noise-free background does not divide by ~0.
@@ -51,9 +52,10 @@ CNR_SCALE = 0.3
 MARGIN_CONFIDENCE_BINS = ((0.5, 0.81), (1.0, 0.91), (math.inf, 0.94))
 # Shape: solidity < IRREGULAR_SOLIDITY is lobulated / angular ("irregular"); eccentricity >=
 # 0.92 is an axis ratio below ~0.4 ("elongated"); a round ROI has axis ratio > 0.8
-# (eccentricity < 0.6) and a smooth outline. On busi_train, solidity >= 0.94 holds for 99/100
-# benign masses and < 0.94 for 47/50 malignant ones (medians 0.978 vs 0.862); BI-RADS calls
-# malignant-looking outlines irregular, so the line sits there, not at the former 0.80.
+# (eccentricity < 0.6) and a smooth outline. BUSI solidity medians: benign 0.978, malignant
+# 0.862; with the line at 0.94 (not the former 0.80) busi_train gives malignant -> irregular
+# 50/50, benign -> round/oval/elongated 99/100, and the held-out busi 16/16 (BI-RADS reads an
+# irregular outline as suspicious, a round/oval one as probably benign).
 IRREGULAR_SOLIDITY = 0.94
 MIN_SHAPE_PIXELS = 16
 IRREGULAR_CIRCULARITY = 0.55
@@ -95,10 +97,12 @@ PHOTO_WORDS = ("brighter", "darker", "similar brightness")
 # Colour names from CIELAB bands (lightness L*, chroma C*, hue angle h in degrees) of the
 # ROI's median colour, specular highlights (L* > 85, C* < 15) and background left out. The
 # bands follow colour-name geometry (brown is dark orange-red: warm hue, low lightness), and
-# were checked on real lesions (grounding/validate.py colours): Kvasir-SEG polyps (pink/red
-# mucosa, median L 60, C 45, h 46: 1,000 ROIs, see the report for the share named pink/red),
-# HAM10000 lesions (L 50-56, h 12-35), IHC DAB (L 33, C 31, h 63: brown) and haematoxylin
-# (L 61, C 15, h 285: blue) from skimage.data.immunohistochemistry.
+# were checked on real lesions (grounding/validate.py kvasir / colours): Kvasir-SEG polyps
+# (mucosa, median L 60, C 45, h 46): 947 of 1,063 ROIs pink or red, 84 brown or dark brown
+# (mostly dim, under-exposed frames; the nearest-palette rule called 814 of 1,000 brown);
+# HAM10000 (5 masked lesions, L 50-56, h 12-35): red 3, pink 1, brown 1; ISIC 2017 (24, lesion
+# by Otsu): brown 18, dark brown 1, black 2, grey 1, red 1, pink 1; IHC (skimage): DAB pixels
+# (L 33, C 31, h 63) brown, haematoxylin pixels (L 61, C 15, h 285) blue.
 ACHROMATIC_CHROMA = 10.0  # below: white / grey / black by lightness
 WHITE_LIGHTNESS = 80.0
 BLACK_LIGHTNESS = 25.0
