@@ -158,6 +158,22 @@ def test_minimum_component_area_is_a_spec_field_with_clear_errors():
         build_spec(grounding={"min_component_fractoin": 0.01})
 
 
+def test_bad_grounding_field_in_a_spec_file_names_file_and_field(tmp_path):
+    import yaml
+
+    from medtrinity_assets.catalog import CatalogError
+    from medtrinity_assets.catalog.load import load_spec
+    from medtrinity_assets.paths import REPO_ROOT
+
+    data = yaml.safe_load((REPO_ROOT / "data" / "sources" / "kvasir_seg.yaml").read_text())
+    data["grounding"] = {"min_component_fraction": 1.5}
+    path = tmp_path / "kvasir_seg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CatalogError) as error:
+        load_spec(path)
+    assert str(path) in str(error.value) and "grounding.min_component_fraction" in str(error.value)
+
+
 def test_empty_mask_gives_no_roi_a_problem_and_a_whole_image_entry(blobs):
     shape = (64, 80)
     record = make_record(shape, [mask_annotation(blobs, np.zeros(shape, np.uint8))])
