@@ -28,8 +28,8 @@ HETEROGENEOUS_STD = 0.12  # std of the ROI core / 255 above this: heterogeneous 
 #  - boundary contrast-to-noise = |mean of the 10 px band outside - 10 px band inside| /
 #    pooled std of the two bands (an edge that is really there, not just drawn).
 # On BUSI (busi_train: 150 benign/malignant masses, thresholds fitted there; busi: 16, held
-# out), "well-defined" agrees with "benign" for 138/150 (92%) and 16/16; benign masses called
-# well-defined: 93/100 and 8/8. The former gradient-ratio rule (>= 1.5) agreed 85/150 and 13/16
+# out), "well-defined" agrees with "benign" for 141/150 (94%) and 16/16; benign masses called
+# well-defined: 96/100 and 8/8. The former gradient-ratio rule (>= 1.5) agreed 85/150 and 13/16
 # and called 60 of 100 benign masses ill-defined (grounding/validate.py busi).
 WELL_DEFINED_CONVEXITY = 0.95
 # margin_sharpness (kept as a measurement, no longer the margin word): boundary gradient /
@@ -47,9 +47,9 @@ CONVEXITY_SCALE = 0.03
 CNR_SCALE = 0.3
 # margin_confidence by |distance| bin (in the scaled units above): the share of BUSI lesions
 # (busi_train + busi, 166) in that bin whose margin word agrees with their class (benign =
-# well-defined), measured 13/16, 21/23, 87/90 and 33/37; the last two bins are pooled
-# (120/127) so the confidence never falls as the distance grows.
-MARGIN_CONFIDENCE_BINS = ((0.5, 0.81), (1.0, 0.91), (math.inf, 0.94))
+# well-defined): 12/16 below 0.5, 19/22 below 1, 126/128 beyond. The last is capped at 0.95:
+# it was measured on the lesions the thresholds were fitted to, and the class is a proxy.
+MARGIN_CONFIDENCE_BINS = ((0.5, 0.75), (1.0, 0.86), (math.inf, 0.95))
 # Shape: solidity < IRREGULAR_SOLIDITY is lobulated / angular ("irregular"); eccentricity >=
 # 0.92 is an axis ratio below ~0.4 ("elongated"); a round ROI has axis ratio > 0.8
 # (eccentricity < 0.6) and a smooth outline. BUSI solidity medians: benign 0.978, malignant
