@@ -109,6 +109,12 @@ def kvasir_report(limit: int | None = None) -> dict:
                 out["images with >= 2 boxes"] += 1
                 out["  of which >= 2 ROIs"] += len(mask_rois) >= 2
             out["ROIs starting at the image corner (0,0)"] += sum(r["x0"] == 0 and r["y0"] == 0 for r in mask_rois)
+            # Before: one ROI per mask, its box around every pixel, specks included.
+            union = _union_box(record, blobs, rois[0]["image_height"], rois[0]["image_width"])
+            if union is not None:
+                out["before: masks whose box starts at (0,0)"] += union[:2] == (0, 0)
+                largest = (mask_rois[0]["x0"], mask_rois[0]["y0"], mask_rois[0]["x1"], mask_rois[0]["y1"]) if mask_rois else None
+                out["before: boxes widened by specks or a second polyp"] += len(mask_rois) != 1 or union != largest
             out["boxes matched"] += sum(r["box_agreement"] is not None for r in mask_rois)
             out["problems reported (unmatched box/component)"] += sum(p.startswith("publisher box check") for p in problems)
             ious += [r["box_agreement"] for r in mask_rois if r["box_agreement"] is not None]
@@ -123,6 +129,20 @@ def kvasir_report(limit: int | None = None) -> dict:
         "shapes": dict(shapes.most_common()),
         "count mismatches": mismatched,
     }
+
+
+def _union_box(record: dict, blobs: BlobStore, height: int, width: int):
+    """The box the former rule gave: around every pixel of the (first) mask annotation."""
+    from medtrinity_assets.imaging.normalize import resize_mask
+
+    masks = [a for a in json.loads(record["annotations"] or "[]") if a.get("kind") == "mask"]
+    if not masks:
+        return None
+    mask = resize_mask(np.asarray(blobs.get_array(masks[0]["mask_ref"])), (height, width)) != 0
+    if not mask.any():
+        return None
+    rows, cols = np.nonzero(mask)
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
 
 
 def _spread(values: list[float]) -> dict:
