@@ -1,9 +1,10 @@
 """Measured attributes of one ROI over the normalized display image.
 
 Every word a description may use about a region (where it is, how big, what shape, brighter or
-darker than its surroundings, smooth or mottled, sharp or blurred edge, what colour) is derived
+darker than the tissue around it, smooth or mottled, circumscribed or not, what colour) is derived
 here from pixels with a stated threshold, so the verifier can check the text against numbers.
-Values that cannot be measured are None, never a guess.
+Values that cannot be measured are None, never a guess; the margin and shape words carry a
+confidence (how far their measures are from the thresholds) so a writer can hedge or omit them.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ HETEROGENEOUS_STD = 0.12  # std of the ROI core / 255 above this: heterogeneous 
 # well-defined: 96/100 and 8/8. The former gradient-ratio rule (>= 1.5) agreed 85/150 and 13/16
 # and called 60 of 100 benign masses ill-defined (grounding/validate.py busi).
 WELL_DEFINED_CONVEXITY = 0.95
+WELL_DEFINED_CNR = 0.3
+MARGIN_BAND = 10
 # margin_sharpness (kept as a measurement, no longer the margin word): boundary gradient /
 # ring gradient, with the ring gradient floored so a noise-free background does not divide by ~0.
 RING_GRADIENT_FLOOR = 0.02
-WELL_DEFINED_CNR = 0.3
-MARGIN_BAND = 10
-# Blur alone does not decide it: ultrasound edges at 512 px are as soft as a 4-5 px Gaussian
+# Blur alone does not decide the margin word: ultrasound edges at 512 px are as soft as a 4-5 px Gaussian
 # blur (contrast in the 3 px beside the outline / in the 10 px bands: BUSI benign median 0.45,
 # a 5 px blurred disk 0.37, a linear ramp 0.3), so a blur test would call cysts ill-defined.
 # Scales that turn each measure's distance from its threshold into comparable units for the
