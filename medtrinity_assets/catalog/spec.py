@@ -187,6 +187,21 @@ class Intensity(Strict):
     percentile_high: float = Field(99.5, gt=50, le=100)
 
 
+class Grounding(Strict):
+    """How annotation masks become ROIs (stage 3)."""
+
+    # A connected component of a binary mask smaller than this share of the exported image is
+    # a speck (JPEG ringing, a stray click): dropped and counted, never an ROI. On the 1,000
+    # Kvasir-SEG masks at 512 px, specks are 1-2 px (< 1e-5) and the smallest polyp component
+    # 0.0017, so 1e-4 (26 px of a 512x512 image) has room on both sides.
+    min_component_fraction: float = Field(1e-4, ge=0, lt=1)
+    # Floor in exported pixels, for small images; the larger of the two limits applies.
+    min_component_px: int = Field(4, ge=1)
+    # "components": one ROI per connected component (several polyps, both kidneys);
+    # "whole": the mask is one ROI, for tissue maps (grey matter) that are one structure.
+    split: Literal["components", "whole"] = "components"
+
+
 class PackageFile(Strict):
     """A file that an installed Python package ships, copied into data/raw/<id>/ for the demo."""
 
@@ -251,6 +266,7 @@ class SourceSpec(Strict):
     patient: PatientRule = Field(default_factory=PatientRule)
     slicing: Slicing = Field(default_factory=Slicing)
     intensity: Intensity = Field(default_factory=Intensity)
+    grounding: Grounding = Field(default_factory=Grounding)
     # Per-file modality where one source mixes them: regex on the relative path -> modality.
     modality_by_path: dict[str, Modality] = Field(default_factory=dict)
     # Replace every folder and file name in the records' source_file by a salted hash (the file

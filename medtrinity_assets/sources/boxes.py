@@ -48,7 +48,7 @@ from medtrinity_assets.sources.image_common import (
 )
 from medtrinity_assets.sources.label_state import FINDING
 
-LISTED_FORMATS = ("coco", "csv", "circles")  # the annotation file names its images
+LISTED_FORMATS = ("coco", "csv", "circles", "keyed_json")  # the annotation file names its images
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 # --------------------------------------------------------------------------- decoding
@@ -215,10 +215,16 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
                 ctx, settings, image_table, rel, item["width"], item["height"], item["record_id"]
             )
             yield from problems
+            reference = settings.role == "reference"
+            if reference:
+                # Publisher boxes beside masks: kept for grounding's cross-check, not findings.
+                annotations = [{**annotation, "reference": True} for annotation in annotations]
             item = {
                 **item,
                 "annotations": json.dumps(json.loads(item["annotations"] or "[]") + annotations, sort_keys=True),
-                "labels": sorted(set(item["labels"]) | set(labels)) if settings.boxes_are_findings else item["labels"],
+                "labels": sorted(set(item["labels"]) | set(labels))
+                if settings.boxes_are_findings and not reference
+                else item["labels"],
             }
             if settings.boxes_are_findings and labels:
                 item["label_state"] = FINDING  # a finding box makes a finding, whatever the family said
