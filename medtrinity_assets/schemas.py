@@ -64,6 +64,14 @@ RAW_RECORDS = pa.schema(
         ("view", STR),
         ("sex", STR),
         ("age_band", STR),
+        # Geometry (imaging.geometry): JSON with the patient direction (DICOM LPS letters
+        # L/R, A/P, H/F) of increasing column and row of the stored pixel array, the LPS
+        # position (mm) of pixel (0, 0), the row/column direction cosines and spacing where
+        # known, and "source": dicom_orientation | dicom_patient_orientation | nifti_affine |
+        # declared_view. Null when nothing is known (photos, most 2D files).
+        ("image_axes", STR),
+        ("laterality", STR),  # left | right | bilateral | null: side of the imaged paired part
+        ("frame_kind", STR),  # slice (of a spatial volume) | frame (of a cine loop) | null (2D)
     ]
 )
 
@@ -109,30 +117,42 @@ ROIS = pa.schema(
         ("y0", INT),
         ("x1", INT),
         ("y1", INT),
+        ("width_px", INT),  # box width in the exported (normalized) frame
+        ("height_px", INT),  # box height in the exported frame
         ("mask_path", STR),  # blob path of the ROI mask PNG (null for whole_image)
         ("contour", STR),  # JSON [[x, y], ...], simplified outline
         ("area_px", INT),
         ("area_fraction", FLOAT),
         ("area_mm2", FLOAT),
+        ("max_diameter_mm", FLOAT),  # longest distance across (Feret), when pixel spacing is known
         ("centroid_x", FLOAT),  # fraction of width
         ("centroid_y", FLOAT),  # fraction of height
         ("horizontal", STR),  # image side: left | center | right
         ("vertical", STR),  # upper | middle | lower
-        ("patient_side", STR),  # right | left | midline | null (radiological convention)
+        ("patient_side", STR),  # right | left | midline | null: from geometry only (grounding.patient_side)
         ("size_class", STR),  # small | medium | large
         ("shape", STR),  # round | oval | elongated | irregular
         ("circularity", FLOAT),
         ("solidity", FLOAT),
         ("eccentricity", FLOAT),
+        ("convexity", FLOAT),  # convex-hull perimeter / perimeter (1 = smooth convex outline)
+        ("shape_confidence", FLOAT),  # 0.5-1: how far the shape measures are from their thresholds
         ("intensity_contrast", FLOAT),  # (mean inside - mean ring) / dynamic range
         ("intensity_word", STR),  # e.g. hyperdense, hypoechoic, darker, brighter
+        ("ring_excluded_fraction", FLOAT),  # share of the comparison ring left out as background/air
         ("texture", STR),  # homogeneous | heterogeneous
         ("texture_ratio", FLOAT),  # std inside / std ring
         ("margin", STR),  # well-defined | ill-defined
-        ("margin_sharpness", FLOAT),
+        ("margin_sharpness", FLOAT),  # boundary gradient / ring gradient (a measurement)
+        ("edge_contrast", FLOAT),  # |outer band - inner band| / pooled std across the outline
+        ("margin_confidence", FLOAT),  # 0.5-1, calibrated on BUSI (grounding/attributes.py)
         ("colour", STR),  # colour name for RGB images, else null
         ("count_same_label", INT),  # ROIs with this label in the image
+        ("rank_by_area", INT),  # 1 = largest annotated ROI of the image; null for whole_image
+        ("specks_dropped", INT),  # mask components under the minimum area dropped from this ROI's annotation
+        ("box_agreement", FLOAT),  # IoU with the matched publisher box; null when none
         ("relations", STR),  # JSON [{"roi_id", "label", "relation", "distance"}]
+        ("patient_side_source", STR),  # geometry | declared_view | null (no patient side)
     ]
 )
 

@@ -229,25 +229,39 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     blobs = BlobStore(data_root.root)
     _require(data_root.table("normalized_images", spec.id), "rois")
     out = data_root.table("rois", spec.id)
+    from medtrinity_assets.grounding.rois import REFERENCE_PREFIX
+
     origins: Counter = Counter()
+    tally: Counter = Counter()
     with _stage_tables(report, data_root, out, schemas.ROIS, "ground") as (writer, quarantine):
         for record in _stream(_records_with_images(data_root, spec.id)):
             report.inputs += 1
             try:
                 display = _load_png(blobs, record["image_path"])
-                rois, problems = ground_record(record, display, record["scale"], blobs, spec)
+                rois, problems = ground_record(record, display, record["scale"], blobs, spec, tally)
                 relate(rois)
             except Exception as error:
                 quarantine.add(record["source_file"], f"cannot ground: {_describe_error(error)}", record["record_id"])
                 continue
             # An annotation that yields no usable region is reported; the image keeps its
-            # other ROIs (or its whole-image entry), so nothing else is lost.
+            # other ROIs (or its whole-image entry), so nothing else is lost. Publisher boxes
+            # the cross-check could not match are reported as they are (nothing was dropped).
             for problem in problems:
-                quarantine.add(record["source_file"], f"annotation dropped: {problem}", record["record_id"])
+                reason = problem if problem.startswith(REFERENCE_PREFIX) else f"annotation dropped: {problem}"
+                quarantine.add(record["source_file"], reason, record["record_id"])
             for roi in rois:
                 origins[roi["origin"]] += 1
                 writer.write(roi)
     report.extra["rois_by_origin"] = dict(origins)
+    report.extra["specks_dropped"] = int(tally["specks_dropped"])
+    if tally["reference_boxes"]:
+        report.extra["publisher_boxes"] = {
+            "boxes": int(tally["reference_boxes"]),
+            "matched": int(tally["boxes_matched"]),
+            "unmatched": int(tally["boxes_unmatched"]),
+            "components_without_box": int(tally["components_without_box"]),
+            "mean_iou": round(tally["box_iou_sum"] / tally["boxes_matched"], 4) if tally["boxes_matched"] else None,
+        }
     return report
 
 

@@ -118,14 +118,60 @@ def test_instance_mask_splits_into_one_roi_per_instance(blobs):
     assert all(r["intensity_word"] == "brighter" for r in rois)
 
 
-def test_non_instance_label_mask_is_one_roi(blobs):
-    shape = (64, 64)
-    labels = np.zeros(shape, dtype=np.uint8)
-    labels[5:15, 5:15] = 1
-    labels[40:50, 40:50] = 2
-    record = make_record(shape, [mask_annotation(blobs, labels)])
-    rois, _ = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
-    assert len(rois) == 1 and rois[0]["area_px"] == 200
+def test_mask_components_become_rois_largest_first_and_specks_are_counted(blobs):
+    shape = (128, 128)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[5:15, 5:15] = 1  # 100 px
+    mask[40:60, 40:60] = 1  # 400 px: the larger one comes first
+    mask[0, 0] = 1  # a stray speck in the corner (JPEG ringing)
+    mask[100, 120] = 1
+    record = make_record(shape, [mask_annotation(blobs, mask)])
+    rois, problems = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert problems == []
+    assert [r["area_px"] for r in rois] == [400, 100]
+    assert [(r["x0"], r["y0"], r["x1"], r["y1"]) for r in rois] == [(40, 40, 60, 60), (5, 5, 15, 15)]
+    assert [r["specks_dropped"] for r in rois] == [2, 2]
+    assert [r["rank_by_area"] for r in rois] == [1, 2] and [r["count_same_label"] for r in rois] == [2, 2]
+    assert [(r["width_px"], r["height_px"]) for r in rois] == [(20, 20), (10, 10)]
+    again, _ = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert [r["roi_id"] for r in again] == [r["roi_id"] for r in rois]
+    # A tissue map declared whole stays one ROI, specks included.
+    whole = build_spec(modality="ct", organs=["liver"], grounding={"split": "whole"})
+    (one,), _ = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, whole)
+    assert one["area_px"] == 502 and one["specks_dropped"] == 0
+
+
+def test_mask_of_only_specks_is_a_problem_and_the_count_is_kept(blobs):
+    shape = (256, 256)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[0, 0] = mask[200, 3] = 1
+    record = make_record(shape, [mask_annotation(blobs, mask)])
+    rois, problems = ground_record(record, np.zeros(shape, np.uint8), 1.0, blobs, make_spec("ct", ["liver"]))
+    assert len(problems) == 1 and "only specks (2 component(s) under 7 px)" in problems[0]
+    assert [(r["origin"], r["specks_dropped"]) for r in rois] == [("whole_image", 2)]
+
+
+def test_minimum_component_area_is_a_spec_field_with_clear_errors():
+    spec = build_spec(grounding={"min_component_fraction": 0.01})
+    assert spec.grounding.min_component_fraction == 0.01
+    with pytest.raises(Exception, match="grounding.min_component_fractoin"):
+        build_spec(grounding={"min_component_fractoin": 0.01})
+
+
+def test_bad_grounding_field_in_a_spec_file_names_file_and_field(tmp_path):
+    import yaml
+
+    from medtrinity_assets.catalog import CatalogError
+    from medtrinity_assets.catalog.load import load_spec
+    from medtrinity_assets.paths import REPO_ROOT
+
+    data = yaml.safe_load((REPO_ROOT / "data" / "sources" / "kvasir_seg.yaml").read_text())
+    data["grounding"] = {"min_component_fraction": 1.5}
+    path = tmp_path / "kvasir_seg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CatalogError) as error:
+        load_spec(path)
+    assert str(path) in str(error.value) and "grounding.min_component_fraction" in str(error.value)
 
 
 def test_empty_mask_gives_no_roi_a_problem_and_a_whole_image_entry(blobs):
@@ -196,6 +242,61 @@ def test_contour_is_rasterized(blobs):
     assert "at least 3" in problems[0]
 
 
+def test_publisher_boxes_in_a_keyed_json_are_read_checked_and_reported(tmp_path):
+    from medtrinity_assets.sources.box_formats import parse_keyed_json
+
+    spec = build_spec(
+        layout={"family": "image_mask", "image_glob": "images/*.jpg", "mask_template": "masks/{stem}.jpg"},
+        extra_boxes={
+            "format": "keyed_json", "file": "boxes.json", "path_template": "images/{id}.jpg",
+            "box_columns": ["xmin", "ymin", "xmax", "ymax"], "label_column": "label", "role": "reference",
+        },
+    )
+    (tmp_path / "boxes.json").write_text(json.dumps({
+        "a": {"height": 50, "width": 60, "bbox": [{"label": "polyp", "xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40}]},
+        "b": {"bbox": [{"label": "polyp", "xmin": "?", "ymin": 2, "xmax": 3, "ymax": 4}]},
+        "c": {"height": 5},
+    }))
+    table = parse_keyed_json(tmp_path, spec.extra_boxes)
+    assert [b.box for b in table.boxes["images/a.jpg"]] == [(1.0, 2.0, 30.0, 40.0)]
+    assert table.sizes["images/a.jpg"] == (60, 50) and table.boxes["images/b.jpg"] == []
+    reasons = sorted(f"{q.source_file}: {q.reason}" for q in table.problems)
+    assert reasons == [
+        "boxes.json id b box 0: box lacks numeric xmin, ymin, xmax, ymax",
+        "boxes.json id c: entry has no list under 'bbox'",
+    ]
+    with pytest.raises(Exception, match="needs four 'box_columns'"):
+        build_spec(extra_boxes={"format": "keyed_json", "file": "boxes.json", "label_column": "label"})
+
+
+def test_reference_boxes_are_matched_to_components_and_never_become_rois(blobs):
+    shape = (100, 100)
+    mask = np.zeros(shape, np.uint8)
+    mask[10:30, 10:30] = 1
+    mask[60:90, 50:80] = 1
+    annotations = [
+        mask_annotation(blobs, mask, "polyp"),
+        {"kind": "box", "label": "polyp", "box": [50, 60, 80, 90], "reference": True},
+        {"kind": "box", "label": "polyp", "box": [5, 5, 12, 12], "reference": True},  # a box nothing fills
+    ]
+    rois, problems = ground_record(make_record(shape, annotations), np.zeros(shape, np.uint8), 1.0, blobs, make_spec("endoscopy", ["colon"]))
+    assert [r["origin"] for r in rois] == ["annotation:mask"] * 2
+    assert [r["box_agreement"] for r in rois] == [1.0, None]
+    assert len(problems) == 2 and all(p.startswith("publisher box check") for p in problems)
+    assert "best IoU 0.01" in problems[0] and "[10, 10, 30, 30] (display px) has no publisher box" in problems[1]
+
+
+def test_max_diameter_in_mm_uses_the_export_scale_per_axis(blobs):
+    shape = (400, 200)
+    mask = np.zeros(shape, np.uint8)
+    mask[100:300, 50:150] = 1  # 200 x 100 original px at 0.5 x 1.0 mm: 100 mm x 100 mm
+    record = make_record(shape, [mask_annotation(blobs, mask)], spacing=[0.5, 1.0])
+    (roi,), _ = ground_record(record, np.zeros((200, 100), np.uint8), 0.5, blobs, make_spec("ct", ["liver"]))
+    assert (roi["width_px"], roi["height_px"]) == (50, 100)
+    assert roi["area_mm2"] == pytest.approx(100 * 100, rel=0.01)
+    assert roi["max_diameter_mm"] == pytest.approx(100 * np.sqrt(2), rel=0.01)
+
+
 # --- whole image ------------------------------------------------------------------------------
 
 
@@ -211,7 +312,8 @@ def test_no_annotations_gives_one_whole_image_roi(blobs):
     # Nothing that reads as a lesion: no position, size, shape, contrast or margin words.
     for key in ("horizontal", "vertical", "patient_side", "size_class", "shape", "intensity_word", "margin", "texture"):
         assert roi[key] is None
-    assert roi["colour"] in {"pink", "brown", "purple", "white", "grey"}
+    # The IHC slide is mostly pale tissue between the stained cells.
+    assert roi["colour"] in {"pink", "tan", "brown", "purple", "white", "grey"}
 
 
 def test_roi_rows_write_with_the_rois_schema(blobs, tmp_path):
@@ -236,24 +338,24 @@ def test_roi_ids_are_stable(blobs):
 # --- attributes -------------------------------------------------------------------------------
 
 
-def test_position_words_and_patient_side_for_disk_on_image_left():
+def test_position_words_are_image_frame_words_only():
     shape = (300, 300)
     mask = disk_mask(shape, (250, 50), 20)
     image = bright_disk_image(shape, (250, 50), 20)
-    ct = measure_roi(mask, image, modality="ct", radiological=True)
-    assert (ct["horizontal"], ct["vertical"], ct["patient_side"]) == ("left", "lower", "right")
+    ct = measure_roi(mask, image, modality="ct")
+    assert (ct["horizontal"], ct["vertical"]) == ("left", "lower")
     assert ct["centroid_x"] == pytest.approx(50.5 / 300, abs=1e-3)
-    photo = measure_roi(mask, image, modality="dermoscopy", radiological=False)
-    assert photo["patient_side"] is None and photo["horizontal"] == "left"
-    middle = measure_roi(disk_mask(shape, (150, 150), 20), image, modality="ct", radiological=True)
-    assert (middle["horizontal"], middle["vertical"], middle["patient_side"]) == ("center", "middle", "midline")
+    # Where the ROI sits in the frame never gives a patient side (grounding.patient_side does).
+    assert "patient_side" not in ct
+    middle = measure_roi(disk_mask(shape, (150, 150), 20), image, modality="ct")
+    assert (middle["horizontal"], middle["vertical"]) == ("center", "middle")
 
 
 def test_tiny_roi_has_no_shape_but_is_measured():
     shape = (64, 64)
     mask = np.zeros(shape, bool)
     mask[10, 10] = True
-    result = measure_roi(mask, bright_disk_image(shape, (10, 10), 1), modality="ct", radiological=True)
+    result = measure_roi(mask, bright_disk_image(shape, (10, 10), 1), modality="ct")
     assert result["area_px"] == 1 and result["size_class"] == "small"
     assert result["shape"] is None and result["circularity"] is None
     assert result["intensity_word"] is not None
@@ -263,7 +365,7 @@ def test_tiny_roi_has_no_shape_but_is_measured():
 def test_size_classes(radius, expected):
     shape = (256, 256)
     mask = disk_mask(shape, (128, 128), radius)
-    assert measure_roi(mask, bright_disk_image(shape, (128, 128), radius), modality="ct", radiological=True)["size_class"] == expected
+    assert measure_roi(mask, bright_disk_image(shape, (128, 128), radius), modality="ct")["size_class"] == expected
 
 
 def test_shapes():
@@ -271,7 +373,7 @@ def test_shapes():
     image = np.zeros(shape, np.uint8)
 
     def shape_of(mask):
-        return measure_roi(mask, image, modality="ct", radiological=True)["shape"]
+        return measure_roi(mask, image, modality="ct")["shape"]
 
     assert shape_of(disk_mask(shape, (128, 128), 30)) == "round"
     oval = np.zeros(shape, bool)
@@ -287,18 +389,26 @@ def test_shapes():
     assert shape_of(star) == "irregular"
 
 
-def test_bright_disk_is_hyperdense_with_sharp_margin_and_blurred_disk_is_ill_defined():
+def test_bright_disk_is_hyperdense_and_well_defined_lobulated_or_invisible_edges_are_not():
     shape = (256, 256)
     mask = disk_mask(shape, (128, 128), 25)
     sharp = bright_disk_image(shape, (128, 128), 25)
-    result = measure_roi(mask, sharp, modality="ct", radiological=True)
+    result = measure_roi(mask, sharp, modality="ct")
     assert result["intensity_word"] == "hyperdense" and result["intensity_contrast"] > 0.5
     assert result["margin"] == "well-defined" and result["texture"] == "homogeneous"
-    blurred = ndimage.gaussian_filter(bright_disk_image(shape, (128, 128), 25, noise=0).astype(float), 5)
-    blurred = np.clip(blurred + np.random.default_rng(1).normal(0, 5, shape), 0, 255).astype(np.uint8)
-    soft = measure_roi(mask, blurred, modality="ct", radiological=True)
-    assert soft["margin"] == "ill-defined"
-    assert soft["margin_sharpness"] < result["margin_sharpness"]
+    assert result["margin_confidence"] >= 0.9 and result["convexity"] > 0.97
+    # The same disk drawn on an image where nothing marks its edge: no visible margin.
+    flat = bright_disk_image(shape, (128, 128), 25, inside=40, outside=40)
+    invisible = measure_roi(mask, flat, modality="ct")
+    assert invisible["margin"] == "ill-defined" and invisible["edge_contrast"] < 0.3
+    # A microlobulated outline (radius varying by 4 px, 12 lobes) is not circumscribed.
+    angles = np.linspace(0, 2 * np.pi, 241)[:-1]
+    radii = 40 + 4 * np.sign(np.sin(12 * angles))
+    lobulated = np.zeros(shape, bool)
+    lobulated[draw.polygon(128 + radii * np.sin(angles), 128 + radii * np.cos(angles), shape)] = True
+    image = np.where(lobulated, 200, 40).astype(np.uint8)
+    lobes = measure_roi(lobulated, image, modality="ct")
+    assert lobes["margin"] == "ill-defined" and lobes["convexity"] < 0.95
 
 
 @pytest.mark.parametrize(
@@ -310,7 +420,7 @@ def test_intensity_words_by_modality(modality, inside, word):
     shape = (128, 128)
     mask = disk_mask(shape, (64, 64), 20)
     image = bright_disk_image(shape, (64, 64), 20, inside=inside, outside=40)
-    assert measure_roi(mask, image, modality=modality, radiological=True)["intensity_word"] == word
+    assert measure_roi(mask, image, modality=modality)["intensity_word"] == word
 
 
 def test_heterogeneous_versus_homogeneous():
@@ -320,8 +430,8 @@ def test_heterogeneous_versus_homogeneous():
     mottled = smooth.copy()
     rng = np.random.default_rng(2)
     mottled[mask] = np.clip(160 + rng.normal(0, 40, int(mask.sum())), 0, 255).astype(np.uint8)
-    assert measure_roi(mask, smooth, modality="mri", radiological=True)["texture"] == "homogeneous"
-    result = measure_roi(mask, mottled, modality="mri", radiological=True)
+    assert measure_roi(mask, smooth, modality="mri")["texture"] == "homogeneous"
+    result = measure_roi(mask, mottled, modality="mri")
     assert result["texture"] == "heterogeneous" and result["texture_ratio"] > 3
 
 
@@ -330,8 +440,8 @@ def test_colour_of_red_patch_on_real_fundus_photo():
     mask = np.zeros(retina.shape[:2], bool)
     mask[100:140, 150:200] = True
     retina[mask] = (185, 35, 45)
-    assert measure_roi(mask, retina, modality="fundus", radiological=False)["colour"] == "red"
-    grey = measure_roi(mask, retina[:, :, 0], modality="fundus", radiological=False)
+    assert measure_roi(mask, retina, modality="fundus")["colour"] == "red"
+    grey = measure_roi(mask, retina[:, :, 0], modality="fundus")
     assert grey["colour"] is None
 
 

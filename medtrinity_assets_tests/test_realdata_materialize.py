@@ -36,8 +36,13 @@ def _read(spec, tmp_path):
     return [i for i in items if isinstance(i, dict)], [i for i in items if isinstance(i, Quarantined)]
 
 
+# The shared README gives these as training data for expert models (issue 10), read in place by
+# the tests that need them (grounding.validate reads Kvasir-SEG's boxes), not as catalog sources.
+TRAINING_DATA_FOLDERS = {"busi_train", "kvasir_seg"}
+
+
 def test_realdata_catalog_covers_every_shared_dataset():
-    folders = {p.name for p in REALDATA.iterdir() if p.is_dir()}
+    folders = {p.name for p in REALDATA.iterdir() if p.is_dir()} - TRAINING_DATA_FOLDERS
     used = {source_root(load_catalog()[s]).relative_to(REALDATA.resolve()).parts[0] for s in REALDATA_SOURCES}
     assert folders <= used, sorted(folders - used)
 

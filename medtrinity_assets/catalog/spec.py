@@ -27,6 +27,7 @@ from medtrinity_assets.catalog.layouts import (
     Replace,
     Strict,
 )
+from medtrinity_assets.imaging.geometry import normalize_laterality, normalize_view
 
 Access = Literal["open", "registration", "credentialed", "package"]
 AnnotationKind = Literal["mask", "box", "contour", "label", "caption", "vqa", "none"]
@@ -67,6 +68,64 @@ class Labels(Strict):
                     raise ValueError("labels.pattern needs one group: the label")
             except re.error as error:
                 raise ValueError(f"labels.pattern is not a valid regex: {error}") from None
+        return self
+
+
+class Declared(Strict):
+    """A per-image value the publisher's layout guarantees: one value for the whole source
+    ("fixed"), or the first group of ``pattern`` on the relative path ("regex"), mapped through
+    ``rename`` (CBIS-DDSM "Mass-Training_P_00001_LEFT_CC": pattern "_(LEFT|RIGHT)_",
+    rename {LEFT: left, RIGHT: right}). A path the pattern does not match gets no value."""
+
+    source: Literal["fixed", "regex"]
+    fixed: Optional[str] = None
+    pattern: Optional[str] = None
+    rename: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Declared":
+        if self.source == "fixed" and not self.fixed:
+            raise ValueError("source 'fixed' needs 'fixed'")
+        if self.source == "regex":
+            if not self.pattern:
+                raise ValueError("source 'regex' needs 'pattern'")
+            try:
+                if re.compile(self.pattern).groups < 1:
+                    raise ValueError("pattern needs one group: the value")
+            except re.error as error:
+                raise ValueError(f"pattern is not a valid regex: {error}") from None
+        return self
+
+    def value_for(self, relative_path: str) -> Optional[str]:
+        if self.source == "fixed":
+            raw = self.fixed
+        else:
+            match = re.search(self.pattern, relative_path)
+            raw = match.group(1) if match else None
+        return self.rename.get(raw, raw) if raw is not None else None
+
+
+class DeclaredView(Declared):
+    """The radiographic view (PA, AP, lateral, CC, MLO...). A declared PA/AP radiograph in the
+    standard display gives patient sides (source "declared_view"); a lateral gives none."""
+
+    @model_validator(mode="after")
+    def _known_view(self) -> "DeclaredView":
+        for value in [self.fixed, *self.rename.values()]:
+            if value is not None and normalize_view(value) is None:
+                raise ValueError(f"unknown view {value!r}: use PA, AP, lateral, CC, MLO, ML, LM, XCCL...")
+        return self
+
+
+class DeclaredLaterality(Declared):
+    """Which paired part the image shows (left / right breast, eye, hand); such an image gets
+    no patient side per ROI: the whole image is one side."""
+
+    @model_validator(mode="after")
+    def _known_side(self) -> "DeclaredLaterality":
+        for value in [self.fixed, *self.rename.values()]:
+            if value is not None and normalize_laterality(value) is None:
+                raise ValueError(f"unknown laterality {value!r}: use left, right or bilateral (or L, R, B)")
         return self
 
 
@@ -126,6 +185,21 @@ class Intensity(Strict):
     ct_window: Literal["auto", "brain", "lung", "mediastinum", "abdomen", "liver", "bone", "soft_tissue"] = "auto"
     percentile_low: float = Field(0.5, ge=0, lt=50)
     percentile_high: float = Field(99.5, gt=50, le=100)
+
+
+class Grounding(Strict):
+    """How annotation masks become ROIs (stage 3)."""
+
+    # A connected component of a binary mask smaller than this share of the exported image is
+    # a speck (JPEG ringing, a stray click): dropped and counted, never an ROI. On the 1,000
+    # Kvasir-SEG masks at 512 px, specks are 1-2 px (< 1e-5) and the smallest polyp component
+    # 0.0017, so 1e-4 (26 px of a 512x512 image) has room on both sides.
+    min_component_fraction: float = Field(1e-4, ge=0, lt=1)
+    # Floor in exported pixels, for small images; the larger of the two limits applies.
+    min_component_px: int = Field(4, ge=1)
+    # "components": one ROI per connected component (several polyps, both kidneys);
+    # "whole": the mask is one ROI, for tissue maps (grey matter) that are one structure.
+    split: Literal["components", "whole"] = "components"
 
 
 class PackageFile(Strict):
@@ -192,6 +266,7 @@ class SourceSpec(Strict):
     patient: PatientRule = Field(default_factory=PatientRule)
     slicing: Slicing = Field(default_factory=Slicing)
     intensity: Intensity = Field(default_factory=Intensity)
+    grounding: Grounding = Field(default_factory=Grounding)
     # Per-file modality where one source mixes them: regex on the relative path -> modality.
     modality_by_path: dict[str, Modality] = Field(default_factory=dict)
     # Replace every folder and file name in the records' source_file by a salted hash (the file
@@ -201,7 +276,13 @@ class SourceSpec(Strict):
     pseudonymize_paths: bool = False
     # Boxes from a second annotation file added to the records of any layout family.
     extra_boxes: Optional[BoxAnnotations] = None
-    # Radiological display convention: image left is patient right (set false for photos).
+    # Views and laterality the publisher's layout guarantees (DICOM ViewPosition and
+    # ImageLaterality / Laterality are read by the dicom family and win over these).
+    view: Optional[DeclaredView] = None
+    laterality: Optional[DeclaredLaterality] = None
+    # Radiological display convention of the stored images. It no longer decides any
+    # patient-side word (those come from geometry or a declared view: grounding.patient_side);
+    # kept for the LLM prompt and the verifier, which still read ``is_radiological``.
     radiological_orientation: Optional[bool] = None
 
     @field_validator("id")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from medtrinity_assets.generation.facts import Fact, FactSet
 from medtrinity_assets.generation.publisher_findings import publisher_text_facts
+from medtrinity_assets.imaging.geometry import anatomical_plane, decode_axes
 from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.generation.vocabulary import (
     annotated_rois,
@@ -88,7 +89,8 @@ def _record_facts(record: dict, rois: list[dict], spec, add) -> None:
     if kind in ("slice", "frame") and index is not None and index >= 0:
         add("image_kind", kind, "metadata")
         add("slice_position", f"{int(index) + 1}/{count}", "metadata", number=float(int(index) + 1))
-        plane = plane_for(spec, record) if kind == "slice" else None
+        # The layout's slicing axis (NIfTI), else the plane the DICOM orientation gives.
+        plane = (plane_for(spec, record) or anatomical_plane(decode_axes(record.get("image_axes")))) if kind == "slice" else None
         if plane:
             add("plane", plane, "geometry")
     else:

@@ -216,10 +216,12 @@ def position_phrase(roi: dict) -> str | None:
     return f"the {vertical_word} {horizontal_word} part of the image"
 
 
-def patient_side_phrase(roi: dict, spec) -> str | None:
-    """Side of the patient, only where the display convention makes it meaningful."""
+def patient_side_phrase(roi: dict, spec=None) -> str | None:
+    """Side of the patient from the ROI's ``patient_side`` alone, which grounding fills only from
+    geometry or a declared view (grounding.patient_side). ``spec`` is ignored; it stays optional
+    for callers that still pass it."""
     side = roi.get("patient_side")
-    if not side or not getattr(spec, "is_radiological", False):
+    if not side:
         return None
     if side == "midline":
         return "near the patient's midline"

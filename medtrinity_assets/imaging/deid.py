@@ -60,6 +60,16 @@ ALLOWED_KEYWORDS: frozenset[str] = frozenset(
         "SamplesPerPixel",
         "BitsStored",
         "PixelRepresentation",
+        # Geometry and view: where the pixels lie in the patient (patient-side words come only
+        # from these), which projection, which paired part, and whether frames step in time.
+        "ImageOrientationPatient",
+        "ImagePositionPatient",
+        "PatientOrientation",
+        "ViewPosition",
+        "ImageLaterality",
+        "Laterality",
+        "FrameIncrementPointer",
+        "FrameTime",
     }
 )
 

@@ -1,7 +1,8 @@
 """Decode DICOM pixels into physically meaningful arrays, reading only allowlisted header values.
 
 ``read_header`` is the only place a DICOM header is looked at: it returns a ``DicomHeader`` of
-technical values (``deid.ALLOWED_KEYWORDS``), the grouping values used in memory to stack series
+technical values (``deid.ALLOWED_KEYWORDS``: pixel encoding, spacing, plane geometry, view and
+laterality), the grouping values used in memory to stack series
 and to match annotation objects (UIDs, plane geometry, never written out), and the patient id,
 which the reader hashes at once. Annotation objects (RTSTRUCT, SEG) are read by
 ``sources.dicom_annotations``, which takes only their references, geometry, ROI/segment names
@@ -84,6 +85,13 @@ class DicomHeader:
     frame_positions: Optional[tuple[tuple[float, float, float], ...]] = None
     # BurnedInAnnotation (0028,0301) is "YES": text such as a name may be in the pixels.
     burned_in_annotation: bool = False
+    # Geometry and view (technical, kept by PS3.15; deid.ALLOWED_KEYWORDS): PatientOrientation
+    # of projection images, ViewPosition, ImageLaterality (else the series' Laterality), and the
+    # tags FrameIncrementPointer names (FrameTime: a cine loop).
+    patient_orientation: Optional[tuple[str, ...]] = None
+    view_position: Optional[str] = None
+    laterality: Optional[str] = None
+    frame_increment_pointers: tuple[int, ...] = ()
 
     @property
     def slice_normal(self) -> Optional[np.ndarray]:
@@ -177,7 +185,30 @@ def read_header(ds: Dataset) -> DicomHeader:
         frame_of_reference_uid=_uid(ds, "FrameOfReferenceUID"),
         frame_positions=_frame_positions(ds, n_frames) if n_frames > 1 else None,
         burned_in_annotation=has_burned_in_annotation(ds),
+        patient_orientation=_strings(ds.get("PatientOrientation")),
+        view_position=_text(ds.get("ViewPosition")),
+        laterality=_text(ds.get("ImageLaterality")) or _text(ds.get("Laterality")),
+        frame_increment_pointers=_tags(ds.get("FrameIncrementPointer")),
     )
+
+
+def _text(value) -> Optional[str]:
+    text = str(value).strip() if value not in (None, "") else ""
+    return text or None
+
+
+def _strings(value) -> Optional[tuple[str, ...]]:
+    if value in (None, ""):
+        return None
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else str(value).split("\\")
+    return tuple(str(v).strip() for v in values)
+
+
+def _tags(value) -> tuple[int, ...]:
+    if value in (None, ""):
+        return ()
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    return tuple(int(v) for v in values)
 
 
 def _uid(ds: Dataset, keyword: str) -> Optional[str]:

@@ -102,6 +102,10 @@ def make_record(
     label_state: str | None = None,
     grades: list[str] | None = None,
     slice_role: str | None = None,
+    image_axes: dict | None = None,
+    view: str | None = None,
+    laterality: str | None = None,
+    frame_kind: str | None = None,
 ) -> dict:
     """Store the de-identified pixel array and return the RAW_RECORDS row for it.
 
@@ -114,6 +118,9 @@ def make_record(
     ``label_state`` (sources.label_state): the reader's reading of the spec's label rules; when
     None, a record with labels is a finding and one without is unknown, never normal. A
     ``slice_role`` "context" slice keeps no finding label and is unknown whatever it was given.
+    ``image_axes``, ``view``, ``laterality``, ``frame_kind``: geometry the file states
+    (``imaging.geometry``); a view or laterality the file does not state comes from the spec's
+    declaration, and a frontal radiograph without stated geometry gets its declared-view axes.
     """
     import json
 
@@ -160,7 +167,25 @@ def make_record(
         "label_state": label_state,
         "grades": sorted(set(grades or [])),
         "slice_role": slice_role,
+        **record_geometry(ctx.spec, source_file, modality or ctx.spec.modality_for(source_file),
+                          image_axes, view, laterality, frame_kind),
     }
+
+
+def record_geometry(
+    spec: SourceSpec, source_file: str, modality: str, image_axes: dict | None,
+    view: str | None, laterality: str | None, frame_kind: str | None,
+) -> dict:
+    """The RAW_RECORDS geometry columns: what the file states first, then the spec's declarations."""
+    from medtrinity_assets.imaging.geometry import declared_view_axes, encode_axes, normalize_laterality, normalize_view
+
+    view = normalize_view(view) or (normalize_view(spec.view.value_for(source_file)) if spec.view else None)
+    laterality = normalize_laterality(laterality) or (
+        normalize_laterality(spec.laterality.value_for(source_file)) if spec.laterality else None
+    )
+    if image_axes is None and modality == "xray":
+        image_axes = declared_view_axes(view)
+    return {"image_axes": encode_axes(image_axes), "view": view, "laterality": laterality, "frame_kind": frame_kind}
 
 
 def store_mask(ctx: IngestContext, mask) -> str:

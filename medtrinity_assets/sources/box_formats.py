@@ -416,10 +416,64 @@ def parse_table(root: Path, settings: BoxAnnotations) -> BoxTable:
     return table
 
 
+def parse_keyed_json(root: Path, settings: BoxAnnotations) -> BoxTable:
+    """A JSON object keyed by image id whose values list boxes under ``boxes_key`` (Kvasir-SEG).
+
+    Each box is an object with the four ``box_columns`` keys (read by ``box_format``) and the
+    label under ``label_column``; an entry's ``width`` / ``height``, when given, are the frame
+    of its boxes and are checked against the decoded image like COCO's.
+    """
+    json_file = settings.file or ""
+    table = BoxTable(json_file)
+    try:
+        document = json.loads((root / json_file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        table.problem(json_file, "box annotation file is absent")
+        return table
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        table.problem(json_file, f"not a JSON box file: {type(error).__name__}: {error}")
+        return table
+    if not isinstance(document, dict):
+        table.problem(json_file, f"expected a JSON object keyed by image id, got {type(document).__name__}")
+        return table
+    for image_id, entry in document.items():
+        where = f"{json_file} id {image_id}"
+        try:
+            image = contained_path(settings.image_root, settings.path_template.format(id=image_id))
+        except (KeyError, IndexError, ValueError):  # a template naming fields a JSON key cannot fill
+            image = None
+        if image is None or not isinstance(entry, dict):
+            table.problem(where, "entry is not an object, or its id gives no image path inside the source")
+            continue
+        table.note_image(image, where)
+        width, height = entry.get("width"), entry.get("height")
+        if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+            table.sizes[image] = (width, height)
+        boxes = entry.get(settings.boxes_key)
+        if not isinstance(boxes, list):
+            table.problem(where, f"entry has no list under {settings.boxes_key!r}")
+            continue
+        for index, box in enumerate(boxes):
+            box_where = f"{where} box {index}"
+            numbers = [_number(box.get(key)) if isinstance(box, dict) else None for key in settings.box_columns]
+            if None in numbers:
+                table.problem(box_where, f"box lacks numeric {', '.join(settings.box_columns)}")
+                continue
+            label = str(box.get(settings.label_column) or "") if settings.label_column else settings.fixed_label or ""
+            if not label:
+                table.problem(box_where, f"box has no label under {settings.label_column!r}")
+                continue
+            parsed = ParsedBox(label, box_where, box=_to_xyxy(settings.box_format, *numbers), normalized=settings.normalized)
+            table.add(image, parsed)
+    return table
+
+
 def parse_listed(root: Path, settings: BoxAnnotations) -> BoxTable:
-    """The table-driven formats (coco, csv, circles): every image the file names."""
+    """The table-driven formats (coco, csv, circles, keyed_json): every image the file names."""
     if settings.format == "coco":
         return parse_coco(root, settings.file or "", settings.image_root)
+    if settings.format == "keyed_json":
+        return parse_keyed_json(root, settings)
     return parse_table(root, settings)
 
 

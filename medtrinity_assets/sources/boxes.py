@@ -11,7 +11,7 @@ size and yields the records.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,8 @@ from medtrinity_assets.sources.box_formats import (
     parse_listed,
     resolve_boxes,
 )
-from medtrinity_assets.sources.dicom import deidentify_dataset
+from medtrinity_assets.imaging.geometry import dicom_frame_kind
+from medtrinity_assets.sources.dicom import deidentify_dataset, dicom_geometry
 from medtrinity_assets.sources.image_common import (
     decode_image,
     iter_image_files,
@@ -47,7 +48,7 @@ from medtrinity_assets.sources.image_common import (
 )
 from medtrinity_assets.sources.label_state import FINDING
 
-LISTED_FORMATS = ("coco", "csv", "circles")  # the annotation file names its images
+LISTED_FORMATS = ("coco", "csv", "circles", "keyed_json")  # the annotation file names its images
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 # --------------------------------------------------------------------------- decoding
@@ -71,6 +72,7 @@ class DecodedImage:
     dicom_modality: str | None = None
     pixel_spacing_mm: list[float] | None = None
     dicom_patient_id: str | None = None  # in memory only; hashed by make_record
+    geometry: dict = field(default_factory=dict)  # make_record's image_axes / view / laterality / frame_kind
 
 
 def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | Quarantined:
@@ -94,7 +96,8 @@ def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | 
     except Exception as error:  # one unreadable file must not stop the source
         return Quarantined(rel, f"not a readable DICOM image: {type(error).__name__}: {error}")
     return DecodedImage(
-        frame.pixels, frame.photometric, frame.pixel_units, header.modality, header.pixel_spacing_mm, header.patient_id
+        frame.pixels, frame.photometric, frame.pixel_units, header.modality, header.pixel_spacing_mm, header.patient_id,
+        dicom_geometry(header, None, dicom_frame_kind(header.modality, 1, None, has_orientation=header.orientation is not None)),
     )
 
 
@@ -117,6 +120,7 @@ def _record(
         photometric=image.photometric,
         dicom_modality=image.dicom_modality,
         pixel_spacing_mm=image.pixel_spacing_mm,
+        **image.geometry,
     )
 
 
@@ -211,10 +215,16 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
                 ctx, settings, image_table, rel, item["width"], item["height"], item["record_id"]
             )
             yield from problems
+            reference = settings.role == "reference"
+            if reference:
+                # Publisher boxes beside masks: kept for grounding's cross-check, not findings.
+                annotations = [{**annotation, "reference": True} for annotation in annotations]
             item = {
                 **item,
                 "annotations": json.dumps(json.loads(item["annotations"] or "[]") + annotations, sort_keys=True),
-                "labels": sorted(set(item["labels"]) | set(labels)) if settings.boxes_are_findings else item["labels"],
+                "labels": sorted(set(item["labels"]) | set(labels))
+                if settings.boxes_are_findings and not reference
+                else item["labels"],
             }
             if settings.boxes_are_findings and labels:
                 item["label_state"] = FINDING  # a finding box makes a finding, whatever the family said

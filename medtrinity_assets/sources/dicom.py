@@ -26,6 +26,7 @@ from medtrinity_assets.imaging.dicom_io import (
     read_dicom,
     read_header,
 )
+from medtrinity_assets.imaging.geometry import dicom_axes, dicom_frame_kind
 from medtrinity_assets.imaging.slicing import select_slices
 from medtrinity_assets.sources.base import (
     IngestContext,
@@ -73,9 +74,22 @@ def _mask_annotations(ctx: IngestContext, plane_masks: dict[str, np.ndarray] | N
     ]
 
 
+def dicom_geometry(header: DicomHeader, frame: Optional[int], frame_kind: Optional[str]) -> dict:
+    """make_record's geometry arguments for one frame (or a single-frame file: ``frame`` None)."""
+    position = header.position
+    if frame is not None and header.frame_positions:
+        position = header.frame_positions[frame]
+    return {
+        "image_axes": dicom_axes(header.orientation, position, header.pixel_spacing_mm, header.patient_orientation),
+        "view": header.view_position,
+        "laterality": header.laterality,
+        "frame_kind": frame_kind,
+    }
+
+
 def _record(
     ctx: IngestContext, rel: str, header: DicomHeader, decoded, slice_index: int, slice_count: int,
-    plane_masks: dict[str, np.ndarray] | None, flags: list[str], annotated_volume: bool = False,
+    plane_masks: dict[str, np.ndarray] | None, flags: list[str], geometry: dict, annotated_volume: bool = False,
 ) -> dict:
     # A slice of an annotated series / multi-frame file cuts the annotation or is context.
     role = (ANNOTATED if plane_masks else CONTEXT) if annotated_volume else None
@@ -94,6 +108,7 @@ def _record(
         pixel_spacing_mm=header.pixel_spacing_mm,
         flags=flags,
         slice_role=role,
+        **geometry,
     )
 
 
@@ -132,6 +147,11 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
     else:
         frames = [(None, -1, 1)]
         presence = None
+    # A cine loop's frames are moments, not slices; a single cross-section is a slice.
+    frame_kind = dicom_frame_kind(
+        header.modality, header.n_frames, header.frame_positions, header.frame_increment_pointers,
+        has_orientation=header.orientation is not None,
+    )
     for frame, slice_index, slice_count in frames:
         flags = _burned_in(ctx, rel, header, slice_index)
         if isinstance(flags, Quarantined):
@@ -139,8 +159,11 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
             continue
         try:
             decoded = decode_frame(ds, header, frame)
-            yield _record(ctx, rel, header, decoded, slice_index, slice_count, masks.get((rel, frame)), flags,
-                          annotated_volume=presence is not None and bool(np.any(presence)))
+            yield _record(
+                ctx, rel, header, decoded, slice_index, slice_count, masks.get((rel, frame)), flags,
+                dicom_geometry(header, frame, frame_kind),
+                annotated_volume=presence is not None and bool(np.any(presence)),
+            )
         except Exception as error:
             yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index))
 
@@ -193,8 +216,13 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                 continue
             try:
                 decoded = decode_frame(deidentify_dataset(ctx, read_dicom(path), header), header, None)
-                yield _record(ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags,
-                              annotated_volume=presence is not None)
+                frame_kind = "slice" if count > 1 else dicom_frame_kind(
+                    header.modality, 1, None, has_orientation=header.orientation is not None
+                )
+                yield _record(
+                    ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags,
+                    dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None,
+                )
             except Exception as error:
                 yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index))
 

@@ -131,6 +131,7 @@ def image_record(
     organs: list[str] | None = None,
     label_state: str | None = None,
     grades: list[str] | None = None,
+    view: str | None = None,
 ) -> dict:
     return make_record(
         ctx,
@@ -147,6 +148,7 @@ def image_record(
         organs=organs,
         label_state=label_state,
         grades=grades,
+        view=view,
     )
 
 

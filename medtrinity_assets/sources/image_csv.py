@@ -275,6 +275,7 @@ def read(ctx: IngestContext) -> IngestStream:
             continue
         pixels, photometric = decoded
         patient_column = spec.patient.column if spec.patient.source == "column" else None
+        metadata = row_metadata(layout.metadata_columns, row)
         record = image_record(
             ctx,
             relative_path,
@@ -287,8 +288,10 @@ def read(ctx: IngestContext) -> IngestStream:
             label_state=reading.label_state,
             grades=reading.grades,
             source_text=row_source_text(layout, row, row_known_identifiers(layout, row, patient_column)),
+            # A declared frontal view gives the radiograph its patient sides (imaging.geometry).
+            view=metadata.get("view"),
         )
-        yield {**record, **row_metadata(layout.metadata_columns, row)}
+        yield {**record, **metadata, "view": metadata.get("view") or record.get("view")}
 
     if layout.unlisted_images == "quarantine":
         if index is not None:

@@ -21,7 +21,9 @@ content-addressed).
 
 Volumes are read in canonical RAS orientation (what ``nibabel.as_closest_canonical`` gives) and
 each kept slice is turned to the radiological display: anterior (or superior) up, patient right
-on the image left. Memory holds one case at a time: its label volume whole (choosing slices
+on the image left. Each record's ``image_axes`` (``imaging.geometry.nifti_display_axes``) places
+the displayed pixels in patient coordinates through the affine, so patient sides come from the
+affine, not from this display convention. Memory holds one case at a time: its label volume whole (choosing slices
 needs to know which slices it cuts) and, per image file and channel, slabs of at most
 ``SLAB_SLICES`` slices read through nibabel's array proxy in file order, so a 4D file is never
 copied whole per channel and a gzip file is decompressed in one forward pass. The NIfTI
@@ -40,9 +42,10 @@ from typing import Callable, Iterable, Optional
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, io_orientation
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
 from medtrinity_assets.imaging.deid import patient_identifier
+from medtrinity_assets.imaging.geometry import nifti_display_axes
 from medtrinity_assets.imaging.slicing import label_presence, label_value_masks, select_slices
 from medtrinity_assets.sources.base import (
     IngestContext,
@@ -131,6 +134,20 @@ def to_display(canonical_plane: np.ndarray) -> np.ndarray:
     the lower one (patient right for axial and coronal, anterior for sagittal) goes to the left.
     """
     return np.ascontiguousarray(canonical_plane.T[::-1, ::-1])
+
+
+def canonical_affine(image) -> np.ndarray:
+    """Voxel -> RAS (mm) affine of the volume in canonical order, as ``canonical_planes`` reads it."""
+    ornt = io_orientation(image.affine)
+    return image.affine @ inv_ornt_aff(ornt, image.shape[:3])
+
+
+def has_world_coordinates(image) -> bool:
+    """Whether the affine places voxels in the patient: qform or sform code set. With both 0
+    (NIfTI "method 1") the affine is only the voxel size, with no orientation to trust."""
+    header = image.header
+    codes = [header.get(key) for key in ("qform_code", "sform_code")]
+    return any(code is not None and int(code) > 0 for code in codes)
 
 
 def _file_plane_to_canonical(plane: np.ndarray, mapping: list[tuple[int, bool]], axis: int) -> np.ndarray:
@@ -331,6 +348,8 @@ def _volume_records(
     try:
         planes = canonical_planes(image, axis, indices, channel)
         spacing = _in_plane_spacing(image, axis)
+        affine = canonical_affine(image) if has_world_coordinates(image) else None
+        plane_shape = tuple(n for c, n in enumerate(_canonical_shape(image)) if c != axis)
     except Exception as error:
         what = f"sequence {sequence}" if sequence else "volume"
         yield Quarantined(rel, f"{what}: voxel data not readable: {describe_error(error)}")
@@ -358,6 +377,9 @@ def _volume_records(
                 slice_count=slice_count,
                 pixel_spacing_mm=spacing,
                 slice_role=(ANNOTATED if annotations else CONTEXT) if annotated_volume else None,
+                image_axes=nifti_display_axes(affine, axis, index, plane_shape) if affine is not None else None,
+                # A 2D file (one echo frame per file) is an image, not a slice of a volume.
+                frame_kind="slice" if slice_count > 1 else None,
             )
         except Exception as error:
             yield Quarantined(rel, f"slice {index}: {describe_error(error)}", record_id_for(ctx.spec.id, rel, sequence, index))

@@ -16,8 +16,12 @@ from medtrinity_assets.catalog.layouts.common import Strict
 
 
 class BoxAnnotations(Strict):
-    format: Literal["coco", "yolo", "voc", "csv", "circles"]
-    # coco: the JSON file; csv / circles: the table file.
+    # keyed_json: one JSON object keyed by image id, each value holding a list of boxes under
+    # `boxes_key` (Kvasir-SEG kavsir_bboxes.json: {id: {height, width, bbox: [{label, xmin,
+    # ymin, xmax, ymax}]}}); `box_columns` name the four coordinate keys, `label_column` the
+    # label key, `path_template` the image of an id; `height` / `width` keys are checked.
+    format: Literal["coco", "yolo", "voc", "csv", "circles", "keyed_json"]
+    # coco / keyed_json: the JSON file; csv / circles: the table file.
     file: Optional[str] = None
     # coco / csv / circles: folder the table's image names are relative to.
     image_root: str = "."
@@ -52,11 +56,17 @@ class BoxAnnotations(Strict):
     # The raw labels the file may use; when given, a box with another label (and not in the
     # spec's labels.rename) is reported and dropped instead of becoming an unexpected finding.
     known_labels: list[str] = Field(default_factory=list)
+    # keyed_json: the key of each image's box list.
+    boxes_key: str = "bbox"
+    # "roi": the boxes become ROIs. "reference": boxes a publisher gives beside masks (Kvasir-SEG):
+    # grounding matches them to the mask components and records the agreement; they are
+    # never ROIs or findings of their own. Only for the extra_boxes overlay.
+    role: Literal["roi", "reference"] = "roi"
 
     @model_validator(mode="after")
     def _needs(self) -> "BoxAnnotations":
         fmt = self.format
-        if fmt in ("coco", "csv", "circles") and not self.file:
+        if fmt in ("coco", "csv", "circles", "keyed_json") and not self.file:
             raise ValueError(f"box format '{fmt}' needs 'file'")
         if fmt in ("yolo", "voc") and not self.annotation_template:
             raise ValueError(f"box format '{fmt}' needs 'annotation_template'")
@@ -68,8 +78,10 @@ class BoxAnnotations(Strict):
             raise ValueError(f"box format '{fmt}' with has_header false needs 'columns'")
         if fmt in ("csv", "circles") and not (self.label_column or self.fixed_label):
             raise ValueError(f"box format '{fmt}' needs 'label_column' or 'fixed_label'")
-        if fmt == "csv" and len(self.box_columns) != 4:
-            raise ValueError("box format 'csv' needs four 'box_columns'")
+        if fmt in ("csv", "keyed_json") and len(self.box_columns) != 4:
+            raise ValueError(f"box format '{fmt}' needs four 'box_columns'")
+        if fmt == "keyed_json" and not (self.label_column or self.fixed_label):
+            raise ValueError("box format 'keyed_json' needs 'label_column' or 'fixed_label'")
         if fmt == "circles" and (len(self.center_columns) != 2 or not self.radius_column):
             raise ValueError("box format 'circles' needs two 'center_columns' and 'radius_column'")
         return self
@@ -101,4 +113,6 @@ class BoxesLayout(Strict):
             raise ValueError(f"layout.image_glob is needed for box format '{self.boxes.format}'")
         if self.boxes.format == "coco":
             raise ValueError("COCO files use layout family 'coco'")
+        if self.boxes.role != "roi":
+            raise ValueError("boxes.role 'reference' is for extra_boxes beside masks; a boxes layout's boxes are its ROIs")
         return self
