@@ -39,7 +39,8 @@ from pathlib import Path
 from medtrinity_assets.generation.facts import Fact, FactSet
 
 DEFAULT_SOURCES = (
-    "busi", "ham10000", "isic2017", "covid_chestxray", "dsb2018", "miccai15_nuclei", "ibsi_sts_nifti",
+    "busi", "ham10000", "isic2017", "covid_chestxray", "cxr_samples_tbx11k", "dsb2018", "miccai15_nuclei",
+    "ibsi_sts_nifti", "ibsi_sts_dicom",
     "demo_xray_chest", "demo_ct_head", "demo_ultrasound_heart", "demo_fundus_microaneurysms",
     "demo_histopathology_ihc", "demo_nm_bone", "demo_mri_shoulder",
 )
@@ -308,11 +309,11 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
     true_side = primary_side or (laterality if laterality in ("left", "right") else None)
     if "bilateral" in publisher.sides or {"left", "right"} <= publisher.sides:
         true_side = None  # every side word is supported by the notes: nothing to plant
-        add("laterality", "true", "Findings are reported on both sides.", False)
+        add("laterality", "true", "The publisher's notes report findings on both sides.", False)
     elif not true_side and publisher.sides:
         true_side = next(iter(publisher.sides))
-        add("laterality", "true", f"A finding is reported on the patient's {true_side} side.", False)
-        add("laterality", "template", f"A finding is reported on the patient's {_OPPOSITE_H[true_side]} side.", True)
+        add("laterality", "true", f"The publisher's notes report a finding on the patient's {true_side} side.", False)
+        add("laterality", "template", f"The publisher's notes report a finding on the patient's {_OPPOSITE_H[true_side]} side.", True)
     elif true_side:
         subject = _subject(facts, ids[0], rng) if primary_side else "The image"
         add("laterality", "true", f"{subject} is on the patient's {true_side} side." if primary_side

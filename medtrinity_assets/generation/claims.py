@@ -377,12 +377,9 @@ _PERCENT = re.compile(
     r"(\d+(?:\.\d+)?)\s*%\s+of\s+the\s+(?:image|frame|picture|field of view)(?:\s+area)?",
     re.I,
 )
-_COUNT = re.compile(
-    rf"(?<![\w.,/-])({_alternation(list(NUMBER_WORDS) + list(MANY_WORDS))}|\d+)\s+"
-    rf"((?:(?!of\b|in\b|to\b|mm\b|cm\b|x\b|×)[\w'-]+\s+){{0,3}}?)({_NOUN_RE}|[a-z]+s)\b",
-    re.I,
-)
-_SINGLE = re.compile(rf"\b({_alternation(SINGLE_WORDS)})\s+((?:[\w'-]+\s+){{0,3}}?)({_NOUN_RE}|[a-z]+)\b", re.I)
+_QUANTITY = re.compile(rf"(?<![\w.,/-])({_alternation(list(NUMBER_WORDS) + list(MANY_WORDS))}|\d+)(?=\s)", re.I)
+_SINGLE = re.compile(rf"\b({_alternation(SINGLE_WORDS)})(?=\s)", re.I)
+_NOUN_STOP = {"of", "in", "to", "mm", "cm", "x", "×", "is", "are", "was", "were", "per", "from", "at", "on", "with"}
 _ENHANCEMENT = re.compile(r"\b(non-?\s?enhancing|enhanc(?:ing|es|ement|ed))\b", re.I)
 
 
@@ -497,16 +494,25 @@ def _bound(text: str, start: int) -> str:
     return "<" if _LESS.search(before) else ">" if _MORE.search(before) else ""
 
 
+def _counted_noun(text: str, end: int, nouns: set[str]) -> tuple[str, int] | None:
+    """The noun a quantity counts: among the next four words, before a stop word or punctuation."""
+    for word in re.finditer(r"[\w'-]+|[^\w\s]", text[end:end + 80]):
+        token = word.group(0).lower()
+        if token in nouns:
+            return token, end + word.end()
+        if token in _NOUN_STOP or not re.match(r"[\w'-]", token) or word.start() > 60:
+            return None
+    return None
+
+
 def _count_claims(clause: Clause, text: str, claims: list[Claim], count_nouns: set[str]) -> None:
-    for match in _COUNT.finditer(text):
-        noun = match.group(3).lower()
-        if noun not in _ALL_NOUNS and noun not in count_nouns:
+    nouns = set(_ALL_NOUNS) | set(count_nouns)
+    for match in _QUANTITY.finditer(text):
+        found = _counted_noun(text, match.end(), nouns)
+        if found is None:
             continue
+        noun, end = found
         word = match.group(1).lower()
-        after = text[match.end():match.end() + 12].lower()
-        if re.match(r"\s*(?:of|in|to)\b", after) and word in NUMBER_WORDS and word != "both":
-            # "one of the lesions" is a reference, not a count; "both" still counts two.
-            continue
         if word.isdigit() and re.search(r"(?:slice|frame|image|figure|grade|stage|type|level|class)\s*$",
                                         text[:match.start()].lower()):
             continue
@@ -517,14 +523,15 @@ def _count_claims(clause: Clause, text: str, claims: list[Claim], count_nouns: s
             if number is None:
                 continue
             value = str(int(number))
-        claims.append(Claim("count", value, match.group(0).strip(), clause.sentence, clause.index,
-                            is_negated(text, match.start(), match.end()), number=number, unit=noun))
+        claims.append(Claim("count", value, text[match.start():end].strip(), clause.sentence, clause.index,
+                            is_negated(text, match.start(), end), number=number, unit=noun))
     for match in _SINGLE.finditer(text):
-        noun = match.group(3).lower()
-        if noun not in _ALL_NOUNS and noun not in count_nouns:
+        found = _counted_noun(text, match.end(), nouns)
+        if found is None:
             continue
-        claims.append(Claim("count", "1", match.group(0).strip(), clause.sentence, clause.index,
-                            is_negated(text, match.start(), match.end()), number=1, unit=noun))
+        noun, end = found
+        claims.append(Claim("count", "1", text[match.start():end].strip(), clause.sentence, clause.index,
+                            is_negated(text, match.start(), end), number=1, unit=noun))
 
 
 def _modality_claims(clause: Clause, text: str, claims: list[Claim]) -> None:

@@ -353,14 +353,15 @@ def _roi_claim(claim: Claim, roi_id: str | None, record: _Record) -> tuple[bool,
     return ok != claim.negated, f"the {label} region's {attribute.replace('image_', 'image ').replace('_', ' ')} is {said}"
 
 
-def _laterality(claim: Claim, candidates: list[str], record: _Record, view: _PublisherView) -> tuple[bool, str]:
+def _laterality(claim: Claim, candidates: list[str], record: _Record, view: _PublisherView,
+                attributed: bool) -> tuple[bool, str]:
     phrase = _norm(claim.phrase)
     if any(phrase in label for label in record.findings):
         return True, "the source's label names it"
     sides = {record.laterality} if record.laterality else set()
-    sides |= view.sides
-    for rid in candidates or [None]:
-        sides |= set(record.side_facts(rid))
+    roi_sides = {side for rid in candidates or [None] for side in record.side_facts(rid)}
+    # A region with its own side is checked against it; the notes' sides speak for the notes.
+    sides |= roi_sides if roi_sides and not attributed else view.sides | roi_sides
     facts_say = f"the patient side known from geometry/metadata/publisher text is {', '.join(sorted(sides))}" if sides \
         else "no patient-side fact (geometry, declared laterality or publisher text)"
     if not sides:
@@ -494,10 +495,10 @@ def _lesion(claim: Claim, record: _Record, clause: Clause, view: _PublisherView)
 
 
 def _record_claim(claim: Claim, candidates: list[str], record: _Record, clause: Clause,
-                  view: _PublisherView) -> tuple[bool, str]:
+                  view: _PublisherView, attributed: bool = False) -> tuple[bool, str]:
     kind = claim.kind
     if kind == "laterality":
-        return _laterality(claim, candidates, record, view)
+        return _laterality(claim, candidates, record, view, attributed)
     if kind == "quadrant":
         return _quadrant(claim, candidates, record, view)
     if kind == "count":
@@ -532,7 +533,7 @@ def _count_nouns(record: _Record) -> set[str]:
     for label in record.labels.values():
         last = label.split()[-1] if label else ""
         if len(last) > 2:
-            nouns |= {last + "s", last + "es", (last[:-2] + "i") if last.endswith("us") else last + "s"}
+            nouns |= {last, last + "s", last + "es", (last[:-2] + "i") if last.endswith("us") else last + "s"}
     return nouns
 
 
@@ -577,7 +578,7 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
                     best = results
             verdicts.extend(best or [])
         for claim in other_claims:
-            ok, said = _record_claim(claim, candidates, record, clause, view)
+            ok, said = _record_claim(claim, candidates, record, clause, view, clause.sentence in attributed)
             verdicts.append(Verdict(claim, ok, _flag_type(claim), said))
     return verdicts
 
