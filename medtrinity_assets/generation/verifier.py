@@ -13,7 +13,9 @@ speaks of and checked against those facts only:
   part) are checked against the record's facts;
 - a patient-side or laterality word needs a fact with provenance geometry, metadata or
   publisher_text; image-frame words need the measured image position;
-- a claim whose words the publisher's own text contains is supported by that text;
+- the publisher's text (facts of provenance publisher_text) supports the findings it states, the
+  findings it denies ("no effusion"), and their sides and zones; a note about another modality
+  (a CT finding in a radiograph's note) supports only a sentence that reports the notes;
 - neighbouring anatomy of the imaged region, hybrid modality names whose one part is the
   record's modality, and marked background sentences are allowed.
 
