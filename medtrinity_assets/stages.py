@@ -443,7 +443,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
                 facts = FactSet(Fact(**{k: f[k] for k in fact_fields}) for f in record["facts"])
                 parts = write_description(facts, knowledge, spec)
                 facts = parts.pop("facts")  # the record's facts plus the knowledge the text used
-                flags = verify(parts["description"], record, record["rois"], spec)  # MERGE: new verifier
+                flags = verify(parts["description"], facts)
             except Exception as error:
                 quarantine.add(record["source_file"], f"cannot describe: {_describe_error(error)}", record["record_id"])
                 continue
