@@ -194,6 +194,11 @@ class SourceSpec(Strict):
     extra_boxes: Optional[BoxAnnotations] = None
     # Radiological display convention: image left is patient right (set false for photos).
     radiological_orientation: Optional[bool] = None
+    # Images where the normalize stage finds burned-in text or markers (imaging/burned_in.py):
+    # "hold_back" flags them "burned_in_text", which keeps them out of the training exports like
+    # DICOM BurnedInAnnotation; "keep" flags them "burned_in_text_kept" (shown, not held back),
+    # for a source whose every image carries the same harmless marker (a probe logo, a scale bar).
+    burned_in_text: Literal["hold_back", "keep"] = "hold_back"
 
     @field_validator("id")
     @classmethod

@@ -35,7 +35,8 @@ from medtrinity_assets.storage import atomic_path
 REJECTED_FILE = "rejected_unverified.jsonl"
 FLAGGED_FILE = "held_back_flagged.jsonl"
 # Record flags (RAW_RECORDS.flags) that keep an image out of the training files.
-HELD_BACK_FLAGS = ("burned_in_annotation",)
+# "burned_in_text": text or markers the normalize stage found in the pixels (spec policy hold_back).
+HELD_BACK_FLAGS = ("burned_in_annotation", "burned_in_text")
 CARD_FILE = "dataset_card.md"
 MODALITY_WORDS = {
     "ct": "CT",
