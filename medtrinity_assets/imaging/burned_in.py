@@ -42,8 +42,12 @@ GLYPH_MIN_PIXELS = 6
 # A text line: at least this many glyphs, centres within half a glyph height, gaps within
 # LINE_GAP glyph heights, heights within a factor LINE_HEIGHT_RATIO, and glyph heights that vary
 # little (coefficient of variation): type has one size, sparkles on wet mucosa do not.
-LINE_MIN_GLYPHS = 4
+LINE_MIN_GLYPHS = 3
+LINE_STRONG_GLYPHS = 4
 LINE_MAX_HEIGHT_CV = 0.3
+# A block of text: this many lines stacked left-aligned, at most BLOCK_LINE_GAP line heights apart.
+BLOCK_MIN_LINES = 3
+BLOCK_LINE_GAP = 3.0
 # Type against its surroundings: the strokes' darkest channel minus the lower quartile of the
 # brightest channel around them (measured: >= 28 for most Kvasir and BUSI lines, <= 23 for
 # the white gaps of H&E tiles that otherwise line up like glyphs).
@@ -97,16 +101,16 @@ def _stroke_mask(grey: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _stands_out(line: list[int], strokes: np.ndarray, darkest: np.ndarray, brightest: np.ndarray) -> bool:
+def _contrast(line: list[int], strokes: np.ndarray, darkest: np.ndarray, brightest: np.ndarray) -> float:
     """Whether a line's strokes are brighter in every channel than most of what lies around
     them: true of white or grey type on any background, false of white gaps between pink H&E
     tissue and of glints on red mucosa, whose brightest channel is as bright as the glint."""
     x0, y0, x1, y1 = line
     inside = strokes[y0:y1, x0:x1]
     around = brightest[y0:y1, x0:x1][~inside]
-    if around.size == 0:
-        return True
-    return float(np.median(darkest[y0:y1, x0:x1][inside])) - float(np.percentile(around, 25)) >= LINE_CONTRAST
+    if around.size == 0 or not inside.any():
+        return 255.0 if inside.any() else 0.0
+    return float(np.median(darkest[y0:y1, x0:x1][inside])) - float(np.percentile(around, 25))
 
 
 def _components(mask: np.ndarray):
@@ -120,8 +124,8 @@ def _components(mask: np.ndarray):
     return labels, boxes, sizes
 
 
-def _text_lines(boxes: np.ndarray, sizes: np.ndarray) -> list[list[int]]:
-    """Boxes [x0, y0, x1, y1] of rows of glyph-like pieces."""
+def _text_lines(boxes: np.ndarray, sizes: np.ndarray) -> list[tuple[list[int], int]]:
+    """([x0, y0, x1, y1], glyph count) of rows of glyph-like pieces."""
     heights = boxes[:, 2] - boxes[:, 0]
     widths = boxes[:, 3] - boxes[:, 1]
     fill = sizes / np.maximum(heights * widths, 1)
@@ -156,8 +160,29 @@ def _text_lines(boxes: np.ndarray, sizes: np.ndarray) -> list[list[int]]:
         members = np.nonzero(group == index)[0]
         if len(members) < LINE_MIN_GLYPHS or h[members].std() > LINE_MAX_HEIGHT_CV * h[members].mean():
             continue
-        lines.append([int(x0[members].min()), int(y0[members].min()), int(x1[members].max()), int(y1[members].max())])
+        box = [int(x0[members].min()), int(y0[members].min()), int(x1[members].max()), int(y1[members].max())]
+        lines.append((box, len(members)))
     return lines
+
+
+def _blocks(lines: list[list[int]]) -> set[int]:
+    """Indices of lines in a block: at least BLOCK_MIN_LINES lines of similar height stacked
+    one under the other (a skipped line allowed) with their left edges aligned, as an on-screen patient/date panel is.
+    Sparkles on mucosa may line up in one row; they do not stack left-aligned three deep."""
+    if len(lines) < BLOCK_MIN_LINES:
+        return set()
+    box = np.array(lines, dtype=np.float64)
+    h = box[:, 3] - box[:, 1]
+    hmax = np.maximum(h[:, None], h[None, :])
+    aligned = np.abs(box[:, None, 0] - box[None, :, 0]) <= np.maximum(3.0, 0.4 * hmax)
+    similar = hmax <= 1.5 * np.minimum(h[:, None], h[None, :])
+    vertical_gap = np.maximum(box[:, None, 1], box[None, :, 1]) - np.minimum(box[:, None, 3], box[None, :, 3])
+    stacked = (vertical_gap >= -0.3 * hmax) & (vertical_gap <= BLOCK_LINE_GAP * hmax)
+    linked = aligned & similar & stacked
+    np.fill_diagonal(linked, False)
+    count, group = _connected(linked)
+    sizes = np.bincount(group, minlength=count)
+    return {int(i) for i in np.nonzero(sizes[group] >= BLOCK_MIN_LINES)[0]}
 
 
 def _connected(adjacency: np.ndarray) -> tuple[int, np.ndarray]:
@@ -238,8 +263,18 @@ def detect_burned_in(display: np.ndarray) -> BurnedIn:
     darkest, brightest = channel_extremes(display)
     strokes = _stroke_mask(darkest)
     labels, boxes, sizes = _components(strokes)
-    lines = [line for line in (_text_lines(boxes, sizes) if len(sizes) else []) if _stands_out(line, strokes, darkest, brightest)]
-    crosses = [box for box in (_crosses(labels, boxes, sizes) if len(sizes) else []) if _stands_out(box, strokes, darkest, brightest)]
+    candidates = _text_lines(boxes, sizes) if len(sizes) else []
+    in_block = _blocks([box for box, _ in candidates])
+    lines = []
+    for index, (box, glyphs) in enumerate(candidates):
+        contrast = _contrast(box, strokes, darkest, brightest)
+        strong = glyphs >= LINE_STRONG_GLYPHS and contrast >= LINE_CONTRAST
+        if strong or index in in_block:
+            lines.append(box)
+    crosses = [
+        box for box in (_crosses(labels, boxes, sizes) if len(sizes) else [])
+        if _contrast(box, strokes, darkest, brightest) >= LINE_CONTRAST
+    ]
     overlays = _overlay(display)
 
     found: list[list[int]] = []
@@ -254,5 +289,7 @@ def detect_burned_in(display: np.ndarray) -> BurnedIn:
     for box in overlays:
         found.append(box)
         kinds.append("overlay")
-    score = min(1.0, 0.4 * len(lines) + 0.2 * (len(crosses) if len(crosses) >= 2 else 0) + 0.5 * bool(overlays))
+    score = min(
+        1.0, 0.4 * len(lines) + 0.2 * (len(crosses) if len(crosses) >= 2 else 0) + 0.5 * bool(overlays)
+    )
     return BurnedIn(bool(found), float(score), found, kinds)
