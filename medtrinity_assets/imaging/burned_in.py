@@ -47,6 +47,9 @@ LINE_STRONG_GLYPHS = 4
 LINE_MAX_HEIGHT_CV = 0.3
 # A block of text: this many lines stacked left-aligned, at most BLOCK_LINE_GAP line heights apart.
 BLOCK_MIN_LINES = 3
+# In a grey image (ultrasound, radiograph) a short label ("RT 12 C", three glyphs) counts when
+# it is this much brighter than its surroundings; colour photographs have glints that do this.
+SHORT_LINE_CONTRAST = 80
 BLOCK_LINE_GAP = 3.0
 # Type against its surroundings: the strokes' darkest channel minus the lower quartile of the
 # brightest channel around them (measured: >= 28 for most Kvasir and BUSI lines, <= 23 for
@@ -120,7 +123,7 @@ def _components(mask: np.ndarray):
         return labels, np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
     slices = ndi.find_objects(labels)
     boxes = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in slices], dtype=np.int64)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    sizes = np.bincount(labels[mask], minlength=count + 1)[1:]
     return labels, boxes, sizes
 
 
@@ -226,18 +229,29 @@ def _crosses(labels: np.ndarray, boxes: np.ndarray, sizes: np.ndarray) -> list[l
     return found
 
 
-def _overlay(display: np.ndarray) -> list[list[int]]:
+def _is_grey(darkest: np.ndarray, brightest: np.ndarray) -> bool:
+    """A grey image, or an RGB copy of one: few pixels with any colour (sampled 1 in 16)."""
+    spread = brightest[::4, ::4] - darkest[::4, ::4]  # brightest >= darkest: no uint8 wrap
+    return float((spread > GREY_CHROMA).mean()) <= GREY_FRACTION
+
+
+def _overlay(display: np.ndarray, darkest: np.ndarray, brightest: np.ndarray, grey: bool) -> list[list[int]]:
     """Boxes of colour no tissue in the image can have: any strong colour in a grey image,
     pure green in a colour photograph."""
     if display.ndim != 3 or display.shape[2] < 3:
         return []
-    # Channel by channel: numpy's reductions over the last axis of interleaved RGB are slow.
-    r, g, b = (display[:, :, i].astype(np.int16) for i in range(3))
-    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
-    if (spread[::4, ::4] > GREY_CHROMA).mean() <= GREY_FRACTION:
-        mask = spread >= OVERLAY_CHROMA
+    if grey:
+        mask = (brightest - darkest) >= OVERLAY_CHROMA
     else:
-        mask = (g - np.maximum(r, b)) >= GREEN_LEAD
+        # Pure green is rare: look on a quarter of the pixels first, and only where some is
+        # found on the whole image (channel by channel: reductions over interleaved RGB are slow).
+        def green(step: int) -> np.ndarray:
+            r, g, b = (display[::step, ::step, i].astype(np.int16) for i in range(3))
+            return (g - np.maximum(r, b)) >= GREEN_LEAD
+
+        if green(2).sum() < OVERLAY_MIN_PIXELS // 4:
+            return []
+        mask = green(1)
     if mask.sum() < OVERLAY_MIN_PIXELS:
         return []
     labels, boxes, sizes = _components(mask)
@@ -265,17 +279,19 @@ def detect_burned_in(display: np.ndarray) -> BurnedIn:
     labels, boxes, sizes = _components(strokes)
     candidates = _text_lines(boxes, sizes) if len(sizes) else []
     in_block = _blocks([box for box, _ in candidates])
+    grey = display.ndim == 2 or _is_grey(darkest, brightest)
     lines = []
     for index, (box, glyphs) in enumerate(candidates):
         contrast = _contrast(box, strokes, darkest, brightest)
         strong = glyphs >= LINE_STRONG_GLYPHS and contrast >= LINE_CONTRAST
-        if strong or index in in_block:
+        short = grey and contrast >= SHORT_LINE_CONTRAST
+        if strong or short or index in in_block:
             lines.append(box)
     crosses = [
         box for box in (_crosses(labels, boxes, sizes) if len(sizes) else [])
         if _contrast(box, strokes, darkest, brightest) >= LINE_CONTRAST
     ]
-    overlays = _overlay(display)
+    overlays = _overlay(display, darkest, brightest, grey)
 
     found: list[list[int]] = []
     kinds: list[str] = []
