@@ -10,7 +10,11 @@ With --normalize-cost N: the normalize stage (run_normalize) on the first N Kvas
 and the 20 BUSI images, with the detector and with it replaced by a no-op, alternately, three
 times each; prints the median seconds and the ratio (the detector must stay under ~1.3x).
 
-Usage: python -m medtrinity_assets.bench_burned_in [--show-misses] [--normalize-cost 200]
+With --per-source: every real-data source of the catalog (../shared/realdata) and all Kvasir-SEG
+frames, ingested and normalized by the stages; prints the burned-in flags the normalize stage
+reports per source.
+
+Usage: python -m medtrinity_assets.bench_burned_in [--show-misses] [--normalize-cost 200] [--per-source]
 """
 
 from __future__ import annotations
@@ -166,6 +170,40 @@ def evaluate(show_misses: bool = False, labelled: list[tuple[str, str, bool, str
     return "\n".join(lines)
 
 
+def _kvasir_spec(folder, files):
+    """An image-folder source over links to the given Kvasir-SEG frames (the files stay put)."""
+    from medtrinity_assets.catalog.spec import SourceSpec
+
+    (folder / "images").mkdir(parents=True)
+    for path in files:
+        (folder / "images" / path.name).symlink_to(path)
+    return SourceSpec.model_validate(
+        {"id": "kvasir_seg_realdata", "name": "k", "description": "k", "homepage": "https://example.org/", "license": "-",
+         "citation": "-", "access": "open", "modality": "endoscopy", "organs": ["colon"], "annotation_kinds": ["none"],
+         "approx_size": "-", "root": str(folder), "layout": {"family": "image_folder", "image_glob": "images/*.jpg"}}
+    )
+
+
+def per_source() -> str:
+    import tempfile
+    from pathlib import Path
+
+    from medtrinity_assets import stages
+    from medtrinity_assets.catalog import load_catalog
+    from medtrinity_assets.paths import DataRoot
+
+    specs = [spec for spec in load_catalog().values() if spec.root and "shared/realdata" in spec.root]
+    lines = ["| source | images normalized | flagged burned-in | kinds (images) |", "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        kvasir = _kvasir_spec(Path(tmp) / "kvasir", sorted((realdata_dir() / "kvasir_seg" / "images").glob("*.jpg")))
+        root = DataRoot(Path(tmp) / "var")
+        for spec in [kvasir, *sorted(specs, key=lambda s: s.id)]:
+            stages.run_ingest(spec, root, "bench-salt")
+            report = stages.run_normalize(spec, root)
+            lines.append(f"| {spec.id} | {report.rows} | {report.extra['burned_in_images']} | {report.extra['burned_in_kinds']} |")
+    return "\n".join(lines)
+
+
 def normalize_cost(n_kvasir: int, repeats: int = 3) -> str:
     import statistics
     import tempfile
@@ -173,22 +211,12 @@ def normalize_cost(n_kvasir: int, repeats: int = 3) -> str:
 
     from medtrinity_assets import stages
     from medtrinity_assets.catalog import load_catalog
-    from medtrinity_assets.catalog.spec import SourceSpec
     from medtrinity_assets.imaging import burned_in
     from medtrinity_assets.paths import DataRoot
 
     kvasir_files = sorted((realdata_dir() / "kvasir_seg" / "images").glob("*.jpg"))[:n_kvasir]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "kvasir"
-        (folder / "images").mkdir(parents=True)
-        for path in kvasir_files:  # links, not copies: the real files stay where they are
-            (folder / "images" / path.name).symlink_to(path)
-        kvasir = SourceSpec.model_validate(
-            {"id": "bench_kvasir", "name": "k", "description": "k", "homepage": "https://example.org/", "license": "-",
-             "citation": "-", "access": "open", "modality": "endoscopy", "organs": ["colon"], "annotation_kinds": ["none"],
-             "approx_size": "-", "root": str(folder), "layout": {"family": "image_folder", "image_glob": "images/*.jpg"}}
-        )
-        specs = [kvasir, load_catalog()["busi"]]
+        specs = [_kvasir_spec(Path(tmp) / "kvasir", kvasir_files), load_catalog()["busi"]]
         root = DataRoot(Path(tmp) / "var")
         for spec in specs:
             stages.run_ingest(spec, root, "bench-salt")
@@ -220,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--show-misses", action="store_true")
     parser.add_argument("--normalize-cost", type=int, default=0, metavar="N")
+    parser.add_argument("--per-source", action="store_true")
     args = parser.parse_args(argv)
+    if args.per_source:
+        print(per_source())
+        return 0
     if args.normalize_cost:
         print(normalize_cost(args.normalize_cost))
         return 0

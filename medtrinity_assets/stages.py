@@ -171,7 +171,7 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
 
 
 def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) -> StageReport:
-    from medtrinity_assets.imaging.burned_in import detect_burned_in
+    from medtrinity_assets.imaging.burned_in import DETECTOR_VERSION, detect_burned_in
     from medtrinity_assets.imaging.normalize import encode_png, normalize_pixels
     from medtrinity_assets.imaging.phash import phash
 
@@ -217,6 +217,7 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
     report.extra["burned_in_images"] = burned_in_images
     report.extra["burned_in_kinds"] = dict(sorted(burned_in_kinds.items()))
     report.extra["burned_in_policy"] = spec.burned_in_text
+    report.extra["burned_in_detector"] = DETECTOR_VERSION
     return report
 
 

@@ -8,7 +8,8 @@ decision can be audited) and then, from that file, the exports:
 - ``rejected_unverified.jsonl``: rows whose description the verifier flagged, with the flags,
   so a contradiction is never shipped for training but is never lost either;
 - ``held_back_flagged.jsonl``: rows whose image carries a review flag in ``HELD_BACK_FLAGS``
-  (text burned into the pixels may be a patient's name): kept out of training the same way,
+  (text burned into the pixels may be a patient's name: DICOM says so, or the normalize stage
+  found text or markers in the pixels): kept out of training the same way,
   whatever the verifier said, and listed for a reviewer;
 - ``dataset_card.md``: counts per source, modality and split, licenses, rejection fraction.
 

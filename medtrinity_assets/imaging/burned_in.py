@@ -11,8 +11,11 @@ per 512 px image it runs on every image. What it looks for:
 
 - **text**: bright, thin strokes (a pixel brighter than the pixels a few steps away on both
   sides, horizontally or vertically) whose connected pieces have glyph sizes and line up in a
-  row of similar heights with letter-sized gaps. Specular highlights and tissue speckle are
-  blobs or scattered strands; they rarely make three aligned glyphs.
+  row of similar heights with letter-sized gaps. A row counts when it has four glyphs or more
+  and is brighter in every channel than what surrounds it (white gaps in H&E and glints on red
+  mucosa are not: their surroundings' red channel is as bright); when three or more rows
+  stack left-aligned (an on-screen patient/date panel, even over tissue); or, in a grey image,
+  a three-glyph label ("RT 2") that stands out strongly.
 - **marker**: caliper crosses ("+" and "x" shaped pieces: thin, square, hollow) in pairs.
 - **overlay**: saturated colour that the image itself cannot contain: any strongly coloured
   pixel in a grey image (yellow calipers and boxes on ultrasound), pure green in a colour
@@ -47,10 +50,10 @@ LINE_STRONG_GLYPHS = 4
 LINE_MAX_HEIGHT_CV = 0.3
 # A block of text: this many lines stacked left-aligned, at most BLOCK_LINE_GAP line heights apart.
 BLOCK_MIN_LINES = 3
-# In a grey image (ultrasound, radiograph) a short label ("RT 12 C", three glyphs) counts when
-# it is this much brighter than its surroundings; colour photographs have glints that do this.
-SHORT_LINE_CONTRAST = 80
 BLOCK_LINE_GAP = 3.0
+# In a grey image (ultrasound, radiograph) a short label (three glyphs) counts when it is this
+# much brighter than its surroundings; in colour photographs glints do that, so there it does not.
+SHORT_LINE_CONTRAST = 80
 # Type against its surroundings: the strokes' darkest channel minus the lower quartile of the
 # brightest channel around them (measured: >= 28 for most Kvasir and BUSI lines, <= 23 for
 # the white gaps of H&E tiles that otherwise line up like glyphs).
@@ -65,7 +68,8 @@ GREY_FRACTION = 0.02
 OVERLAY_MIN_PIXELS = 12
 # Pure green in a colour photograph: green leads both other channels by this much.
 GREEN_LEAD = 70
-# Too many candidate pieces means texture, not text: keep only the highest-contrast ones.
+# The glyph pairing compares every pair (n x n booleans): beyond this many glyph-like pieces
+# (texture, not type) only the first, in label order (top to bottom), are paired.
 MAX_CANDIDATES = 4000
 
 
