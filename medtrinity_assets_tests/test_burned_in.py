@@ -219,6 +219,18 @@ def test_busi_through_normalize_triplets_and_exports_held_back(tmp_path):
 
 
 @needs_realdata
+def test_mr_ct_and_pet_slices_without_text_are_not_flagged(tmp_path):
+    """IBSI sarcoma slices (CT, T1 MR, PET, as NIfTI): no text anywhere; bright fat and vessels
+    in the small MR crops once lined up like glyphs."""
+    spec = load_catalog()["ibsi_sts_nifti"]
+    root = DataRoot(tmp_path / "var")
+    stages.run_ingest(spec, root, "test-salt")
+    report = stages.run_normalize(spec, root)
+    assert report.rows > 100
+    assert report.extra["burned_in_images"] == 0, report.extra
+
+
+@needs_realdata
 def test_keep_policy_flags_without_holding_back(tmp_path):
     spec = build_spec(
         id="kvasir_sample", modality="endoscopy", organs=["colon"], annotation_kinds=["none"],

@@ -14,8 +14,10 @@ per 512 px image it runs on every image. What it looks for:
   row of similar heights with letter-sized gaps. A row counts when it has four glyphs or more
   and is brighter in every channel than what surrounds it (white gaps in H&E and glints on red
   mucosa are not: their surroundings' red channel is as bright); when three or more rows
-  stack left-aligned (an on-screen patient/date panel, even over tissue); or, in a grey image,
-  a three-glyph label ("RT 2") that stands out strongly.
+  stack left-aligned (an on-screen patient/date panel, even over tissue); or, in a grey image
+  of 256 px or more, a three-glyph label ("RT 2") that stands out strongly. In a grey image the
+  strokes of a row must also share one grey level (or, antialiased, sit on a flat background),
+  as drawn type does and bright anatomy (fat, vessels, bone in MR and CT) does not.
 - **marker**: caliper crosses ("+" and "x" shaped pieces: thin, square, hollow) in pairs.
 - **overlay**: saturated colour that the image itself cannot contain: any strongly coloured
   pixel in a grey image (yellow calipers and boxes on ultrasound), pure green in a colour
@@ -54,6 +56,15 @@ BLOCK_LINE_GAP = 3.0
 # In a grey image (ultrasound, radiograph) a short label (three glyphs) counts when it is this
 # much brighter than its surroundings; in colour photographs glints do that, so there it does not.
 SHORT_LINE_CONTRAST = 80
+SHORT_LINE_MIN_SIDE = 256
+# Type in a grey image is drawn in one grey: the spread (90th - 10th percentile) of its stroke
+# values is small (<= 25 measured on BUSI labels), while bright anatomy that happens to line up
+# (fat and vessels in MR and CT) spreads 50-140. Small antialiased type on a radiograph spreads
+# more (60-110) but sits on a flat background (interquartile range <= 40 around it), which
+# anatomy does not.
+GREY_TYPE_SPREAD = 40
+GREY_BLURRED_TYPE_SPREAD = 110
+FLAT_BACKGROUND_IQR = 40
 # Type against its surroundings: the strokes' darkest channel minus the lower quartile of the
 # brightest channel around them (measured: >= 28 for most Kvasir and BUSI lines, <= 23 for
 # the white gaps of H&E tiles that otherwise line up like glyphs).
@@ -106,6 +117,22 @@ def _stroke_mask(grey: np.ndarray) -> np.ndarray:
         mask[step:-step, :] |= (centre - np.maximum(g[: -2 * step, :], g[2 * step :, :])) >= STROKE_CONTRAST
     mask &= grey >= STROKE_MIN_LEVEL
     return mask
+
+
+def _drawn_in_one_grey(line: list[int], strokes: np.ndarray, darkest: np.ndarray) -> bool:
+    """Whether a grey image's line looks like type: strokes of one grey level, or strokes of a
+    few levels (antialiased) on a flat background."""
+    x0, y0, x1, y1 = line
+    inside = strokes[y0:y1, x0:x1]
+    values = darkest[y0:y1, x0:x1]
+    if not inside.any() or inside.all():
+        return False
+    low, high = np.percentile(values[inside], [10, 90])
+    spread = high - low
+    if spread <= GREY_TYPE_SPREAD:
+        return True
+    q1, q3 = np.percentile(values[~inside], [25, 75])
+    return bool(spread <= GREY_BLURRED_TYPE_SPREAD and q3 - q1 <= FLAT_BACKGROUND_IQR)
 
 
 def _contrast(line: list[int], strokes: np.ndarray, darkest: np.ndarray, brightest: np.ndarray) -> float:
@@ -288,9 +315,12 @@ def detect_burned_in(display: np.ndarray) -> BurnedIn:
     for index, (box, glyphs) in enumerate(candidates):
         contrast = _contrast(box, strokes, darkest, brightest)
         strong = glyphs >= LINE_STRONG_GLYPHS and contrast >= LINE_CONTRAST
-        short = grey and contrast >= SHORT_LINE_CONTRAST
-        if strong or short or index in in_block:
-            lines.append(box)
+        short = grey and contrast >= SHORT_LINE_CONTRAST and max(display.shape[:2]) >= SHORT_LINE_MIN_SIDE
+        if not (strong or short or index in in_block):
+            continue
+        if grey and not _drawn_in_one_grey(box, strokes, darkest):
+            continue
+        lines.append(box)
     crosses = [
         box for box in (_crosses(labels, boxes, sizes) if len(sizes) else [])
         if _contrast(box, strokes, darkest, brightest) >= LINE_CONTRAST
