@@ -239,8 +239,10 @@ def normalize_cost(n_kvasir: int, repeats: int = 3) -> str:
         # clock mostly measures the neighbours.
         timings: dict[str, dict[str, list[float]]] = {"without": {"wall": [], "cpu": []}, "with": {"wall": [], "cpu": []}}
         try:
-            for _ in range(repeats):
-                for label, detector in (("without", lambda display: burned_in.BurnedIn(False, 0.0)), ("with", real_detector)):
+            variants = [("without", lambda display: burned_in.BurnedIn(False, 0.0)), ("with", real_detector)]
+            for repeat in range(repeats):
+                # Alternate which goes first, so neither always runs on a warmer (or busier) machine.
+                for label, detector in variants[:: 1 if repeat % 2 == 0 else -1]:
                     burned_in.detect_burned_in = detector
                     cpu = time.process_time()
                     timings[label]["wall"].append(sum(stages.run_normalize(spec, root).seconds for spec in specs))
