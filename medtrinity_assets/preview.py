@@ -38,7 +38,7 @@ def mark_burned_in(image: Image.Image, burned_in_json: str | None) -> Image.Imag
         return image
     draw = ImageDraw.Draw(image)
     # Widths scale with the image so the marks survive the thumbnail's shrinking.
-    width = max(2, round(max(image.size) / 160))
+    width = max(2, round(max(image.size) / 110))
     for box in found.get("boxes") or []:
         x0, y0, x1, y1 = (int(v) for v in box)
         pad = width

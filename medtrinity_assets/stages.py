@@ -189,9 +189,16 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
                 normalized = normalize_pixels(pixels, record, spec, max_side=max_side)
                 png = encode_png(normalized.display)
                 digest, rel = blobs.put("images", png, "png")
-                burned_in = detect_burned_in(normalized.display)
             except Exception as error:
                 quarantine.add(record["source_file"], f"cannot normalize: {_describe_error(error)}", record["record_id"])
+                continue
+            try:
+                burned_in = detect_burned_in(normalized.display)
+            except Exception as error:
+                # An image nobody could check for burned-in text must not reach training unseen.
+                quarantine.add(
+                    record["source_file"], f"cannot check for burned-in text: {_describe_error(error)}", record["record_id"]
+                )
                 continue
             display = normalized.display
             if burned_in.present:
