@@ -60,11 +60,11 @@ SHORT_LINE_MIN_SIDE = 256
 # Type in a grey image is drawn in one grey: the spread (90th - 10th percentile) of its stroke
 # values is small (<= 25 measured on BUSI labels), while bright anatomy that happens to line up
 # (fat and vessels in MR and CT) spreads 50-140. Small antialiased type on a radiograph spreads
-# more (60-110) but sits on a flat background (interquartile range <= 40 around it), which
+# more (60-110) but sits on a flatter background (interquartile range <= 55 around it), which
 # anatomy does not.
 GREY_TYPE_SPREAD = 40
 GREY_BLURRED_TYPE_SPREAD = 110
-FLAT_BACKGROUND_IQR = 40
+FLAT_BACKGROUND_IQR = 55
 # Type against its surroundings: the strokes' darkest channel minus the lower quartile of the
 # brightest channel around them (measured: >= 28 for most Kvasir and BUSI lines, <= 23 for
 # the white gaps of H&E tiles that otherwise line up like glyphs).
