@@ -69,10 +69,19 @@ def test_kvasir_frame_with_its_text_block_is_flagged_at_the_text(name):
 
 
 @needs_realdata
+def test_scope_position_panel_is_an_overlay():
+    """14 of the 1,000 Kvasir-SEG frames keep the endoscope's teal position panel (the rest
+    have it blacked out); this one has it at the lower left, 149 x 120 px in the 512 px frame."""
+    found = detect_burned_in(display_of(KVASIR / "cjyzk8qieoboa0848ogj51wwm.jpg", "endoscopy"))
+    overlays = [box for box, kind in zip(found.boxes, found.kinds) if kind == "overlay"]
+    assert overlays == [[27, 273, 176, 393]]
+
+
+@needs_realdata
 def test_green_position_box_on_a_real_frame_is_an_overlay():
-    """Kvasir-SEG as published here has its scope-position boxes blacked out; other Kvasir and
-    HyperKvasir frames show them as a pure green outline. Painted on a real frame without text,
-    at the place those frames have it (lower left), it is found there, and only there."""
+    """Other Kvasir frames show the position box as a pure green outline. Painted on a real
+    frame without text, at the place those frames have it (lower left), it is found there, and
+    only there."""
     display = display_of(KVASIR / "cju0qoxqj9q6s0835b43399p4.jpg", "endoscopy").copy()
     assert not detect_burned_in(display).present
     display[330:400, 20:24] = display[330:400, 100:104] = (0, 200, 0)

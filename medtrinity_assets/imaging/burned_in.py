@@ -20,8 +20,8 @@ per 512 px image it runs on every image. What it looks for:
   as drawn type does and bright anatomy (fat, vessels, bone in MR and CT) does not.
 - **marker**: caliper crosses ("+" and "x" shaped pieces: thin, square, hollow) in pairs.
 - **overlay**: saturated colour that the image itself cannot contain: any strongly coloured
-  pixel in a grey image (yellow calipers and boxes on ultrasound), pure green in a colour
-  photograph (endoscopy position boxes; no tissue seen in these modalities is pure green).
+  pixel in a grey image (yellow calipers and boxes on ultrasound), green or teal in a colour
+  photograph (the endoscope position panel; no tissue seen in these modalities is green).
 
 Returned boxes are in the display image's pixel coordinates (x1, y1 exclusive).
 """
@@ -77,7 +77,12 @@ OVERLAY_CHROMA = 80
 GREY_CHROMA = 25
 GREY_FRACTION = 0.02
 OVERLAY_MIN_PIXELS = 12
-# Pure green in a colour photograph: green leads both other channels by this much.
+# In a colour photograph a few greenish pixels happen (lens fringes, JPEG colour bleeding at a
+# highlight); a drawn panel or box outline has hundreds.
+OVERLAY_MIN_PIXELS_COLOUR = 60
+# Green in a colour photograph: green leads red by this much and is at least blue (pure green
+# and the teal of an endoscope's position panel; tissue, blood, bile and stains lead with red,
+# or with blue for hematoxylin).
 GREEN_LEAD = 70
 # The glyph pairing compares every pair (n x n booleans): beyond this many glyph-like pieces
 # (texture, not type) only the first, in label order (top to bottom), are paired.
@@ -268,25 +273,26 @@ def _is_grey(darkest: np.ndarray, brightest: np.ndarray) -> bool:
 
 def _overlay(display: np.ndarray, darkest: np.ndarray, brightest: np.ndarray, grey: bool) -> list[list[int]]:
     """Boxes of colour no tissue in the image can have: any strong colour in a grey image,
-    pure green in a colour photograph."""
+    green or teal in a colour photograph."""
     if display.ndim != 3 or display.shape[2] < 3:
         return []
     if grey:
         mask = (brightest - darkest) >= OVERLAY_CHROMA
     else:
-        # Pure green is rare: look on a quarter of the pixels first, and only where some is
+        # Green is rare: look on a quarter of the pixels first, and only where some is
         # found on the whole image (channel by channel: reductions over interleaved RGB are slow).
         def green(step: int) -> np.ndarray:
             r, g, b = (display[::step, ::step, i].astype(np.int16) for i in range(3))
-            return (g - np.maximum(r, b)) >= GREEN_LEAD
+            return ((g - r) >= GREEN_LEAD) & (g >= b)
 
         if green(2).sum() < OVERLAY_MIN_PIXELS // 4:
             return []
         mask = green(1)
-    if mask.sum() < OVERLAY_MIN_PIXELS:
+    min_pixels = OVERLAY_MIN_PIXELS if grey else OVERLAY_MIN_PIXELS_COLOUR
+    if mask.sum() < min_pixels:
         return []
     labels, boxes, sizes = _components(mask)
-    keep = sizes >= OVERLAY_MIN_PIXELS
+    keep = sizes >= min_pixels
     return [[int(b[1]), int(b[0]), int(b[3]), int(b[2])] for b in boxes[keep]]
 
 
