@@ -8,13 +8,53 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 OUTLINE = (255, 64, 64)
+BURNED_IN_COLOUR = (255, 0, 0)
+BURNED_IN_CAPTION = "burned-in text"
 
 
-def roi_thumbnail(data_root: Path, image_path: str, rois_json: str | None, size: int = 192) -> bytes:
-    """PNG bytes of the image with each annotated ROI's outline (mask edge, else box) drawn."""
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, colour, width: int = 2, dash: int = 6) -> None:
+    """A dashed box, so burned-in regions read differently from solid ROI outlines."""
+    x0, y0, x1, y1 = box
+    for start in range(x0, x1, 2 * dash):
+        end = min(start + dash, x1)
+        draw.line([(start, y0), (end, y0)], fill=colour, width=width)
+        draw.line([(start, y1), (end, y1)], fill=colour, width=width)
+    for start in range(y0, y1, 2 * dash):
+        end = min(start + dash, y1)
+        draw.line([(x0, start), (x0, end)], fill=colour, width=width)
+        draw.line([(x1, start), (x1, end)], fill=colour, width=width)
+
+
+def mark_burned_in(image: Image.Image, burned_in_json: str | None) -> Image.Image:
+    """Red dashed boxes around detected burned-in text and markers, with a caption, drawn on
+    ``image`` (the normalized display image, whose pixels the boxes are in)."""
+    if not burned_in_json:
+        return image
+    found = json.loads(burned_in_json)
+    if not found.get("present"):
+        return image
+    draw = ImageDraw.Draw(image)
+    # Widths scale with the image so the marks survive the thumbnail's shrinking.
+    width = max(2, round(max(image.size) / 110))
+    for box in found.get("boxes") or []:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        pad = width
+        _dashed_rectangle(draw, (max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, image.width - 1), min(y1 + pad, image.height - 1)), BURNED_IN_COLOUR, width, dash=4 * width)
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 18)))
+    left, top, right, bottom = draw.textbbox((0, 0), BURNED_IN_CAPTION, font=font)
+    draw.rectangle([0, image.height - (bottom - top) - 8, right - left + 8, image.height - 1], fill=(0, 0, 0))
+    draw.text((4, image.height - (bottom - top) - 6 - top), BURNED_IN_CAPTION, fill=BURNED_IN_COLOUR, font=font)
+    return image
+
+
+def roi_thumbnail(
+    data_root: Path, image_path: str, rois_json: str | None, size: int = 192, burned_in_json: str | None = None
+) -> bytes:
+    """PNG bytes of the image with each annotated ROI's outline (mask edge, else box) drawn, and
+    burned-in text or markers (NORMALIZED_IMAGES.burned_in) in red dashed boxes."""
     with Image.open(Path(data_root) / image_path) as opened:
         image = opened.convert("RGB")
     for roi in json.loads(rois_json or "[]"):
@@ -37,6 +77,7 @@ def roi_thumbnail(data_root: Path, image_path: str, rois_json: str | None, size:
         elif roi.get("box"):
             x0, y0, x1, y1 = roi["box"]
             ImageDraw.Draw(image).rectangle([x0, y0, x1 - 1, y1 - 1], outline=OUTLINE, width=3)
+    image = mark_burned_in(image, burned_in_json)
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -47,7 +88,7 @@ def thumbnails_markdown(data_root: Path, rows: list[dict], max_chars: int = 600)
     """A markdown table: thumbnail | coarse caption and description (verifier status)."""
     lines = ["| image + ROI | description |", "|---|---|"]
     for row in rows:
-        png = roi_thumbnail(data_root, row["image_path"], row.get("rois"))
+        png = roi_thumbnail(data_root, row["image_path"], row.get("rois"), burned_in_json=row.get("burned_in"))
         encoded = base64.b64encode(png).decode("ascii")
         text = (row.get("description") or "").replace("\n", " ").replace("|", "/")
         if len(text) > max_chars:

@@ -99,6 +99,10 @@ NORMALIZED_IMAGES = pa.schema(
         ("scale", FLOAT),  # normalized size / original size
         ("intensity_method", STR),  # e.g. "ct_window:brain(L40,W80)", "percentile:0.5-99.5"
         ("phash", STR),  # 64-bit DCT perceptual hash, hex
+        # Burned-in text and overlay markers found in the display image (imaging/burned_in.py),
+        # JSON {"present": bool, "score": float, "boxes": [[x0, y0, x1, y1], ...] in this image's
+        # pixels, "kinds": ["text" | "marker" | "overlay", ...] one per box}.
+        ("burned_in", STR),
     ]
 )
 

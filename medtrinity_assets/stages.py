@@ -171,10 +171,13 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
 
 
 def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) -> StageReport:
+    from medtrinity_assets.imaging.burned_in import DETECTOR_VERSION, detect_burned_in
     from medtrinity_assets.imaging.normalize import encode_png, normalize_pixels
     from medtrinity_assets.imaging.phash import phash
 
     report = StageReport("normalized_images", spec.id)
+    burned_in_kinds: Counter = Counter()
+    burned_in_images = 0
     blobs = BlobStore(data_root.root)
     source = _require(data_root.table("raw_records", spec.id), "normalized_images")
     out = data_root.table("normalized_images", spec.id)
@@ -189,7 +192,18 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
             except Exception as error:
                 quarantine.add(record["source_file"], f"cannot normalize: {_describe_error(error)}", record["record_id"])
                 continue
+            try:
+                burned_in = detect_burned_in(normalized.display)
+            except Exception as error:
+                # An image nobody could check for burned-in text must not reach training unseen.
+                quarantine.add(
+                    record["source_file"], f"cannot check for burned-in text: {_describe_error(error)}", record["record_id"]
+                )
+                continue
             display = normalized.display
+            if burned_in.present:
+                burned_in_images += 1
+                burned_in_kinds.update(set(burned_in.kinds))
             writer.write(
                 {
                     "record_id": record["record_id"],
@@ -202,8 +216,15 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
                     "scale": float(normalized.scale),
                     "intensity_method": normalized.intensity_method,
                     "phash": phash(display),
+                    "burned_in": burned_in.to_json(),
                 }
             )
+    # Images flagged for burned-in text or markers, and how many showed each kind; whether they
+    # are held back is the spec's burned_in_text policy, applied when triplets are assembled.
+    report.extra["burned_in_images"] = burned_in_images
+    report.extra["burned_in_kinds"] = dict(sorted(burned_in_kinds.items()))
+    report.extra["burned_in_policy"] = spec.burned_in_text
+    report.extra["burned_in_detector"] = DETECTOR_VERSION
     return report
 
 

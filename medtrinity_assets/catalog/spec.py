@@ -284,6 +284,11 @@ class SourceSpec(Strict):
     # patient-side word (those come from geometry or a declared view: grounding.patient_side);
     # kept for the LLM prompt and the verifier, which still read ``is_radiological``.
     radiological_orientation: Optional[bool] = None
+    # Images where the normalize stage finds burned-in text or markers (imaging/burned_in.py):
+    # "hold_back" flags them "burned_in_text", which keeps them out of the training exports like
+    # DICOM BurnedInAnnotation; "keep" flags them "burned_in_text_kept" (shown, not held back),
+    # for a source whose every image carries the same harmless marker (a probe logo, a scale bar).
+    burned_in_text: Literal["hold_back", "keep"] = "hold_back"
 
     @field_validator("id")
     @classmethod

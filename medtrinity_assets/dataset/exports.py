@@ -9,7 +9,8 @@ candidate pair and its verdict, and then, from the dataset file, the exports:
 - ``rejected_unverified.jsonl``: rows whose description the verifier flagged, with the flags,
   so a contradiction is never shipped for training but is never lost either;
 - ``held_back_flagged.jsonl``: rows whose image carries a review flag in ``HELD_BACK_FLAGS``
-  (text burned into the pixels may be a patient's name): kept out of training the same way,
+  (text burned into the pixels may be a patient's name: DICOM says so, or the normalize stage
+  found text or markers in the pixels): kept out of training the same way,
   whatever the verifier said, and listed for a reviewer;
 - ``held_back_duplicate_conflicts.jsonl``: rows whose pixels match another row carrying other
   labels (``duplicate_conflicts``): at most one of the two can be right, and the pipeline cannot
@@ -49,7 +50,8 @@ REJECTED_FILE = "rejected_unverified.jsonl"
 FLAGGED_FILE = "held_back_flagged.jsonl"
 CONFLICTS_FILE = "held_back_duplicate_conflicts.jsonl"
 # Record flags (RAW_RECORDS.flags) that keep an image out of the training files.
-HELD_BACK_FLAGS = ("burned_in_annotation",)
+# "burned_in_text": text or markers the normalize stage found in the pixels (spec policy hold_back).
+HELD_BACK_FLAGS = ("burned_in_annotation", "burned_in_text")
 CARD_FILE = "dataset_card.md"
 # The table of candidate pairs, beside the dataset table (DataRoot.table(DUPLICATE_PAIRS_TABLE)).
 DUPLICATE_PAIRS_TABLE = "duplicate_pairs"

@@ -42,7 +42,12 @@ def connect(memory_limit: str = "1GB", threads: int = 2) -> duckdb.DuckDBPyConne
     return con
 
 
-def triplets_query(inputs: dict[str, Path], source_id: str, license: str) -> str:
+def burned_in_flag(policy: str) -> str:
+    """The review flag an image with detected burned-in text gets under the spec's policy."""
+    return "burned_in_text" if policy == "hold_back" else "burned_in_text_kept"
+
+
+def triplets_query(inputs: dict[str, Path], source_id: str, license: str, burned_in_policy: str = "hold_back") -> str:
     """The SELECT producing exactly ``schemas.TRIPLETS`` columns for one source."""
     read = {name: f"read_parquet({sql_string(path)})" for name, path in inputs.items()}
     source = sql_string(source_id)
@@ -77,7 +82,11 @@ SELECT
     r.source_text::VARCHAR AS source_text,
     d.verified::BOOLEAN AS verified,
     d.verifier_flags::VARCHAR[] AS verifier_flags,
-    coalesce(r.flags, [])::VARCHAR[] AS flags,
+    list_concat(
+        coalesce(r.flags, []),
+        CASE WHEN coalesce(json_extract(n.burned_in, '$.present')::BOOLEAN, false)
+             THEN [{sql_string(burned_in_flag(burned_in_policy))}] ELSE [] END
+    )::VARCHAR[] AS flags,
     r.patient_hash::VARCHAR AS patient_hash,
     {split} AS split,
     {sql_string(license)} AS license,
@@ -123,7 +132,7 @@ def assemble_triplets(
         if not path.exists():
             raise FileNotFoundError(f"triplets for '{source_id}' need the {name} table, missing: {path}")
     out_path = Path(out_path)
-    query = triplets_query(inputs, source_id, spec.license)
+    query = triplets_query(inputs, source_id, spec.license, spec.burned_in_text)
     con = connect(memory_limit=memory_limit)
     try:
         with atomic_path(out_path) as tmp:

@@ -144,9 +144,12 @@ def _triplet_thumbnails(settings: PipelineSettings, source_id: str) -> dict:
     con = duckdb.connect()
     try:
         # Annotated images first: they show what grounding found; then the rest.
+        # The normalized table's burned_in column lets the thumbnail mark burned-in text.
+        normalized = settings.root().table("normalized_images", source_id)
         rows = con.sql(
-            f"""SELECT * FROM read_parquet('{path}')
-                ORDER BY (rois LIKE '%annotation:%') DESC, record_id LIMIT 4"""
+            f"""SELECT t.*, n.burned_in FROM read_parquet('{path}') t
+                LEFT JOIN read_parquet('{normalized}') n USING (record_id)
+                ORDER BY (t.rois LIKE '%annotation:%') DESC, t.record_id LIMIT 4"""
         ).to_arrow_table().to_pylist()
     finally:
         con.close()
