@@ -308,7 +308,7 @@ def _records_with_rois_and_images(data_root: DataRoot, source_id: str) -> str:
         data_root,
         source_id,
         extra_joins=f"JOIN read_parquet({norm}) n USING (record_id)",
-        extra_cols=", n.height AS image_height, n.width AS image_width, n.scale",
+        extra_cols=", n.height AS image_height, n.width AS image_width, n.scale, n.burned_in",
     )
 
 

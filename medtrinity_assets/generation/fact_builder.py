@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from medtrinity_assets.generation.facts import Fact, FactSet
 from medtrinity_assets.generation.publisher_findings import publisher_text_facts
+from medtrinity_assets.imaging.burned_in import BurnedIn
 from medtrinity_assets.imaging.geometry import anatomical_plane, decode_axes
 from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.generation.vocabulary import (
@@ -107,9 +108,12 @@ def _record_facts(record: dict, rois: list[dict], spec, add) -> None:
         add("pixel_spacing_mm", f"{row_mm:.3g} x {col_mm:.3g}", "geometry", number=row_mm, unit="mm")
     add("annotated_roi_count", str(len(annotated_rois(rois))), "annotation", number=float(len(annotated_rois(rois))))
 
-    flags = set(as_list(record.get("flags")))
-    if "burned_in_text" in flags or "burned_in_annotation" in flags:
-        add("burned_in_text", "present", "measurement" if "burned_in_text" in flags else "metadata")
+    # DICOM's BurnedInAnnotation (metadata) or the pixel detector of normalize (measurement).
+    detected = BurnedIn.from_json(record["burned_in"]).present if record.get("burned_in") else False
+    if detected:
+        add("burned_in_text", "present", "measurement")
+    elif "burned_in_annotation" in set(as_list(record.get("flags"))):
+        add("burned_in_text", "present", "metadata")
 
 
 def _roi_facts(roi: dict, rank: int, add) -> None:

@@ -134,23 +134,40 @@ def _part_modality(facts: FactSet, spec, rid: str) -> str:
         f"This is {article(noun)} {noun}",
         f"The image is {article(noun)} {noun}",
         f"Modality: {article(noun)} {noun}",
+        f"We are looking at {article(noun)} {noun}",
+        f"The picture is {article(noun)} {noun}",
     ])
     if view:
-        opening += f" taken in the {view} view"
-    sentences = [f"{opening}, from the collection '{spec.name}'."]
+        opening += _variant(rid, "view", [f" taken in the {view} view", f" ({view} view)", f", {view} projection"])
+    sentences = [opening + _variant(rid, "collection", [
+        f", from the collection '{spec.name}'.",
+        f". It belongs to the collection '{spec.name}'.",
+        f" published in '{spec.name}'.",
+    ])]
     if kind in ("slice", "frame") and position:
         index, count = position[0].value.split("/")
         if kind == "slice":
             plane_words = f"{plane} " if plane else ""
-            sentences.append(f"It is {plane_words}slice {index} of the {count} slices of a volume.")
+            sentences.append(_variant(rid, "slice", [
+                f"It is {plane_words}slice {index} of the {count} slices of a volume.",
+                f"The volume has {count} slices; this is {plane_words}slice number {index}.",
+                f"Shown is {plane_words}slice {index} out of {count} in the volume.",
+            ]))
         else:
-            sentences.append(f"It is frame {index} of the {count} frames of a cine acquisition.")
+            sentences.append(_variant(rid, "frame", [
+                f"It is frame {index} of the {count} frames of a cine acquisition.",
+                f"The cine loop has {count} frames; this is frame {index}.",
+            ]))
     sequence = facts.record_value("sequence")
     if sequence:
         sentences.append(f"The MR sequence is {sequence}.")
     width, height = facts.record_value("image_width_px"), facts.record_value("image_height_px")
     if width and height:
-        size = f"The exported image measures {width} × {height} pixels"
+        size = _variant(rid, "imgsize", [
+            f"The exported image measures {width} × {height} pixels",
+            f"As exported it is {width} pixels wide and {height} pixels high",
+            f"Its exported size is {width} × {height} pixels",
+        ])
         spacing = facts.record("pixel_spacing_mm")
         if spacing:
             size += f", about {spacing[0].number:.2g} mm per pixel"
@@ -172,6 +189,8 @@ def _label_sentence(facts: FactSet, rid: str) -> str:
                 f"The source labels this image with the finding {findings[0]}.",
                 f"The finding given by the source for this image is {findings[0]}.",
                 f"According to the source's label, the image shows {findings[0]}.",
+                f"The source's diagnosis for this image is {findings[0]}.",
+                f"The label attached by the source is {findings[0]}.",
             ])
         return f"The source labels this image with the findings {join_words(findings)}."
     if state == "normal":
@@ -192,6 +211,8 @@ def _part_organ_tissue(facts: FactSet, rid: str, publisher: list[str]) -> str:
         sentences.append(_variant(rid, "organ", [
             f"The imaged anatomy, as the source records it, is the {join_words(organs)}.",
             f"It shows the {join_words(organs)}, according to the source's metadata.",
+            f"The source's metadata place it in the {join_words(organs)}.",
+            f"Anatomy recorded by the source: the {join_words(organs)}.",
         ]))
     else:
         sentences.append("The source names no organ for this image.")
@@ -230,8 +251,8 @@ def _publisher_sentences(facts: FactSet) -> list[str]:
         terms = [t for t in as_list(found.get("terms")) if t]
         if not terms:
             continue
-        where = " ".join(w for w in as_list(found.get("sides"))[:1] + as_list(found.get("zones"))[:1] if w)
-        phrase = join_words(terms) + (f" in the {where}" if where else "")
+        where = [w for w in as_list(found.get("sides"))[:1] + as_list(found.get("zones"))[:1] if w]
+        phrase = join_words(terms) + (f" ({', '.join(where)})" if where else "")
         (denied if found.get("negated") else stated).append(phrase)
     sentences = []
     if stated:
@@ -258,11 +279,12 @@ def _size_sentence(facts: FactSet, roi_id: str, rid: str) -> str | None:
         bits.append(f"covers {_percent(fraction.number)} of the image area")
     if not bits:
         return None
-    sentence = "It " + join_words(bits)
+    sentence = _variant(rid, "size-subject", ["It ", "The region ", "This region "]) + join_words(bits)
     if size_class in SIZE_WORD:
         sentence += _variant(rid, f"size{roi_id}", [
             f", which makes it {article(SIZE_WORD[size_class])} {SIZE_WORD[size_class]} region",
             f" ({SIZE_WORD[size_class]} for this image)",
+            f"; relative to the image it is {SIZE_WORD[size_class]}",
         ])
     return sentence + "."
 
@@ -285,6 +307,8 @@ def _part_roi_analysis(facts: FactSet, rid: str) -> str:
         _variant(rid, "where", [
             f"The main region of interest, labelled {label} and {origin}, lies in {where}",
             f"The largest annotated region ({label}, {origin}) is in {where}",
+            f"A region labelled {label}, {origin}, occupies {where}",
+            f"In {where} lies the main annotated region, labelled {label} and {origin}",
         ]) + (f", {side}" if side else "") + "."
     ]
     size = _size_sentence(facts, primary, rid)
@@ -293,9 +317,16 @@ def _part_roi_analysis(facts: FactSet, rid: str) -> str:
     same = int(facts.roi(primary, "count_same_label").number) if facts.roi(primary, "count_same_label") else 1
     total = len(roi_ids)
     if same <= 1:
-        sentences.append(f"It is the only region labelled {label}.")
+        sentences.append(_variant(rid, "count", [
+            f"It is the only region labelled {label}.",
+            f"No other region carries the label {label}.",
+            f"This is the single region labelled {label}.",
+        ]))
     else:
-        sentences.append(f"It is the largest of {same} separate regions labelled {label}.")
+        sentences.append(_variant(rid, "count", [
+            f"It is the largest of {same} separate regions labelled {label}.",
+            f"{same} separate regions carry the label {label}, and this is the largest.",
+        ]))
     if total > same:
         sentences.append(f"In all, {total} regions are annotated in this image.")
     others = []
@@ -312,6 +343,15 @@ def _part_roi_analysis(facts: FactSet, rid: str) -> str:
 
 
 # --- part 4: intensity, texture, margin, colour -----------------------------------------------
+
+
+def _intensity_predicate(word: str) -> str:
+    """'is hypoechoic', 'shows increased uptake', 'has similar density'."""
+    if "uptake" in word:
+        return f"shows {word}"
+    if word.startswith("similar"):
+        return f"has {word}"
+    return f"is {word}"
 
 
 def _hedged(fact: Fact | None, noun: str, rid: str) -> str | None:
@@ -341,6 +381,10 @@ def _knowledge_sentence(facts: FactSet, primary: str, passages: list[dict], rid:
     """Agreement of the measured features with the retrieved entry's typical ones, and the ids used."""
     modality = MODALITY_NAME.get(facts.record_value("modality") or "", "this modality")
     label = facts.roi_value(primary, "label")
+    # Typical features of a disease say nothing about an anatomy ROI (a lung box, a
+    # grey-matter map): compare only a region whose label is one of the record's findings.
+    if label not in facts.record_values("finding"):
+        return None, []
     for passage in passages:
         expected = _knowledge_features(passage.get("appearance") or "")
         agree, differ = [], []
@@ -355,10 +399,14 @@ def _knowledge_sentence(facts: FactSet, primary: str, passages: list[dict], rid:
         sentences = []
         if agree:
             verb = "match" if len(agree) > 1 else "matches"
-            sentences.append(_cap(f"{join_words(agree)} {verb} what is usually reported for {finding} on {modality}."))
+            sentences.append(_cap(_variant(rid, "agree", [
+                f"{join_words(agree)} {verb} what is usually reported for {finding} on {modality}.",
+                f"{join_words(agree)} {'are' if len(agree) > 1 else 'is'} in keeping with how {finding} commonly looks on {modality}.",
+            ])))
         if differ:
             verb = "are" if len(differ) > 1 else "is"
-            sentences.append(_cap(f"{join_words(differ)} {verb} less typical of it."))
+            target = "it" if agree else f"{finding} on {modality}"
+            sentences.append(_cap(f"{join_words(differ)} {verb} less typical of {target}."))
         return " ".join(sentences), [passage["entry_id"]]
     return None, []
 
@@ -374,9 +422,11 @@ def _part_texture_colour(facts: FactSet, passages: list[dict], rid: str) -> tupl
     sentences = []
     intensity = facts.roi(primary, "intensity")
     if intensity is not None and intensity.detail:
+        state = _intensity_predicate(intensity.detail)
         sentences.append(_variant(rid, "intensity", [
-            f"Compared with the tissue around it, the region is {intensity.detail}.",
-            f"Against its surroundings the region is {intensity.detail}.",
+            f"Compared with the tissue around it, the region {state}.",
+            f"Against its surroundings the region {state}.",
+            f"Relative to the neighbouring tissue the region {state}.",
         ]))
     clauses = [c for c in (
         _hedged(facts.roi(primary, "texture"), "internal texture", rid),
@@ -426,10 +476,15 @@ def _part_relations(facts: FactSet, rid: str) -> str:
     fraction = facts.roi(primary, "area_fraction")
     where = _position_words(facts, primary) or "the image"
     if fraction is not None:
-        sentences.append(
-            f"Locally the main region covers {_percent(fraction.number)} of the image; globally it sits in {where}, "
-            f"and the remaining {_percent(1 - fraction.number)} of the image lies outside it."
-        )
+        inside, outside = _percent(fraction.number), _percent(1 - fraction.number)
+        sentences.append(_variant(rid, "local-global", [
+            f"Locally the main region covers {inside} of the image; globally it sits in {where}, "
+            f"and the remaining {outside} of the image lies outside it.",
+            f"Seen against the whole image, the main region takes up {inside} of it and sits in {where}; "
+            f"the remaining {outside} of the image lies outside it.",
+            f"At the global level the main region sits in {where}, taking up {inside} of the image; "
+            f"the remaining {outside} lies outside it.",
+        ]))
     else:
         sentences.append(f"Globally the main region sits in {where}.")
     return " ".join(sentences)
