@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast ui bench bench-ingest validate clean sources fetch check-source
+.PHONY: setup demo test test-fast ui bench bench-ingest bench-retrieval validate clean sources fetch check-source
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: setup
 
 bench-ingest: setup
 	$(BIN)/python -m medtrinity_assets.bench_ingest --images 400 --scaling 1000,10000
+
+# recall@3, precision, forbidden-passage rate and zero-passage accuracy on the labelled
+# retrieval set (data/knowledge/eval/retrieval_set.yaml); --show prints every query's answer.
+bench-retrieval: setup
+	$(BIN)/python -m medtrinity_assets.bench_retrieval
 
 clean:
 	rm -rf var dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

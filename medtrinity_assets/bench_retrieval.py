@@ -6,8 +6,8 @@ Builds a Chroma store from the corpus with the packaged embedding model (or uses
 runs every query through ``KnowledgeRetriever.retrieve_many`` and prints, over entries (the
 passages a record gets, mapped to the entry they come from, first ``k`` distinct entries):
 
-- recall@k: share of a query's expected entries (at most k) that are returned, averaged over the
-  queries that expect some;
+- recall@k: returned expected entries / min(k, expected entries), averaged over the queries
+  that expect some;
 - precision: share of returned passages whose entry is expected or acceptable;
 - forbidden: share of returned passages whose entry is forbidden, named in the query or by kind
   (a normal entry on a finding or unknown record, a finding entry on a normal or unknown one);
@@ -112,14 +112,14 @@ def score(queries: list[Query], rows: list[dict], entry_kinds: dict[str, str], k
         bad_kinds = FORBIDDEN_KINDS[query.label_state]
         forbidden = [e for e in got if e in query.forbidden or entry_kinds[e] in bad_kinds]
         fitting = [e for e in got if e in query.expected or e in query.acceptable]
-        wanted = query.expected[:k]
         per_query.append(
             {
                 "id": query.id,
                 "label_state": query.label_state,
                 "returned": got,
                 "distances": [round(d, 3) for d in row["distances"]],
-                "recall": (len(set(wanted) & set(got)) / len(wanted)) if wanted else None,
+                # A query may expect more than k entries; any k of them make full recall.
+                "recall": (len(set(query.expected) & set(got)) / min(k, len(query.expected))) if query.expected else None,
                 "fitting": len(fitting),
                 "forbidden": forbidden,
                 "expects_none": query.expects_none,
@@ -146,7 +146,8 @@ def _summary(per_query: list[dict]) -> dict:
     }
 
 
-def run_benchmark(store_path=None, k: int = 3, set_path: Path = RETRIEVAL_SET) -> dict:
+def run_benchmark(store_path=None, k: int = 3, set_path: Path = RETRIEVAL_SET, max_distance="default") -> dict:
+    """``max_distance``: the retriever's relevance cut; "default" keeps its own, None turns it off."""
     from medtrinity_assets.knowledge.corpus import chunk_corpus, load_corpus
     from medtrinity_assets.knowledge.retrieval import KnowledgeRetriever
     from medtrinity_assets.knowledge.store import build_knowledge_base
@@ -159,7 +160,7 @@ def run_benchmark(store_path=None, k: int = 3, set_path: Path = RETRIEVAL_SET) -
         if store_path is None:
             store_path = Path(scratch) / "chroma"
             build_knowledge_base(chunk_corpus(entries), store_path)
-        retriever = KnowledgeRetriever(store_path)
+        retriever = KnowledgeRetriever(store_path) if max_distance == "default" else KnowledgeRetriever(store_path, max_distance)
         items = []
         for query in queries:
             record, rois = query.record_and_rois()
@@ -195,9 +196,14 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--set", type=Path, default=RETRIEVAL_SET, dest="set_path")
     parser.add_argument("--show", action="store_true", help="print every query's answer")
+    parser.add_argument(
+        "--max-distance", default="default", help="relevance cut to use instead of the retriever's ('none': no cut)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
     args = parser.parse_args(argv)
-    result = run_benchmark(args.store, k=args.k, set_path=args.set_path)
+    cut = args.max_distance
+    cut = None if cut == "none" else cut if cut == "default" else float(cut)
+    result = run_benchmark(args.store, k=args.k, set_path=args.set_path, max_distance=cut)
     print_report(result, args.k, show=args.show)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
