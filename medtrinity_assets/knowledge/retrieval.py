@@ -22,8 +22,9 @@ An entry's distance is its best passage's cosine distance to the query; entries 
 ``MAX_DISTANCE`` are dropped, so a record may get no passage at all. One passage per entry, at
 most ``k`` entries.
 
-Measured ROI intensity is checked against the appearance passage: an appearance that states
-only the opposite direction (says "hypoechoic" while the ROI measured hyperechoic, "dark" while
+Measured ROI intensity is checked against the appearance passage of the entry that ROI's label
+names (the largest such ROI; a lung box says nothing about the pneumonia entry): an appearance
+that states only the opposite direction (says "hypoechoic" while the ROI measured hyperechoic, "dark" while
 it measured brighter) is dropped, and its entry is ranked after the entries that do not
 contradict the image. The reason is kept in ``knowledge_sections``.
 
@@ -122,11 +123,8 @@ def stated_directions(text: str) -> set[str]:
     return found
 
 
-def measured_direction(rois: Iterable[dict]) -> str | None:
-    """Direction the largest annotated ROI measured against its surroundings, if any."""
-    roi = primary_roi(rois)
-    if roi is None:
-        return None
+def measured_direction(roi: dict) -> str | None:
+    """Direction ("higher" | "lower") an ROI measured against its surroundings, if any."""
     if roi.get("intensity") in ("higher", "lower"):  # a fact-shaped ROI carries the direction itself
         return roi["intensity"]
     return MEASURED_DIRECTION.get(str(roi.get("intensity_word") or "").lower())
@@ -262,10 +260,24 @@ class KnowledgeRetriever:
             )
         ]
 
-    def _rank(self, hits, modality: str, direction: str | None, k: int) -> list[dict]:
+    def _directions(self, rois: list[dict], allowed: list[str]) -> dict[str, str]:
+        """Entry id -> measured direction of the largest annotated ROI whose label names it."""
+        directions: dict[str, str] = {}
+        for roi in sorted(annotated_rois(rois), key=lambda r: (-(r.get("area_px") or 0), str(r.get("roi_id")))):
+            direction = measured_direction(roi)
+            if not direction or not roi.get("label"):
+                continue
+            flag = finding_flag(roi["label"])
+            for entry_id in allowed:
+                if flag in self.entries[entry_id].names:
+                    directions.setdefault(entry_id, direction)
+        return directions
+
+    def _rank(self, hits, directions: dict[str, str], k: int) -> list[dict]:
         best: dict[str, dict] = {}
         for chunk_id, text, distance, meta in sorted(hits, key=lambda h: (round(h[2], 6), h[0])):
             entry_id = meta["entry_id"]
+            direction = directions.get(entry_id)
             conflict = None
             if meta.get("section") == "appearance" and direction:
                 stated = stated_directions(meta.get("body") or text)
@@ -310,7 +322,7 @@ class KnowledgeRetriever:
                     "allowed": allowed,
                     "modality": modality,
                     "text": query_text(record, rois, spec, state),
-                    "direction": measured_direction(rois),
+                    "directions": self._directions(rois, allowed),
                     "ranked": [],
                 }
             )
@@ -321,7 +333,7 @@ class KnowledgeRetriever:
             answers = self._query([prepared[i]["text"] for i in indexes], list(allowed), modality)
             for index, hits in zip(indexes, answers):
                 item = prepared[index]
-                item["ranked"] = self._rank(hits, modality, item["direction"], k)
+                item["ranked"] = self._rank(hits, item["directions"], k)
 
         rows = []
         for (record, _), item in zip(items, prepared):
