@@ -330,10 +330,12 @@ class KnowledgeRetriever:
                 groups[(tuple(allowed), modality)].append(index)
         # Records that may get the same entries are embedded and queried in one batch.
         for (allowed, modality), indexes in groups.items():
-            answers = self._query([prepared[i]["text"] for i in indexes], list(allowed), modality)
-            for index, hits in zip(indexes, answers):
+            # Records of one source repeat the same few query texts: embed each text once.
+            texts = list(dict.fromkeys(prepared[i]["text"] for i in indexes))
+            answers = dict(zip(texts, self._query(texts, list(allowed), modality)))
+            for index in indexes:
                 item = prepared[index]
-                item["ranked"] = self._rank(hits, item["directions"], k)
+                item["ranked"] = self._rank(answers[item["text"]], item["directions"], k)
 
         rows = []
         for (record, _), item in zip(items, prepared):
