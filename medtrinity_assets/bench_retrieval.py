@@ -1,6 +1,7 @@
 """Retrieval benchmark: the labelled set in ``data/knowledge/eval/retrieval_set.yaml``.
 
     python -m medtrinity_assets.bench_retrieval [--store PATH] [--k 3] [--show]
+    python -m medtrinity_assets.bench_retrieval --store PATH --distances   (where the cut falls)
 
 Builds a Chroma store from the corpus with the packaged embedding model (or uses ``--store``),
 runs every query through ``KnowledgeRetriever.retrieve_many`` and prints, over entries (the
@@ -171,6 +172,42 @@ def run_benchmark(store_path=None, k: int = 3, set_path: Path = RETRIEVAL_SET, m
     return score(queries, rows, entry_kinds, k)
 
 
+def distance_table(store_path, set_path: Path = RETRIEVAL_SET, cuts=(0.45, 0.5, 0.55, 0.6, 0.65, 0.7)) -> list[dict]:
+    """Where a relevance cut falls: for every query, each entry's best passage distance over all
+    passages of the query's modality (no name, kind or organ filter); per cut, the share of
+    fitting (expected or acceptable) entries kept and of the other entries cut."""
+    from medtrinity_assets.knowledge.corpus import load_corpus
+    from medtrinity_assets.knowledge.retrieval import PASSAGE_SECTIONS, KnowledgeRetriever, query_text
+    from medtrinity_assets.knowledge.store import modality_flag
+    from medtrinity_assets.paths import knowledge_dir
+
+    kinds = {e["id"]: e.get("kind", "finding") for e in load_corpus(knowledge_dir())}
+    retriever = KnowledgeRetriever(store_path, max_distance=None)
+    fitting, other = [], []
+    for query in load_queries(set_path, kinds):
+        record, rois = query.record_and_rois()
+        spec = SimpleNamespace(id="bench", modality=query.modality, organs=list(query.organs))
+        where = {"$and": [{"section": {"$in": list(PASSAGE_SECTIONS)}}, {modality_flag(query.modality): True}]}
+        result = retriever.collection.query(
+            query_texts=[query_text(record, rois, spec)], n_results=len(kinds) * 3, where=where,
+            include=["distances", "metadatas"],
+        )
+        best: dict[str, float] = {}
+        for distance, meta in zip(result["distances"][0], result["metadatas"][0]):
+            best.setdefault(meta["entry_id"], float(distance))
+        good = set(query.expected) | set(query.acceptable)
+        fitting += [d for e, d in best.items() if e in good]
+        other += [d for e, d in best.items() if e not in good]
+    return [
+        {
+            "cut": cut,
+            "fitting_kept": sum(d <= cut for d in fitting) / len(fitting),
+            "others_cut": sum(d > cut for d in other) / len(other),
+        }
+        for cut in cuts
+    ]
+
+
 def _fmt(value) -> str:
     return "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
@@ -200,7 +237,16 @@ def main(argv=None) -> int:
         "--max-distance", default="default", help="relevance cut to use instead of the retriever's ('none': no cut)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
+    parser.add_argument(
+        "--distances", action="store_true", help="print where each relevance cut falls (needs --store)"
+    )
     args = parser.parse_args(argv)
+    if args.distances:
+        if args.store is None:
+            parser.error("--distances needs --store (a store built from the corpus)")
+        for row in distance_table(args.store, args.set_path):
+            print(f"cut {row['cut']:.2f}: fitting entries kept {row['fitting_kept']:.3f}, other entries cut {row['others_cut']:.3f}")
+        return 0
     cut = args.max_distance
     cut = None if cut == "none" else cut if cut == "default" else float(cut)
     result = run_benchmark(args.store, k=args.k, set_path=args.set_path, max_distance=cut)

@@ -24,9 +24,9 @@ most ``k`` entries.
 
 Measured ROI intensity is checked against the appearance passage of the entry that ROI's label
 names (the largest such ROI; a lung box says nothing about the pneumonia entry): an appearance
-that states only the opposite direction (says "hypoechoic" while the ROI measured hyperechoic, "dark" while
-it measured brighter) is dropped, and its entry is ranked after the entries that do not
-contradict the image. The reason is kept in ``knowledge_sections``.
+that states only the opposite direction (says "hypoechoic" while the ROI measured hyperechoic,
+"dark" while it measured brighter) is dropped, and its entry is ranked after the entries that
+do not contradict the image. The reason is kept in ``knowledge_sections``.
 
 The query column records what was done: ``state=...; filter=...; text=...``.
 """
@@ -66,8 +66,9 @@ PASSAGE_SECTIONS = ("definition", "appearance", "typical_location")
 # Cosine distance above which an entry does not fit the record. Measured on the labelled set
 # (data/knowledge/eval/retrieval_set.yaml, `make bench-retrieval`): every expected or
 # acceptable entry the filters admit has its best passage within 0.53 of the query. Over all
-# passages of each query's modality, unfiltered, 0.55 keeps 97.6% of fitting entries and cuts
-# 47% of the others; what it cuts after the filters are anatomy passages only loosely tied to
+# passages of each query's modality, unfiltered (`python -m medtrinity_assets.bench_retrieval
+# --distances`), 0.55 keeps 98% of fitting entries and cuts 45% of the others; what it cuts
+# after the filters are anatomy passages only loosely tied to
 # the query (the adrenal gland for an unlabelled abdominal MRI at 0.61, white matter for a head
 # CT at 0.61). The filters, not the distance, keep wrong entries out: benign and malignant
 # breast passages sit 0.17 apart.
