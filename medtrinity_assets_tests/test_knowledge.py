@@ -364,6 +364,7 @@ def test_appearance_that_contradicts_the_measured_roi_is_dropped(store):
     assert stated_directions("usually hypoechoic, sometimes anechoic") == {"lower"}
     assert stated_directions("not hypoechoic but bright on T2") == {"higher"}
     assert stated_directions("dark on T1 and bright on T2") == {"higher", "lower"}
+    assert stated_directions("a mass with necrotic low-density areas") == {"lower"}
     spec = make_spec("busi", "ultrasound", ["breast"])
     record = {"record_id": "b", "modality": "ultrasound", "organs": ["breast"], "labels": ["benign breast tumor"]}
     hyper = [{"roi_id": "a", "label": "benign breast tumor", "origin": "annotation:mask", "area_px": 900,

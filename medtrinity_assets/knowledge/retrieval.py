@@ -86,12 +86,12 @@ MEASURED_DIRECTION = {
 _TEXT_DIRECTION = {
     "higher": re.compile(
         r"\b(hyperechoic|echogenic|hyperdense|hyperintense|bright|brighter|brightly|opaque|radiopaque|"
-        r"denser|increased uptake|high uptake|hot spots?)\b",
+        r"denser|high[- ]density|higher[- ]density|increased uptake|high uptake|hot spots?)\b",
         re.IGNORECASE,
     ),
     "lower": re.compile(
         r"\b(hypoechoic|anechoic|echo-free|hypodense|hypointense|dark|darker|lucent|radiolucent|"
-        r"low density|lower density|lower in density|decreased uptake|photopenic)\b",
+        r"low[- ]density|lower[- ]density|lower in density|decreased uptake|photopenic)\b",
         re.IGNORECASE,
     ),
 }
