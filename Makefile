@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast ui bench bench-ingest bench-verifier validate clean sources fetch check-source
+.PHONY: setup demo test test-fast ui bench bench-ingest bench-verifier bench-retrieval bench-text validate clean sources fetch check-source
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,5 +57,15 @@ bench-ingest: setup
 bench-verifier: setup
 	$(BIN)/python -m medtrinity_assets.bench_verifier
 
+# recall@3, precision, forbidden-passage rate and zero-passage accuracy on the labelled
+# retrieval set (data/knowledge/eval/retrieval_set.yaml); --show prints every query's answer.
+bench-retrieval: setup
+	$(BIN)/python -m medtrinity_assets.bench_retrieval
+
 clean:
 	rm -rf var dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
+
+# Per source: rows per label state, patient-side words and their provenance, 3-gram ratio, words
+# copied from knowledge (on var/ after make demo; ROOT=dir for another data root).
+bench-text: setup
+	$(BIN)/python -m medtrinity_assets.bench_text --root $(or $(ROOT),var)

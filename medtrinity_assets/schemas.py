@@ -193,6 +193,8 @@ KNOWLEDGE_CHUNKS = pa.schema(
         ("chunk_id", STR),
         ("entry_id", STR),
         ("finding", STR),
+        ("kind", STR),  # finding | normal | anatomy
+        ("section", STR),  # definition | appearance | typical_location | differential
         ("modalities", STR_LIST),
         ("organs", STR_LIST),
         ("text", STR),
@@ -208,6 +210,11 @@ RETRIEVED_KNOWLEDGE = pa.schema(
         ("knowledge_ids", STR_LIST),
         ("knowledge_texts", STR_LIST),
         ("distances", FLOAT_LIST),
+        # JSON list, one object per retrieved entry in rank order: entry_id, kind, finding,
+        # definition, appearance (on this record's modality, or null), typical_location,
+        # appearance_conflict (why the appearance was left out, or null). Writers phrase these
+        # in their own words; the entry ids go to provenance.
+        ("knowledge_sections", STR),
     ]
 )
 

@@ -401,7 +401,7 @@ def run_knowledge_base(data_root: DataRoot, knowledge_folder: Path) -> StageRepo
     return report
 
 
-def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 4, batch: int = 64) -> StageReport:
+def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int = 64) -> StageReport:
     from medtrinity_assets.knowledge.retrieval import KnowledgeRetriever
 
     report = StageReport("retrieved_knowledge", spec.id)

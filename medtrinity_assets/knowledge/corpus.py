@@ -7,6 +7,13 @@ errors and every error names the file and the field.
 
 Chunks are one per section (and one per modality for ``appearance``) so retrieval can filter an
 appearance passage by the modality it describes.
+
+Every entry declares its ``kind``, which decides the records it may be handed to:
+
+- ``finding``: a disease or lesion; only for records whose source names that finding;
+- ``normal``: what a normal organ looks like; only for records the source says are normal;
+- ``anatomy``: a structure (an organ, a cell type, a landmark) described without saying whether
+  it is normal or not; the only kind a record with an unknown label state may get.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import re
 from pathlib import Path
 
 import yaml
+from typing import Literal
+
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,6 +44,7 @@ from medtrinity_assets.validation import validation_problems
 
 ENTRY_ID = re.compile(r"^[a-z][a-z0-9_]{1,80}$")
 SECTION_ORDER = ("definition", "appearance", "typical_location", "differential")
+ENTRY_KINDS = ("finding", "normal", "anatomy")
 
 
 class CorpusError(ValueError):
@@ -56,6 +66,7 @@ class Sections(_Strict):
 class KnowledgeEntry(_Strict):
     id: str
     finding: str
+    kind: Literal["finding", "normal", "anatomy"]
     aliases: list[str] = Field(default_factory=list)
     organs: list[str] = Field(min_length=1)
     modalities: list[Modality] = Field(min_length=1)
@@ -78,6 +89,18 @@ class KnowledgeEntry(_Strict):
         extra = sorted(set(self.sections.appearance) - set(self.modalities))
         if extra:
             raise ValueError(f"sections.appearance names modalities not in 'modalities': {extra}")
+        return self
+
+    @model_validator(mode="after")
+    def _normal_in_name_exactly_for_normal_kind(self) -> "KnowledgeEntry":
+        # The name is the first word of every chunk: a "normal ..." passage that is not of kind
+        # normal would reach finding and unknown records, which is what kinds exist to prevent.
+        says_normal = "normal" in normalize_label(self.finding).split()
+        if says_normal != (self.kind == "normal"):
+            raise ValueError(
+                f"kind is {self.kind!r} but the finding name {self.finding!r} "
+                + ("says 'normal'" if says_normal else "does not say 'normal'")
+            )
         return self
 
 
@@ -125,13 +148,15 @@ def _section_text(entry: dict, heading: str, body: str) -> str:
 
 
 def chunk_corpus(entries: list[dict]) -> list[dict]:
-    """Rows of ``schemas.KNOWLEDGE_CHUNKS`` (plus ``aliases``, used by the store's filters)."""
+    """Rows of ``schemas.KNOWLEDGE_CHUNKS`` (plus ``aliases`` and the plain section ``body``,
+    which the store keeps in each chunk's metadata for filtering and for the writer)."""
     chunks = []
     for entry in entries:
         sections = entry["sections"]
         common = {
             "entry_id": entry["id"],
             "finding": entry["finding"],
+            "kind": entry["kind"],
             "organs": list(entry["organs"]),
             "origin": entry["origin"],
             "aliases": [normalize_label(a) for a in entry.get("aliases", [])],
@@ -145,6 +170,8 @@ def chunk_corpus(entries: list[dict]) -> list[dict]:
                             **common,
                             "chunk_id": f"{entry['id']}.appearance.{modality}",
                             "modalities": [modality],
+                            "section": "appearance",
+                            "body": " ".join(sections["appearance"][modality].split()),
                             "text": _section_text(entry, heading, sections["appearance"][modality]),
                         }
                     )
@@ -154,6 +181,8 @@ def chunk_corpus(entries: list[dict]) -> list[dict]:
                         **common,
                         "chunk_id": f"{entry['id']}.{name}",
                         "modalities": list(entry["modalities"]),
+                        "section": name,
+                        "body": " ".join(sections[name].split()),
                         "text": _section_text(entry, name.replace("_", " "), sections[name]),
                     }
                 )

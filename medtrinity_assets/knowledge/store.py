@@ -5,6 +5,10 @@ one boolean flag per modality (``m_ct``), organ (``o_breast``) and finding name 
 (``f_melanoma``): equality on flags works in every Chroma version, where substring matching
 on metadata does not. The readable ``|ct|mri|`` strings are kept beside them for people.
 
+Each chunk also carries its entry's ``kind`` (finding | normal | anatomy), its ``section``
+(definition, appearance, typical_location, differential) and the plain section ``body``: the
+retriever filters on kind and section, and hands the bodies to the writer as sections.
+
 Rebuilding is idempotent: chunks are upserted by their stable id, unchanged texts are not
 re-embedded, and ids no longer in the corpus are deleted.
 """
@@ -63,6 +67,9 @@ def chunk_metadata(chunk: dict) -> dict:
     metadata: dict = {
         "entry_id": chunk["entry_id"],
         "finding": chunk["finding"],
+        "kind": chunk["kind"],
+        "section": chunk["section"],
+        "body": chunk["body"],
         "modalities": "|" + "|".join(modalities) + "|",
         "organs": "|" + "|".join(organs) + "|",
         "origin": chunk.get("origin") or "",
