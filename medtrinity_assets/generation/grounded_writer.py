@@ -319,7 +319,7 @@ def _part_roi_analysis(facts: FactSet, rid: str) -> str:
     if same <= 1:
         sentences.append(_variant(rid, "count", [
             f"It is the only region labelled {label}.",
-            f"No other region carries the label {label}.",
+            f"Only one region carries the label {label}.",
             f"This is the single region labelled {label}.",
         ]))
     else:
