@@ -139,11 +139,9 @@ def _part_modality(facts: FactSet, spec, rid: str) -> str:
     ])
     if view:
         opening += _variant(rid, "view", [f" taken in the {view} view", f" ({view} view)", f", {view} projection"])
-    sentences = [opening + _variant(rid, "collection", [
-        f", from the collection '{spec.name}'.",
-        f". It belongs to the collection '{spec.name}'.",
-        f" published in '{spec.name}'.",
-    ])]
+    # The collection's name stays in the provenance: a model trained on the text should learn
+    # to describe images, not to name the dataset they came from.
+    sentences = [opening + "."]
     if kind in ("slice", "frame") and position:
         index, count = position[0].value.split("/")
         if kind == "slice":
@@ -297,6 +295,10 @@ def _part_roi_analysis(facts: FactSet, rid: str) -> str:
             "no region position, size or count is stated.",
             "The source marks no region in this image; the description therefore concerns the whole image "
             "and gives no region position, size or count.",
+            "Without an annotated region, the region of interest is the whole frame, and nothing is said "
+            "about where a region lies or how large it is.",
+            "The whole image serves as the region of interest because the source outlines nothing in it; "
+            "region position, size and count are therefore not given.",
         ])
     primary = roi_ids[0]
     label = display_label(facts.roi_value(primary, "label") or "unlabelled")
@@ -415,7 +417,11 @@ def _part_texture_colour(facts: FactSet, passages: list[dict], rid: str) -> tupl
     roi_ids = facts.roi_ids()
     if not roi_ids:
         return (
-            "No region-level intensity, texture, margin or colour is stated because no region is annotated.",
+            _variant(rid, "notexture", [
+                "No region-level intensity, texture, margin or colour is stated because no region is annotated.",
+                "With nothing outlined, region intensity, texture, margin and colour are not described.",
+                "Intensity, texture, margin and colour are region measurements, and this image has no annotated region.",
+            ]),
             [],
         )
     primary = roi_ids[0]
@@ -456,10 +462,14 @@ def _part_relations(facts: FactSet, rid: str) -> str:
     if not roi_ids:
         width, height = facts.record_value("image_width_px"), facts.record_value("image_height_px")
         size = f" of {width} × {height} pixels" if width and height else ""
-        return (
+        return _variant(rid, "norelation", [
             f"The description is global: it concerns the whole image{size}, and with no annotated region "
-            "there is no region-to-region relation to report."
-        )
+            "there is no region-to-region relation to report.",
+            f"Only the global level applies here: the whole image{size} is described, and region-to-region "
+            "relations need annotated regions, which this image lacks.",
+            f"Relations between regions cannot be given without annotated regions; the account covers the "
+            f"whole image{size}.",
+        ])
     primary = roi_ids[0]
     phrases = []
     for fact in [f for f in facts.roi_facts(primary) if f.attribute == "relation"][:MAX_RELATIONS]:
