@@ -471,13 +471,19 @@ def _part_relations(facts: FactSet, rid: str) -> str:
             f"whole image{size}.",
         ])
     primary = roi_ids[0]
-    phrases = []
+    # Relations to same-labelled neighbours are grouped ("lies above 5 nucleus regions"), so a
+    # crowded image does not repeat one phrase per neighbour.
+    grouped: dict[tuple[str, str], int] = {}
     for fact in [f for f in facts.roi_facts(primary) if f.attribute == "relation"][:MAX_RELATIONS]:
-        other_label = facts.roi_value(fact.detail or "", "label")
         if fact.detail not in roi_ids:
             continue
+        other_label = display_label(facts.roi_value(fact.detail or "", "label") or "unlabelled")
         verb = RELATION_VERBS.get(fact.value, fact.value.replace("_", " "))
-        phrases.append(f"{verb} the {display_label(other_label or 'unlabelled')} region")
+        grouped[(verb, other_label)] = grouped.get((verb, other_label), 0) + 1
+    phrases = [
+        f"{verb} the {label} region" if count == 1 else f"{verb} {count} of the {label} regions"
+        for (verb, label), count in grouped.items()
+    ]
     sentences = []
     if phrases:
         sentences.append("Relative to the other annotated regions, the main region " + "; ".join(phrases) + ".")
