@@ -657,6 +657,9 @@ class FindingVocabulary:
         self.terms: dict[str, set[str]] = {}
         self.finding_names: dict[str, str] = {}
         for entry in entries:
+            # Normal-anatomy and anatomy entries name structures, not findings ("optic disc").
+            if entry.get("kind", "finding") != "finding":
+                continue
             if entry["id"].startswith("normal") or entry["id"] in _NOT_FINDINGS or entry.get("origin") == "radiology_anatomy.yaml":
                 continue
             self.finding_names[entry["id"]] = _norm(entry["finding"])
