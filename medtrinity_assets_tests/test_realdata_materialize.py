@@ -98,7 +98,15 @@ def test_realdata_source_materializes_with_its_own_annotations(source_id, instan
     roi_origins = duckdb.sql(
         f"SELECT record_id, origin FROM {table('rois')}").fetchall()
     from_annotations = {rid for rid, origin in roi_origins if origin.startswith("annotation")}
-    assert from_annotations == annotated
+    # An annotation that is only specks after resizing (a tumour's tip on its first slice) gives
+    # no ROI, and the ground stage's quarantine table names it.
+    ground_quarantine = root.quarantine("ground", source_id)
+    specks_only = set()
+    if ground_quarantine.exists():
+        specks_only = {rid for (rid,) in duckdb.sql(
+            f"SELECT record_id FROM read_parquet('{ground_quarantine}') WHERE reason LIKE '%only specks%'").fetchall()}
+    assert from_annotations <= annotated
+    assert annotated - from_annotations <= specks_only
     # Every normalized image reaches the triplets (the rest were quarantined on the way).
     normalized = duckdb.sql(f"SELECT count(*) FROM {table('normalized_images')}").fetchall()[0][0]
     described = duckdb.sql(f"SELECT count(DISTINCT record_id) FROM {table('triplets')}").fetchall()[0][0]

@@ -435,7 +435,7 @@ def test_burned_in_annotation_rows_stay_in_dataset_but_out_of_training_files(tmp
     exports = tmp_path / "exports"
     stats = build_dataset([path], tmp_path / "dataset.parquet", exports)
     assert stats["rows"] == 4 and stats["held_back_flagged"] == 2
-    assert stats["held_back_by_flag"] == {"burned_in_annotation": 2}
+    assert stats["held_back_by_flag"] == {"burned_in_annotation": 2, "burned_in_text": 0}
     assert stats["exported"]["train"] == 1 and stats["rejected_unverified"] == 1
 
     def ids(name):
@@ -447,7 +447,7 @@ def test_burned_in_annotation_rows_stay_in_dataset_but_out_of_training_files(tmp
     flagged = [json.loads(line) for line in (exports / FLAGGED_FILE).read_text(encoding="utf-8").splitlines()]
     assert flagged[0]["flags"] == ["burned_in_annotation"]
     card = (exports / "dataset_card.md").read_text(encoding="utf-8")
-    assert "Held back for review (image flagged burned_in_annotation): 2" in card
+    assert "Held back for review (image flagged burned_in_annotation, burned_in_text): 2" in card
     assert "| dicom_src | 4 | 0 | 1 | 1 | CC0 |" in card
     kept = duckdb.connect().sql(
         f"SELECT record_id, flags FROM read_parquet('{tmp_path / 'dataset.parquet'}') ORDER BY record_id").fetchall()
