@@ -37,6 +37,7 @@ from medtrinity_assets.generation.vocabulary import (
     article,
     as_list,
     display_label,
+    image_position_phrase,
     join_words,
 )
 
@@ -99,15 +100,7 @@ def _percent(fraction: float) -> str:
 
 
 def _position_words(facts: FactSet, roi_id: str) -> str | None:
-    vertical = facts.roi_value(roi_id, "image_vertical")
-    horizontal = facts.roi_value(roi_id, "image_horizontal")
-    if not vertical and not horizontal:
-        return None
-    across = {"left": "left", "right": "right", "center": "central"}.get(horizontal or "center", "central")
-    down = vertical or "middle"
-    if down == "middle" and across == "central":
-        return "the central part of the image"
-    return f"the {down} {across} part of the image"
+    return image_position_phrase(facts.roi_value(roi_id, "image_vertical"), facts.roi_value(roi_id, "image_horizontal"))
 
 
 def _side_clause(facts: FactSet, roi_id: str) -> str | None:

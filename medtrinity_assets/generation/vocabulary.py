@@ -203,10 +203,8 @@ def primary_roi(rois: Iterable[dict]) -> dict | None:
     return sorted(candidates, key=lambda r: (-(r.get("area_px") or 0), str(r.get("roi_id"))))[0]
 
 
-def position_phrase(roi: dict) -> str | None:
-    """'the upper left part of the image' from the ROI's image-position words."""
-    vertical = roi.get("vertical")
-    horizontal = roi.get("horizontal")
+def image_position_phrase(vertical: str | None, horizontal: str | None) -> str | None:
+    """'the upper left part of the image' from image-frame position words."""
     if not vertical and not horizontal:
         return None
     horizontal_word = {"left": "left", "right": "right", "center": "central"}.get(horizontal or "center", "central")
@@ -214,6 +212,11 @@ def position_phrase(roi: dict) -> str | None:
     if vertical_word == "middle" and horizontal_word == "central":
         return "the central part of the image"
     return f"the {vertical_word} {horizontal_word} part of the image"
+
+
+def position_phrase(roi: dict) -> str | None:
+    """The image-frame position phrase of an ROIS row."""
+    return image_position_phrase(roi.get("vertical"), roi.get("horizontal"))
 
 
 def patient_side_phrase(roi: dict, spec=None) -> str | None:
