@@ -24,7 +24,6 @@ import time
 from collections import defaultdict
 
 import numpy as np
-from PIL import Image
 
 from medtrinity_assets.paths import realdata_dir
 

@@ -435,7 +435,7 @@ def check_duplicate_label_conflicts(
         examples = _dicts(
             con, f"SELECT {_PAIR_EXAMPLE} FROM {rel} WHERE verdict = 'conflict' ORDER BY record_id LIMIT {MAX_EXAMPLES}"
         ) if conflicts else []
-        look_alike = f"""verdict = 'rejected' AND correlation IS NOT NULL
+        look_alike = """verdict = 'rejected' AND correlation IS NOT NULL
             AND list_sort(list_distinct(coalesce(labels, []))) <> list_sort(list_distinct(coalesce(kept_labels, [])))"""
         n_look_alike = int(_rows(con, f"SELECT count(*) FROM {rel} WHERE {look_alike}")[0][0])
         look_alike_examples = _dicts(

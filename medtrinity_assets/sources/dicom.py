@@ -15,7 +15,6 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.imaging.deid import SUV_RETAIN_OPTIONS, apply_basic_profile, patient_identifier
 from medtrinity_assets.imaging.dicom_io import (
     ANNOTATION_MODALITIES,
