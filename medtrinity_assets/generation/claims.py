@@ -72,13 +72,17 @@ INTENSITY_WORDS = {
         "hypoechoic", "hypoechogenic", "anechoic", "hypodense", "hypointense", "hypoattenuating",
         "low-attenuation", "low attenuation", "low-density", "low density", "low signal", "low-signal",
         "radiolucent", "lucent", "more lucent", "hypometabolic", "photopenic", "darker", "hypopigmented",
-        "decreased uptake", "reduced uptake",
+        "decreased uptake", "reduced uptake", "decreased echogenicity", "reduced echogenicity",
+        "lower echogenicity", "decreased density", "lower density", "decreased attenuation",
+        "reduced attenuation", "lower attenuation", "decreased signal", "reduced signal", "lower signal",
     ),
     "higher": (
         "hyperechoic", "hyperechogenic", "echogenic", "hyperdense", "hyperintense", "hyperattenuating",
         "high-attenuation", "high attenuation", "high-density", "high density", "high signal", "high-signal",
         "radiopaque", "radiodense", "sclerotic", "hypermetabolic", "fdg-avid", "brighter", "hyperpigmented",
         "increased uptake", "increased tracer uptake", "more opaque", "radio-opaque",
+        "increased echogenicity", "higher echogenicity", "increased density", "higher density",
+        "increased attenuation", "higher attenuation", "increased signal", "higher signal",
     ),
     "similar": (
         "isoechoic", "isoechogenic", "isodense", "isointense", "isoattenuating", "iso-attenuating",
@@ -209,6 +213,7 @@ ANNOTATION_META = re.compile(
 NORMAL_PATTERNS = re.compile(
     r"\b(?:normal(?! (?:range|variant|saline|distribution))|unremarkable|healthy|no (?:abnormalit(?:y|ies)|"
     r"pathology|pathological findings?|acute findings?|significant findings?|findings?)|within normal limits|"
+    r"(?:lungs?|lung fields?|fields?) (?:are|is|appear|appears) clear|clear lungs?|"
     r"no (?:focal )?(?:lesions?|masses|mass|tumou?rs?|nodules?|polyps?|opacit(?:y|ies)|consolidation))\b",
     re.I,
 )
