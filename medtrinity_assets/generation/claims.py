@@ -572,6 +572,12 @@ def _finding_claims(clause: Clause, text: str, claims: list[Claim], vocabulary: 
                             is_negated(text, match.start(), match.end()),
                             accepts=frozenset(vocabulary.entries_for(term))))
         text = text[:match.start()] + " " * (match.end() - match.start()) + text[match.end():]
+    # Words that state an abnormality without naming an entry of the corpus ("the heart is
+    # enlarged", "invades the femur"): a finding claim each, supported only by the record's
+    # findings or the publisher's notes.
+    for match in _ABNORMAL_MORPHOLOGY.finditer(text):
+        claims.append(Claim("finding", match.group(1).lower(), match.group(0), clause.sentence, clause.index,
+                            is_negated(text, match.start(), match.end())))
     for match in _MALIGNANCY.finditer(text):
         word = match.group(1).lower()
         value = "benign" if word in GENERIC_BENIGN else "malignant"
@@ -580,6 +586,13 @@ def _finding_claims(clause: Clause, text: str, claims: list[Claim], vocabulary: 
     return text
 
 
+_ABNORMAL_MORPHOLOGY = re.compile(
+    r"(?<![\w-])(enlarged|enlargement|dilated|dilatation|dilation|thickened|thickening|invades|invading|invaded|"
+    r"invasion|infiltrates|infiltrating|infiltration|fractures?|fractured|herniation|herniated|calcified|"
+    r"calcifications?|o?edema|effusions?|displaced|obstructed|obstruction|cardiomegaly|atelectasis|pneumothorax|"
+    r"ha?emorrhage|necrosis|necrotic)(?![\w-])",
+    re.I,
+)
 _MALIGNANCY = re.compile(rf"(?<![\w-])({_alternation(GENERIC_MALIGNANT)}|{_alternation(GENERIC_BENIGN)})(?![\w-])", re.I)
 _COLOUR_ALT = _alternation(COLOUR_WORDS)
 _COLOUR = re.compile(
