@@ -281,8 +281,8 @@ class SourceSpec(Strict):
     view: Optional[DeclaredView] = None
     laterality: Optional[DeclaredLaterality] = None
     # Radiological display convention of the stored images. It no longer decides any
-    # patient-side word (those come from geometry or a declared view: grounding.patient_side);
-    # kept for the LLM prompt and the verifier, which still read ``is_radiological``.
+    # patient-side word (those come from geometry or a declared view: grounding.patient_side)
+    # and no stage reads it now; kept so that existing specs stay valid and say how they display.
     radiological_orientation: Optional[bool] = None
     # Images where the normalize stage finds burned-in text or markers (imaging/burned_in.py):
     # "hold_back" flags them "burned_in_text", which keeps them out of the training exports like
