@@ -405,3 +405,43 @@ def test_structured_publisher_statements():
     # A CT statement in the radiograph's note: reportable as what the notes say, not as seen here.
     assert verify("The publisher's notes report ground-glass opacity in both lower lobes.", facts) == []
     assert flag_types("Ground-glass opacities are seen in both lower lobes.", facts)
+
+
+# --- sentences written by someone other than the benchmark's author ----------------------
+# The planted corpus and the verifier share an author; these are a reviewer's own wordings of
+# common model errors, each on a one-lesion breast ultrasound (hypoechoic oval 12 mm lesion on
+# the image left, no patient side known) or a whole-image chest X-ray with an unknown label.
+
+
+def cxr_unknown() -> FactSet:
+    return FactSet(record_facts(modality="xray", organs=("chest", "lung"), state="unknown", findings=(), rois=0))
+
+
+@pytest.mark.parametrize(
+    "facts,sentence",
+    [
+        (busi_one, "The lesion shows increased echogenicity relative to the fat."),
+        (busi_one, "Axillary lymph nodes appear enlarged."),
+        (busi_one, "The mass is located at the 10 o'clock position of the right breast."),
+        (busi_one, "No abnormality is seen in this breast ultrasound."),
+        (busi_one, "The lesion measures about 4 cm."),
+        (cxr_unknown, "The heart is enlarged."),
+        (cxr_unknown, "The lungs are clear."),
+        (cxr_unknown, "There is a small right pleural effusion."),
+        (cxr_unknown, "A mass projects over the left upper zone."),
+    ],
+)
+def test_reviewer_wordings_of_unsupported_claims_are_flagged(facts, sentence):
+    assert verify(sentence, facts()), sentence
+
+
+@pytest.mark.parametrize(
+    "facts,sentence",
+    [
+        (busi_one, "A hypoechoic, oval lesion with a well-defined margin lies in the upper left part of the image."),
+        (busi_one, "The lesion is about 12 mm across."),
+        (cxr_unknown, "This frontal chest radiograph shows the lungs and the heart."),
+    ],
+)
+def test_reviewer_wordings_of_true_statements_pass(facts, sentence):
+    assert verify(sentence, facts()) == [], sentence
