@@ -11,7 +11,6 @@ Usage: python -m medtrinity_assets.bench_labels [source_id ...]
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -20,33 +19,39 @@ import polars as pl
 
 
 def count_states(source_ids: list[str] | None = None) -> list[dict]:
+    from medtrinity_assets.paths import env_overrides
+
     with tempfile.TemporaryDirectory(prefix="medtrinity-labels-") as scratch:
         # Demo sources are fetched into a scratch raw folder: set before the catalog is read.
-        os.environ["MEDTRINITY_RAW"] = str(Path(scratch) / "raw")
-        from medtrinity_assets import stages
-        from medtrinity_assets.catalog.acquire import fetch_package_files
-        from medtrinity_assets.catalog.load import load_catalog, source_root
-        from medtrinity_assets.paths import DataRoot
+        with env_overrides(MEDTRINITY_RAW=Path(scratch) / "raw"):
+            return _count_states(Path(scratch), source_ids)
 
-        catalog = load_catalog()
-        data_root = DataRoot(Path(scratch) / "var")
-        if not source_ids:
-            source_ids = sorted(
-                sid for sid, spec in catalog.items()
-                if spec.demo or (spec.root and source_root(spec).is_dir())
-            )
-        results = []
-        for sid in source_ids:
-            spec = catalog[sid]
-            if spec.demo and spec.acquisition.method == "package":
-                fetch_package_files(spec, Path(scratch) / "raw" / sid)
-            report = stages.run_ingest(spec, data_root, salt="label-report")
-            rows = pl.read_parquet(data_root.table("raw_records", sid))
-            states = Counter(rows["label_state"].to_list()) if rows.height else Counter()
-            roles = Counter(r for r in rows["slice_role"].to_list() if r) if rows.height else Counter()
-            results.append({"source_id": sid, "rows": rows.height, "states": states, "roles": roles,
-                            "quarantined": report.quarantined})
-        return results
+
+def _count_states(scratch: Path, source_ids: list[str] | None) -> list[dict]:
+    from medtrinity_assets import stages
+    from medtrinity_assets.catalog.acquire import fetch_package_files
+    from medtrinity_assets.catalog.load import load_catalog, source_root
+    from medtrinity_assets.paths import DataRoot
+
+    catalog = load_catalog()
+    data_root = DataRoot(scratch / "var")
+    if not source_ids:
+        source_ids = sorted(
+            sid for sid, spec in catalog.items()
+            if spec.demo or (spec.root and source_root(spec).is_dir())
+        )
+    results = []
+    for sid in source_ids:
+        spec = catalog[sid]
+        if spec.demo and spec.acquisition.method == "package":
+            fetch_package_files(spec, scratch / "raw" / sid)
+        report = stages.run_ingest(spec, data_root, salt="label-report")
+        rows = pl.read_parquet(data_root.table("raw_records", sid))
+        states = Counter(rows["label_state"].to_list()) if rows.height else Counter()
+        roles = Counter(r for r in rows["slice_role"].to_list() if r) if rows.height else Counter()
+        results.append({"source_id": sid, "rows": rows.height, "states": states, "roles": roles,
+                        "quarantined": report.quarantined})
+    return results
 
 
 def main() -> int:

@@ -29,9 +29,9 @@ from types import SimpleNamespace
 import yaml
 
 from medtrinity_assets.paths import REPO_ROOT
+from medtrinity_assets.sources.label_state import LABEL_STATES
 
 RETRIEVAL_SET = REPO_ROOT / "data" / "knowledge" / "eval" / "retrieval_set.yaml"
-LABEL_STATES = ("finding", "normal", "unknown")
 # Kinds of entry a record in each label state must never be handed.
 FORBIDDEN_KINDS = {"finding": {"normal"}, "normal": {"finding"}, "unknown": {"normal", "finding"}}
 

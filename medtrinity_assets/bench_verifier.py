@@ -26,17 +26,17 @@ Usage: python -m medtrinity_assets.bench_verifier [--sources a,b,...] [--per-sou
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from medtrinity_assets.generation.facts import Fact, FactSet
+from medtrinity_assets.generation.verifier import SIDE_PROVENANCES
+from medtrinity_assets.paths import env_overrides
 
 DEFAULT_SOURCES = (
     "busi", "ham10000", "isic2017", "covid_chestxray", "cxr_samples_tbx11k", "dsb2018", "miccai15_nuclei",
@@ -67,20 +67,6 @@ class Case:
 # --- real rows -----------------------------------------------------------------------------
 
 
-@contextmanager
-def _env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: str(v) for k, v in values.items()})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def real_factsets(source_ids, work: Path, log=print) -> list[tuple[str, FactSet]]:
     """Each record's facts, from the sources materialized through the pipeline's stages."""
     import duckdb
@@ -94,7 +80,7 @@ def real_factsets(source_ids, work: Path, log=print) -> list[tuple[str, FactSet]
     root = DataRoot(work / "var")
     raw = work / "raw"
     result: list[tuple[str, FactSet]] = []
-    with _env(MEDTRINITY_RAW=raw):
+    with env_overrides(MEDTRINITY_RAW=raw):
         for source_id in source_ids:
             spec = catalog.get(source_id)
             if spec is None:
@@ -304,7 +290,7 @@ def cases_for_record(source_id: str, facts: FactSet, rng: random.Random, vocabul
     primary_side = None
     if ids:
         fact = facts.roi(ids[0], "patient_side")
-        if fact is not None and fact.provenance in ("geometry", "metadata", "publisher_text") and fact.value in ("left", "right"):
+        if fact is not None and fact.provenance in SIDE_PROVENANCES and fact.value in ("left", "right"):
             primary_side = fact.value
     true_side = primary_side or (laterality if laterality in ("left", "right") else None)
     if "bilateral" in publisher.sides or {"left", "right"} <= publisher.sides:

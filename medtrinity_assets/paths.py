@@ -7,8 +7,10 @@ Everything the pipeline writes goes under one data root (``MEDTRINITY_HOME``, de
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +61,22 @@ class DataRoot:
     @property
     def exports(self) -> Path:
         return self.root / "exports"
+
+
+@contextmanager
+def env_overrides(**values) -> Iterator[None]:
+    """Set environment variables (e.g. MEDTRINITY_RAW for a scratch run) and restore them after,
+    so a report or a test fixture leaves no setting behind for the rest of the process."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: str(value) for key, value in values.items()})
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def catalog_dir() -> Path:

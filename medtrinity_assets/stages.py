@@ -436,17 +436,19 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     report = StageReport("descriptions", spec.id)
     for upstream in ("facts", "coarse_captions", "retrieved_knowledge"):
         _require(data_root.table(upstream, spec.id), "descriptions")
+    raw = _sql_path(data_root.table("raw_records", spec.id))
     captions = _sql_path(data_root.table("coarse_captions", spec.id))
     retrieved = _sql_path(data_root.table("retrieved_knowledge", spec.id))
-    sql = _records_with_rois(
-        data_root,
-        spec.id,
-        extra_joins=(
-            f"JOIN read_parquet({captions}) c USING (record_id) JOIN read_parquet({retrieved}) k USING (record_id) "
-            f"JOIN ({_facts_by_record(data_root, spec.id)}) fx USING (record_id)"
-        ),
-        extra_cols=", c.coarse_caption, k.* EXCLUDE (record_id, source_id), fx.facts",
-    )
+    # The writer and the verifier read facts and knowledge only; the caption join keeps the
+    # records a caption was written for (facts exist only for records that have ROIs).
+    sql = f"""
+        SELECT rec.record_id, rec.source_file, k.* EXCLUDE (record_id, source_id), fx.facts
+        FROM read_parquet({raw}) rec
+        JOIN (SELECT record_id FROM read_parquet({captions})) c USING (record_id)
+        JOIN read_parquet({retrieved}) k USING (record_id)
+        JOIN ({_facts_by_record(data_root, spec.id)}) fx USING (record_id)
+        ORDER BY rec.record_id
+    """
     fact_fields = [name for name in schemas.FACTS.names if name != "source_id"]
     out = data_root.table("descriptions", spec.id)
     flagged = 0

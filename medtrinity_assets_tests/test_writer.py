@@ -10,8 +10,9 @@ from spec_factory import build_spec
 
 from medtrinity_assets import schemas
 from medtrinity_assets.generation.coarse import coarse_caption
-from medtrinity_assets.generation.fact_builder import build_facts, label_state
+from medtrinity_assets.generation.fact_builder import build_facts
 from medtrinity_assets.generation.facts import Fact, FactSet
+from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.generation.grounded_writer import (
     PROMPT_VERSION,
     WRITER,
@@ -83,9 +84,9 @@ def test_patient_side_is_a_fact_only_with_its_geometry():
 
 
 def test_label_states_are_never_guessed_to_normal():
-    assert label_state(make_record("xray", ["lung"]), [whole_image_roi()]) == "unknown"
-    assert label_state(make_record("xray", ["lung"], ["nodule"]), [whole_image_roi()]) == "finding"
-    assert label_state(make_record("xray", ["lung"], label_state="normal"), [whole_image_roi()]) == "normal"
+    assert label_state_of(make_record("xray", ["lung"])) == "unknown"
+    assert label_state_of(make_record("xray", ["lung"], ["nodule"])) == "finding"
+    assert label_state_of(make_record("xray", ["lung"], label_state="normal")) == "normal"
     unknown = describe(make_record("xray", ["lung"]), [whole_image_roi()], XRAY)["description"]
     assert "no diagnosis" in unknown
     assert not re.search(r"\bnormal\b|no finding|no abnormal", unknown, re.I), unknown

@@ -313,9 +313,3 @@ class SourceSpec(Strict):
             if re.search(pattern, relative_path):
                 return modality
         return self.modality
-
-    @property
-    def is_radiological(self) -> bool:
-        if self.radiological_orientation is not None:
-            return self.radiological_orientation
-        return self.modality in {"ct", "mri", "xray", "pet", "mammography", "nuclear_medicine"}

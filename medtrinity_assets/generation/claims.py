@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from medtrinity_assets.generation.vocabulary import normalize_label
+
 # --- word tables -------------------------------------------------------------------------
 
 NUMBER_WORDS = {
@@ -701,8 +703,8 @@ class FindingVocabulary:
         return found
 
 
-def _norm(text: str) -> str:
-    return " ".join(str(text).lower().replace("_", " ").replace("-", " ").split())
+# Labels and terms are compared in one spelling: lower case, "_" and "-" as spaces.
+_norm = normalize_label
 
 
 @lru_cache(maxsize=4)

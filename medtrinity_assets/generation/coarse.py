@@ -7,7 +7,7 @@ measured ROI attributes do not, so it can be trusted as the anchor of the longer
 
 from __future__ import annotations
 
-from medtrinity_assets.generation.fact_builder import label_state
+from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.generation.vocabulary import (
     MODALITY_IMAGE_NOUN,
     annotated_rois,
@@ -47,7 +47,7 @@ def coarse_caption(record: dict, rois: list[dict], spec) -> str:
     roi = primary_roi(rois)
 
     if roi is None:
-        state = label_state(record, rois)
+        state = label_state_of(record)
         if state == "finding" and labels:
             finding = f" labelled {join_words(labels)} at image level, with no annotated region"
         elif state == "normal":
@@ -66,7 +66,7 @@ def coarse_caption(record: dict, rois: list[dict], spec) -> str:
     else:
         finding = f" showing {article(label)} {label} in"
     where = position_phrase(roi) or "the image"
-    side = patient_side_phrase(roi, spec)
+    side = patient_side_phrase(roi)
     side_part = f" ({side})" if side else ""
     others = [l for l in labels if l != label]
     also = f", also labelled {join_words(others)}" if others else ""

@@ -25,18 +25,17 @@ from medtrinity_assets.imaging.burned_in import BurnedIn
 from medtrinity_assets.imaging.geometry import anatomical_plane, decode_axes
 from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.generation.vocabulary import (
-    annotated_rois,
     as_list,
     normalize_label,
     parse_relations,
     plane_for,
     record_organs,
+    rois_by_area,
 )
 
-FACTS_VERSION = "facts-v1"
-
-# Intensity words of grounding.attributes, mapped to the direction they state.
-_INTENSITY_DIRECTION = {
+# Intensity words of grounding.attributes, mapped to the direction they state (retrieval reads
+# the same table to drop a passage whose appearance contradicts the measurement).
+INTENSITY_DIRECTION = {
     "hyperdense": "higher", "hypodense": "lower", "isodense": "similar",
     "hyperintense": "higher", "hypointense": "lower", "isointense": "similar",
     "hyperechoic": "higher", "hypoechoic": "lower", "isoechoic": "similar",
@@ -44,11 +43,6 @@ _INTENSITY_DIRECTION = {
     "increased uptake": "higher", "decreased uptake": "lower", "similar uptake": "similar",
     "brighter": "higher", "darker": "lower", "similar brightness": "similar",
 }
-
-
-def label_state(record: dict, rois: list[dict]) -> str:
-    """The record's label state (sources.label_state); never 'normal' unless the source says so."""
-    return label_state_of(record)
 
 
 def _number(value) -> float | None:
@@ -59,20 +53,22 @@ def _number(value) -> float | None:
     return number if number == number else None  # NaN is "not measured"
 
 
-def _record_facts(record: dict, rois: list[dict], spec, add) -> None:
+def _record_facts(record: dict, annotated: list[dict], spec, add) -> None:
+    """Facts of the record itself; ``annotated`` are its annotated ROIs."""
     modality = record.get("modality") or spec.modality
     add("modality", modality, "metadata")
     for organ in record_organs(record, spec):
         add("organ", organ, "metadata")
 
-    state = label_state(record, rois)
-    add("label_state", state, "annotation" if annotated_rois(rois) else "metadata")
+    state = label_state_of(record)
+    add("label_state", state, "annotation" if annotated else "metadata")
     # Only the record's labels are findings: an ROI's label may name anatomy (lung boxes, a
     # grey-matter map), which ingest keeps out of ``labels``.
     findings = [normalize_label(l) for l in as_list(record.get("labels"))]
     if state == "finding":
+        annotated_labels = {normalize_label(r.get("label") or "") for r in annotated}
         for finding in dict.fromkeys(f for f in findings if f):
-            add("finding", finding, "annotation" if any(normalize_label(r.get("label") or "") == finding for r in annotated_rois(rois)) else "metadata")
+            add("finding", finding, "annotation" if finding in annotated_labels else "metadata")
     for grade in as_list(record.get("grades")):
         add("grade", str(grade), "metadata")
     if record.get("slice_role") == "context":
@@ -106,7 +102,7 @@ def _record_facts(record: dict, rois: list[dict], spec, add) -> None:
     if len(spacing) == 2 and all(spacing) and scale:
         row_mm, col_mm = spacing[0] / scale, spacing[1] / scale
         add("pixel_spacing_mm", f"{row_mm:.3g} x {col_mm:.3g}", "geometry", number=row_mm, unit="mm")
-    add("annotated_roi_count", str(len(annotated_rois(rois))), "annotation", number=float(len(annotated_rois(rois))))
+    add("annotated_roi_count", str(len(annotated)), "annotation", number=float(len(annotated)))
 
     # DICOM's BurnedInAnnotation (metadata) or the pixel detector of normalize (measurement).
     detected = BurnedIn.from_json(record["burned_in"]).present if record.get("burned_in") else False
@@ -157,8 +153,8 @@ def _roi_facts(roi: dict, rank: int, add) -> None:
         margin_confidence = _number(roi.get("margin_confidence"))
         put("margin", roi.get("margin"), "measurement", confidence=1.0 if margin_confidence is None else margin_confidence)
     word = roi.get("intensity_word")
-    if word in _INTENSITY_DIRECTION:
-        put("intensity", _INTENSITY_DIRECTION[word], "measurement", number=_number(roi.get("intensity_contrast")), detail=word)
+    if word in INTENSITY_DIRECTION:
+        put("intensity", INTENSITY_DIRECTION[word], "measurement", number=_number(roi.get("intensity_contrast")), detail=word)
     put("texture", roi.get("texture"), "measurement")
     put("colour", roi.get("colour"), "measurement")
     for relation in parse_relations(roi.get("relations")):
@@ -176,10 +172,10 @@ def build_facts(record: dict, rois: list[dict], spec) -> FactSet:
     def add(attribute, value, provenance, *, roi_id=None, confidence=1.0, number=None, unit=None, detail=None):
         facts.append(Fact(record_id, roi_id, attribute, str(value), provenance, float(confidence), number, unit, detail))
 
-    _record_facts(record, rois, spec, add)
+    ranked = rois_by_area(rois)
+    _record_facts(record, ranked, spec, add)
     # The publisher's finding statements (de-identified at ingest), view, sex and age band.
     facts.extend(publisher_text_facts(record))
-    ranked = sorted(annotated_rois(rois), key=lambda r: (-(r.get("area_px") or 0), str(r.get("roi_id"))))
     for rank, roi in enumerate(ranked, start=1):
         _roi_facts(roi, rank, add)
     return FactSet(facts)

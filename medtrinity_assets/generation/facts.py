@@ -104,6 +104,15 @@ class FactSet:
 
     def __init__(self, facts: Iterable[Fact]):
         self.facts: list[Fact] = list(facts)
+        # Writers and the verifier look ROI facts up dozens of times per record (hundreds of
+        # ROIs on a nuclei tile): index them once; the first fact of an (ROI, attribute) wins.
+        self._by_roi: dict[tuple[str, str], Fact] = {}
+        for fact in self.facts:
+            if fact.roi_id is not None:
+                self._by_roi.setdefault((fact.roi_id, fact.attribute), fact)
+        ranked = {f.roi_id: f.number for f in self.facts if f.roi_id and f.attribute == "rank_by_area"}
+        ids = list(dict.fromkeys(f.roi_id for f in self.facts if f.roi_id))
+        self._roi_ids = sorted(ids, key=lambda i: (ranked.get(i) or 1e9, i))
 
     def __iter__(self) -> Iterator[Fact]:
         return iter(self.facts)
@@ -126,15 +135,10 @@ class FactSet:
 
     def roi_ids(self) -> list[str]:
         """Annotated ROIs in the order the writer names them (largest first)."""
-        ranked = {f.roi_id: f.number for f in self.facts if f.roi_id and f.attribute == "rank_by_area"}
-        ids = list(dict.fromkeys(f.roi_id for f in self.facts if f.roi_id))
-        return sorted(ids, key=lambda i: (ranked.get(i) or 1e9, i))
+        return list(self._roi_ids)
 
     def roi(self, roi_id: str, attribute: str) -> Fact | None:
-        for f in self.facts:
-            if f.roi_id == roi_id and f.attribute == attribute:
-                return f
-        return None
+        return self._by_roi.get((roi_id, attribute))
 
     def roi_value(self, roi_id: str, attribute: str) -> str | None:
         found = self.roi(roi_id, attribute)
@@ -142,10 +146,6 @@ class FactSet:
 
     def roi_facts(self, roi_id: str) -> list[Fact]:
         return [f for f in self.facts if f.roi_id == roi_id]
-
-    def values(self, attribute: str) -> set[str]:
-        """Every value of an attribute over the record and all its ROIs."""
-        return {f.value for f in self.facts if f.attribute == attribute}
 
     def to_json(self) -> str:
         return json.dumps([asdict(f) for f in self.facts], sort_keys=True)

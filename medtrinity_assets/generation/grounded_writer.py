@@ -349,7 +349,7 @@ def _intensity_predicate(word: str) -> str:
     return f"is {word}"
 
 
-def _hedged(fact: Fact | None, noun: str, rid: str) -> str | None:
+def _hedged(fact: Fact | None, noun: str) -> str | None:
     if fact is None or fact.confidence < OMIT_BELOW:
         return None
     if fact.confidence < HEDGE_BELOW:
@@ -428,9 +428,9 @@ def _part_texture_colour(facts: FactSet, passages: list[dict], rid: str) -> tupl
             f"Relative to the neighbouring tissue the region {state}.",
         ]))
     clauses = [c for c in (
-        _hedged(facts.roi(primary, "texture"), "internal texture", rid),
-        _hedged(facts.roi(primary, "shape"), "shape", rid),
-        _hedged(facts.roi(primary, "margin"), "margin", rid),
+        _hedged(facts.roi(primary, "texture"), "internal texture"),
+        _hedged(facts.roi(primary, "shape"), "shape"),
+        _hedged(facts.roi(primary, "margin"), "margin"),
     ) if c]
     if clauses:
         sentences.append(_cap(join_words(clauses)) + ".")
@@ -502,7 +502,7 @@ def _part_relations(facts: FactSet, rid: str) -> str:
 # --- the writer -------------------------------------------------------------------------------
 
 
-def knowledge_passages(knowledge: dict, modality: str) -> list[dict]:
+def knowledge_passages(knowledge: dict) -> list[dict]:
     """Retrieved entries as {entry_id, finding, appearance}: the structured sections when
     retrieval gives them, else the appearance chunks' own text."""
     sections = knowledge.get("knowledge_sections")
@@ -528,8 +528,7 @@ def write_description(facts: FactSet, knowledge: dict, spec) -> dict:
     """The five parts from the record's facts; returns the parts, the description and the facts
     the text rests on (the record's plus the knowledge entries it used)."""
     rid = next((f.record_id for f in facts), "")
-    modality = facts.record_value("modality") or spec.modality
-    passages = knowledge_passages(knowledge or {}, modality)
+    passages = knowledge_passages(knowledge or {})
     texture_part, used = _part_texture_colour(facts, passages, rid)
     parts = {
         "part_modality": _part_modality(facts, spec, rid),
@@ -577,9 +576,8 @@ def build_llm_prompt(facts: FactSet, knowledge: dict, coarse: str, spec) -> list
                            ("provenance", f.provenance), ("confidence", f.confidence), ("detail", f.detail)) if v is not None}
         for f in facts
     ]
-    modality = facts.record_value("modality") or spec.modality
     background = "\n".join(
-        f"[{p['entry_id']}] {p['appearance']}" for p in knowledge_passages(knowledge or {}, modality)
+        f"[{p['entry_id']}] {p['appearance']}" for p in knowledge_passages(knowledge or {})
     ) or "(none retrieved)"
     user = (
         f"Source: {spec.name}\nCoarse caption: {coarse}\n\n"

@@ -47,11 +47,10 @@ from medtrinity_assets.generation.claims import (
     read_clauses,
 )
 from medtrinity_assets.generation.facts import FactSet
+from medtrinity_assets.generation.vocabulary import COMPATIBLE_MODALITIES
 
 # Provenances that may give a patient side or the side of an imaged part.
 SIDE_PROVENANCES = {"geometry", "metadata", "publisher_text"}
-# A mammogram is an X-ray technique; an H&E slide is read under a microscope.
-COMPATIBLE_MODALITIES = {"mammography": {"xray"}, "histopathology": {"microscopy"}}
 # Modalities whose image "up" is the patient's head, so an upper/lower zone can be read off it.
 PROJECTION_MODALITIES = {"xray"}
 # Modalities photographed in colour: their ROIs carry a measured colour.
@@ -105,10 +104,6 @@ class _Record:
         self.facts = facts
         self.vocabulary = vocabulary
         self.roi_ids = facts.roi_ids()
-        self.by_roi: dict[tuple[str, str], object] = {}
-        for fact in facts:
-            if fact.roi_id is not None:
-                self.by_roi.setdefault((fact.roi_id, fact.attribute), fact)
         self.labels = {rid: _norm(self.fact(rid, "label").value) if self.fact(rid, "label") else "" for rid in self.roi_ids}
         self.modality = facts.record_value("modality")
         self.organs = [_norm(o) for o in facts.record_values("organ")]
@@ -129,8 +124,8 @@ class _Record:
                           for attributed in (True, False)}
 
     def fact(self, roi_id: str | None, attribute: str):
-        """The ROI's fact (indexed: a multi-ROI image is checked ROI by ROI)."""
-        return self.by_roi.get((roi_id, attribute))
+        """The ROI's fact (a multi-ROI image is checked ROI by ROI)."""
+        return self.facts.roi(roi_id, attribute)
 
     def label_count(self, label: str) -> int:
         return sum(1 for l in self.labels.values() if l == label)

@@ -41,7 +41,7 @@ MODALITY_IMAGE_NOUN = {
     "nuclear_medicine": "nuclear medicine scan",
 }
 
-# Words that name a modality as the imaging technique. The verifier looks for these; each
+# Words that name a modality as the imaging technique (publisher_findings.named_modalities); each
 # entry is (regex, case_sensitive). Acronyms are case-sensitive so "ct" inside a word or a
 # lower-case "pet" never counts.
 MODALITY_TERMS: dict[str, list[tuple[str, bool]]] = {
@@ -65,60 +65,8 @@ COMPATIBLE_MODALITIES = {
     "histopathology": {"microscopy"},
 }
 
-# Organ words -> body region. The verifier flags an organ word whose region is not a region of
-# the record's organs (a breast ultrasound described as "brain"). Regions are coarse on purpose.
-ORGAN_REGION = {
-    "brain": "head",
-    "head": "head",
-    "skull": "head",
-    "head and neck": "head",
-    "grey matter": "head",
-    "gray matter": "head",
-    "white matter": "head",
-    "cerebral": "head",
-    "eye": "eye",
-    "retina": "eye",
-    "retinal": "eye",
-    "optic disc": "eye",
-    "lung": "chest",
-    "lungs": "chest",
-    "chest": "chest",
-    "thorax": "chest",
-    "thoracic": "chest",
-    "pleura": "chest",
-    "pleural": "chest",
-    "heart": "chest",
-    "breast": "breast",
-    "breasts": "breast",
-    "liver": "abdomen",
-    "hepatic": "abdomen",
-    "pancreas": "abdomen",
-    "kidney": "abdomen",
-    "spleen": "abdomen",
-    "abdomen": "abdomen",
-    "abdominal": "abdomen",
-    "stomach": "abdomen",
-    "colon": "abdomen",
-    "bowel": "abdomen",
-    "rectum": "abdomen",
-    "skin": "skin",
-    "shoulder": "limb",
-    "knee": "limb",
-    "thigh": "limb",
-    "arm": "limb",
-    "leg": "limb",
-    "extremity": "limb",
-    "soft tissue": "limb",
-    "muscle": "limb",
-    "bone": "skeleton",
-    "bones": "skeleton",
-    "skeleton": "skeleton",
-    "spine": "skeleton",
-}
 # Record organs that span every region: no organ word contradicts them.
 WHOLE_BODY_ORGANS = {"whole body", "body", "skeleton"}
-# Cell-level "organs" (microscopy, histopathology): any tissue of origin may be named.
-CELL_LEVEL_ORGANS = {"cell", "cells", "nuclei", "nucleus", "cell nuclei", "tissue"}
 
 # Spelling variants of organ names in specs and labels, folded before filtering and matching.
 ORGAN_SYNONYMS = {
@@ -195,12 +143,15 @@ def annotated_rois(rois: Iterable[dict]) -> list[dict]:
     return [roi for roi in (rois or []) if is_annotated(roi)]
 
 
+def rois_by_area(rois: Iterable[dict]) -> list[dict]:
+    """Annotated ROIs, largest first (ties by id): the order captions and facts name them in."""
+    return sorted(annotated_rois(rois), key=lambda r: (-(r.get("area_px") or 0), str(r.get("roi_id"))))
+
+
 def primary_roi(rois: Iterable[dict]) -> dict | None:
-    """The ROI a one-line caption talks about: the largest annotated one (ties by id)."""
-    candidates = annotated_rois(rois)
-    if not candidates:
-        return None
-    return sorted(candidates, key=lambda r: (-(r.get("area_px") or 0), str(r.get("roi_id"))))[0]
+    """The ROI a one-line caption talks about: the largest annotated one."""
+    ranked = rois_by_area(rois)
+    return ranked[0] if ranked else None
 
 
 def image_position_phrase(vertical: str | None, horizontal: str | None) -> str | None:
@@ -219,10 +170,9 @@ def position_phrase(roi: dict) -> str | None:
     return image_position_phrase(roi.get("vertical"), roi.get("horizontal"))
 
 
-def patient_side_phrase(roi: dict, spec=None) -> str | None:
+def patient_side_phrase(roi: dict) -> str | None:
     """Side of the patient from the ROI's ``patient_side`` alone, which grounding fills only from
-    geometry or a declared view (grounding.patient_side). ``spec`` is ignored; it stays optional
-    for callers that still pass it."""
+    geometry or a declared view (grounding.patient_side)."""
     side = roi.get("patient_side")
     if not side:
         return None

@@ -97,14 +97,12 @@ def _masks_from_annotation(annotation: dict, record: dict, display: np.ndarray, 
             yield label, "annotation:mask", resized != 0
     elif kind == "box":
         x0, y0, x1, y1 = (float(v) for v in annotation["box"])
-        sy, sx = _axis_scales(record, display, scale)
-        # floor/ceil keep every partly covered display pixel, so a small box never vanishes.
-        bx0, by0 = max(0, math.floor(x0 * sx)), max(0, math.floor(y0 * sy))
-        bx1, by1 = min(shape[1], math.ceil(x1 * sx)), min(shape[0], math.ceil(y1 * sy))
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"box {annotation['box']} has zero area")
-        if bx1 <= bx0 or by1 <= by0:
+        placed = _display_box(annotation["box"], record, display, scale)
+        if placed is None:
             raise ValueError(f"box {annotation['box']} lies outside the image")
+        bx0, by0, bx1, by1 = placed
         mask = np.zeros(shape, dtype=bool)
         mask[by0:by1, bx0:bx1] = True
         yield label, "annotation:box", mask
@@ -155,7 +153,9 @@ def split_components(mask: np.ndarray, min_area: int) -> tuple[list[np.ndarray],
 
 
 def _display_box(box, record: dict, display: np.ndarray, scale: float) -> tuple[int, int, int, int] | None:
-    """A box [x0, y0, x1, y1] in original pixels as display pixels (floor / ceil), or None."""
+    """A box [x0, y0, x1, y1] in original pixels as display pixels, or None when it is empty or
+    outside the image. floor/ceil keep every partly covered display pixel, so a small box never
+    vanishes."""
     x0, y0, x1, y1 = (float(v) for v in box)
     sy, sx = _axis_scales(record, display, scale)
     height, width = display.shape[:2]

@@ -63,23 +63,22 @@ def count_patient_sides(data_root: DataRoot, source_ids: list[str]) -> list[dict
 def materialize_upto_rois(source_ids: list[str], data_root: DataRoot, raw: Path) -> list[str]:
     """Ingest, normalize and ground each source (demo files copied into ``raw`` first); returns
     the sources that were run."""
-    import os
-
     from medtrinity_assets import stages
     from medtrinity_assets.catalog import load_catalog
     from medtrinity_assets.catalog.acquire import fetch_package_files
+    from medtrinity_assets.paths import env_overrides
 
-    os.environ["MEDTRINITY_RAW"] = str(raw)
     catalog = load_catalog()
     done = []
-    for source_id in source_ids:
-        spec = catalog[source_id]
-        if spec.acquisition.method == "package":
-            fetch_package_files(spec, raw / source_id)
-        stages.run_ingest(spec, data_root, salt="side-report")
-        stages.run_normalize(spec, data_root)
-        stages.run_ground(spec, data_root)
-        done.append(source_id)
+    with env_overrides(MEDTRINITY_RAW=raw):
+        for source_id in source_ids:
+            spec = catalog[source_id]
+            if spec.acquisition.method == "package":
+                fetch_package_files(spec, raw / source_id)
+            stages.run_ingest(spec, data_root, salt="side-report")
+            stages.run_normalize(spec, data_root)
+            stages.run_ground(spec, data_root)
+            done.append(source_id)
     return done
 
 

@@ -53,7 +53,7 @@ MEDICAL_CAPITALISED = {
     "pott", "raynaud", "reed", "sternberg", "reiter", "reye", "schatzki", "sjogren", "sjögren", "smith",
     "stevens", "johnson", "still", "sturge", "weber", "takayasu", "tay", "sachs", "tourette", "turner",
     "virchow", "von", "willebrand", "hippel", "lindau", "waldenstrom", "waldenström", "wegener",
-    "wernicke", "whipple", "willis", "wilms", "wilson", "wolff", "parkinson", "white", "zenker",
+    "wernicke", "whipple", "willis", "wilms", "wilson", "wolff", "white", "zenker",
     "kerley", "fleischner", "hampton", "westermark", "golden", "rigler", "silhouette", "swan", "ganz",
     "foley", "hickman", "port", "hounsfield", "bi-rads", "birads", "gleason", "breslow", "clark",
     "tnm", "who", "covid", "sars", "ards", "copd", "ct", "mri", "pet", "pa", "ap", "gist", "hiv",
@@ -367,7 +367,7 @@ def _known_spans(text: str, known: Iterable[str]) -> list[Span]:
     spans = []
     for value in known:
         value = (value or "").strip()
-        if len(value) < 3 or value.isdigit() and len(value) < 3:
+        if len(value) < 3:
             continue
         for match in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", text, re.IGNORECASE):
             spans.append(Span("known", match.start(), match.end(), TOKENS["known"]))

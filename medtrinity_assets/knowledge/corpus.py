@@ -44,7 +44,6 @@ from medtrinity_assets.validation import validation_problems
 
 ENTRY_ID = re.compile(r"^[a-z][a-z0-9_]{1,80}$")
 SECTION_ORDER = ("definition", "appearance", "typical_location", "differential")
-ENTRY_KINDS = ("finding", "normal", "anatomy")
 
 
 class CorpusError(ValueError):

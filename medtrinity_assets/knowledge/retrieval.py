@@ -39,6 +39,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from medtrinity_assets.generation.fact_builder import INTENSITY_DIRECTION
+from medtrinity_assets.sources.label_state import LABEL_STATES
 from medtrinity_assets.generation.vocabulary import (
     MODALITY_NAME,
     WHOLE_BODY_ORGANS,
@@ -58,7 +60,6 @@ from medtrinity_assets.knowledge.store import (
     organ_flag,
 )
 
-LABEL_STATES = ("finding", "normal", "unknown")
 # Labels that mean "the source says this image is normal", not a finding.
 NORMAL_LABELS = {"normal", "no finding", "no findings", "no lesion", "healthy", "normal tissue"}
 # Sections handed out as passages; the differential names other diseases and is never a passage.
@@ -74,13 +75,6 @@ PASSAGE_SECTIONS = ("definition", "appearance", "typical_location")
 # breast passages sit 0.17 apart.
 MAX_DISTANCE = 0.55
 
-# Measured intensity words (grounding.attributes) -> direction against the surrounding tissue.
-MEASURED_DIRECTION = {
-    "hyperdense": "higher", "hyperintense": "higher", "hyperechoic": "higher", "more opaque": "higher",
-    "increased uptake": "higher", "brighter": "higher",
-    "hypodense": "lower", "hypointense": "lower", "hypoechoic": "lower", "more lucent": "lower",
-    "decreased uptake": "lower", "darker": "lower",
-}
 # Words of an appearance passage that state a direction. Colour words (white, black) are left
 # out: they describe pigment and stains, not brightness against the surroundings.
 _TEXT_DIRECTION = {
@@ -128,7 +122,9 @@ def measured_direction(roi: dict) -> str | None:
     """Direction ("higher" | "lower") an ROI measured against its surroundings, if any."""
     if roi.get("intensity") in ("higher", "lower"):  # a fact-shaped ROI carries the direction itself
         return roi["intensity"]
-    return MEASURED_DIRECTION.get(str(roi.get("intensity_word") or "").lower())
+    # A "similar" word states no direction, so it can contradict no passage.
+    direction = INTENSITY_DIRECTION.get(str(roi.get("intensity_word") or "").lower())
+    return direction if direction in ("higher", "lower") else None
 
 
 @dataclass
@@ -320,7 +316,6 @@ class KnowledgeRetriever:
                 {
                     "state": state,
                     "filter": filter_used,
-                    "allowed": allowed,
                     "modality": modality,
                     "text": query_text(record, rois, spec, state),
                     "directions": self._directions(rois, allowed),

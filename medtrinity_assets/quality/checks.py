@@ -23,6 +23,7 @@ from medtrinity_assets import schemas
 from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE
 from medtrinity_assets.dataset.splits import SPLIT_NAMES
 from medtrinity_assets.generation.facts import PROVENANCES
+from medtrinity_assets.generation.verifier import SIDE_PROVENANCES
 from medtrinity_assets.paths import DataRoot
 
 # Above this share of inputs quarantined, a source's layout or parameters are probably wrong.
@@ -569,7 +570,7 @@ def _registry() -> dict[str, list[CheckDef]]:
                 "patient_side_from_geometry",
                 "Patient-side facts come only from geometry or a declared view/laterality, never from the frame.", "ERROR",
                 lambda con, root, part: check_accepted_values(
-                    con, _table("facts", root, part), "provenance", ("geometry", "metadata", "publisher_text"),
+                    con, _table("facts", root, part), "provenance", sorted(SIDE_PROVENANCES),
                     name="patient_side_from_geometry", where="attribute = 'patient_side'",
                 ),
             ),

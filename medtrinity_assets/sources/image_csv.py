@@ -88,11 +88,10 @@ def _flag(layout: ImageCsvLayout, field: str, column: str, cell: str | None) -> 
     value = (cell or "").strip()
     if not value:
         return "blank"
-    key = value.lower()
     rule = layout.flag_values
-    for state, values in (("positive", rule.positive), ("negative", rule.negative), ("uncertain", rule.uncertain)):
-        if key in {v.strip().lower() for v in values}:
-            return state
+    state = rule.state_of(value.lower())
+    if state is not None:
+        return state
     raise UnexpectedLabelValue(field, column, value, [*rule.positive, *rule.negative, *rule.uncertain])
 
 

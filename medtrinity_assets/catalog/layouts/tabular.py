@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
@@ -78,6 +79,17 @@ class FlagValues(Strict):
                     raise ValueError(f"flag value {value!r} is in both {seen[key]} and {name}")
                 seen[key] = name
         return self
+
+    def state_of(self, key: str) -> str | None:
+        """'positive' | 'negative' | 'uncertain' for a lower-cased cell, None when undeclared."""
+        return _flag_states(tuple(self.positive), tuple(self.negative), tuple(self.uncertain)).get(key)
+
+
+@lru_cache(maxsize=64)
+def _flag_states(positive: tuple, negative: tuple, uncertain: tuple) -> dict[str, str]:
+    # Built once per declaration: a label table's cells are read millions of times.
+    return {value.strip().lower(): name for name, values in
+            (("positive", positive), ("negative", negative), ("uncertain", uncertain)) for value in values}
 
 
 class GradeColumn(Strict):
