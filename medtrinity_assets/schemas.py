@@ -82,6 +82,7 @@ QUARANTINE = pa.schema(
         ("source_file", STR),
         ("record_id", STR),  # null when the failure came before a record existed
         ("stage", STR),
+        ("kind", STR),  # sources.base.QUARANTINE_KINDS
         ("reason", STR),
     ]
 )

@@ -66,13 +66,14 @@ class _QuarantineLog:
     def __init__(self, writer: TableWriter, stage: str, source_id: str, report: StageReport):
         self.writer, self.stage, self.source_id, self.report = writer, stage, source_id, report
 
-    def add(self, source_file: str | None, reason: str, record_id: str | None = None) -> None:
+    def add(self, source_file: str | None, reason: str, record_id: str | None = None, kind: str = "stage_error") -> None:
         self.writer.write(
             {
                 "source_id": self.source_id,
                 "source_file": source_file,
                 "record_id": record_id,
                 "stage": self.stage,
+                "kind": kind,
                 "reason": reason,
             }
         )
@@ -154,9 +155,9 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
                 break
             report.inputs += 1
             if isinstance(item, Quarantined):
-                quarantine.add(item.source_file, item.reason, item.record_id)
+                quarantine.add(item.source_file, item.reason, item.record_id, kind=item.kind)
             elif item["record_id"] in seen:
-                quarantine.add(item["source_file"], "duplicate record id (same file and slice listed twice)", item["record_id"])
+                quarantine.add(item["source_file"], "duplicate record id (same file and slice listed twice)", item["record_id"], kind="duplicate")
             else:
                 seen.add(item["record_id"])
                 if spec.pseudonymize_paths:

@@ -25,11 +25,29 @@ class IngestContext:
     salt: str  # secret salt for patient hashes (MEDTRINITY_SALT)
 
 
+# What went wrong, as a closed list: reports and `check-source` group by kind, never by the
+# wording of a reason. Add a kind here (and to docs) before using it.
+QUARANTINE_KINDS = (
+    "unreadable",  # the file cannot be decoded (corrupt, truncated, wrong format)
+    "unsupported",  # a valid file this pipeline cannot use (codec, transfer syntax, dimensionality)
+    "unpaired",  # an image without its mask, or a mask without its image
+    "orphan",  # an annotation naming an image that does not exist
+    "invalid_annotation",  # an annotation that cannot be used (bad box, empty mask, bad polygon)
+    "outside_source",  # a path or link that leaves the source root
+    "too_large",  # over the pixel, frame or size limit
+    "bad_label",  # a label or text that cannot be decoded or mapped
+    "duplicate",  # the same record listed twice
+    "held_back",  # readable, but kept out on purpose (e.g. burned-in text)
+    "stage_error",  # a later stage failed on this record
+)
+
+
 @dataclass(frozen=True)
 class Quarantined:
     source_file: str  # relative to the source root
     reason: str
     record_id: str | None = None
+    kind: str = "unreadable"  # one of QUARANTINE_KINDS
 
 
 IngestItem = Union[dict, Quarantined]
