@@ -102,7 +102,7 @@ def check_source_command(ref: str, root: str | None) -> int:
 
     report = check_source(load_spec_ref(ref), Path(root) if root else None)
     print(report.render())
-    return 0 if report.matched else 1
+    return 0 if report.ok else 1
 
 
 def materialize_sources(source_ids: list[str], instance=None) -> bool:

@@ -81,6 +81,8 @@ class SpecCheckReport:
     unreadable: Examples = field(default_factory=Examples)
     # Source-level problems: folder absent, glob matched nothing, reader stopped early.
     problems: list[str] = field(default_factory=list)
+    # What the spec promises and the files do not give (annotations that never turn up).
+    warnings: list[str] = field(default_factory=list)
     unused_files: Examples = field(default_factory=Examples)
     unused_by_folder: Counter = field(default_factory=Counter)
     seconds: float = 0.0
@@ -88,6 +90,10 @@ class SpecCheckReport:
     @property
     def matched(self) -> bool:
         return self.images > 0
+
+    @property
+    def ok(self) -> bool:
+        return self.matched and not self.warnings
 
     def render(self) -> str:
         lines = [
@@ -120,11 +126,13 @@ class SpecCheckReport:
             lines += [f"    {folder}/: {n}" for folder, n in self.unused_by_folder.most_common(EXAMPLES_SHOWN)]
         if self.problems:
             lines += ["", "Problems:", *(f"  {problem}" for problem in self.problems)]
-        verdict = (
-            f"OK: {self.images} images would be ingested"
-            if self.matched
-            else "NOTHING MATCHED: fix the layout parameters or the files before running the pipeline"
-        )
+        lines += [f"WARNING: {warning}" for warning in self.warnings]
+        if not self.matched:
+            verdict = "NOTHING MATCHED: fix the layout parameters or the files before running the pipeline"
+        elif self.warnings:
+            verdict = f"NOT OK: {self.images} images would be ingested, but see the warnings above"
+        else:
+            verdict = f"OK: {self.images} images would be ingested"
         lines += ["", f"{verdict} (checked in {self.seconds:.1f}s)"]
         return "\n".join(lines)
 
@@ -286,8 +294,48 @@ def check_source(spec: SourceSpec, root: Path | None = None) -> SpecCheckReport:
         used = record_files | mentioned | opened_here | named_files
         annotation_files = (opened_here | named_files) - record_files - mentioned
         _report_unused(report, root, used, annotation_files, record_files, mentioned)
+    if report.matched and report.rois == 0 and _promises_annotations(spec):
+        report.warnings.append(
+            f"layout {spec.layout.family} promises annotations ({_expected_annotations(spec)}) "
+            f"but none of the {report.images} images has one: the annotation files are absent or not in the format the layout reads"
+        )
     report.seconds = time.perf_counter() - started
     return report
+
+
+# Families whose every image is meant to come with an annotation (a mask, a box file); other
+# families promise annotations only where the spec's annotation_kinds say so (DICOM RTSTRUCT).
+_ANNOTATED_FAMILIES = ("boxes", "coco", "image_mask")
+_ROI_KINDS = ("mask", "box", "contour")
+# Layout fields that name annotation files, in the order a reader would be told about them.
+_ANNOTATION_FIELDS = (
+    "annotation_template", "file", "annotations", "mask_template", "mask_replace", "masks",
+    "label_replace", "label_template", "dataset_json", "structure_glob", "lidc_xml_glob",
+)
+
+
+def _promises_annotations(spec: SourceSpec) -> bool:
+    if spec.layout.family in _ANNOTATED_FAMILIES or spec.extra_boxes is not None:
+        return True
+    return any(kind in _ROI_KINDS for kind in spec.annotation_kinds)
+
+
+def _expected_annotations(spec: SourceSpec) -> str:
+    """The spec fields that say where the annotations are: "boxes.annotation_template 'a/{stem}.xml'"."""
+    named = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in _ANNOTATION_FIELDS and item:
+                    named.append(f"{prefix}{key} {item!r}")
+                elif isinstance(item, dict):
+                    walk(f"{prefix}{key}.", item)
+
+    walk("layout.", spec.layout.model_dump())
+    if spec.extra_boxes is not None:
+        walk("extra_boxes.", spec.extra_boxes.model_dump())
+    return ", ".join(named) or f"annotation_kinds {', '.join(spec.annotation_kinds)}"
 
 
 def _has_image_stem(name: str, image_stems: set[str]) -> bool:
