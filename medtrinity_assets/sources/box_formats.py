@@ -19,6 +19,7 @@ import io
 import json
 import math
 import posixpath
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -51,6 +52,14 @@ class ParsedBox:
     y_from_bottom: bool = False  # y counts up from the image's bottom edge (MIAS)
     polygons: tuple = ()  # COCO polygons ((x, y), ...) in pixels; kept as contours
     fields: dict = field(default_factory=dict, compare=False)  # kept on the annotation: coco_id, difficult
+    # Labels of further columns (spec column_labels), already catalog names: they join the
+    # image's labels with this object's own.
+    extra_labels: tuple = ()
+
+    @property
+    def image_level(self) -> bool:
+        """A finding the file names without any location: a label of the image, no ROI."""
+        return self.box is None and self.circle is None and not self.polygons
 
 
 @dataclass
@@ -310,7 +319,9 @@ def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable) -> list[t
     except OSError as error:
         table.problem(table.source, f"unreadable box table: {error}")
         return []
-    if settings.delimiter in WHITESPACE_DELIMITERS:
+    if settings.preamble_until or settings.row_regex:
+        lines = _table_lines(settings, text, table)
+    elif settings.delimiter in WHITESPACE_DELIMITERS:
         lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1)]
     else:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=settings.delimiter)
@@ -337,12 +348,63 @@ def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable) -> list[t
         values = [value.strip() for value in fields] + [""] * (len(header) - len(fields))
         rows.append((number, dict(zip(header, values))))
     needed = [settings.id_column, settings.label_column, *settings.box_columns, *settings.center_columns, settings.radius_column]
+    needed += [*settings.column_labels, *settings.column_fields]
     needed += [name for name in template_fields(settings.path_template) if name != "id"]
     missing = [column for column in needed if column and column not in header]
     if missing:
         table.problem(table.source, f"box table lacks column(s) {', '.join(missing)}; its columns are {', '.join(header)}")
         return []
     return rows
+
+
+def _split_line(settings: BoxAnnotations, line: str) -> list[str]:
+    if settings.delimiter in WHITESPACE_DELIMITERS:
+        return line.split()
+    return next(csv.reader([line], delimiter=settings.delimiter), [])
+
+
+def _table_lines(settings: BoxAnnotations, text: str, table: BoxTable) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of a table behind a free-text preamble, one line per row.
+
+    Lines before the first match of ``preamble_until`` are skipped; then, with ``row_regex``,
+    only matching lines are rows: the column legend and numbered notes of MIAS Info.txt would
+    otherwise read as rows of images called "1st" or "CALC".
+    """
+    numbered = list(enumerate(text.splitlines(), start=1))
+    if settings.preamble_until:
+        start = re.compile(settings.preamble_until)
+        first = next((index for index, (_, line) in enumerate(numbered) if start.search(line)), None)
+        if first is None:
+            table.problem(table.source, "no line of the box table matches preamble_until: the table was not found")
+            return []
+        numbered = numbered[first:]
+    lines = []
+    if settings.has_header and numbered:
+        number, line = numbered.pop(0)
+        lines.append((number, _split_line(settings, line)))
+    row = re.compile(settings.row_regex) if settings.row_regex else None
+    for number, line in numbered:
+        if row is None or row.search(line):
+            lines.append((number, _split_line(settings, line)))
+    return lines
+
+
+def _column_values(settings: BoxAnnotations, row: dict[str, str], where: str, table: BoxTable) -> tuple[tuple, dict]:
+    """The labels (spec column_labels) and annotation fields (column_fields) of one row; a value
+    the mapping does not name is reported, never guessed."""
+    labels, fields = [], {}
+    for mappings, into in ((settings.column_labels, "labels"), (settings.column_fields, "fields")):
+        for column, mapping in mappings.items():
+            value = row.get(column, "")
+            if value not in mapping:
+                reason = f"value in column {column!r} is not in the spec's column_{into} mapping ({', '.join(sorted(mapping))})"
+                table.problems.append(Quarantined(where, reason, kind="bad_label"))
+                continue
+            if into == "labels" and mapping[value]:
+                labels.append(mapping[value].strip().lower())
+            elif into == "fields" and mapping[value]:
+                fields[column] = mapping[value]
+    return tuple(labels), fields
 
 
 def _row_image(settings: BoxAnnotations, row: dict[str, str]) -> str | None:
@@ -395,6 +457,11 @@ def parse_table(root: Path, settings: BoxAnnotations) -> BoxTable:
         if not label:
             table.problem(where, f"row for {image} has no label (column {settings.label_column!r}, no fixed_label)")
             continue
+        extra_labels, fields = _column_values(settings, row, where, table)
+        if settings.rows_without_coordinates == "image_label" and all(number is None for number in numbers):
+            # The publisher names the finding but not where (MIAS *NOTE 3*): a label, no ROI.
+            table.add(image, ParsedBox(label, where, extra_labels=extra_labels), row)
+            continue
         if not any(values):
             table.problem(where, f"row for {image} ({label}) gives no coordinates; the image is kept without this box")
             continue
@@ -403,7 +470,10 @@ def parse_table(root: Path, settings: BoxAnnotations) -> BoxTable:
             continue
         if circles:
             cx, cy, radius = numbers
-            parsed = ParsedBox(label, where, circle=(cx, cy, radius), y_from_bottom=settings.y_origin == "bottom")
+            parsed = ParsedBox(
+                label, where, circle=(cx, cy, radius), y_from_bottom=settings.y_origin == "bottom",
+                fields=fields, extra_labels=extra_labels,
+            )
         else:
             parsed = ParsedBox(
                 label,
@@ -411,6 +481,8 @@ def parse_table(root: Path, settings: BoxAnnotations) -> BoxTable:
                 box=_to_xyxy(settings.box_format, *numbers),
                 normalized=settings.normalized,
                 y_from_bottom=settings.y_origin == "bottom",
+                fields=fields,
+                extra_labels=extra_labels,
             )
         table.add(image, parsed, row)
     return table
@@ -541,12 +613,15 @@ def resolve_boxes(
         label = rename_label(spec, parsed.label)
         if label is None:
             continue
+        if parsed.image_level:
+            labels += [label, *parsed.extra_labels]
+            continue
         if parsed.polygons:
             # COCO polygons are kept as contours (the box follows from them in grounding).
             for points in parsed.polygons:
                 clipped = [[min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))] for x, y in points]
                 annotations.append({"kind": "contour", "label": label, "points": clipped, **parsed.fields})
-            labels.append(label)
+            labels += [label, *parsed.extra_labels]
             continue
         box, circle = pixel_geometry(parsed, width, height)
         if circle is not None and circle[2] <= 0:
@@ -565,7 +640,7 @@ def resolve_boxes(
         if circle is not None:
             annotation["circle"] = [float(v) for v in circle]
         annotations.append(annotation)
-        labels.append(label)
+        labels += [label, *parsed.extra_labels]
     return annotations, labels, problems
 
 

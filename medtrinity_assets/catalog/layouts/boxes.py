@@ -8,6 +8,7 @@ COCO lung boxes), matched by the image path relative to the source root.
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
@@ -35,6 +36,24 @@ class BoxAnnotations(Strict):
     delimiter: str = ","  # " " splits on runs of whitespace (MIAS Info.txt)
     has_header: bool = True
     columns: list[str] = Field(default_factory=list)  # names for a header-less table
+    # A free-text preamble before the table (MIAS Info.txt: licence, column legend, notes):
+    # lines before the first line matching `preamble_until` are skipped (that line is the header
+    # or the first row); when `row_regex` is given, only lines matching it are rows (after the
+    # header, if any). Either way the table is read one line per row.
+    preamble_until: Optional[str] = None
+    row_regex: Optional[str] = None
+    # A row naming a finding without coordinates (MIAS "mdb059 F CIRC B *NOTE 3*": widely
+    # spread calcifications): "report" it and keep the image without that label, or keep its
+    # label at "image_label" level (a finding with no ROI). A row has no coordinates when none
+    # of its coordinate cells is a number.
+    rows_without_coordinates: Literal["report", "image_label"] = "report"
+    # Further columns: {column: {raw value: label}}; the mapped labels join the image's labels
+    # ("" maps a value to nothing). {column: {raw value: value}} in `column_fields` are kept as
+    # fields of the row's box annotations (MIAS severity B/M -> {"severity": "benign"}); a row
+    # without coordinates has no box, so only its labels are kept. A value not in the mapping is
+    # reported and the row's box is kept without it.
+    column_labels: dict[str, dict[str, str]] = Field(default_factory=dict)
+    column_fields: dict[str, dict[str, str]] = Field(default_factory=dict)
     id_column: Optional[str] = None  # image name / id column
     path_template: str = "{id}"  # image path from the id: "{id}.png", "stage_2_train_images/{id}.dcm"
     label_column: Optional[str] = None
@@ -84,6 +103,18 @@ class BoxAnnotations(Strict):
             raise ValueError("box format 'keyed_json' needs 'label_column' or 'fixed_label'")
         if fmt == "circles" and (len(self.center_columns) != 2 or not self.radius_column):
             raise ValueError("box format 'circles' needs two 'center_columns' and 'radius_column'")
+        table_options = {
+            "preamble_until": self.preamble_until, "row_regex": self.row_regex, "column_labels": self.column_labels,
+            "column_fields": self.column_fields, "rows_without_coordinates": self.rows_without_coordinates != "report",
+        }
+        used = sorted(name for name, value in table_options.items() if value)
+        if used and fmt not in ("csv", "circles"):
+            raise ValueError(f"{', '.join(used)}: only for the table formats csv and circles, not '{fmt}'")
+        for name in ("preamble_until", "row_regex"):
+            try:
+                re.compile(getattr(self, name) or "")
+            except re.error as error:
+                raise ValueError(f"{name} is not a valid regex: {error}") from None
         return self
 
 
