@@ -223,3 +223,104 @@ def test_preamble_options_are_refused_for_formats_that_have_no_table():
     with pytest.raises(ValueError, match="only for the table formats"):
         build_spec(layout={"family": "boxes", "image_glob": "*.png", "boxes": {
             "format": "voc", "annotation_template": "{stem}.xml", "row_regex": "^mdb"}})
+
+
+# ------------------------------------------------------------------ sequence groups from frame ranges
+
+# CVC-ClinicDB ships 612 numbered frames ("Original/1.tif") of 29 colonoscopy sequences; which
+# frames form one sequence is a table of ranges in the publisher's text, written here in that
+# style (an en dash, a prose preamble, a trailing note) for 20 sequences of 3 frames.
+SEQUENCES = 20
+FRAMES_PER_SEQUENCE = 3
+
+
+def _clinicdb_readme() -> str:
+    lines = [
+        "CVC-ClinicDB",
+        "",
+        "CVC-ClinicDB is a database of frames extracted from colonoscopy videos, each with the",
+        "polyp outlined in the ground truth. Frames come from the following sequences:",
+        "",
+    ]
+    for sequence in range(1, SEQUENCES + 1):
+        first = (sequence - 1) * FRAMES_PER_SEQUENCE + 1
+        lines.append(f"  frames {first}\u2013{first + FRAMES_PER_SEQUENCE - 1}: sequence {sequence}")
+    lines += ["", "Please cite the paper below when using the database (frames 1-612 in total)."]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def clinicdb_root(tmp_path) -> Path:
+    root = tmp_path / "cvc_clinicdb"
+    (root / "Original").mkdir(parents=True)
+    for frame in range(1, SEQUENCES * FRAMES_PER_SEQUENCE + 1):
+        pixels = np.random.default_rng(frame).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "Original" / f"{frame}.tif")
+    (root / "README.txt").write_text(_clinicdb_readme(), encoding="utf-8")
+    return root
+
+
+CLINICDB_PATIENT = {
+    "source": "ranges",
+    "pattern": r"Original/(\d+)\.tif$",
+    "ranges_file": "README.txt",
+    "range_regex": r"frames\s+(?P<first>\d+)\s*[-\u2013]\s*(?P<last>\d+)\s*:\s*sequence\s+(?P<group>\d+)",
+}
+
+
+def _splits_by_sequence(records) -> dict[int, set[str]]:
+    import duckdb
+
+    from medtrinity_assets.dataset.splits import split_sql
+
+    # The split as the triplets table computes it, from the patient hash.
+    rows = duckdb.sql(
+        f"SELECT f, {split_sql('h')} FROM (SELECT unnest($f) AS f, unnest($h) AS h)",
+        params={"f": [r["source_file"] for r in records], "h": [r["patient_hash"] for r in records]},
+    ).fetchall()
+    by_sequence: dict[int, set[str]] = {}
+    for source_file, split in rows:
+        frame = int(Path(source_file).stem)
+        by_sequence.setdefault((frame - 1) // FRAMES_PER_SEQUENCE + 1, set()).add(split)
+    return by_sequence
+
+
+def test_frames_of_one_sequence_share_a_group_and_never_straddle_splits(tmp_path, clinicdb_root):
+    records, quarantined = ingest(tmp_path, clinicdb_root, id="cvc_clinicdb", modality="endoscopy", organs=["colon"],
+                                  annotation_kinds=["label"], patient=CLINICDB_PATIENT,
+                                  layout={"family": "image_folder", "image_glob": "Original/*.tif"})
+    assert quarantined == [] and len(records) == SEQUENCES * FRAMES_PER_SEQUENCE
+    hashes: dict[int, set[str]] = {}
+    for record in records:
+        frame = int(Path(record["source_file"]).stem)
+        hashes.setdefault((frame - 1) // FRAMES_PER_SEQUENCE + 1, set()).add(record["patient_hash"])
+    assert all(len(group) == 1 for group in hashes.values())
+    assert len(set().union(*hashes.values())) == SEQUENCES
+    splits = _splits_by_sequence(records)
+    assert all(len(split) == 1 for split in splits.values())
+    assert len(set().union(*splits.values())) > 1  # sequences do spread over the splits
+
+
+def test_inline_frame_ranges_group_frames_and_a_frame_outside_them_stands_alone(tmp_path, clinicdb_root):
+    patient = {"source": "ranges", "pattern": r"Original/(\d+)\.tif$",
+               "ranges": [{"first": 1, "last": 30, "group": "a"}, {"first": 31, "last": 59, "group": "b"}]}
+    records, _ = ingest(tmp_path, clinicdb_root, id="cvc_clinicdb", modality="endoscopy", organs=["colon"],
+                        annotation_kinds=["label"], patient=patient,
+                        layout={"family": "image_folder", "image_glob": "Original/*.tif"})
+    by_frame = {int(Path(r["source_file"]).stem): r["patient_hash"] for r in records}
+    assert len({by_frame[f] for f in range(1, 31)}) == 1 and len({by_frame[f] for f in range(31, 60)}) == 1
+    assert len({by_frame[1], by_frame[31], by_frame[60]}) == 3
+
+
+def test_frame_ranges_that_overlap_or_a_missing_table_stop_the_read(tmp_path, clinicdb_root):
+    layout = {"family": "image_folder", "image_glob": "Original/*.tif"}
+    fields = {"id": "cvc_clinicdb", "modality": "endoscopy", "organs": ["colon"], "annotation_kinds": ["label"]}
+    overlapping = {"source": "ranges", "pattern": r"(\d+)\.tif$",
+                   "ranges": [{"first": 1, "last": 30, "group": "a"}, {"first": 30, "last": 60, "group": "b"}]}
+    with pytest.raises(ValueError, match="overlap"):
+        ingest(tmp_path, clinicdb_root, patient=overlapping, layout=layout, **fields)
+    (clinicdb_root / "README.txt").unlink()
+    with pytest.raises(ValueError, match="ranges_file README.txt is absent"):
+        ingest(tmp_path, clinicdb_root, patient=CLINICDB_PATIENT, layout=layout, **fields)
+    with pytest.raises(ValueError, match="named groups"):
+        build_spec(patient={**CLINICDB_PATIENT, "range_regex": r"frames (\d+)-(\d+)"})

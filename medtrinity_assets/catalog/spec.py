@@ -129,22 +129,60 @@ class DeclaredLaterality(Declared):
         return self
 
 
+class FrameRange(Strict):
+    """Frames ``first`` to ``last`` (inclusive) belong to one sequence or patient ``group``."""
+
+    first: int = Field(ge=0)
+    last: int = Field(ge=0)
+    group: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FrameRange":
+        if self.last < self.first:
+            raise ValueError(f"range {self.first}-{self.last} ends before it starts")
+        return self
+
+
+RANGE_GROUPS = ("first", "last", "group")
+
+
 class PatientRule(Strict):
     """How to find the patient an image belongs to, for patient-level splits."""
 
     # "dicom": PatientID tag; "folder": path component at `folder_depth`; "regex": first group
-    # of `pattern` on the relative path; "file": each file its own patient; "column": CSV column.
-    source: Literal["dicom", "folder", "regex", "file", "column"] = "file"
+    # of `pattern` on the relative path; "file": each file its own patient; "column": CSV column;
+    # "ranges": the frame number is the first group of `pattern` on the relative path, and its
+    # group is the range holding it (CVC-ClinicDB: frames 1-25 are sequence 1), from inline
+    # `ranges` or from the lines of `ranges_file` (relative to the source root) that match
+    # `range_regex`, whose named groups `first`, `last`, `group` give one range each.
+    source: Literal["dicom", "folder", "regex", "file", "column", "ranges"] = "file"
     folder_depth: int = 0
     pattern: Optional[str] = None
     column: Optional[str] = None
+    ranges: list[FrameRange] = Field(default_factory=list)
+    ranges_file: Optional[str] = None
+    range_regex: Optional[str] = None
 
     @model_validator(mode="after")
     def _needs(self) -> "PatientRule":
-        if self.source == "regex" and not self.pattern:
-            raise ValueError("patient.source 'regex' needs 'pattern'")
+        if self.source in ("regex", "ranges") and not self.pattern:
+            raise ValueError(f"patient.source '{self.source}' needs 'pattern'")
         if self.source == "column" and not self.column:
             raise ValueError("patient.source 'column' needs 'column'")
+        if self.source == "ranges":
+            if bool(self.ranges) == bool(self.ranges_file):
+                raise ValueError("patient.source 'ranges' needs either 'ranges' or 'ranges_file'")
+            if self.ranges_file and not self.range_regex:
+                raise ValueError("patient.ranges_file needs 'range_regex' with named groups first, last, group")
+            try:
+                if re.compile(self.pattern).groups < 1:
+                    raise ValueError("patient.pattern needs one group: the frame number")
+                if self.range_regex and not set(RANGE_GROUPS) <= set(re.compile(self.range_regex).groupindex):
+                    raise ValueError("patient.range_regex needs the named groups (?P<first>...), (?P<last>...), (?P<group>...)")
+            except re.error as error:
+                raise ValueError(f"patient pattern or range_regex is not a valid regex: {error}") from None
+        elif self.ranges or self.ranges_file or self.range_regex:
+            raise ValueError("patient ranges, ranges_file and range_regex are for patient.source 'ranges'")
         return self
 
 

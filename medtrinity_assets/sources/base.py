@@ -156,6 +156,13 @@ def make_record(
     elif label_state not in LABEL_STATES:
         raise ValueError(f"label_state {label_state!r} is not one of {LABEL_STATES}")
 
+    if ctx.spec.patient.source == "ranges":
+        # Frame-range groups need the source folder (the range table), which only the context
+        # knows: decided here, once for every family.
+        from medtrinity_assets.sources.frame_groups import frame_group
+
+        patient_id = frame_group(ctx.root, ctx.spec.patient, source_file)
+
     pixels = np.asarray(pixels)
     _, pixel_ref = ctx.blobs.put_array("pixels", pixels)
     return {
