@@ -324,3 +324,136 @@ def test_frame_ranges_that_overlap_or_a_missing_table_stop_the_read(tmp_path, cl
         ingest(tmp_path, clinicdb_root, patient=CLINICDB_PATIENT, layout=layout, **fields)
     with pytest.raises(ValueError, match="named groups"):
         build_spec(patient={**CLINICDB_PATIENT, "range_regex": r"frames (\d+)-(\d+)"})
+
+
+# ------------------------------------------------------------------ polygons in XML of any schema
+
+# ASAP, the annotation tool of CAMELYON16/17: one XML per slide, polygons as numbered
+# <Coordinate> points in level-0 pixels, the class in PartOfGroup; the points are written out of
+# order here, as ASAP keeps them when a point is inserted later.
+ASAP_XML = """<?xml version="1.0"?>
+<ASAP_Annotations>
+\t<Annotations>
+\t\t<Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="Tumor" Color="#F4FA58">
+\t\t\t<Coordinates>
+\t\t\t\t<Coordinate Order="0" X="10.5" Y="8" />
+\t\t\t\t<Coordinate Order="2" X="40" Y="30" />
+\t\t\t\t<Coordinate Order="1" X="40" Y="8" />
+\t\t\t\t<Coordinate Order="3" X="10.5" Y="30" />
+\t\t\t</Coordinates>
+\t\t</Annotation>
+\t\t<Annotation Name="Annotation 1" Type="Dot" PartOfGroup="Tumor" Color="#F4FA58">
+\t\t\t<Coordinates><Coordinate Order="0" X="5" Y="5" /></Coordinates>
+\t\t</Annotation>
+\t\t<Annotation Name="Annotation 2" Type="Polygon" PartOfGroup="_2" Color="#64FE2E">
+\t\t\t<Coordinates>
+\t\t\t\t<Coordinate Order="0" X="50" Y="40" />
+\t\t\t\t<Coordinate Order="1" X="60" Y="40" />
+\t\t\t</Coordinates>
+\t\t</Annotation>
+\t</Annotations>
+\t<AnnotationGroups>
+\t\t<Group Name="Tumor" PartOfGroup="None" Color="#ff0000"><Attributes /></Group>
+\t</AnnotationGroups>
+</ASAP_Annotations>
+"""
+
+ASAP_BOXES = {
+    "format": "xml_polygons", "annotation_template": "annotations/{stem}.xml",
+    "xml": {"shape_path": ".//Annotation[@Type='Polygon']", "point_path": "Coordinates/Coordinate",
+            "label_attribute": "PartOfGroup", "order_attribute": "Order"},
+}
+
+
+def _ground(tmp_path, spec, record):
+    from medtrinity_assets.grounding.rois import ground_record
+
+    blobs = BlobStore(tmp_path / "var")
+    display = np.asarray(blobs.get_array(record["pixel_ref"]))
+    return ground_record(record, display, 1.0, blobs, spec)
+
+
+def test_asap_polygons_are_read_by_configured_paths_and_rasterized_into_mask_rois(tmp_path):
+    root = tmp_path / "camelyon"
+    write_png(root / "tiles" / "tumor_001.png", 64, 80)
+    write_png(root / "tiles" / "normal_001.png", 64, 80, seed=1)
+    (root / "annotations").mkdir()
+    (root / "annotations" / "tumor_001.xml").write_text(ASAP_XML)
+    fields = {"id": "camelyon_tiles", "modality": "histopathology", "organs": ["lymph node"],
+              "annotation_kinds": ["contour"], "labels": {"rename": {"Tumor": "metastasis"}},
+              "layout": {"family": "boxes", "image_glob": "tiles/*.png", "boxes": ASAP_BOXES}}
+    records, quarantined = ingest(tmp_path, root, **fields)
+
+    by_name = {Path(r["source_file"]).stem: r for r in records}
+    assert sorted(by_name) == ["normal_001", "tumor_001"] and annotations_of(by_name["normal_001"]) == []
+    (tumor,) = annotations_of(by_name["tumor_001"])  # the Dot is not a polygon; the 2-point one is reported
+    assert tumor["kind"] == "contour" and tumor["label"] == "metastasis"
+    assert tumor["points"] == [[10.5, 8.0], [40.0, 8.0], [40.0, 30.0], [10.5, 30.0]]  # in Order
+    assert by_name["tumor_001"]["label_state"] == "finding"
+    assert [(q.source_file, q.kind) for q in quarantined] == [("annotations/tumor_001.xml shape 2", "invalid_annotation")]
+
+    rois, problems = _ground(tmp_path, build_spec(**fields), by_name["tumor_001"])
+    assert problems == []
+    (roi,) = rois
+    assert roi["label"] == "metastasis" and roi["origin"] == "annotation:contour"
+    assert (roi["x0"], roi["y0"], roi["x1"], roi["y1"]) == (10, 8, 41, 31)
+
+
+# A "Shape / Points / Point" schema with every image in one file, as annotation tools export it.
+SHAPES_XML = """<?xml version="1.0" encoding="utf-8"?>
+<Annotations Version="2">
+  <Image Name="frame_001.png" Width="80" Height="64">
+    <Shape Type="Polygon" Label="polyp"><Points>
+      <Point X="5" Y="5"/><Point X="25" Y="5"/><Point X="25" Y="20"/><Point X="5" Y="20"/>
+    </Points></Shape>
+    <Shape Type="Rectangle" Label="instrument"><Points><Point X="1" Y="1"/><Point X="3" Y="3"/></Points></Shape>
+    <Shape Type="Polygon" Label="polyp"><Points>
+      <Point X="50" Y="30"/><Point X="70" Y="30"/><Point X="60" Y="50"/>
+    </Points></Shape>
+  </Image>
+  <Image Name="frame_002.png" Width="80" Height="64"/>
+  <Image Name="frame_404.png" Width="80" Height="64">
+    <Shape Type="Polygon" Label="polyp"><Points><Point X="1" Y="1"/><Point X="9" Y="1"/><Point X="9" Y="9"/></Points></Shape>
+  </Image>
+</Annotations>
+"""
+
+
+def test_one_xml_for_all_images_names_each_image_by_an_attribute(tmp_path):
+    root = tmp_path / "polyp_shapes"
+    write_png(root / "frames" / "frame_001.png")
+    write_png(root / "frames" / "frame_002.png", seed=2)
+    (root / "shapes.xml").write_text(SHAPES_XML)
+    boxes = {"format": "xml_polygons", "file": "shapes.xml", "image_root": "frames",
+             "xml": {"image_path": "Image", "image_attribute": "Name",
+                     "shape_path": "Shape[@Type='Polygon']", "point_path": "Points/Point", "label_attribute": "Label"}}
+    fields = {"id": "polyp_shapes", "modality": "endoscopy", "organs": ["colon"], "annotation_kinds": ["contour"],
+              "labels": {"rename": {"polyp": "colorectal polyp"}}, "layout": {"family": "boxes", "boxes": boxes}}
+    records, quarantined = ingest(tmp_path, root, **fields)
+
+    first, second = records
+    assert first["source_file"] == "frames/frame_001.png" and second["source_file"] == "frames/frame_002.png"
+    assert [a["points"] for a in annotations_of(first)] == [
+        [[5.0, 5.0], [25.0, 5.0], [25.0, 20.0], [5.0, 20.0]], [[50.0, 30.0], [70.0, 30.0], [60.0, 50.0]]]
+    assert annotations_of(second) == []
+    assert [(q.source_file, "file is absent" in q.reason) for q in quarantined] == [("frames/frame_404.png", True)]
+    rois, problems = _ground(tmp_path, build_spec(**fields), first)
+    assert problems == [] and [(r["x0"], r["y0"], r["x1"], r["y1"]) for r in rois] == [(5, 5, 26, 21), (50, 30, 71, 51)]
+
+
+def test_polygon_xml_with_an_entity_declaration_is_refused_not_expanded(tmp_path):
+    root = tmp_path / "hostile"
+    write_png(root / "tiles" / "a.png")
+    (root / "annotations").mkdir()
+    (root / "annotations" / "a.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;">]>'
+        '<ASAP_Annotations><Annotations><Annotation Type="Polygon" PartOfGroup="&y;"><Coordinates>'
+        '<Coordinate Order="0" X="1" Y="1"/><Coordinate Order="1" X="9" Y="1"/><Coordinate Order="2" X="9" Y="9"/>'
+        "</Coordinates></Annotation></Annotations></ASAP_Annotations>"
+    )
+    records, quarantined = ingest(tmp_path, root, id="hostile", modality="histopathology", organs=["lymph node"],
+                                  annotation_kinds=["contour"],
+                                  layout={"family": "boxes", "image_glob": "tiles/*.png", "boxes": ASAP_BOXES})
+    assert annotations_of(records[0]) == []
+    assert [(q.source_file, q.kind) for q in quarantined] == [("annotations/a.xml", "unsupported")]
+    assert "xxxx" not in quarantined[0].reason

@@ -26,8 +26,10 @@ from pathlib import Path, PurePosixPath
 from xml.etree import ElementTree
 
 import yaml
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeElementTree
 
-from medtrinity_assets.catalog.layouts.boxes import BoxAnnotations
+from medtrinity_assets.catalog.layouts.boxes import BoxAnnotations, XmlShapes
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.sources.base import Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
@@ -540,19 +542,102 @@ def parse_keyed_json(root: Path, settings: BoxAnnotations) -> BoxTable:
     return table
 
 
+# --------------------------------------------------------------------------- XML polygons
+
+
+def _read_xml(root: Path, xml_file: str, table: BoxTable, what: str):
+    """The document root, or None with a problem. defusedxml refuses entity declarations and
+    external references: an annotation file must not expand into gigabytes or read other files."""
+    try:
+        return SafeElementTree.parse(root / xml_file).getroot()
+    except FileNotFoundError:
+        table.problems.append(Quarantined(xml_file, f"{what} is absent", kind="unpaired"))
+    except DefusedXmlException as error:
+        table.problems.append(Quarantined(xml_file, f"{what} declares entities or external references ({type(error).__name__}): refused", kind="unsupported"))
+    except (SafeElementTree.ParseError, OSError) as error:
+        table.problems.append(Quarantined(xml_file, f"malformed {what}: {type(error).__name__}: {error}"))
+    return None
+
+
+def _xml_shapes(table: BoxTable, shapes: XmlShapes, fixed_label: str | None, scope, image: str, where: str) -> None:
+    """The polygons under ``scope`` (the document or one image element) into ``table``."""
+    for index, shape in enumerate(scope.findall(shapes.shape_path), start=1):
+        shape_where = f"{where} shape {index}"
+        label = (shape.get(shapes.label_attribute) or "").strip() if shapes.label_attribute else fixed_label or ""
+        points = shape.findall(shapes.point_path)
+        if shapes.order_attribute:
+            orders = [_number(point.get(shapes.order_attribute)) for point in points]
+            if None not in orders:
+                points = [point for _, point in sorted(zip(orders, points), key=lambda pair: pair[0])]
+        coordinates = [(_number(point.get(shapes.x_attribute)), _number(point.get(shapes.y_attribute))) for point in points]
+        if not label:
+            table.problems.append(Quarantined(shape_where, f"shape has no label attribute {shapes.label_attribute!r}", kind="invalid_annotation"))
+            continue
+        if len(coordinates) < 3 or any(x is None or y is None for x, y in coordinates):
+            reason = f"shape has {len(coordinates)} points, not 3 or more with numeric {shapes.x_attribute} / {shapes.y_attribute}"
+            table.problems.append(Quarantined(shape_where, reason, kind="invalid_annotation"))
+            continue
+        table.add(image, ParsedBox(label, shape_where, polygons=(tuple(coordinates),)))
+
+
+def parse_xml_polygons_file(root: Path, settings: BoxAnnotations) -> BoxTable:
+    """One XML for many images: each ``xml.image_path`` element names its image by
+    ``xml.image_attribute`` (filled into ``path_template`` as {id}) and holds its shapes."""
+    xml_file, shapes = settings.file or "", settings.xml
+    table = BoxTable(xml_file)
+    document = _read_xml(root, xml_file, table, "polygon annotation file")
+    if document is None:
+        return table
+    for number, element in enumerate(document.findall(shapes.image_path or ""), start=1):
+        where = f"{xml_file} image {number}"
+        name = (element.get(shapes.image_attribute or "") or "").strip()
+        try:
+            image = contained_path(settings.image_root, settings.path_template.format(id=name)) if name else None
+        except (KeyError, IndexError, ValueError):
+            image = None
+        if image is None:
+            reason = f"image element has no usable {shapes.image_attribute!r} attribute (or it points outside the source)"
+            table.problems.append(Quarantined(where, reason, kind="invalid_annotation"))
+            continue
+        table.note_image(image, where)
+        _xml_shapes(table, shapes, settings.fixed_label, element, image, where)
+    return table
+
+
+def parse_xml_polygons(root: Path, image_paths: list[str], settings: BoxAnnotations) -> BoxTable:
+    """One XML per image, found by ``annotation_template`` (ASAP / CAMELYON); an image without
+    one has no annotation."""
+    template = settings.annotation_template or ""
+    table = BoxTable(template)
+    for image_path in image_paths:
+        xml_file = annotation_file_for(template, image_path)
+        table.note_image(image_path, image_path)
+        if not (root / xml_file).is_file():
+            continue
+        document = _read_xml(root, xml_file, table, f"polygon annotation file of {image_path}")
+        if document is not None:
+            _xml_shapes(table, settings.xml, settings.fixed_label, document, image_path, xml_file)
+    return table
+
+
 def parse_listed(root: Path, settings: BoxAnnotations) -> BoxTable:
-    """The table-driven formats (coco, csv, circles, keyed_json): every image the file names."""
+    """The formats whose file lists the images (coco, csv, circles, keyed_json, xml_polygons
+    with one file): every image the file names."""
     if settings.format == "coco":
         return parse_coco(root, settings.file or "", settings.image_root)
     if settings.format == "keyed_json":
         return parse_keyed_json(root, settings)
+    if settings.format == "xml_polygons":
+        return parse_xml_polygons_file(root, settings)
     return parse_table(root, settings)
 
 
 def parse_for_images(root: Path, settings: BoxAnnotations, image_paths: list[str]) -> BoxTable:
-    """The per-image formats (yolo, voc): the annotation files of the given images."""
+    """The per-image formats (yolo, voc, xml_polygons by template): the annotation files of the given images."""
     if settings.format == "voc":
         return parse_voc(root, image_paths, settings.annotation_template or "")
+    if settings.format == "xml_polygons":
+        return parse_xml_polygons(root, image_paths, settings)
     class_names = load_class_names(root, settings)
     if isinstance(class_names, Quarantined):
         table = BoxTable(settings.annotation_template or "")

@@ -48,7 +48,6 @@ from medtrinity_assets.sources.image_common import (
 )
 from medtrinity_assets.sources.label_state import FINDING
 
-LISTED_FORMATS = ("coco", "csv", "circles", "keyed_json")  # the annotation file names its images
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 # --------------------------------------------------------------------------- decoding
@@ -156,7 +155,7 @@ def read(ctx: IngestContext) -> IngestStream:
     spec = ctx.spec
     layout: BoxesLayout = spec.layout
     settings = layout.boxes
-    if settings.format in LISTED_FORMATS:
+    if settings.listed:
         table = parse_listed(ctx.root, settings)
         if layout.image_glob:
             # Images no row names are kept too (as images without finding).
@@ -192,7 +191,7 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
     box never silently disappears (covid-chestxray: a lung box of an image that is absent).
     """
     settings = ctx.spec.extra_boxes
-    listed = settings.format in LISTED_FORMATS
+    listed = settings.listed
     table = parse_listed(ctx.root, settings) if listed else None
     if table is not None:
         yield from table.problems

@@ -16,12 +16,39 @@ from pydantic import Field, model_validator
 from medtrinity_assets.catalog.layouts.common import Strict
 
 
+class XmlShapes(Strict):
+    """Where polygons are in an XML file of any schema, by ElementTree paths (its XPath subset:
+    "Annotations/Annotation[@Type='Polygon']", ".//Shape[@Type='Polygon']").
+
+    ASAP / CAMELYON: shape_path ".//Annotation[@Type='Polygon']", point_path
+    "Coordinates/Coordinate", label_attribute "PartOfGroup", order_attribute "Order".
+    """
+
+    # Each shape element, searched from the document root (or from each image element).
+    shape_path: str
+    # Each point element, searched from its shape; its coordinates in pixels of the image.
+    point_path: str
+    x_attribute: str = "X"
+    y_attribute: str = "Y"
+    # Label: this attribute of the shape, else the box spec's fixed_label.
+    label_attribute: Optional[str] = None
+    # Points are sorted by this attribute when the file numbers them (ASAP "Order").
+    order_attribute: Optional[str] = None
+    # One file for many images (the box spec's `file`): each image element, and the attribute
+    # naming its image (filled into path_template as {id}).
+    image_path: Optional[str] = None
+    image_attribute: Optional[str] = None
+
+
 class BoxAnnotations(Strict):
     # keyed_json: one JSON object keyed by image id, each value holding a list of boxes under
     # `boxes_key` (Kvasir-SEG kavsir_bboxes.json: {id: {height, width, bbox: [{label, xmin,
     # ymin, xmax, ymax}]}}); `box_columns` name the four coordinate keys, `label_column` the
     # label key, `path_template` the image of an id; `height` / `width` keys are checked.
-    format: Literal["coco", "yolo", "voc", "csv", "circles", "keyed_json"]
+    # xml_polygons: polygons in XML of any schema, located by the `xml` block; one XML per image
+    # (annotation_template) or one for all (file, with xml.image_path / image_attribute). The
+    # polygons are contours: grounding rasterizes each into a mask ROI.
+    format: Literal["coco", "yolo", "voc", "csv", "circles", "keyed_json", "xml_polygons"]
     # coco / keyed_json: the JSON file; csv / circles: the table file.
     file: Optional[str] = None
     # coco / csv / circles: folder the table's image names are relative to.
@@ -81,6 +108,13 @@ class BoxAnnotations(Strict):
     # grounding matches them to the mask components and records the agreement; they are
     # never ROIs or findings of their own. Only for the extra_boxes overlay.
     role: Literal["roi", "reference"] = "roi"
+    # xml_polygons: where the shapes, points and labels are.
+    xml: Optional[XmlShapes] = None
+
+    @property
+    def listed(self) -> bool:
+        """Whether the annotation file lists the images (else each image has its own file)."""
+        return self.format in ("coco", "csv", "circles", "keyed_json") or (self.format == "xml_polygons" and bool(self.file))
 
     @model_validator(mode="after")
     def _needs(self) -> "BoxAnnotations":
@@ -103,6 +137,17 @@ class BoxAnnotations(Strict):
             raise ValueError("box format 'keyed_json' needs 'label_column' or 'fixed_label'")
         if fmt == "circles" and (len(self.center_columns) != 2 or not self.radius_column):
             raise ValueError("box format 'circles' needs two 'center_columns' and 'radius_column'")
+        if fmt == "xml_polygons":
+            if self.xml is None:
+                raise ValueError("box format 'xml_polygons' needs the 'xml' block (shape_path, point_path...)")
+            if bool(self.file) == bool(self.annotation_template):
+                raise ValueError("box format 'xml_polygons' needs either 'file' (one XML) or 'annotation_template' (one per image)")
+            if self.file and not (self.xml.image_path and self.xml.image_attribute):
+                raise ValueError("xml_polygons with one 'file' needs xml.image_path and xml.image_attribute")
+            if not (self.xml.label_attribute or self.fixed_label):
+                raise ValueError("box format 'xml_polygons' needs xml.label_attribute or 'fixed_label'")
+        elif self.xml is not None:
+            raise ValueError("the 'xml' block is for box format 'xml_polygons'")
         table_options = {
             "preamble_until": self.preamble_until, "row_regex": self.row_regex, "column_labels": self.column_labels,
             "column_fields": self.column_fields, "rows_without_coordinates": self.rows_without_coordinates != "report",
@@ -140,8 +185,8 @@ class BoxesLayout(Strict):
 
     @model_validator(mode="after")
     def _needs_images(self) -> "BoxesLayout":
-        if self.boxes.format in ("yolo", "voc") and not self.image_glob:
-            raise ValueError(f"layout.image_glob is needed for box format '{self.boxes.format}'")
+        if not self.boxes.listed and not self.image_glob:
+            raise ValueError(f"layout.image_glob is needed for box format '{self.boxes.format}' with one file per image")
         if self.boxes.format == "coco":
             raise ValueError("COCO files use layout family 'coco'")
         if self.boxes.role != "roi":
