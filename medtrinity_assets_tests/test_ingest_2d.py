@@ -318,7 +318,8 @@ def test_image_csv_rows_labels_modality_and_bad_rows(tmp_path, ingest):
         ("images/c.png", "modality 'Ultrasound' (column modality) is not in modality_map"),
         ("images/missing.png", "metadata row names an absent image: listed in meta.csv but file is absent"),
         ("images/é.png", "image has no metadata row in meta.csv"),
-        ("meta.csv:7", "non-UTF-8 text in metadata (id or path field cannot be decoded)"),
+        ("meta.csv:7", "meta.csv line 7: row holds bytes that are not valid utf-8; "
+                       "declare the publisher's encoding in the spec (encoding: latin-1, cp1252, ...)"),
     ]
 
 
