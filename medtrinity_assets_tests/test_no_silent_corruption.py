@@ -260,7 +260,24 @@ def new_slice_with_short_pixel_data(root: Path) -> str:
     return "slice_new.dcm"
 
 
-@pytest.mark.parametrize("break_slice", [cut_in_half, new_slice_with_short_pixel_data])
+def compressed_copy_cut_in_half(root: Path) -> str:
+    """An RLE-compressed copy of a slice (new SOPInstanceUID) cut off inside its pixel data."""
+    import io
+
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(root / "slice_02.dcm")
+    ds.SOPInstanceUID = f"{SERIES_UID}.98"
+    ds.compress(RLELossless)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    whole = buffer.getvalue()
+    (root / "slice_rle.dcm").write_bytes(whole[: len(whole) - 200])
+    return "slice_rle.dcm"
+
+
+@pytest.mark.parametrize("break_slice", [cut_in_half, new_slice_with_short_pixel_data, compressed_copy_cut_in_half])
 def test_broken_slice_added_to_a_series_changes_no_record_id_and_is_quarantined(tmp_path, break_slice):
     root = tmp_path / "src"
     write_ct_series(root, [0.0, 5.0, 10.0, -5.0, 15.0])

@@ -246,7 +246,10 @@ def check_is_image(header: DicomHeader) -> None:
     if header.modality in NON_IMAGE_MODALITIES:
         raise NotAnImageObject(f"not an image object (Modality={header.modality}): nothing to describe")
     if not header.has_pixels:
-        raise NotAnImageObject(f"not an image object (Modality={header.modality}): the file has no pixel data")
+        # Compressed pixel data cut off before its end is dropped by the parser: say so too.
+        raise NotAnImageObject(
+            f"not an image object (Modality={header.modality}): the file has no pixel data (or ends inside it)"
+        )
 
 
 def pixel_data_problem(ds: Dataset) -> Optional[str]:
@@ -259,20 +262,20 @@ def pixel_data_problem(ds: Dataset) -> Optional[str]:
     element = ds.get_item("PixelData", keep_deferred=True)
     if element is None:
         return None  # no image: check_is_image says so
+    syntax = (getattr(ds, "file_meta", None) or {}).get("TransferSyntaxUID")
+    if (syntax is not None and syntax.is_encapsulated) or getattr(element, "length", None) == 0xFFFFFFFF:
+        return None  # compressed, parsed to its delimiter: whole as far as the header can tell
     if isinstance(element, RawDataElement):
-        if element.length == 0xFFFFFFFF:
-            return None  # encapsulated, parsed to its delimiter: whole as far as the header can tell
-        in_file = Path(ds.filename).stat().st_size - element.value_tell
-        if element.length > in_file:
-            return (
-                f"pixel data cut short: the header announces {element.length} bytes, "
-                f"the file ends after {max(in_file, 0)} (a truncated copy)"
-            )
+        # A deflated file is parsed from its inflated copy: positions are not file offsets.
+        if not (syntax is not None and syntax.is_deflated):
+            in_file = Path(ds.filename).stat().st_size - element.value_tell
+            if element.length > in_file:
+                return (
+                    f"pixel data cut short: the header announces {element.length} bytes, "
+                    f"the file ends after {max(in_file, 0)} (a truncated copy)"
+                )
         length = element.length
     else:
-        syntax = (getattr(ds, "file_meta", None) or {}).get("TransferSyntaxUID")
-        if syntax is not None and syntax.is_encapsulated:
-            return None
         length = len(element.value or b"")
     try:
         expected = get_expected_length(ds, "bytes")
