@@ -101,6 +101,14 @@ def test_declared_label_values_map_each_value_to_its_finding(tmp_path):
         np.testing.assert_array_equal(by_label[label], (mask == value).astype(np.uint8))
 
 
+def test_binarize_is_refused_where_masks_are_not_binary():
+    from pydantic import ValidationError
+
+    for extra in ({"label_values": {1: "tumor"}}, {"instances": True}):
+        with pytest.raises(ValidationError, match="binarize applies to binary masks"):
+            build_spec(layout={**MASK_LAYOUT, **extra, "binarize": "any_nonzero"})
+
+
 # ---------------------------------------------------------------- text encodings
 
 LABEL = "Ménétrier disease"
@@ -277,6 +285,8 @@ def compressed_copy_cut_in_half(root: Path) -> str:
     return "slice_rle.dcm"
 
 
+# pydicom warns on the compressed copy's missing delimiter: that file is the point of the test.
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
 @pytest.mark.parametrize("break_slice", [cut_in_half, new_slice_with_short_pixel_data, compressed_copy_cut_in_half])
 def test_broken_slice_added_to_a_series_changes_no_record_id_and_is_quarantined(tmp_path, break_slice):
     root = tmp_path / "src"
