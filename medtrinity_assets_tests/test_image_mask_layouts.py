@@ -108,7 +108,10 @@ def test_mask_threshold_decides_what_grey_is_inside(tmp_path):
     mask[10:16, 10:20] = 100  # the annotator's "uncertain" grey
     save(root / "img" / "a.png", photo((20, 30)))
     save(root / "gt" / "a.png", mask)
-    layout = {"family": "image_mask", "image_glob": "img/*.png", "mask_replace": [{"old": "img/", "new": "gt/"}]}
+    layout = {
+        "family": "image_mask", "image_glob": "img/*.png", "mask_replace": [{"old": "img/", "new": "gt/"}],
+        "binarize": "threshold",
+    }
     for threshold, expected in ((128, mask == 255), (90, mask >= 90)):
         ctx, records, _ = run_layout(tmp_path / str(threshold), root, {**layout, "mask_threshold": threshold})
         (annotation,) = annotations_of(records["img/a.png"])

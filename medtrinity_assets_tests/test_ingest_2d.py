@@ -166,7 +166,9 @@ def test_read_mask_miccai_text_format(tmp_path):
     labels = np.array([[0, 0, 0, 0, 0], [0, 1, 1, 0, 0], [1, 1, 2, 0, 0], [0, 2, 2, 2, 0]])
     (tmp_path / "m.txt").write_text("5 4\n" + "\n".join(str(v) for v in labels.ravel()) + "\n")
     np.testing.assert_array_equal(read_mask(tmp_path / "m.txt", binarize=False), labels)
-    np.testing.assert_array_equal(read_mask(tmp_path / "m.txt", binarize=True), (labels > 0).astype(np.uint8))
+    np.testing.assert_array_equal(
+        read_mask(tmp_path / "m.txt", binarize=True, rule="any_nonzero"), (labels > 0).astype(np.uint8)
+    )
     (tmp_path / "short.txt").write_text("5 4\n0\n1\n")
     with pytest.raises(ImageReadError, match="20 values, file has 2"):
         read_mask(tmp_path / "short.txt", binarize=False)
@@ -316,7 +318,8 @@ def test_image_csv_rows_labels_modality_and_bad_rows(tmp_path, ingest):
         ("images/c.png", "modality 'Ultrasound' (column modality) is not in modality_map"),
         ("images/missing.png", "metadata row names an absent image: listed in meta.csv but file is absent"),
         ("images/é.png", "image has no metadata row in meta.csv"),
-        ("meta.csv:7", "non-UTF-8 text in metadata (id or path field cannot be decoded)"),
+        ("meta.csv:7", "meta.csv line 7: row holds bytes that are not valid utf-8; "
+                       "declare the publisher's encoding in the spec (encoding: latin-1, cp1252, ...)"),
     ]
 
 

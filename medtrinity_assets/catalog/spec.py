@@ -7,6 +7,7 @@ parameters that family needs to read the files exactly as the publisher ships th
 
 from __future__ import annotations
 
+import codecs
 import re
 from typing import Annotated, Literal, Optional, Union
 
@@ -327,12 +328,26 @@ class SourceSpec(Strict):
     # DICOM BurnedInAnnotation; "keep" flags them "burned_in_text_kept" (shown, not held back),
     # for a source whose every image carries the same harmless marker (a probe logo, a scale bar).
     burned_in_text: Literal["hold_back", "keep"] = "hold_back"
+    # Text encoding of the publisher's tables and text files (label CSVs, caption tables, box
+    # tables, class-name lists): "latin-1", "cp1252"... A UTF-8 byte-order mark is dropped.
+    # A row with bytes that are not valid in it is quarantined (bad_label), never read with
+    # U+FFFD in place of its letters.
+    encoding: str = "utf-8"
 
     @field_validator("id")
     @classmethod
     def _id_is_slug(cls, value: str) -> str:
         if not SOURCE_ID.match(value):
             raise ValueError("must be lower-case letters, digits and '_', starting with a letter")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"{value!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)") from None
         return value
 
     @field_validator("organs", "diseases")

@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
@@ -132,18 +133,27 @@ def functional_group_value(ds: Dataset, group: str, keyword: str, frame: Optiona
     return None
 
 
+# Values larger than this are left in the file when only the header is wanted: their place and
+# length are noted, which is what ``pixel_data_problem`` checks.
+DEFERRED_VALUE_BYTES = 4096
+
+
 def read_dicom(path: Path, with_pixels: bool = True) -> Dataset:
-    """Parse a DICOM file; an empty file gets a clear error instead of pydicom's EOF."""
+    """Parse a DICOM file; an empty file gets a clear error instead of pydicom's EOF.
+
+    ``with_pixels=False`` reads the header without loading the pixel data, whose place and
+    length in the file stay known (``pixel_data_problem``)."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
+    options = {} if with_pixels else {"defer_size": DEFERRED_VALUE_BYTES}
     try:
-        return pydicom.dcmread(path, stop_before_pixels=not with_pixels)
+        return pydicom.dcmread(path, **options)
     except pydicom.errors.InvalidDicomError:
         # Older writers (RT planning systems especially) omit the 128-byte preamble and file
         # meta: read the bare dataset, but only accept it if it names its SOP class, so that
         # a text or image file forced through the parser is still rejected.
-        ds = pydicom.dcmread(path, stop_before_pixels=not with_pixels, force=True)
+        ds = pydicom.dcmread(path, force=True, **options)
         if "SOPClassUID" not in ds:
             raise
         return ds
@@ -227,17 +237,53 @@ def _frame_positions(ds: Dataset, n_frames: int) -> Optional[tuple[tuple[float, 
     return tuple(positions)
 
 
-def check_is_image(header: DicomHeader, pixels_read: bool = True) -> None:
-    """Raise ``NotAnImageObject`` for objects without an image; ``pixels_read=False`` when the
-    header was read with ``stop_before_pixels`` (pixel presence is then checked on decode)."""
+def check_is_image(header: DicomHeader) -> None:
+    """Raise ``NotAnImageObject`` for objects without an image."""
     if header.modality in ANNOTATION_MODALITIES:
         raise NotAnImageObject(
             f"not an image object (Modality={header.modality}): an annotation object, read as ROIs of the images it references"
         )
     if header.modality in NON_IMAGE_MODALITIES:
         raise NotAnImageObject(f"not an image object (Modality={header.modality}): nothing to describe")
-    if pixels_read and not header.has_pixels:
-        raise NotAnImageObject(f"not an image object (Modality={header.modality}): the file has no pixel data")
+    if not header.has_pixels:
+        # Compressed pixel data cut off before its end is dropped by the parser: say so too.
+        raise NotAnImageObject(
+            f"not an image object (Modality={header.modality}): the file has no pixel data (or ends inside it)"
+        )
+
+
+def pixel_data_problem(ds: Dataset) -> Optional[str]:
+    """Why a file's pixel data cannot be whole, from its header alone (read with
+    ``with_pixels=False``), or None: the value runs past the end of the file (a copy cut short)
+    or holds fewer bytes than Rows x Columns x samples x bits x frames need. Encapsulated
+    (compressed) data cut short is dropped by the parser: the file then has no pixel data."""
+    from pydicom.pixels.utils import get_expected_length
+
+    element = ds.get_item("PixelData", keep_deferred=True)
+    if element is None:
+        return None  # no image: check_is_image says so
+    syntax = (getattr(ds, "file_meta", None) or {}).get("TransferSyntaxUID")
+    if (syntax is not None and syntax.is_encapsulated) or getattr(element, "length", None) == 0xFFFFFFFF:
+        return None  # compressed, parsed to its delimiter: whole as far as the header can tell
+    if isinstance(element, RawDataElement):
+        # A deflated file is parsed from its inflated copy: positions are not file offsets.
+        if not (syntax is not None and syntax.is_deflated):
+            in_file = Path(ds.filename).stat().st_size - element.value_tell
+            if element.length > in_file:
+                return (
+                    f"pixel data cut short: the header announces {element.length} bytes, "
+                    f"the file ends after {max(in_file, 0)} (a truncated copy)"
+                )
+        length = element.length
+    else:
+        length = len(element.value or b"")
+    try:
+        expected = get_expected_length(ds, "bytes")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None  # a header too incomplete to say: decoding reports it
+    if length < expected:
+        return f"pixel data holds {length} bytes, less than expected ({expected} bytes for its rows, columns, bits and frames)"
+    return None
 
 
 def _rescale(ds: Dataset, frame: Optional[int]) -> tuple[float, float, Optional[str]]:

@@ -26,6 +26,19 @@ class ImageReadError(ValueError):
         super().__init__(f"{path}: {cause}")
 
 
+class MaskValuesError(ValueError):
+    """A lossless mask read as binary holds more than one non-zero value: a class, id or
+    resampled mask the spec calls binary. ``values`` are its distinct values, sorted."""
+
+    def __init__(self, values: list[int]):
+        self.values = values
+        super().__init__(f"mask holds values {', '.join(str(v) for v in values)}")
+
+
+# How a binary mask's non-zero values count (layout.binarize of the image_mask family).
+BINARIZE_RULES = ("single_value", "threshold", "any_nonzero")
+
+
 def _check_not_empty(path: Path) -> None:
     if not path.is_file():
         raise ImageReadError(path, "file does not exist")
@@ -192,13 +205,17 @@ def read_mask(
     threshold: int = 128,
     colour_instances: bool = False,
     text_format: bool = False,
+    rule: str = "single_value",
 ) -> np.ndarray:
     """A 2D mask: uint8 0/1 when ``binarize``, else the integer labels as stored.
 
     Binarized: an RGB mask is reduced to its brightest channel (a lesion drawn in red is
-    still inside); grey >= ``threshold`` is inside. Lossy JPEG masks are always thresholded
-    (ringing leaves values near 0 and 255, never a clean 0/255); lossless masks whose largest
-    value is below the threshold are 0/1 or small-id masks, inside wherever non-zero.
+    still inside). Lossy JPEG masks are always thresholded, grey >= ``threshold`` inside
+    (ringing leaves values near 0 and 255, never a clean 0/255). Lossless masks follow
+    ``rule``: "single_value" (0 and one other value, 0/255, 0/1 or 0/38, inside wherever
+    non-zero; more values raise ``MaskValuesError``: thresholding {1, 2, 77, 200} would keep
+    the 200 region and drop the rest without a word), "threshold" (graded or anti-aliased
+    masks: grey >= ``threshold`` is inside) or "any_nonzero" (every non-zero value is inside).
 
     No speck removal: thresholding a JPEG-compressed 0/255 mask at mid-grey leaves no isolated
     islands (ringing stays far from 128, measured down to quality 15, also with blurred
@@ -242,6 +259,12 @@ def read_mask(
         return np.ascontiguousarray(labels)
     if labels.dtype == bool:
         return labels.astype(np.uint8)
-    if lossy or labels.max(initial=0) >= threshold:
+    if lossy or rule == "threshold":
         return (labels >= threshold).astype(np.uint8)
+    if rule == "single_value":
+        values = np.unique(labels)
+        if np.count_nonzero(values) > 1:
+            raise MaskValuesError([int(v) for v in values])
+    elif rule != "any_nonzero":
+        raise ValueError(f"rule {rule!r} is not one of {BINARIZE_RULES}")
     return (labels > 0).astype(np.uint8)

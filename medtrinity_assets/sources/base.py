@@ -70,7 +70,9 @@ def contained_path(*parts: str) -> str | None:
 
 
 def record_id_for(source_id: str, source_file: str, sequence: str | None, slice_index: int) -> str:
-    """Stable id: the same file and slice give the same id on every run."""
+    """Stable id: the same file and slice give the same id on every run. ``slice_index`` must be
+    the slice's place in its own file (-1 for a single image), never its place among other
+    files: adding or removing a file would then change ids it does not hold."""
     key = f"{source_id}\x1f{source_file}\x1f{sequence or ''}\x1f{slice_index}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
 
@@ -124,6 +126,7 @@ def make_record(
     view: str | None = None,
     laterality: str | None = None,
     frame_kind: str | None = None,
+    frame_in_file: int | None = None,
 ) -> dict:
     """Store the de-identified pixel array and return the RAW_RECORDS row for it.
 
@@ -132,6 +135,9 @@ def make_record(
     {"kind": "box", "label", "box": [x0, y0, x1, y1]} in pixel coordinates (x1, y1 exclusive),
     or {"kind": "contour", "label", "points": [[x, y], ...]}. ``source_text`` is the
     publisher's caption / question-answer text ({"captions": [...], "qa": [...]}).
+
+    ``frame_in_file``: the slice's place in ``source_file`` when ``slice_index`` is its place
+    among several files (a DICOM series, one file per slice: -1); it makes the record id.
 
     ``label_state`` (sources.label_state): the reader's reading of the spec's label rules; when
     None, a record with labels is a finding and one without is unknown, never normal. A
@@ -166,7 +172,9 @@ def make_record(
     pixels = np.asarray(pixels)
     _, pixel_ref = ctx.blobs.put_array("pixels", pixels)
     return {
-        "record_id": record_id_for(ctx.spec.id, source_file, sequence, slice_index),
+        "record_id": record_id_for(
+            ctx.spec.id, source_file, sequence, slice_index if frame_in_file is None else frame_in_file
+        ),
         "source_id": ctx.spec.id,
         "source_file": source_file,
         "sequence": sequence,

@@ -33,9 +33,12 @@ from medtrinity_assets.catalog.layouts.boxes import BoxAnnotations, XmlShapes
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.sources.base import Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
+    UNDECODABLE,
     clamp_box,
+    decode_publisher_text,
     rename_label,
     template_fields,
+    undecodable_reason,
 )
 
 # A delimiter of one space means "runs of whitespace" (MIAS Info.txt aligns with several spaces).
@@ -89,8 +92,8 @@ class BoxTable:
         self.note_image(image, parsed.where, row)
         self.boxes[image].append(parsed)
 
-    def problem(self, where: str, reason: str) -> None:
-        self.problems.append(Quarantined(where, reason))
+    def problem(self, where: str, reason: str, kind: str = "unreadable") -> None:
+        self.problems.append(Quarantined(where, reason, kind=kind))
 
 
 def _number(value) -> float | None:
@@ -199,22 +202,28 @@ def annotation_file_for(template: str, image_path: str) -> str:
     return posixpath.normpath(filled.lstrip("/"))
 
 
-def load_class_names(root: Path, settings: BoxAnnotations) -> dict[int, str] | Quarantined:
+def load_class_names(root: Path, settings: BoxAnnotations, encoding: str) -> dict[int, str] | Quarantined:
     """YOLO class index -> name, from ``class_names`` or ``class_names_file``.
 
     The file is either plain text, one name per line (classes.txt, obj.names), or an
-    Ultralytics data.yaml whose ``names`` is a list or an {index: name} mapping.
+    Ultralytics data.yaml whose ``names`` is a list or an {index: name} mapping, in the spec's
+    ``encoding``; a name that cannot be decoded in it makes the file unusable (every box's
+    label would shift or be wrong).
     """
     if settings.class_names:
         return dict(enumerate(settings.class_names))
     name_file = settings.class_names_file or ""
     path = root / name_file
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decode_publisher_text(path.read_bytes(), encoding)
     except FileNotFoundError:
         return Quarantined(name_file, "YOLO class names file is absent")
-    except (OSError, UnicodeDecodeError) as error:
+    except (OSError, LookupError) as error:
         return Quarantined(name_file, f"unreadable YOLO class names file: {error}")
+    bad = UNDECODABLE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        return Quarantined(name_file, undecodable_reason(name_file, line, encoding, "class name"), kind="bad_label")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             names = (yaml.safe_load(text) or {}).get("names")
@@ -306,19 +315,21 @@ def parse_voc(root: Path, image_paths: list[str], template: str) -> BoxTable:
 # --------------------------------------------------------------------------- tables (CSV, circles)
 
 
-def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable) -> list[tuple[int, dict[str, str]]]:
+def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable, encoding: str) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) pairs of the box table; [] with a problem when it cannot be read.
 
     Not image_common.read_csv_rows: box tables may be whitespace-aligned (MIAS), and a row with
     more fields than columns is reported here, never merged into its last field as a caption is.
+    A row with bytes invalid in ``encoding`` is reported (bad_label), an undecodable header
+    makes the table unusable.
     """
     path = root / (settings.file or "")
     try:
-        text = path.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff")
+        text = decode_publisher_text(path.read_bytes(), encoding)
     except FileNotFoundError:
         table.problem(table.source, "box table is absent")
         return []
-    except OSError as error:
+    except (OSError, LookupError) as error:
         table.problem(table.source, f"unreadable box table: {error}")
         return []
     if settings.preamble_until or settings.row_regex:
@@ -338,12 +349,19 @@ def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable) -> list[t
         if not lines:
             table.problem(table.source, "box table is empty")
             return []
-        header = [name.strip() for name in lines[0][1]]
+        number, names = lines[0]
+        if any(UNDECODABLE.search(name) for name in names):
+            table.problem(table.source, undecodable_reason(table.source, number, encoding, "header row"), kind="bad_label")
+            return []
+        header = [name.strip() for name in names]
         lines = lines[1:]
     else:
         header = list(settings.columns)
     rows = []
     for number, fields in lines:
+        if any(UNDECODABLE.search(value) for value in fields):
+            table.problem(f"{table.source}:{number}", undecodable_reason(table.source, number, encoding), kind="bad_label")
+            continue
         if len(fields) > len(header):
             table.problem(f"{table.source}:{number}", f"row has {len(fields)} fields, the table has {len(header)} columns")
             continue
@@ -434,7 +452,7 @@ def _to_xyxy(box_format: str, a: float, b: float, c: float, d: float) -> tuple[f
     return (a, b, c, d)
 
 
-def parse_table(root: Path, settings: BoxAnnotations) -> BoxTable:
+def parse_table(root: Path, settings: BoxAnnotations, encoding: str) -> BoxTable:
     """Box rows (format "csv") or circle rows (format "circles"); several rows per image.
 
     A row whose label is in ``empty_labels`` names an image without finding (RSNA Target 0,
@@ -444,7 +462,7 @@ def parse_table(root: Path, settings: BoxAnnotations) -> BoxTable:
     table = BoxTable(settings.file or "")
     circles = settings.format == "circles"
     coordinate_columns = [*settings.center_columns, settings.radius_column] if circles else list(settings.box_columns)
-    for line_number, row in _read_table(root, settings, table):
+    for line_number, row in _read_table(root, settings, table, encoding):
         where = f"{table.source}:{line_number}"
         image = _row_image(settings, row)
         if image is None:
@@ -620,7 +638,7 @@ def parse_xml_polygons(root: Path, image_paths: list[str], settings: BoxAnnotati
     return table
 
 
-def parse_listed(root: Path, settings: BoxAnnotations) -> BoxTable:
+def parse_listed(root: Path, settings: BoxAnnotations, encoding: str) -> BoxTable:
     """The formats whose file lists the images (coco, csv, circles, keyed_json, xml_polygons
     with one file): every image the file names."""
     if settings.format == "coco":
@@ -629,16 +647,16 @@ def parse_listed(root: Path, settings: BoxAnnotations) -> BoxTable:
         return parse_keyed_json(root, settings)
     if settings.format == "xml_polygons":
         return parse_xml_polygons_file(root, settings)
-    return parse_table(root, settings)
+    return parse_table(root, settings, encoding)
 
 
-def parse_for_images(root: Path, settings: BoxAnnotations, image_paths: list[str]) -> BoxTable:
+def parse_for_images(root: Path, settings: BoxAnnotations, image_paths: list[str], encoding: str) -> BoxTable:
     """The per-image formats (yolo, voc, xml_polygons by template): the annotation files of the given images."""
     if settings.format == "voc":
         return parse_voc(root, image_paths, settings.annotation_template or "")
     if settings.format == "xml_polygons":
         return parse_xml_polygons(root, image_paths, settings)
-    class_names = load_class_names(root, settings)
+    class_names = load_class_names(root, settings, encoding)
     if isinstance(class_names, Quarantined):
         table = BoxTable(settings.annotation_template or "")
         table.problems.append(class_names)

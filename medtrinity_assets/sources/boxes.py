@@ -156,13 +156,13 @@ def read(ctx: IngestContext) -> IngestStream:
     layout: BoxesLayout = spec.layout
     settings = layout.boxes
     if settings.listed:
-        table = parse_listed(ctx.root, settings)
+        table = parse_listed(ctx.root, settings, ctx.spec.encoding)
         if layout.image_glob:
             # Images no row names are kept too (as images without finding).
             for rel in iter_image_files(ctx.root, layout.image_glob):
                 table.note_image(rel, rel)
     else:
-        table = parse_for_images(ctx.root, settings, list(iter_image_files(ctx.root, layout.image_glob or "")))
+        table = parse_for_images(ctx.root, settings, list(iter_image_files(ctx.root, layout.image_glob or "")), ctx.spec.encoding)
     yield from table.problems
 
     for rel in table.boxes:
@@ -192,7 +192,7 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
     """
     settings = ctx.spec.extra_boxes
     listed = settings.listed
-    table = parse_listed(ctx.root, settings) if listed else None
+    table = parse_listed(ctx.root, settings, ctx.spec.encoding) if listed else None
     if table is not None:
         yield from table.problems
     yielded: set[str] = set()
@@ -207,7 +207,7 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
         image_table = table
         if image_table is None:
             # yolo / voc: the record's own annotation file, found by the template.
-            image_table = parse_for_images(ctx.root, settings, [rel])
+            image_table = parse_for_images(ctx.root, settings, [rel], ctx.spec.encoding)
             yield from image_table.problems
         if image_table.boxes.get(rel):
             annotations, labels, problems = boxes_on_image(

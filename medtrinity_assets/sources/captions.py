@@ -26,11 +26,15 @@ from medtrinity_assets.catalog.spec import CaptionsLayout
 from medtrinity_assets.imaging.deid_text import deidentify_text
 from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
+    UNDECODABLE,
+    UndecodableText,
     decode_image,
+    decode_publisher_text,
     image_record,
     path_labels,
     patient_id_for,
     read_csv_rows,
+    undecodable_reason,
 )
 
 ABSENT_IMAGE = "annotation rows name an absent image"
@@ -67,28 +71,46 @@ def iter_rows(ctx: IngestContext, layout: CaptionsLayout) -> Iterator[tuple[str,
     if not path.is_file():
         yield Quarantined(layout.annotations, "annotation file is absent")
         return
+    encoding = ctx.spec.encoding
     if layout.format == "csv":
         try:
-            _, rows, _ = read_csv_rows(path, layout.encoding, layout.delimiter, layout.columns or None)
+            _, rows, undecodable = read_csv_rows(path, encoding, layout.delimiter, layout.columns or None)
+        except UndecodableText as error:
+            reason = undecodable_reason(layout.annotations, error.line, encoding, "header row")
+            yield Quarantined(layout.annotations, reason, kind="bad_label")
+            return
         except (OSError, csv.Error, LookupError) as error:
             yield Quarantined(layout.annotations, f"unreadable annotation table: {error}")
             return
+        for line_number in undecodable:
+            reason = undecodable_reason(layout.annotations, line_number, encoding)
+            yield Quarantined(f"{layout.annotations}:{line_number}", reason, kind="bad_label")
         for line_number, row in rows:
             yield f"{layout.annotations}:{line_number}", row
         return
     try:
-        text = path.read_text(encoding=layout.encoding).lstrip("\ufeff")
-    except (OSError, UnicodeDecodeError, LookupError) as error:
+        text = decode_publisher_text(path.read_bytes(), encoding)
+    except (OSError, LookupError) as error:
         yield Quarantined(layout.annotations, f"unreadable annotation file: {error}")
         return
     if layout.format == "jsonl":
         for line_number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            if UNDECODABLE.search(line):
+                reason = undecodable_reason(layout.annotations, line_number, encoding)
+                yield Quarantined(f"{layout.annotations}:{line_number}", reason, kind="bad_label")
+                continue
             try:
                 yield f"{layout.annotations}:{line_number}", json.loads(line)
             except json.JSONDecodeError as error:
                 yield Quarantined(f"{layout.annotations}:{line_number}", f"line is not valid JSON: {error}")
+        return
+    bad = UNDECODABLE.search(text)
+    if bad:
+        # One JSON document: its rows have no lines of their own to quarantine one by one.
+        line = text.count("\n", 0, bad.start()) + 1
+        yield Quarantined(layout.annotations, undecodable_reason(layout.annotations, line, encoding, "the file"), kind="bad_label")
         return
     try:
         data = json.loads(text)

@@ -22,6 +22,7 @@ from medtrinity_assets.imaging.dicom_io import (
     NotAnImageObject,
     check_is_image,
     decode_frame,
+    pixel_data_problem,
     read_dicom,
     read_header,
 )
@@ -52,7 +53,7 @@ def _relative(ctx: IngestContext, path: Path) -> str:
     return path.relative_to(ctx.root).as_posix()
 
 
-def _burned_in(ctx: IngestContext, rel: str, header: DicomHeader, slice_index: int) -> Quarantined | list[str]:
+def _burned_in(ctx: IngestContext, rel: str, header: DicomHeader, frame_in_file: int) -> Quarantined | list[str]:
     """The record flags of an image, or its Quarantined when burned-in text is not wanted."""
     if not header.burned_in_annotation:
         return []
@@ -62,7 +63,7 @@ def _burned_in(ctx: IngestContext, rel: str, header: DicomHeader, slice_index: i
         rel,
         "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels; "
         "left out by layout.burned_in_annotation: quarantine (set 'flag' to keep it flagged)",
-        record_id_for(ctx.spec.id, rel, None, slice_index),
+        record_id_for(ctx.spec.id, rel, None, frame_in_file),
     )
 
 
@@ -89,6 +90,7 @@ def dicom_geometry(header: DicomHeader, frame: Optional[int], frame_kind: Option
 def _record(
     ctx: IngestContext, rel: str, header: DicomHeader, decoded, slice_index: int, slice_count: int,
     plane_masks: dict[str, np.ndarray] | None, flags: list[str], geometry: dict, annotated_volume: bool = False,
+    frame_in_file: int | None = None,
 ) -> dict:
     # A slice of an annotated series / multi-frame file cuts the annotation or is context.
     role = (ANNOTATED if plane_masks else CONTEXT) if annotated_volume else None
@@ -107,6 +109,7 @@ def _record(
         pixel_spacing_mm=header.pixel_spacing_mm,
         flags=flags,
         slice_role=role,
+        frame_in_file=frame_in_file,
         **geometry,
     )
 
@@ -209,7 +212,9 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
         for index in select_slices(count, presence, ctx.spec.slicing):
             path, header = ordered[index]
             rel = keys[index][0]
-            flags = _burned_in(ctx, rel, header, index)
+            # The id comes from the file alone (one slice per file: frame -1), the series order
+            # stays in slice_index: a file added to or removed from the series changes no id.
+            flags = _burned_in(ctx, rel, header, -1)
             if isinstance(flags, Quarantined):
                 yield flags
                 continue
@@ -220,10 +225,10 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                 )
                 yield _record(
                     ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags,
-                    dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None,
+                    dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None, frame_in_file=-1,
                 )
             except Exception as error:
-                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index))
+                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, -1))
 
 
 def _scan(ctx: IngestContext, files: Iterable[Path]):
@@ -234,16 +239,22 @@ def _scan(ctx: IngestContext, files: Iterable[Path]):
     for path in files:
         rel = _relative(ctx, path)
         try:
-            header = read_header(read_dicom(path, with_pixels=False))
+            ds = read_dicom(path, with_pixels=False)
+            header = read_header(ds)
             if header.modality in ANNOTATION_MODALITIES:
                 annotation_objects.append((rel, header.modality))
                 continue
-            check_is_image(header, pixels_read=False)
+            check_is_image(header)
+            # Checked before series are formed: a broken slice must not join (and renumber) one.
+            problem = pixel_data_problem(ds)
         except NotAnImageObject as error:
             yield Quarantined(rel, str(error))
             continue
         except Exception as error:
             yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")
+            continue
+        if problem:
+            yield Quarantined(rel, problem, kind="unreadable")
             continue
         images.append((path, header))
     return images, annotation_objects

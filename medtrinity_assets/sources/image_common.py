@@ -168,26 +168,48 @@ def clamp_box(box: list[float], width: int, height: int) -> list[int] | None:
 
 # --- metadata tables (label CSVs, caption TSVs) ------------------------------------------
 
-REPLACEMENT_CHAR = "\ufffd"
+# Bytes that are not valid in the declared encoding are decoded as lone surrogates
+# (surrogateescape): the table keeps its rows, and a row holding them is quarantined instead
+# of being read with U+FFFD in place of its letters (a label no reader can trust).
+UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+class UndecodableText(ValueError):
+    """A publisher file that cannot be used at all in its declared encoding: ``line`` (its
+    header row) holds bytes that are not valid in it."""
+
+    def __init__(self, line: int):
+        self.line = line
+        super().__init__(f"line {line} cannot be decoded")
+
+
+def decode_publisher_text(data: bytes, encoding: str) -> str:
+    """A publisher file's text in the spec's encoding, a byte-order mark dropped (Excel writes
+    one that would stick to the first header); invalid bytes are left for ``UNDECODABLE``."""
+    return data.decode(encoding, errors="surrogateescape").lstrip("\ufeff")
+
+
+def undecodable_reason(file: str, line: int, encoding: str, what: str = "row") -> str:
+    """The quarantine reason of a row (or file) with bytes invalid in the declared encoding;
+    never the text itself."""
+    return (
+        f"{file} line {line}: {what} holds bytes that are not valid {encoding}; "
+        "declare the publisher's encoding in the spec (encoding: latin-1, cp1252, ...)"
+    )
 
 
 def read_csv_rows(
     path: Path, encoding: str, delimiter: str = ",", columns: list[str] | None = None
-) -> tuple[list[str], list[tuple[int, dict[str, str]]], bool]:
-    """Header, (line number, row) pairs, and whether undecodable bytes were replaced.
+) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[int]]:
+    """Header, (line number, row) pairs, and the line numbers of rows that cannot be decoded.
 
     ``columns`` names the fields of a file without header row (ROCO's captions.txt); a row with
     more fields than names keeps the surplus in its last field, since a caption may hold the
-    delimiter. A wrongly declared encoding must not lose the whole file: it is re-read with
-    undecodable bytes replaced (U+FFFD), and the caller drops only rows whose key fields carry them.
+    delimiter. A row with bytes that are not valid in ``encoding`` is left out and its line
+    listed, so the caller quarantines it and the rest of the table is read; a header row that
+    cannot be decoded raises ``UndecodableText``: no column can then be trusted.
     """
-    try:
-        text = path.read_text(encoding=encoding)
-        replaced = False
-    except UnicodeDecodeError:
-        text = path.read_text(encoding=encoding, errors="replace")
-        replaced = True
-    text = text.lstrip("\ufeff")  # Excel writes a BOM that would stick to the first header
+    text = decode_publisher_text(path.read_bytes(), encoding)
     # Tab-separated files are not quoted by their publishers; a caption opening with a quote
     # mark must not swallow the lines after it.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -197,15 +219,21 @@ def read_csv_rows(
         header = list(columns)
     else:
         header = [name.strip() for name in next(reader, [])]
+        if any(UNDECODABLE.search(name) for name in header):
+            raise UndecodableText(reader.line_num)
     rows = []
+    undecodable = []
     for fields in reader:
         if not any(field.strip() for field in fields):
             continue  # blank line
+        if any(UNDECODABLE.search(field) for field in fields):
+            undecodable.append(reader.line_num)
+            continue
         if columns and len(fields) > len(header):
             fields = [*fields[: len(header) - 1], delimiter.join(fields[len(header) - 1 :])]
         row = dict(zip(header, fields))
         rows.append((reader.line_num, row))  # line where the row ends, for error messages
-    return header, rows, replaced
+    return header, rows, undecodable
 
 
 def template_fields(template: str) -> list[str]:

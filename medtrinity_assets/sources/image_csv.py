@@ -12,7 +12,7 @@ that text and never stored. ``metadata_columns`` fill ``view``, ``sex`` and ``ag
 
 What cannot be used is quarantined, one entry per row or file, so the table and the folder can
 be reconciled from the quarantine alone: a row naming an absent image ("metadata row names an
-absent image"), an id matching several files, an unmapped modality, an undecodable id, and
+absent image"), an id matching several files, an unmapped modality, a row with bytes invalid in the spec's ``encoding``, and
 (unless ``unlisted_images: ignore``) every image file no row names ("image has no metadata row").
 """
 
@@ -28,7 +28,7 @@ from medtrinity_assets.catalog.spec import ImageCsvLayout, SourceSpec
 from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined, contained_path
 from medtrinity_assets.sources.publisher_text import row_known_identifiers, row_metadata, row_source_text
 from medtrinity_assets.sources.image_common import (
-    REPLACEMENT_CHAR,
+    UndecodableText,
     decode_image,
     image_record,
     iter_image_files,
@@ -38,6 +38,7 @@ from medtrinity_assets.sources.image_common import (
     says_normal,
     template_fields,
     template_glob,
+    undecodable_reason,
 )
 from medtrinity_assets.sources.label_state import decide_label_state
 
@@ -178,10 +179,15 @@ def read(ctx: IngestContext) -> IngestStream:
         yield Quarantined(layout.csv, "label CSV is absent")
         return
     try:
-        header, rows, _ = read_csv_rows(csv_path, layout.csv_encoding, layout.delimiter)
+        header, rows, undecodable = read_csv_rows(csv_path, spec.encoding, layout.delimiter)
+    except UndecodableText as error:
+        yield Quarantined(layout.csv, undecodable_reason(layout.csv, error.line, spec.encoding, "header row"), kind="bad_label")
+        return
     except (OSError, csv.Error, LookupError) as error:
         yield Quarantined(layout.csv, f"unreadable CSV: {error}")
         return
+    for line_number in undecodable:
+        yield Quarantined(f"{layout.csv}:{line_number}", undecodable_reason(layout.csv, line_number, spec.encoding), kind="bad_label")
 
     template = layout.path_template
     path_fields = [name for name in template_fields(template) if name != "id"] if template else []
@@ -202,10 +208,6 @@ def read(ctx: IngestContext) -> IngestStream:
     line_of_path: dict[str, int] = {}
     for line_number, row in rows:
         row_ref = f"{layout.csv}:{line_number}"
-        key_values = [row.get(layout.id_column) or "", *(row.get(f) or "" for f in path_fields)]
-        if any(REPLACEMENT_CHAR in value for value in key_values):
-            yield Quarantined(row_ref, "non-UTF-8 text in metadata (id or path field cannot be decoded)")
-            continue
         image_id = (row.get(layout.id_column) or "").strip()
         if not image_id:
             yield Quarantined(row_ref, f"empty {layout.id_column!r} field")

@@ -28,7 +28,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from medtrinity_assets.catalog.spec import ImageMaskLayout
-from medtrinity_assets.imaging.image_io import ImageReadError, read_mask
+from medtrinity_assets.imaging.image_io import ImageReadError, MaskValuesError, read_mask
 from medtrinity_assets.sources.base import (
     IngestContext,
     IngestStream,
@@ -59,6 +59,19 @@ class MaskPlan:
 
 class MaskProblem(Exception):
     """A mask that makes its image unusable; the message is the quarantine reason."""
+
+    def __init__(self, reason: str, kind: str = "unreadable"):
+        super().__init__(reason)
+        self.kind = kind  # quarantine kind (sources.base.QUARANTINE_KINDS)
+
+
+# At most this many distinct values are named in a reason; a resampled mask can hold 200.
+NAMED_VALUES = 8
+
+
+def _value_list(values: list) -> str:
+    shown = ", ".join(str(v) for v in values[:NAMED_VALUES])
+    return shown + (f" and {len(values) - NAMED_VALUES} more" if len(values) > NAMED_VALUES else "")
 
 
 def apply_replacements(path: str, rules) -> str:
@@ -149,7 +162,14 @@ def _read_one_mask(ctx: IngestContext, layout: ImageMaskLayout, path: str, image
             threshold=layout.mask_threshold,
             colour_instances=layout.instances,
             text_format=layout.instance_format == "miccai_txt",
+            rule=layout.binarize,
         )
+    except MaskValuesError as error:
+        raise MaskProblem(
+            f"binary mask {path} holds values {_value_list(error.values)}, not 0 and one other value: "
+            "declare layout.label_values (value -> finding) or layout.binarize (threshold, any_nonzero)",
+            kind="invalid_annotation",
+        ) from None
     except ImageReadError as error:
         raise MaskProblem(f"unreadable mask {path}: {error.cause}") from None
     except Exception as error:  # a decoder bug on one file must not stop the source
@@ -189,8 +209,9 @@ def _class_annotations(ctx: IngestContext, layout: ImageMaskLayout, mask: np.nda
     if unknown:
         known = ", ".join(str(v) for v in sorted(layout.label_values))
         raise MaskProblem(
-            f"mask {path} holds values {', '.join(unknown)} that are neither label_values ({known}) "
-            f"nor background_value ({layout.background_value})"
+            f"mask {path} holds values {_value_list(unknown)} that are neither label_values ({known}) "
+            f"nor background_value ({layout.background_value})",
+            kind="invalid_annotation",
         )
     present = set(values.tolist())
     annotations = []
@@ -238,7 +259,7 @@ def read(ctx: IngestContext) -> IngestStream:
             plans = planned_masks(layout, image_path, match)
         except MaskProblem as problem:
             found_any = True
-            yield Quarantined(image_path, str(problem))
+            yield Quarantined(image_path, str(problem), kind=problem.kind)
             continue
         if not layout.instance_files and any(plan.path == image_path for plan in plans):
             continue  # the glob also matched a mask: the pairing rule maps it onto itself
@@ -269,7 +290,7 @@ def read(ctx: IngestContext) -> IngestStream:
                     # An annotated lesion is a finding of its image, whatever its folder says.
                     labels += [annotation["label"] for annotation in found]
         except MaskProblem as problem:
-            yield Quarantined(image_path, str(problem))
+            yield Quarantined(image_path, str(problem), kind=problem.kind)
             continue
         yield image_record(
             ctx,

@@ -56,8 +56,8 @@ class ImageMaskLayout(Strict):
     (template with {stem}, {name}, {parent}, {suffix} and the named groups of ``image_regex``),
     or ``masks`` (several masks per image, each with its own label).
 
-    Encodings: binary (PNG/GIF/BMP/TIFF, grey or RGB, lossless or JPEG: grey >= mask_threshold
-    is inside; 0/1 masks: non-zero is inside); multi-class (``label_values``: each value its own
+    Encodings: binary (PNG/GIF/BMP/TIFF, grey or RGB: 0 and one other value, or as ``binarize``
+    says; JPEG: grey >= mask_threshold is inside); multi-class (``label_values``: each value its own
     annotation; a value that is neither a label nor background quarantines the image); instance
     labels (``instances``: one annotation holding every object, with its instance count).
     """
@@ -75,8 +75,14 @@ class ImageMaskLayout(Strict):
     # Further masks of the same image, globbed beside the first mask; "{mask_stem}" is the
     # first mask's file stem (BUSI: "{mask_stem}_[0-9]*.png" finds "x_mask_1.png").
     extra_mask_glob: Optional[str] = None
-    # Binary masks stored as RGB or lossy JPEG (Kvasir-SEG): grey value >= threshold is inside.
+    # Binary masks stored as lossy JPEG (Kvasir-SEG), or lossless with binarize "threshold":
+    # grey value >= threshold is inside.
     mask_threshold: int = Field(128, ge=1, le=255)
+    # Lossless binary masks: "single_value" holds 0 and one other value (0/255, 0/1), and a
+    # mask with more values quarantines its image (declare label_values to map each value to a
+    # finding instead); "threshold": graded or anti-aliased masks, grey >= mask_threshold is
+    # inside; "any_nonzero": every non-zero value is inside (class or id masks as one region).
+    binarize: Literal["single_value", "threshold", "any_nonzero"] = "single_value"
     # Multi-class masks: pixel value -> finding label (REFUGE: {0: optic cup, 128: optic disc});
     # `background_value` is background; any other value present quarantines the image.
     label_values: dict[int, str] = Field(default_factory=dict)
@@ -114,6 +120,8 @@ class ImageMaskLayout(Strict):
             raise ValueError("layout.label_values applies to one mask per image; 'masks' entries carry their own labels")
         if self.extra_mask_glob and self.masks:
             raise ValueError("layout.extra_mask_glob globs beside the one mask of mask_replace/mask_template, not 'masks'")
+        if self.binarize != "single_value" and (self.label_values or (self.instances and not self.instance_files)):
+            raise ValueError("layout.binarize applies to binary masks, not to label_values or instance-label masks")
         if self.background_value in self.label_values:
             raise ValueError(f"layout.background_value {self.background_value} is also a key of label_values")
         return self

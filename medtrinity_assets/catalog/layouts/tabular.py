@@ -160,7 +160,6 @@ class ImageCsvLayout(Strict):
     path_template: Optional[str] = None
     path_index_glob: Optional[str] = None
     delimiter: str = ","
-    csv_encoding: str = "utf-8"
     # Multi-label: each column is a finding, present when its value is in flag_values.positive.
     label_columns: list[str] = Field(default_factory=list)
     # 0/1 columns whose positive value means the publisher found nothing (CheXpert "No Finding").
@@ -251,7 +250,6 @@ class CaptionsLayout(Strict):
     format: Literal["json", "jsonl", "csv"] = "json"
     records_key: Optional[str] = None  # e.g. "annotations"; None = the file is the list itself
     delimiter: str = ","
-    encoding: str = "utf-8"
     # For delimited files without a header row (ROCO captions.txt: "ROCO_00002<TAB>caption").
     columns: list[str] = Field(default_factory=list)
     image_field: str
