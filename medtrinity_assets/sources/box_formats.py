@@ -26,6 +26,7 @@ from xml.etree import ElementTree
 
 import yaml
 
+from medtrinity_assets.bounded_yaml import YamlLimitError, load_yaml_text
 from medtrinity_assets.catalog.layouts.boxes import BoxAnnotations
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.sources.base import Quarantined, contained_path
@@ -206,8 +207,8 @@ def load_class_names(root: Path, settings: BoxAnnotations) -> dict[int, str] | Q
         return Quarantined(name_file, f"unreadable YOLO class names file: {error}")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            names = (yaml.safe_load(text) or {}).get("names")
-        except (yaml.YAMLError, AttributeError) as error:
+            names = (load_yaml_text(text, name_file) or {}).get("names")
+        except (yaml.YAMLError, AttributeError, YamlLimitError) as error:
             return Quarantined(name_file, f"not a YOLO data.yaml: {error}")
         if isinstance(names, list):
             return {index: str(name) for index, name in enumerate(names)}
