@@ -28,6 +28,12 @@ from medtrinity_assets.catalog.layouts import (
     Strict,
 )
 from medtrinity_assets.imaging.geometry import normalize_laterality, normalize_view
+from medtrinity_assets.imaging.limits import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_VOLUME_VOXELS,
+    PixelLimits,
+)
 
 Access = Literal["open", "registration", "credentialed", "package"]
 AnnotationKind = Literal["mask", "box", "contour", "label", "caption", "vqa", "none"]
@@ -202,6 +208,23 @@ class Grounding(Strict):
     split: Literal["components", "whole"] = "components"
 
 
+class Limits(Strict):
+    """How much one file may make ingest decode, whatever its format (imaging.limits). Each
+    reader checks the size the header declares before decoding any pixel; a file over a limit
+    is quarantined "too_large". Raise them for a source whose images truly are larger."""
+
+    # One 2D image, frame or slice plane (TIFF page, Pillow image, DICOM Rows x Columns,
+    # NIfTI slice plane).
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    # Frames of a multi-frame DICOM (NumberOfFrames), slices of a NIfTI volume.
+    max_frames: int = Field(DEFAULT_MAX_FRAMES, ge=1)
+    # All pixels of one multi-frame file or volume (a label volume is read whole).
+    max_volume_voxels: int = Field(DEFAULT_MAX_VOLUME_VOXELS, ge=1)
+
+    def pixel_limits(self) -> PixelLimits:
+        return PixelLimits(self.max_image_pixels, self.max_frames, self.max_volume_voxels)
+
+
 class PackageFile(Strict):
     """A file that an installed Python package ships, copied into data/raw/<id>/ for the demo."""
 
@@ -267,6 +290,7 @@ class SourceSpec(Strict):
     slicing: Slicing = Field(default_factory=Slicing)
     intensity: Intensity = Field(default_factory=Intensity)
     grounding: Grounding = Field(default_factory=Grounding)
+    limits: Limits = Field(default_factory=Limits)
     # Per-file modality where one source mixes them: regex on the relative path -> modality.
     modality_by_path: dict[str, Modality] = Field(default_factory=dict)
     # Replace every folder and file name in the records' source_file by a salted hash (the file

@@ -20,12 +20,15 @@ from medtrinity_assets.imaging.dicom_io import (
     ANNOTATION_MODALITIES,
     DicomHeader,
     NotAnImageObject,
+    PixelDecodeError,
     check_is_image,
+    check_size,
     decode_frame,
     read_dicom,
     read_header,
 )
 from medtrinity_assets.imaging.geometry import dicom_axes, dicom_frame_kind
+from medtrinity_assets.imaging.limits import TooLarge
 from medtrinity_assets.imaging.slicing import select_slices
 from medtrinity_assets.sources.base import (
     IngestContext,
@@ -164,7 +167,12 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
                 annotated_volume=presence is not None and bool(np.any(presence)),
             )
         except Exception as error:
-            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index))
+            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index), kind=_decode_kind(error))
+
+
+def _decode_kind(error: Exception) -> str:
+    # A codec that is not installed is "unsupported"; a decoder that failed, "unreadable".
+    return error.kind if isinstance(error, PixelDecodeError) else "unreadable"
 
 
 def _series_order(members: list[tuple[Path, DicomHeader]]) -> list[tuple[Path, DicomHeader]]:
@@ -223,7 +231,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                     dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None,
                 )
             except Exception as error:
-                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index))
+                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index), kind=_decode_kind(error))
 
 
 def _scan(ctx: IngestContext, files: Iterable[Path]):
@@ -235,12 +243,17 @@ def _scan(ctx: IngestContext, files: Iterable[Path]):
         rel = _relative(ctx, path)
         try:
             header = read_header(read_dicom(path, with_pixels=False))
+            # Before any pixel is read, for images and SEG objects alike.
+            check_size(header, ctx.limits)
             if header.modality in ANNOTATION_MODALITIES:
                 annotation_objects.append((rel, header.modality))
                 continue
             check_is_image(header, pixels_read=False)
         except NotAnImageObject as error:
             yield Quarantined(rel, str(error))
+            continue
+        except TooLarge as error:
+            yield Quarantined(rel, str(error), kind="too_large")
             continue
         except Exception as error:
             yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")

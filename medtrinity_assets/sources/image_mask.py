@@ -60,6 +60,10 @@ class MaskPlan:
 class MaskProblem(Exception):
     """A mask that makes its image unusable; the message is the quarantine reason."""
 
+    def __init__(self, reason: str, kind: str = "unreadable"):
+        super().__init__(reason)
+        self.kind = kind  # the quarantine kind (sources.base.QUARANTINE_KINDS)
+
 
 def apply_replacements(path: str, rules) -> str:
     for rule in rules:
@@ -149,9 +153,11 @@ def _read_one_mask(ctx: IngestContext, layout: ImageMaskLayout, path: str, image
             threshold=layout.mask_threshold,
             colour_instances=layout.instances,
             text_format=layout.instance_format == "miccai_txt",
+            limits=ctx.limits,
         )
     except ImageReadError as error:
-        raise MaskProblem(f"unreadable mask {path}: {error.cause}") from None
+        what = "mask too large" if error.kind == "too_large" else "unreadable mask"
+        raise MaskProblem(f"{what} {path}: {error.cause}", error.kind) from None
     except Exception as error:  # a decoder bug on one file must not stop the source
         raise MaskProblem(f"unreadable mask {path}: {type(error).__name__}: {error}") from None
     if mask.shape[:2] != image_shape[:2]:
@@ -269,7 +275,7 @@ def read(ctx: IngestContext) -> IngestStream:
                     # An annotated lesion is a finding of its image, whatever its folder says.
                     labels += [annotation["label"] for annotation in found]
         except MaskProblem as problem:
-            yield Quarantined(image_path, str(problem))
+            yield Quarantined(image_path, str(problem), kind=problem.kind)
             continue
         yield image_record(
             ctx,
