@@ -27,6 +27,7 @@ from medtrinity_assets.catalog.layouts import (
     Replace,
     Strict,
 )
+from medtrinity_assets.imaging.deid import PatientKeyRule
 from medtrinity_assets.imaging.geometry import normalize_laterality, normalize_view
 from medtrinity_assets.imaging.limits import (
     DEFAULT_MAX_FRAMES,
@@ -34,6 +35,8 @@ from medtrinity_assets.imaging.limits import (
     DEFAULT_MAX_VOLUME_VOXELS,
     PixelLimits,
 )
+from medtrinity_assets.imaging.normalize import IntensityRule
+from medtrinity_assets.imaging.slicing import SliceRule
 
 Access = Literal["open", "registration", "credentialed", "package"]
 AnnotationKind = Literal["mask", "box", "contour", "label", "caption", "vqa", "none"]
@@ -153,6 +156,9 @@ class PatientRule(Strict):
             raise ValueError("patient.source 'column' needs 'column'")
         return self
 
+    def key_rule(self) -> PatientKeyRule:
+        return PatientKeyRule(self.source, self.folder_depth, self.pattern)
+
 
 Layout = Annotated[
     Union[
@@ -182,6 +188,9 @@ class Slicing(Strict):
     every_k: int = 8
     central_fraction: float = Field(0.8, gt=0, le=1)
     max_slices: int = Field(24, ge=1)
+
+    def slice_rule(self) -> SliceRule:
+        return SliceRule(self.rule, self.context, self.every_k, self.central_fraction, self.max_slices)
 
 
 class Intensity(Strict):
@@ -331,6 +340,12 @@ class SourceSpec(Strict):
         if self.access in ("registration", "credentialed") and not self.acquisition.instructions:
             raise ValueError(f"access '{self.access}' needs acquisition.instructions (what the user must do)")
         return self
+
+    def intensity_rule(self) -> IntensityRule:
+        return IntensityRule(
+            self.modality, tuple(self.organs), self.intensity.ct_window,
+            self.intensity.percentile_low, self.intensity.percentile_high,
+        )
 
     def modality_for(self, relative_path: str) -> str:
         for pattern, modality in self.modality_by_path.items():

@@ -341,6 +341,8 @@ def _decode_error(ds: Dataset, error: Exception) -> PixelDecodeError:
         decoder = get_decoder(syntax)
     except (NotImplementedError, TypeError, ValueError):
         return PixelDecodeError(f"cannot decode pixel data ({name}): pydicom has no decoder for this transfer syntax", "unsupported")
+    if decoder.is_native:  # uncompressed: pydicom itself reads it, no codec involved
+        return PixelDecodeError(f"cannot decode pixel data ({name}): {type(error).__name__}: {detail}")
     # "gdcm - requires gdcm>=3.0.10" -> "gdcm (requires gdcm>=3.0.10)"
     missing = "; ".join(item.replace(" - ", " (", 1) + ")" for item in decoder.missing_dependencies)
     if not decoder.available_plugins:

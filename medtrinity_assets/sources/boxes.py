@@ -113,7 +113,7 @@ def _record(
 ) -> dict:
     spec = ctx.spec
     if spec.patient.source == "dicom":
-        patient = patient_identifier(spec.patient, rel, image.dicom_patient_id)
+        patient = patient_identifier(spec.patient.key_rule(), rel, image.dicom_patient_id)
     else:
         patient = patient_id_for(spec, rel, row)
     return make_record(

@@ -99,7 +99,7 @@ def _record(
         ctx,
         source_file=rel,
         pixels=decoded.pixels,
-        patient_id=patient_identifier(ctx.spec.patient, rel, header.patient_id),
+        patient_id=patient_identifier(ctx.spec.patient.key_rule(), rel, header.patient_id),
         labels=path_labels(ctx.spec, rel) + sorted(plane_masks or {}),
         annotations=_mask_annotations(ctx, plane_masks),
         pixel_units=decoded.pixel_units,
@@ -144,7 +144,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
         # Multi-frame (cine, enhanced MR/CT): frames are slices of one acquisition; annotated
         # frames (SEG, RTSTRUCT) steer the selection like labelled slices of a volume.
         presence = np.array([(rel, f) in masks for f in range(header.n_frames)]) if masks else None
-        selected = select_slices(header.n_frames, presence, ctx.spec.slicing)
+        selected = select_slices(header.n_frames, presence, ctx.spec.slicing.slice_rule())
         frames = [(index, index, header.n_frames) for index in selected]
     else:
         frames = [(None, -1, 1)]
@@ -214,7 +214,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
         keys = [(_relative(ctx, path), None) for path, _ in ordered]
         # Slices cut by an RTSTRUCT / SEG annotation drive annotated_plus_context.
         presence = np.array([key in masks for key in keys]) if any(key in masks for key in keys) else None
-        for index in select_slices(count, presence, ctx.spec.slicing):
+        for index in select_slices(count, presence, ctx.spec.slicing.slice_rule()):
             path, header = ordered[index]
             rel = keys[index][0]
             flags = _burned_in(ctx, rel, header, index)

@@ -348,7 +348,7 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
             continue
         if indices is None:
             presence = label_presence(labels.canonical, axis) if labels is not None else None
-            indices = select_slices(shape[axis], presence, ctx.spec.slicing)
+            indices = select_slices(shape[axis], presence, ctx.spec.slicing.slice_rule())
         for channel, sequence in channels:
             yield from _volume_records(ctx, image, rel, channel, sequence, indices, shape[axis], annotations_for, case.patient)
 
@@ -538,7 +538,7 @@ def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, 
                 yield Quarantined(rel, f"structure voxels not readable: {describe_error(error)}; '{label}' left out of {image_rel}")
                 del opened[label]
     union = np.logical_or.reduce(list(presence.values())) if presence else None
-    indices = select_slices(shape[axis], union, ctx.spec.slicing)
+    indices = select_slices(shape[axis], union, ctx.spec.slicing.slice_rule())
 
     annotations: dict[int, list[dict]] = {index: [] for index in indices}
     findings: dict[int, list[str]] = {index: [] for index in indices}
@@ -587,7 +587,7 @@ def _read_structure_files(ctx: IngestContext) -> IngestStream:
         if not grouped:
             yield Quarantined(rel, f"none of the {len(structures[rel])} structure files in {folder} is listed in layout.structure_names")
             continue
-        yield from _read_structure_case(ctx, rel, grouped, patient_identifier(ctx.spec.patient, rel))
+        yield from _read_structure_case(ctx, rel, grouped, patient_identifier(ctx.spec.patient.key_rule(), rel))
 
 
 # --- the three layouts ---------------------------------------------------------------------
@@ -622,7 +622,7 @@ def _read_image_glob(ctx: IngestContext) -> IngestStream:
         sequence = _sequence_from_path(layout, rel)
         if not _wanted(sequence, layout.use_sequences):
             continue
-        case = _Case(rel, (_Volume(rel, sequence),), label_rel, patient_identifier(ctx.spec.patient, rel))
+        case = _Case(rel, (_Volume(rel, sequence),), label_rel, patient_identifier(ctx.spec.patient.key_rule(), rel))
         yield from _read_case(ctx, case, names)
 
 
@@ -659,7 +659,7 @@ def _read_case_folders(ctx: IngestContext) -> IngestStream:
         if ctx.spec.patient.source == "file":
             patient = case_rel
         else:
-            patient = patient_identifier(ctx.spec.patient, label_rel or volumes[0].source_file)
+            patient = patient_identifier(ctx.spec.patient.key_rule(), label_rel or volumes[0].source_file)
         yield from _read_case(ctx, _Case(case_rel, tuple(volumes), label_rel, patient), names)
 
 
@@ -734,7 +734,7 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
         if label_rel is not None and not (ctx.root / label_rel).is_file():
             yield Quarantined(image_rel, f"label file {label_rel} listed in {json_rel} is missing")
             continue
-        case = _Case(image_rel, (_Volume(image_rel, channel_names=channels),), label_rel, patient_identifier(ctx.spec.patient, image_rel))
+        case = _Case(image_rel, (_Volume(image_rel, channel_names=channels),), label_rel, patient_identifier(ctx.spec.patient.key_rule(), image_rel))
         yield from _read_case(ctx, case, names)
 
 
