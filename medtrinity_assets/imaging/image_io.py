@@ -8,6 +8,7 @@ the wrong side of the description.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,15 @@ def _rgb_or_gray(array: np.ndarray) -> tuple[np.ndarray, str]:
     raise ValueError(f"unsupported pixel array shape {array.shape}")
 
 
+def _missing_tiff_codec(compression) -> str:
+    # tifffile alone decodes deflate, PackBits and LZMA; LZW, JPEG, JPEG 2000, zstd... come
+    # from imagecodecs (pinned in requirements.lock), which may lack a rare codec even when installed.
+    name = getattr(compression, "name", str(compression))
+    if importlib.util.find_spec("imagecodecs") is None:
+        return f"TIFF compression {name} needs the 'imagecodecs' package, which is not installed"
+    return f"TIFF compression {name}: the installed imagecodecs has no decoder for it"
+
+
 def _read_tiff(path: Path, limits: PixelLimits) -> np.ndarray:
     import tifffile
 
@@ -82,11 +92,7 @@ def _read_tiff(path: Path, limits: PixelLimits) -> np.ndarray:
             page = tif.pages[0]
             limits.check_image(page.imagelength, page.imagewidth, "TIFF page")
             if page.compression not in tifffile.TIFF.DECOMPRESSORS:
-                # LZW, JPEG, PackBits... are decoded by imagecodecs; tifffile alone has zlib.
-                raise ImageReadError(
-                    path, f"TIFF compression {page.compression.name} needs the 'imagecodecs' package, which is not installed",
-                    kind="unsupported",
-                )
+                raise ImageReadError(path, _missing_tiff_codec(page.compression), kind="unsupported")
             array = page.asarray()
     except TooLarge as error:
         raise ImageReadError(path, str(error), kind="too_large") from None
