@@ -5,10 +5,11 @@ decode where a codec is installed, and say truly which one is missing where none
 from __future__ import annotations
 
 import ast
-import os
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -91,6 +92,24 @@ def test_pixel_limit_is_set_per_spec_for_pillow_and_tiff_images_and_masks(tmp_pa
         ("a.png", "too_large"), ("b.tif", "too_large")]
     records, _ = ingest(folder_spec(tmp_path, "*.[pt][ni][gf]"), tmp_path, tmp_path / "blobs2")
     assert len(records) == 2
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR declares width x height and which holds no pixel data at all."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_png_declaring_225_megapixels_is_refused_as_too_large_whatever_the_spec_limit(tmp_path):
+    png_header_only(tmp_path / "huge.png", 15000, 15000)
+    for limits in (PixelLimits(), PixelLimits(max_image_pixels=10**9)):  # Pillow's own guard then
+        with pytest.raises(ImageReadError) as raised:
+            read_image(tmp_path / "huge.png", limits)
+        assert raised.value.kind == "too_large", raised.value.cause
+    records, quarantined = ingest(folder_spec(tmp_path, "*.png"), tmp_path, tmp_path / "blobs")
+    assert records == [] and [(q.source_file, q.kind) for q in quarantined] == [("huge.png", "too_large")]
 
 
 def write_multiframe_dicom(path: Path, frames: int, side: int = 4) -> None:
