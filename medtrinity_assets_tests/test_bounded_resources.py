@@ -5,6 +5,7 @@ decode where a codec is installed, and say truly which one is missing where none
 from __future__ import annotations
 
 import ast
+import os
 import struct
 import subprocess
 import sys
@@ -194,10 +195,11 @@ def test_yaml_alias_bomb_spec_is_refused_quickly_naming_the_file(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(text, encoding="utf-8")
     assert len(ALIAS_BOMB) < 700
-    # A child with 1.5 GB of address space and 60 s: the unfixed loader dies there, not here.
+    # A child with 3 GB of address space and 120 s: the unfixed loader (over 4 GB) dies there,
+    # not here. One BLAS thread, so that numpy's per-thread buffers fit on many-core machines.
     script = textwrap.dedent(f"""
         import resource, sys
-        resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
         from medtrinity_assets.catalog.load import CatalogError, load_spec
         try:
             load_spec({str(path)!r})
@@ -206,7 +208,8 @@ def test_yaml_alias_bomb_spec_is_refused_quickly_naming_the_file(tmp_path):
             sys.exit(0)
         print("ACCEPTED")
         """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("REFUSED"), done.stdout[-500:]
     assert str(path) in done.stdout and "alias" in done.stdout
