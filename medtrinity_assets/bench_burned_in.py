@@ -156,7 +156,7 @@ def load_display(path: str, modality: str = "fundus") -> np.ndarray:
          "approx_size": "-", "layout": {"family": "image_folder", "image_glob": "*"}}
     )
     units = "rgb" if pixels.ndim == 3 else "raw"
-    return normalize_pixels(pixels, {"modality": modality, "pixel_units": units}, spec).display
+    return normalize_pixels(pixels, {"modality": modality, "pixel_units": units}, spec.intensity_rule()).display
 
 
 def evaluate(show_misses: bool = False, labelled: list[tuple[str, str, bool, str]] = LABELLED) -> str:

@@ -187,7 +187,7 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
             report.inputs += 1
             try:
                 pixels = blobs.get_array(record["pixel_ref"])
-                normalized = normalize_pixels(pixels, record, spec, max_side=max_side)
+                normalized = normalize_pixels(pixels, record, spec.intensity_rule(), max_side=max_side)
                 png = encode_png(normalized.display)
                 digest, rel = blobs.put("images", png, "png")
             except Exception as error:

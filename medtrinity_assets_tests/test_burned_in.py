@@ -38,7 +38,7 @@ def display_of(path, modality: str) -> np.ndarray:
     with Image.open(path) as opened:
         pixels = np.asarray(opened.convert("RGB"))
     spec = build_spec(modality=modality, organs=["colon"])
-    return normalize_pixels(pixels, {"modality": modality, "pixel_units": "rgb"}, spec).display
+    return normalize_pixels(pixels, {"modality": modality, "pixel_units": "rgb"}, spec.intensity_rule()).display
 
 
 def skimage_display(name: str) -> np.ndarray:
@@ -46,7 +46,7 @@ def skimage_display(name: str) -> np.ndarray:
 
     pixels = getattr(skimage.data, name)()
     spec = build_spec(modality="fundus", organs=["retina"])
-    return normalize_pixels(pixels, {"modality": "fundus", "pixel_units": "rgb"}, spec).display
+    return normalize_pixels(pixels, {"modality": "fundus", "pixel_units": "rgb"}, spec.intensity_rule()).display
 
 
 # --- the detector on real files -----------------------------------------------------------------

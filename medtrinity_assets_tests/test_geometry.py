@@ -50,7 +50,7 @@ def ingest(spec, root, blobs) -> list[dict]:
 def ground_disk(record: dict, spec, blobs, row: float, col: float, radius: float = 6) -> dict:
     """The ROI row of a disk drawn at (row, col) of the STORED pixel array, after normalize."""
     pixels = blobs.get_array(record["pixel_ref"])
-    normalized = normalize_pixels(pixels, record, spec)
+    normalized = normalize_pixels(pixels, record, spec.intensity_rule())
     rr, cc = np.ogrid[: record["height"], : record["width"]]
     mask = ((rr - row) ** 2 + (cc - col) ** 2 <= radius**2).astype(np.uint8)
     _, ref = blobs.put_array("masks", mask)
@@ -178,7 +178,7 @@ def test_ct_head_axes_body_midline_and_sides(tmp_path):
     assert record["frame_kind"] == "slice" and record["view"] is None and record["laterality"] is None
     # The whole head is inside the field of view: the midline is its centre, not x = 0
     # (skull extent at columns 134-404 of 512: centre x = +6.2 mm; the head holder is left out).
-    display = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec).display
+    display = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec.intensity_rule()).display
     assert body_midline_x_mm(axes, display, 512, 512) == pytest.approx(6.2, abs=1.0)
     assert ground_disk(record, spec, blobs, 250, 180)["patient_side"] == "right"  # image left
     assert ground_disk(record, spec, blobs, 250, 360)["patient_side"] == "left"
@@ -250,7 +250,7 @@ def test_photos_have_no_geometry_and_no_patient_side(tmp_path):
     records = ingest(spec, REALDATA / "ham10000", blobs)
     assert records and {r["image_axes"] for r in records} == {None} and {r["frame_kind"] for r in records} == {None}
     for record in records:
-        display = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec).display
+        display = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec.intensity_rule()).display
         rois, _ = ground_record(record, display, display.shape[0] / record["height"], blobs, spec)
         assert [r for r in rois if r["origin"] != "whole_image"]
         assert {(r["patient_side"], r["patient_side_source"]) for r in rois} == {(None, None)}
@@ -325,7 +325,7 @@ def test_declared_frontal_views_agree_with_the_publishers_lung_sides(tmp_path):
         view = normalize_view(views.get(record["source_file"].rsplit("/", 1)[-1]))
         axes = declared_view_axes(view) if record["modality"] == "xray" else None
         record = {**record, "view": view, "image_axes": encode_axes(axes)}
-        normalized = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec)
+        normalized = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec.intensity_rule())
         rois, _ = ground_record(record, normalized.display, normalized.scale, blobs, spec)
         for roi in rois:
             if roi["label"] and roi["label"].lower() in ("right lung", "left lung"):
@@ -357,6 +357,6 @@ def test_nifti_without_qform_or_sform_code_has_no_geometry(tmp_path):
     records = ingest(spec, root, blobs)
     assert records and {r["image_axes"] for r in records} == {None} and {r["frame_kind"] for r in records} == {"slice"}
     annotated = next(r for r in records if json.loads(r["annotations"]))
-    normalized = normalize_pixels(blobs.get_array(annotated["pixel_ref"]), annotated, spec)
+    normalized = normalize_pixels(blobs.get_array(annotated["pixel_ref"]), annotated, spec.intensity_rule())
     rois, _ = ground_record(annotated, normalized.display, normalized.scale, blobs, spec)
     assert rois and {r["patient_side"] for r in rois} == {None}

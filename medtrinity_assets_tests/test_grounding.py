@@ -529,7 +529,7 @@ def _busi_rois(blobs, folder: str):
         mask = np.asarray(Image.open(mask_path))
         record = make_record(pixels.shape, [mask_annotation(blobs, mask, folder)], modality="ultrasound", record_id=image_path.name)
         record["pixel_units"] = "raw"
-        normalized = normalize_pixels(pixels, record, spec)
+        normalized = normalize_pixels(pixels, record, spec.intensity_rule())
         results.append(ground_record(record, normalized.display, normalized.scale, blobs, spec))
     return results
 
@@ -563,7 +563,7 @@ def test_dsb2018_nuclei_instances_become_rois(blobs):
     spec = make_spec("microscopy", ["cell"])
     record = make_record(labels.shape, [mask_annotation(blobs, labels, "nucleus", instances=True)], modality="microscopy")
     record["pixel_units"] = "raw"
-    normalized = normalize_pixels(pixels, record, spec)
+    normalized = normalize_pixels(pixels, record, spec.intensity_rule())
     rois, problems = ground_record(record, normalized.display, normalized.scale, blobs, spec)
     instances = len(np.unique(labels)) - 1
     assert problems == [] and len(rois) == instances

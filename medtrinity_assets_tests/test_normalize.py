@@ -15,8 +15,8 @@ from pydicom.data import get_testdata_file
 from skimage import data as skdata
 from spec_factory import build_spec
 
-from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.imaging.normalize import (
+    IntensityRule,
     ct_window_for,
     encode_png,
     normalize_pixels,
@@ -30,8 +30,8 @@ needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/rea
 PYDICOM_DATA = Path(pydicom.__file__).resolve().parents[1] / "data_store" / "data"
 
 
-def make_spec(modality: str, organs: list[str], **intensity) -> SourceSpec:
-    return build_spec(modality=modality, organs=organs, annotation_kinds=["none"], intensity=intensity)
+def make_rule(modality: str, organs: list[str], **intensity) -> IntensityRule:
+    return build_spec(modality=modality, organs=organs, annotation_kinds=["none"], intensity=intensity).intensity_rule()
 
 def record_for(modality: str, units: str) -> dict:
     return {"modality": modality, "pixel_units": units}
@@ -47,7 +47,7 @@ def ct_hu(path: str) -> np.ndarray:
 
 def test_brain_window_on_exact_hu_values():
     hu = np.array([[-1000, 0, 40, 80, 1000, 20]], dtype=np.float32)
-    out = normalize_pixels(hu, record_for("ct", "HU"), make_spec("ct", ["brain"]))
+    out = normalize_pixels(hu, record_for("ct", "HU"), make_rule("ct", ["brain"]))
     # Brain window L40 W80 spans 0..80 HU.
     assert out.display.tolist() == [[0, 0, 128, 255, 255, 64]]
     assert out.intensity_method == "ct_window:brain(L40,W80)"
@@ -56,8 +56,8 @@ def test_brain_window_on_exact_hu_values():
 
 def test_real_ct_slice_abdomen_window_maps_air_to_black_and_follows_hu():
     hu = ct_hu(get_testdata_file("CT_small.dcm"))
-    spec = make_spec("ct", ["pancreas"])
-    out = normalize_pixels(hu, record_for("ct", "HU"), spec)
+    rule = make_rule("ct", ["pancreas"])
+    out = normalize_pixels(hu, record_for("ct", "HU"), rule)
     assert out.intensity_method == "ct_window:abdomen(L40,W400)"
     assert out.display.dtype == np.uint8 and out.display.shape == hu.shape
     low, high = -160.0, 240.0
@@ -69,7 +69,7 @@ def test_real_ct_slice_abdomen_window_maps_air_to_black_and_follows_hu():
     assert np.abs(out.display[inside].astype(float) - expected).max() <= 0.51
     # Air really is in this slice, and the lung window shows it grey rather than black.
     air = hu <= -1000
-    lung = normalize_pixels(hu, record_for("ct", "HU"), make_spec("ct", ["lung"]))
+    lung = normalize_pixels(hu, record_for("ct", "HU"), make_rule("ct", ["lung"]))
     if air.any():
         assert np.all(out.display[air] == 0)
         assert np.all(lung.display[air] > 0)
@@ -81,16 +81,16 @@ def test_real_ct_slice_abdomen_window_maps_air_to_black_and_follows_hu():
      (["bone"], "bone"), (["knee"], "soft_tissue")],
 )
 def test_auto_ct_window_follows_organs(organs, window):
-    assert ct_window_for(make_spec("ct", organs)) == window
+    assert ct_window_for(make_rule("ct", organs)) == window
 
 
 def test_explicit_ct_window_overrides_organs():
-    assert ct_window_for(make_spec("ct", ["brain"], ct_window="bone")) == "bone"
+    assert ct_window_for(make_rule("ct", ["brain"], ct_window="bone")) == "bone"
 
 
 def test_ct_without_hu_falls_back_to_percentile():
     pixels = np.arange(100, dtype=np.uint16).reshape(10, 10) + 1
-    out = normalize_pixels(pixels, record_for("ct", "raw"), make_spec("ct", ["brain"]))
+    out = normalize_pixels(pixels, record_for("ct", "raw"), make_rule("ct", ["brain"]))
     assert out.intensity_method == "percentile(0.5,99.5)"
 
 
@@ -99,7 +99,7 @@ def test_ct_without_hu_falls_back_to_percentile():
 
 def test_percentile_scaling_on_real_mr_slice():
     pixels = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
-    out = normalize_pixels(pixels, record_for("mri", "raw"), make_spec("mri", ["brain"], percentile_low=1, percentile_high=99))
+    out = normalize_pixels(pixels, record_for("mri", "raw"), make_rule("mri", ["brain"], percentile_low=1, percentile_high=99))
     assert out.intensity_method == "percentile(1,99)"
     assert out.display.min() == 0 and out.display.max() == 255
     foreground = pixels > pixels.min()
@@ -115,7 +115,7 @@ def test_percentile_ignores_background():
     rng = np.random.default_rng(0)
     pixels = np.zeros((100, 100), dtype=np.uint16)
     pixels[:, 80:] = rng.integers(1000, 2001, size=(100, 20))  # 80% of the image is zero padding
-    out = normalize_pixels(pixels, record_for("mri", "raw"), make_spec("mri", ["brain"]))
+    out = normalize_pixels(pixels, record_for("mri", "raw"), make_rule("mri", ["brain"]))
     body = out.display[:, 80:]
     # Stretched over 1000..2000, the body's median sits mid-grey; had the zeros counted, the
     # low percentile would be 0 and the body would be squeezed into the top quarter.
@@ -125,21 +125,21 @@ def test_percentile_ignores_background():
 
 def test_pet_suv_clipped_to_fixed_range():
     suv = np.array([[0.0, 5.0, 10.0, 20.0, -1.0]], dtype=np.float32)
-    out = normalize_pixels(suv, record_for("pet", "SUV"), make_spec("pet", ["whole body"]))
+    out = normalize_pixels(suv, record_for("pet", "SUV"), make_rule("pet", ["whole body"]))
     assert out.intensity_method == "suv_clip(0,10)"
     assert out.display.tolist() == [[0, 128, 255, 255, 0]]
 
 
 def test_rgb_passthrough_keeps_pixels_identical():
     tissue = skdata.immunohistochemistry()  # 512x512 RGB, no resize needed
-    out = normalize_pixels(tissue, record_for("histopathology", "rgb"), make_spec("histopathology", ["colon"]))
+    out = normalize_pixels(tissue, record_for("histopathology", "rgb"), make_rule("histopathology", ["colon"]))
     assert out.intensity_method == "rgb_passthrough"
     assert np.array_equal(out.display, tissue)
 
 
 def test_rgb_large_photo_bounded_with_aspect():
     retina = skdata.retina()
-    out = normalize_pixels(retina, record_for("fundus", "rgb"), make_spec("fundus", ["eye"]), max_side=400)
+    out = normalize_pixels(retina, record_for("fundus", "rgb"), make_rule("fundus", ["eye"]), max_side=400)
     assert max(out.display.shape[:2]) == 400 and out.display.shape[2] == 3
     assert out.scale == pytest.approx(400 / max(retina.shape[:2]))
     # Area averaging keeps the mean colour.
@@ -151,12 +151,12 @@ def test_large_radiograph_bounded_and_small_image_never_upscaled():
     if not path.exists():
         pytest.skip("pydicom-data CR file absent")
     pixels = pydicom.dcmread(path).pixel_array
-    out = normalize_pixels(pixels, record_for("xray", "raw"), make_spec("xray", ["chest"]))
+    out = normalize_pixels(pixels, record_for("xray", "raw"), make_rule("xray", ["chest"]))
     h, w = pixels.shape
     assert max(out.display.shape) == 512
     assert abs(out.display.shape[0] / out.display.shape[1] - h / w) < 0.01
     small = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
-    kept = normalize_pixels(small, record_for("mri", "raw"), make_spec("mri", ["brain"]))
+    kept = normalize_pixels(small, record_for("mri", "raw"), make_rule("mri", ["brain"]))
     assert kept.display.shape == small.shape and kept.scale == 1.0
 
 
@@ -166,14 +166,14 @@ def test_16bit_microscopy_percentile():
 
     pixels = tifffile.imread(REALDATA / "dsb2018" / "images" / "img2d.tif")
     assert pixels.dtype == np.uint16
-    out = normalize_pixels(pixels, record_for("microscopy", "raw"), make_spec("microscopy", ["cell"]))
+    out = normalize_pixels(pixels, record_for("microscopy", "raw"), make_rule("microscopy", ["cell"]))
     assert out.intensity_method.startswith("percentile(")
     assert out.display.dtype == np.uint8 and out.display.max() == 255
 
 
 def test_bad_shape_is_an_error_not_a_crash_of_the_interpreter():
     with pytest.raises(ValueError):
-        normalize_pixels(np.zeros((2, 3, 4, 5)), record_for("mri", "raw"), make_spec("mri", ["brain"]))
+        normalize_pixels(np.zeros((2, 3, 4, 5)), record_for("mri", "raw"), make_rule("mri", ["brain"]))
 
 
 # --- PNG -------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def _png_chunk_types(png: bytes) -> list[bytes]:
 
 
 def test_png_is_deterministic_and_lossless():
-    display = normalize_pixels(skdata.cell(), record_for("microscopy", "raw"), make_spec("microscopy", ["cell"])).display
+    display = normalize_pixels(skdata.cell(), record_for("microscopy", "raw"), make_rule("microscopy", ["cell"])).display
     first, second = encode_png(display), encode_png(display.copy())
     assert first == second
     assert hashlib.sha256(first).hexdigest() == hashlib.sha256(second).hexdigest()

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from medtrinity_assets.bounded_yaml import YamlLimitError, load_yaml_file
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.paths import REPO_ROOT, catalog_dir, raw_dir
 from medtrinity_assets.validation import validation_problems
@@ -19,7 +20,10 @@ class CatalogError(ValueError):
 def load_spec(path: Path) -> SourceSpec:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # Bounded: a contributed spec must not be able to exhaust memory (alias bomb, huge file).
+        data = load_yaml_file(path)
+    except YamlLimitError as error:
+        raise CatalogError(str(error)) from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise CatalogError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(data, dict):

@@ -28,7 +28,16 @@ from medtrinity_assets.catalog.layouts import (
     Replace,
     Strict,
 )
+from medtrinity_assets.imaging.deid import PatientKeyRule
 from medtrinity_assets.imaging.geometry import normalize_laterality, normalize_view
+from medtrinity_assets.imaging.limits import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_VOLUME_VOXELS,
+    PixelLimits,
+)
+from medtrinity_assets.imaging.normalize import IntensityRule
+from medtrinity_assets.imaging.slicing import SliceRule
 
 Access = Literal["open", "registration", "credentialed", "package"]
 AnnotationKind = Literal["mask", "box", "contour", "label", "caption", "vqa", "none"]
@@ -186,6 +195,9 @@ class PatientRule(Strict):
             raise ValueError("patient ranges, ranges_file and range_regex are for patient.source 'ranges'")
         return self
 
+    def key_rule(self) -> PatientKeyRule:
+        return PatientKeyRule(self.source, self.folder_depth, self.pattern)
+
 
 Layout = Annotated[
     Union[
@@ -216,6 +228,9 @@ class Slicing(Strict):
     central_fraction: float = Field(0.8, gt=0, le=1)
     max_slices: int = Field(24, ge=1)
 
+    def slice_rule(self) -> SliceRule:
+        return SliceRule(self.rule, self.context, self.every_k, self.central_fraction, self.max_slices)
+
 
 class Intensity(Strict):
     """Modality-aware intensity handling for this source."""
@@ -239,6 +254,23 @@ class Grounding(Strict):
     # "components": one ROI per connected component (several polyps, both kidneys);
     # "whole": the mask is one ROI, for tissue maps (grey matter) that are one structure.
     split: Literal["components", "whole"] = "components"
+
+
+class Limits(Strict):
+    """How much one file may make ingest decode, whatever its format (imaging.limits). Each
+    reader checks the size the header declares before decoding any pixel; a file over a limit
+    is quarantined "too_large". Raise them for a source whose images truly are larger."""
+
+    # One 2D image, frame or slice plane (TIFF page, Pillow image, DICOM Rows x Columns,
+    # NIfTI slice plane).
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    # Frames of a multi-frame DICOM (NumberOfFrames), slices of a NIfTI volume.
+    max_frames: int = Field(DEFAULT_MAX_FRAMES, ge=1)
+    # All pixels of one multi-frame file or volume (a label volume is read whole).
+    max_volume_voxels: int = Field(DEFAULT_MAX_VOLUME_VOXELS, ge=1)
+
+    def pixel_limits(self) -> PixelLimits:
+        return PixelLimits(self.max_image_pixels, self.max_frames, self.max_volume_voxels)
 
 
 class PackageFile(Strict):
@@ -306,6 +338,7 @@ class SourceSpec(Strict):
     slicing: Slicing = Field(default_factory=Slicing)
     intensity: Intensity = Field(default_factory=Intensity)
     grounding: Grounding = Field(default_factory=Grounding)
+    limits: Limits = Field(default_factory=Limits)
     # Per-file modality where one source mixes them: regex on the relative path -> modality.
     modality_by_path: dict[str, Modality] = Field(default_factory=dict)
     # Replace every folder and file name in the records' source_file by a salted hash (the file
@@ -360,6 +393,12 @@ class SourceSpec(Strict):
         if self.access in ("registration", "credentialed") and not self.acquisition.instructions:
             raise ValueError(f"access '{self.access}' needs acquisition.instructions (what the user must do)")
         return self
+
+    def intensity_rule(self) -> IntensityRule:
+        return IntensityRule(
+            self.modality, tuple(self.organs), self.intensity.ct_window,
+            self.intensity.percentile_low, self.intensity.percentile_high,
+        )
 
     def modality_for(self, relative_path: str) -> str:
         for pattern, modality in self.modality_by_path.items():

@@ -68,7 +68,7 @@ def ground_source(spec: SourceSpec, blobs: BlobStore, limit: int | None = None, 
         if only is not None and item["source_file"] not in only:
             continue
         pixels = np.asarray(blobs.get_array(item["pixel_ref"]))
-        normalized = normalize_pixels(pixels, item, spec)
+        normalized = normalize_pixels(pixels, item, spec.intensity_rule())
         tally: Counter = Counter()
         rois, problems = ground_record(item, normalized.display, normalized.scale, blobs, spec, tally)
         yield item, rois, problems, normalized.display

@@ -33,8 +33,6 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
-from medtrinity_assets.catalog.spec import PatientRule
-
 # Technical, non-identifying attributes that the DICOM PS3.15 Annex E Basic Application Level
 # Confidentiality Profile keeps ("K" or not listed): acquisition geometry, pixel encoding and
 # rescale/window values. These are the only header values a record may carry (read_header in
@@ -74,7 +72,16 @@ ALLOWED_KEYWORDS: frozenset[str] = frozenset(
 )
 
 
-def patient_identifier(rule: PatientRule, relative_path: str, dicom_patient_id: Optional[str] = None) -> str:
+@dataclass(frozen=True)
+class PatientKeyRule:
+    """Where a file's patient key comes from (``catalog.spec.PatientRule.key_rule`` gives it)."""
+
+    source: str  # "dicom", "folder", "regex", "file" or "column" (column: resolved by the reader)
+    folder_depth: int = 0
+    pattern: Optional[str] = None
+
+
+def patient_identifier(rule: PatientKeyRule, relative_path: str, dicom_patient_id: Optional[str] = None) -> str:
     """The raw patient key of one file, to be hashed at once by ``patient_hash``.
 
     A missing DICOM PatientID (or a rule that does not match) falls back to the file path:

@@ -25,8 +25,10 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.pixels.decoders.base import get_decoder
 
 from medtrinity_assets.imaging.deid import has_burned_in_annotation
+from medtrinity_assets.imaging.limits import PixelLimits
 
 # Objects that carry no image to describe (structure sets, segmentations, reports, plans, dose
 # grids, presentation states...). RTSTRUCT and SEG among them are annotation objects: the dicom
@@ -36,28 +38,22 @@ NON_IMAGE_MODALITIES = frozenset(
     {"RTSTRUCT", "SEG", "SR", "RTPLAN", "RTDOSE", "RTRECORD", "RTIMAGE_PLAN", "KO", "PR", "REG", "DOC", "RWV", "FID", "PLAN", "AU", "ECG", "HD"}
 )
 
-# Transfer syntax -> the pydicom plugin package that decodes it, for quarantine reasons.
-DECODER_HINTS = {
-    "1.2.840.10008.1.2.4.50": "Pillow (8-bit) or pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (12-bit JPEG Extended; Pillow reads only 8-bit)",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg or python-gdcm",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg or python-gdcm",
-    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg or pyjpegls",
-    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg or pyjpegls",
-    "1.2.840.10008.1.2.4.90": "Pillow built with OpenJPEG, or pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.91": "Pillow built with OpenJPEG, or pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg (HTJ2K)",
-    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg (HTJ2K)",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg (HTJ2K)",
-}
-
 
 class NotAnImageObject(ValueError):
     """A DICOM object without an image to describe (RTSTRUCT, SEG, SR...)."""
 
 
 class PixelDecodeError(ValueError):
-    """Pixel data present but not decodable here; the message names the missing plugin."""
+    """Pixel data present but not decoded; the message names the transfer syntax and either the
+    installed decoders that failed or the packages that would decode it.
+
+    ``kind``: "unsupported" when no installed decoder handles the transfer syntax, else
+    "unreadable" (sources.base.QUARANTINE_KINDS).
+    """
+
+    def __init__(self, message: str, kind: str = "unreadable"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -237,6 +233,14 @@ def _frame_positions(ds: Dataset, n_frames: int) -> Optional[tuple[tuple[float, 
     return tuple(positions)
 
 
+def check_size(header: DicomHeader, limits: PixelLimits) -> None:
+    """Raise ``imaging.limits.TooLarge`` when Rows x Columns x NumberOfFrames is over
+    ``limits``; from the header alone, so call it before decoding (a 100000-frame file is
+    refused, not sampled)."""
+    what = "multi-frame DICOM" if header.n_frames > 1 else "DICOM image"
+    limits.check_volume(header.rows, header.columns, header.n_frames, what)
+
+
 def check_is_image(header: DicomHeader) -> None:
     """Raise ``NotAnImageObject`` for objects without an image."""
     if header.modality in ANNOTATION_MODALITIES:
@@ -373,12 +377,31 @@ def _to_uint8_rgb(rgb: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _decode_error(ds: Dataset, error: Exception) -> PixelDecodeError:
+    """Why the pixels were not decoded, from pydicom's own registry of decoders for the
+    transfer syntax: which are installed (and failed), or which packages would decode it."""
     syntax = getattr(getattr(ds, "file_meta", None), "get", lambda *_: None)("TransferSyntaxUID")
     name = getattr(syntax, "name", str(syntax))
-    hint = DECODER_HINTS.get(str(syntax))
-    advice = f"; install {hint} to decode it" if hint else ""
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return PixelDecodeError(f"cannot decode pixel data ({name}){advice}: {type(error).__name__}: {first_line}")
+    # pydicom lists each plugin's failure on its own line after a summary line; keep them, joined.
+    detail = " ".join(line.strip() for line in str(error).strip().splitlines())[:300]
+    try:
+        decoder = get_decoder(syntax)
+    except (NotImplementedError, TypeError, ValueError):
+        return PixelDecodeError(f"cannot decode pixel data ({name}): pydicom has no decoder for this transfer syntax", "unsupported")
+    if decoder.is_native:  # uncompressed: pydicom itself reads it, no codec involved
+        return PixelDecodeError(f"cannot decode pixel data ({name}): {type(error).__name__}: {detail}")
+    # "gdcm - requires gdcm>=3.0.10" -> "gdcm (requires gdcm>=3.0.10)"
+    missing = "; ".join(item.replace(" - ", " (", 1) + ")" for item in decoder.missing_dependencies)
+    if not decoder.available_plugins:
+        return PixelDecodeError(
+            f"cannot decode pixel data ({name}): no decoder installed for this transfer syntax; "
+            f"one of these would decode it: {missing}", "unsupported",
+        )
+    installed = ", ".join(decoder.available_plugins)
+    others = f" (not installed: {missing})" if missing else ""
+    return PixelDecodeError(
+        f"cannot decode pixel data ({name}) with the installed decoder(s) {installed}{others}: "
+        f"{type(error).__name__}: {detail}"
+    )
 
 
 def decode_frame(ds: Dataset, header: DicomHeader, index: Optional[int] = None) -> DecodedFrame:

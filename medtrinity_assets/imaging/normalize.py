@@ -24,8 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from medtrinity_assets.catalog.spec import SourceSpec
-
 # (level, width) in HU. Standard radiology display windows.
 CT_WINDOWS: dict[str, tuple[int, int]] = {
     "brain": (40, 80),
@@ -56,17 +54,28 @@ _PERCENTILE_SAMPLE = 250_000
 
 
 @dataclass(frozen=True)
+class IntensityRule:
+    """What display scaling needs to know of a source (``SourceSpec.intensity_rule`` gives it)."""
+
+    modality: str  # the source's modality, for records that name none
+    organs: tuple[str, ...]  # pick the CT window when ``ct_window`` is "auto"
+    ct_window: str = "auto"  # a CT_WINDOWS name or "auto"
+    percentile_low: float = 0.5
+    percentile_high: float = 99.5
+
+
+@dataclass(frozen=True)
 class NormalizedImage:
     display: np.ndarray  # uint8, (H', W') or (H', W', 3)
     scale: float  # normalized size / original size (<= 1)
     intensity_method: str
 
 
-def ct_window_for(spec: SourceSpec) -> str:
+def ct_window_for(rule: IntensityRule) -> str:
     """The CT window name for a source: its explicit choice, else one picked from its organs."""
-    if spec.intensity.ct_window != "auto":
-        return spec.intensity.ct_window
-    for organ in spec.organs:
+    if rule.ct_window != "auto":
+        return rule.ct_window
+    for organ in rule.organs:
         for keywords, window in _ORGAN_WINDOW_RULES:
             if any(word in organ for word in keywords):
                 return window
@@ -103,9 +112,9 @@ def percentile_bounds(values: np.ndarray, low_pct: float, high_pct: float) -> tu
     return float(low), float(high)
 
 
-def _intensity(pixels: np.ndarray, record: dict, spec: SourceSpec) -> tuple[np.ndarray, str]:
+def _intensity(pixels: np.ndarray, record: dict, rule: IntensityRule) -> tuple[np.ndarray, str]:
     """8-bit display values at the original size, and the method used, in words."""
-    modality = record.get("modality") or spec.modality
+    modality = record.get("modality") or rule.modality
     units = (record.get("pixel_units") or "raw").lower()
     if pixels.ndim == 3:
         if pixels.shape[2] == 1:
@@ -114,8 +123,8 @@ def _intensity(pixels: np.ndarray, record: dict, spec: SourceSpec) -> tuple[np.n
             rgb = pixels[:, :, :3]  # an alpha channel (RGBA tiles) carries no image content
             if rgb.dtype == np.uint8:
                 return np.ascontiguousarray(rgb), "rgb_passthrough"
-            low, high = percentile_bounds(rgb, spec.intensity.percentile_low, spec.intensity.percentile_high)
-            return _map_range(rgb, low, high), _percentile_name(spec)
+            low, high = percentile_bounds(rgb, rule.percentile_low, rule.percentile_high)
+            return _map_range(rgb, low, high), _percentile_name(rule)
         else:
             raise ValueError(f"unsupported channel count {pixels.shape[2]} in pixel array {pixels.shape}")
     if pixels.ndim != 2:
@@ -124,7 +133,7 @@ def _intensity(pixels: np.ndarray, record: dict, spec: SourceSpec) -> tuple[np.n
         pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
 
     if modality == "ct" and units == "hu":
-        window = ct_window_for(spec)
+        window = ct_window_for(rule)
         level, width = CT_WINDOWS[window]
         return _map_range(pixels, level - width / 2, level + width / 2), f"ct_window:{window}(L{level},W{width})"
     if modality == "pet" and units == "suv":
@@ -133,12 +142,12 @@ def _intensity(pixels: np.ndarray, record: dict, spec: SourceSpec) -> tuple[np.n
     if modality in PHOTO_MODALITIES and pixels.dtype == np.uint8:
         # An 8-bit grey photograph (e.g. a grey fundus or brightfield tile) is already a display image.
         return pixels, "gray_passthrough"
-    low, high = percentile_bounds(pixels, spec.intensity.percentile_low, spec.intensity.percentile_high)
-    return _map_range(pixels, low, high), _percentile_name(spec)
+    low, high = percentile_bounds(pixels, rule.percentile_low, rule.percentile_high)
+    return _map_range(pixels, low, high), _percentile_name(rule)
 
 
-def _percentile_name(spec: SourceSpec) -> str:
-    return f"percentile({spec.intensity.percentile_low:g},{spec.intensity.percentile_high:g})"
+def _percentile_name(rule: IntensityRule) -> str:
+    return f"percentile({rule.percentile_low:g},{rule.percentile_high:g})"
 
 
 def bounded_shape(height: int, width: int, max_side: int) -> tuple[int, int, float]:
@@ -150,9 +159,9 @@ def bounded_shape(height: int, width: int, max_side: int) -> tuple[int, int, flo
     return max(1, round(height * scale)), max(1, round(width * scale)), scale
 
 
-def normalize_pixels(pixels: np.ndarray, record: dict, spec: SourceSpec, max_side: int = 512) -> NormalizedImage:
+def normalize_pixels(pixels: np.ndarray, record: dict, rule: IntensityRule, max_side: int = 512) -> NormalizedImage:
     pixels = np.asarray(pixels)
-    display, method = _intensity(pixels, record, spec)
+    display, method = _intensity(pixels, record, rule)
     height, width = display.shape[:2]
     new_h, new_w, scale = bounded_shape(height, width, max_side)
     if (new_h, new_w) != (height, width):

@@ -11,11 +11,21 @@ gets the same index whatever voxel order the file was written in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from medtrinity_assets.catalog.spec import Slicing
+
+@dataclass(frozen=True)
+class SliceRule:
+    """The slicing parameters (``catalog.spec.Slicing.slice_rule`` gives the spec's)."""
+
+    rule: str  # "annotated_plus_context" or "every_k"
+    context: int
+    every_k: int
+    central_fraction: float
+    max_slices: int
 
 
 def thin_evenly(indices: list[int], max_count: int) -> list[int]:
@@ -28,7 +38,7 @@ def thin_evenly(indices: list[int], max_count: int) -> list[int]:
     return [indices[p] for p in sorted(set(positions.tolist()))]
 
 
-def every_k_central(n_slices: int, rule: Slicing) -> list[int]:
+def every_k_central(n_slices: int, rule: SliceRule) -> list[int]:
     """Every ``rule.every_k``-th slice of the middle ``rule.central_fraction`` of the volume."""
     if n_slices <= 0:
         return []
@@ -38,7 +48,7 @@ def every_k_central(n_slices: int, rule: Slicing) -> list[int]:
     return thin_evenly(list(range(start, stop, max(rule.every_k, 1))), rule.max_slices)
 
 
-def select_slices(n_slices: int, label_presence: Optional[np.ndarray], rule: Slicing) -> list[int]:
+def select_slices(n_slices: int, label_presence: Optional[np.ndarray], rule: SliceRule) -> list[int]:
     """Sorted slice indices to keep.
 
     ``label_presence`` is one bool per slice (does the label volume cut this slice?), or None

@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from medtrinity_assets.bounded_yaml import YamlLimitError, load_yaml_file
 from medtrinity_assets.catalog.spec import Modality
 from medtrinity_assets.generation.vocabulary import (
     MODALITY_NAME,
@@ -106,8 +107,8 @@ class KnowledgeEntry(_Strict):
 def load_corpus_file(path: Path) -> list[dict]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        data = load_yaml_file(path)
+    except (yaml.YAMLError, UnicodeDecodeError, YamlLimitError) as error:
         raise CorpusError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(data, dict) or set(data) != {"entries"} or not isinstance(data["entries"], list):
         raise CorpusError(f"{path}: field 'entries': expected a mapping with only the key 'entries' holding a list")

@@ -24,6 +24,11 @@ class IngestContext:
     blobs: BlobStore  # where de-identified pixel arrays and masks go
     salt: str  # secret salt for patient hashes (MEDTRINITY_SALT)
 
+    @property
+    def limits(self):
+        """The spec's pixel, frame and voxel limits for the decoders (imaging.limits.PixelLimits)."""
+        return self.spec.limits.pixel_limits()
+
 
 # What went wrong, as a closed list: reports and `check-source` group by kind, never by the
 # wording of a reason. Add a kind here (and to docs) before using it.

@@ -29,6 +29,7 @@ import yaml
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeElementTree
 
+from medtrinity_assets.bounded_yaml import YamlLimitError, load_yaml_text
 from medtrinity_assets.catalog.layouts.boxes import BoxAnnotations, XmlShapes
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.sources.base import Quarantined, contained_path
@@ -226,8 +227,8 @@ def load_class_names(root: Path, settings: BoxAnnotations, encoding: str) -> dic
         return Quarantined(name_file, undecodable_reason(name_file, line, encoding, "class name"), kind="bad_label")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            names = (yaml.safe_load(text) or {}).get("names")
-        except (yaml.YAMLError, AttributeError) as error:
+            names = (load_yaml_text(text, name_file) or {}).get("names")
+        except (yaml.YAMLError, AttributeError, YamlLimitError) as error:
             return Quarantined(name_file, f"not a YOLO data.yaml: {error}")
         if isinstance(names, list):
             return {index: str(name) for index, name in enumerate(names)}

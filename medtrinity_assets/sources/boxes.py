@@ -19,11 +19,14 @@ import numpy as np
 from medtrinity_assets.catalog.layouts.boxes import BoxAnnotations, BoxesLayout
 from medtrinity_assets.imaging.deid import patient_identifier
 from medtrinity_assets.imaging.dicom_io import (
+    PixelDecodeError,
     check_is_image,
+    check_size,
     decode_frame,
     read_dicom,
     read_header,
 )
+from medtrinity_assets.imaging.limits import TooLarge
 from medtrinity_assets.sources.base import (
     IngestContext,
     IngestStream,
@@ -88,12 +91,16 @@ def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | 
         dataset = read_dicom(ctx.root / rel)
         header = read_header(dataset)  # the PHI allowlist: nothing else of the header is used
         check_is_image(header)
+        check_size(header, ctx.limits)
         if header.burned_in_annotation:
             # Box tables have no per-source policy: text burned into pixels is never kept.
             return Quarantined(rel, "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels")
         frame = decode_frame(deidentify_dataset(ctx, dataset, header), header, None)
+    except TooLarge as error:
+        return Quarantined(rel, str(error), kind="too_large")
     except Exception as error:  # one unreadable file must not stop the source
-        return Quarantined(rel, f"not a readable DICOM image: {type(error).__name__}: {error}")
+        kind = error.kind if isinstance(error, PixelDecodeError) else "unreadable"
+        return Quarantined(rel, f"not a readable DICOM image: {type(error).__name__}: {error}", kind=kind)
     return DecodedImage(
         frame.pixels, frame.photometric, frame.pixel_units, header.modality, header.pixel_spacing_mm, header.patient_id,
         dicom_geometry(header, None, dicom_frame_kind(header.modality, 1, None, has_orientation=header.orientation is not None)),
@@ -105,7 +112,7 @@ def _record(
 ) -> dict:
     spec = ctx.spec
     if spec.patient.source == "dicom":
-        patient = patient_identifier(spec.patient, rel, image.dicom_patient_id)
+        patient = patient_identifier(spec.patient.key_rule(), rel, image.dicom_patient_id)
     else:
         patient = patient_id_for(spec, rel, row)
     return make_record(

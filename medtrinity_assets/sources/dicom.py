@@ -20,13 +20,16 @@ from medtrinity_assets.imaging.dicom_io import (
     ANNOTATION_MODALITIES,
     DicomHeader,
     NotAnImageObject,
+    PixelDecodeError,
     check_is_image,
+    check_size,
     decode_frame,
     pixel_data_problem,
     read_dicom,
     read_header,
 )
 from medtrinity_assets.imaging.geometry import dicom_axes, dicom_frame_kind
+from medtrinity_assets.imaging.limits import TooLarge
 from medtrinity_assets.imaging.slicing import select_slices
 from medtrinity_assets.sources.base import (
     IngestContext,
@@ -98,7 +101,7 @@ def _record(
         ctx,
         source_file=rel,
         pixels=decoded.pixels,
-        patient_id=patient_identifier(ctx.spec.patient, rel, header.patient_id),
+        patient_id=patient_identifier(ctx.spec.patient.key_rule(), rel, header.patient_id),
         labels=path_labels(ctx.spec, rel) + sorted(plane_masks or {}),
         annotations=_mask_annotations(ctx, plane_masks),
         pixel_units=decoded.pixel_units,
@@ -144,7 +147,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
         # Multi-frame (cine, enhanced MR/CT): frames are slices of one acquisition; annotated
         # frames (SEG, RTSTRUCT) steer the selection like labelled slices of a volume.
         presence = np.array([(rel, f) in masks for f in range(header.n_frames)]) if masks else None
-        selected = select_slices(header.n_frames, presence, ctx.spec.slicing)
+        selected = select_slices(header.n_frames, presence, ctx.spec.slicing.slice_rule())
         frames = [(index, index, header.n_frames) for index in selected]
     else:
         frames = [(None, -1, 1)]
@@ -167,7 +170,12 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
                 annotated_volume=presence is not None and bool(np.any(presence)),
             )
         except Exception as error:
-            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index))
+            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index), kind=_decode_kind(error))
+
+
+def _decode_kind(error: Exception) -> str:
+    # A codec that is not installed is "unsupported"; a decoder that failed, "unreadable".
+    return error.kind if isinstance(error, PixelDecodeError) else "unreadable"
 
 
 def _series_order(members: list[tuple[Path, DicomHeader]]) -> list[tuple[Path, DicomHeader]]:
@@ -209,7 +217,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
         keys = [(_relative(ctx, path), None) for path, _ in ordered]
         # Slices cut by an RTSTRUCT / SEG annotation drive annotated_plus_context.
         presence = np.array([key in masks for key in keys]) if any(key in masks for key in keys) else None
-        for index in select_slices(count, presence, ctx.spec.slicing):
+        for index in select_slices(count, presence, ctx.spec.slicing.slice_rule()):
             path, header = ordered[index]
             rel = keys[index][0]
             # The id comes from the file alone (one slice per file: frame -1), the series order
@@ -228,7 +236,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                     dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None, frame_in_file=-1,
                 )
             except Exception as error:
-                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, -1))
+                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, -1), kind=_decode_kind(error))
 
 
 def _scan(ctx: IngestContext, files: Iterable[Path]):
@@ -241,6 +249,8 @@ def _scan(ctx: IngestContext, files: Iterable[Path]):
         try:
             ds = read_dicom(path, with_pixels=False)
             header = read_header(ds)
+            # Before any pixel is read, for images and SEG objects alike.
+            check_size(header, ctx.limits)
             if header.modality in ANNOTATION_MODALITIES:
                 annotation_objects.append((rel, header.modality))
                 continue
@@ -249,6 +259,9 @@ def _scan(ctx: IngestContext, files: Iterable[Path]):
             problem = pixel_data_problem(ds)
         except NotAnImageObject as error:
             yield Quarantined(rel, str(error))
+            continue
+        except TooLarge as error:
+            yield Quarantined(rel, str(error), kind="too_large")
             continue
         except Exception as error:
             yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")

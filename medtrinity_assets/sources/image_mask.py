@@ -163,6 +163,7 @@ def _read_one_mask(ctx: IngestContext, layout: ImageMaskLayout, path: str, image
             colour_instances=layout.instances,
             text_format=layout.instance_format == "miccai_txt",
             rule=layout.binarize,
+            limits=ctx.limits,
         )
     except MaskValuesError as error:
         raise MaskProblem(
@@ -171,7 +172,8 @@ def _read_one_mask(ctx: IngestContext, layout: ImageMaskLayout, path: str, image
             kind="invalid_annotation",
         ) from None
     except ImageReadError as error:
-        raise MaskProblem(f"unreadable mask {path}: {error.cause}") from None
+        what = "mask too large" if error.kind == "too_large" else "unreadable mask"
+        raise MaskProblem(f"{what} {path}: {error.cause}", error.kind) from None
     except Exception as error:  # a decoder bug on one file must not stop the source
         raise MaskProblem(f"unreadable mask {path}: {type(error).__name__}: {error}") from None
     if mask.shape[:2] != image_shape[:2]:

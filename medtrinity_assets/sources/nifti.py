@@ -46,6 +46,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
 from medtrinity_assets.imaging.deid import patient_identifier
 from medtrinity_assets.imaging.geometry import nifti_display_axes
+from medtrinity_assets.imaging.limits import PixelLimits, TooLarge
 from medtrinity_assets.imaging.slicing import label_presence, label_value_masks, select_slices
 from medtrinity_assets.sources.base import (
     IngestContext,
@@ -237,8 +238,20 @@ def _as_volume(image):
     return nib.Nifti1Image(plane[:, :, np.newaxis], image.affine, image.header)
 
 
-def _load_label_volume(path: Path, threshold: Optional[float]) -> _LabelVolume:
-    label_image = _as_volume(nib.load(str(path)))
+def check_volume_size(image, axis: int, limits: PixelLimits, what: str) -> None:
+    """Raise TooLarge when the header's shape is over ``limits``: slice plane, slice count
+    along canonical ``axis``, all voxels of one channel. nib.load reads only the header, so
+    call this before any voxel is read (``_as_volume`` reads a 2D file whole)."""
+    shape = [int(n) for n in image.shape[:3]] + [1] * max(0, 3 - len(image.shape))
+    file_axis = canonical_axes(image.affine)[axis][0]
+    plane = [n for a, n in enumerate(shape) if a != file_axis]
+    limits.check_volume(plane[0], plane[1], shape[file_axis], what, unit="slices")
+
+
+def _load_label_volume(path: Path, threshold: Optional[float], axis: int, limits: PixelLimits) -> _LabelVolume:
+    label_image = nib.load(str(path))
+    check_volume_size(label_image, axis, limits, "label volume")  # read whole below
+    label_image = _as_volume(label_image)
     values = np.asanyarray(label_image.dataobj)
     if values.ndim == 4 and values.shape[3] == 1:
         values = values[..., 0]
@@ -270,9 +283,13 @@ def _open_volume(ctx: IngestContext, volume: _Volume):
     """(image, canonical shape, channels to slice) of one image file, or why it cannot be used."""
     rel = volume.source_file
     try:
-        image = _as_volume(nib.load(str(ctx.root / rel), keep_file_open=True))
+        image = nib.load(str(ctx.root / rel), keep_file_open=True)
+        check_volume_size(image, ctx.spec.layout.slice_axis, ctx.limits, "NIfTI volume")
+        image = _as_volume(image)
         # A degenerate affine (a zero column) has no orientation: found here, per volume.
         shape = _canonical_shape(image)
+    except TooLarge as error:
+        return Quarantined(rel, str(error), kind="too_large")
     except Exception as error:
         return Quarantined(rel, f"not a readable NIfTI volume: {describe_error(error)}")
     channels = _channels(image, volume, ctx.spec.layout.use_sequences)
@@ -287,7 +304,10 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
     labels: Optional[_LabelVolume] = None
     if case.label_file is not None:
         try:
-            labels = _load_label_volume(ctx.root / case.label_file, layout.label_threshold)
+            labels = _load_label_volume(ctx.root / case.label_file, layout.label_threshold, axis, ctx.limits)
+        except TooLarge as error:
+            yield Quarantined(case.name, f"{case.label_file}: {error}", kind="too_large")
+            return
         except Exception as error:
             yield Quarantined(case.name, f"label volume {case.label_file} not readable: {describe_error(error)}")
             return
@@ -328,7 +348,7 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
             continue
         if indices is None:
             presence = label_presence(labels.canonical, axis) if labels is not None else None
-            indices = select_slices(shape[axis], presence, ctx.spec.slicing)
+            indices = select_slices(shape[axis], presence, ctx.spec.slicing.slice_rule())
         for channel, sequence in channels:
             yield from _volume_records(ctx, image, rel, channel, sequence, indices, shape[axis], annotations_for, case.patient)
 
@@ -518,7 +538,7 @@ def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, 
                 yield Quarantined(rel, f"structure voxels not readable: {describe_error(error)}; '{label}' left out of {image_rel}")
                 del opened[label]
     union = np.logical_or.reduce(list(presence.values())) if presence else None
-    indices = select_slices(shape[axis], union, ctx.spec.slicing)
+    indices = select_slices(shape[axis], union, ctx.spec.slicing.slice_rule())
 
     annotations: dict[int, list[dict]] = {index: [] for index in indices}
     findings: dict[int, list[str]] = {index: [] for index in indices}
@@ -567,7 +587,7 @@ def _read_structure_files(ctx: IngestContext) -> IngestStream:
         if not grouped:
             yield Quarantined(rel, f"none of the {len(structures[rel])} structure files in {folder} is listed in layout.structure_names")
             continue
-        yield from _read_structure_case(ctx, rel, grouped, patient_identifier(ctx.spec.patient, rel))
+        yield from _read_structure_case(ctx, rel, grouped, patient_identifier(ctx.spec.patient.key_rule(), rel))
 
 
 # --- the three layouts ---------------------------------------------------------------------
@@ -602,7 +622,7 @@ def _read_image_glob(ctx: IngestContext) -> IngestStream:
         sequence = _sequence_from_path(layout, rel)
         if not _wanted(sequence, layout.use_sequences):
             continue
-        case = _Case(rel, (_Volume(rel, sequence),), label_rel, patient_identifier(ctx.spec.patient, rel))
+        case = _Case(rel, (_Volume(rel, sequence),), label_rel, patient_identifier(ctx.spec.patient.key_rule(), rel))
         yield from _read_case(ctx, case, names)
 
 
@@ -639,7 +659,7 @@ def _read_case_folders(ctx: IngestContext) -> IngestStream:
         if ctx.spec.patient.source == "file":
             patient = case_rel
         else:
-            patient = patient_identifier(ctx.spec.patient, label_rel or volumes[0].source_file)
+            patient = patient_identifier(ctx.spec.patient.key_rule(), label_rel or volumes[0].source_file)
         yield from _read_case(ctx, _Case(case_rel, tuple(volumes), label_rel, patient), names)
 
 
@@ -714,7 +734,7 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
         if label_rel is not None and not (ctx.root / label_rel).is_file():
             yield Quarantined(image_rel, f"label file {label_rel} listed in {json_rel} is missing")
             continue
-        case = _Case(image_rel, (_Volume(image_rel, channel_names=channels),), label_rel, patient_identifier(ctx.spec.patient, image_rel))
+        case = _Case(image_rel, (_Volume(image_rel, channel_names=channels),), label_rel, patient_identifier(ctx.spec.patient.key_rule(), image_rel))
         yield from _read_case(ctx, case, names)
 
 
