@@ -25,7 +25,7 @@ from PIL import Image
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
 from medtrinity_assets.paths import DataRoot
-from medtrinity_assets.storage import BlobStore, TableWriter, write_table
+from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, write_table
 
 PIPELINE_VERSION = "0.1.0"
 
@@ -403,6 +403,7 @@ def run_knowledge_base(data_root: DataRoot, knowledge_folder: Path) -> StageRepo
     out = data_root.table("knowledge_chunks")
     write_table(out, schemas.KNOWLEDGE_CHUNKS, chunks)
     stats = build_knowledge_base(chunks, data_root.chroma)
+    apply_modes(data_root.chroma)  # Chroma writes with the umask's modes
     report.rows = len(chunks)
     report.seconds = time.perf_counter() - started
     report.output = str(data_root.chroma)

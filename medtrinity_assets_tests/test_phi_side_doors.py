@@ -274,3 +274,27 @@ def test_file_mode_setting_refuses_modes_that_are_not_owner_read_write_data(monk
     monkeypatch.setenv("MEDTRINITY_FILE_MODE", bad)
     with pytest.raises(ValueError, match="MEDTRINITY_FILE_MODE"):
         file_mode()
+
+
+def test_knowledge_base_chroma_folder_has_the_policy_mode(tmp_path, monkeypatch):
+    """Chroma writes its SQLite and index files itself, with the umask's modes."""
+    import os
+    import shutil
+
+    from medtrinity_assets.storage import dir_mode, file_mode
+
+    monkeypatch.delenv("MEDTRINITY_FILE_MODE", raising=False)
+    knowledge = tmp_path / "knowledge"
+    knowledge.mkdir()
+    shutil.copy(REPO_ROOT / "data" / "knowledge" / "brain.yaml", knowledge)
+    root = DataRoot(tmp_path / "var")
+    old_umask = os.umask(0o022)
+    try:
+        assert stages.run_knowledge_base(root, knowledge).rows > 0
+    finally:
+        os.umask(old_umask)
+    modes = _modes(root.root)
+    assert "chroma/chroma.sqlite3" in modes
+    wrong = {name: oct(mode) for name, mode in modes.items()
+             if mode != (dir_mode() if (root.root / name).is_dir() else file_mode())}
+    assert not wrong, wrong
