@@ -119,7 +119,7 @@ def pseudonymous_quarantine(salt: str, root: Path, source_file: str | None, reas
     The reason stays true (the same names, hashed); the real names stay on the source disk."""
     from pathlib import PurePosixPath
 
-    for folder in sorted({str(root), str(Path(root).resolve())}, key=len, reverse=True):
+    for folder in sorted({str(root), str(Path(root).resolve())} - {"/"}, key=len, reverse=True):
         reason = reason.replace(folder, "<source>")
     reason = _PATH_IN_TEXT.sub(lambda match: pseudonymous_path(salt, match.group(0)), reason)
     if source_file in (None, "."):
