@@ -1,4 +1,9 @@
-"""Thumbnails of image + ROI outline beside the description, for the Dagster UI and the QC report."""
+"""Thumbnails of image + ROI outline beside the description, for the Dagster UI and the QC report.
+
+An image held back from training for what its pixels may show (``dataset.exports.HELD_BACK_FLAGS``:
+burned-in text can be a patient's name) never gets a thumbnail: a preview is a copy outside the
+blob store, kept for good in Dagster's event log and shown to whoever opens the UI.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from medtrinity_assets.dataset.exports import held_back_flags
 
 OUTLINE = (255, 64, 64)
 BURNED_IN_COLOUR = (255, 0, 0)
@@ -85,15 +92,20 @@ def roi_thumbnail(
 
 
 def thumbnails_markdown(data_root: Path, rows: list[dict], max_chars: int = 600) -> str:
-    """A markdown table: thumbnail | coarse caption and description (verifier status)."""
+    """A markdown table: thumbnail | coarse caption and description (verifier status).
+    A held-back row (``held_back_flags``) gets a line saying so instead of its picture."""
     lines = ["| image + ROI | description |", "|---|---|"]
     for row in rows:
-        png = roi_thumbnail(data_root, row["image_path"], row.get("rois"), burned_in_json=row.get("burned_in"))
-        encoded = base64.b64encode(png).decode("ascii")
+        withheld = held_back_flags(row)
+        if withheld:
+            picture = f"_image withheld ({', '.join(withheld)})_"
+        else:
+            png = roi_thumbnail(data_root, row["image_path"], row.get("rois"), burned_in_json=row.get("burned_in"))
+            picture = f"![{row['record_id']}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
         text = (row.get("description") or "").replace("\n", " ").replace("|", "/")
         if len(text) > max_chars:
             text = text[:max_chars].rsplit(" ", 1)[0] + " …"
         status = "verified" if row.get("verified") else "FLAGGED: " + "; ".join(row.get("verifier_flags") or [])
         caption = (row.get("coarse_caption") or "").replace("|", "/")
-        lines.append(f"| ![{row['record_id']}](data:image/png;base64,{encoded}) | **{caption}**<br>{text}<br>_{status}_ |")
+        lines.append(f"| {picture} | **{caption}**<br>{text}<br>_{status}_ |")
     return "\n".join(lines)

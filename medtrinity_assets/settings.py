@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from medtrinity_assets.storage import write_bytes_atomic
+from medtrinity_assets.storage import SECRET_FILE_MODE, make_dirs, write_bytes_atomic
 
 
 def load_or_create_salt(data_root: Path) -> str:
@@ -21,6 +21,6 @@ def load_or_create_salt(data_root: Path) -> str:
         return from_env
     path = Path(data_root) / "secrets" / "patient_salt"
     if not path.exists():
-        write_bytes_atomic(path, secrets.token_hex(32).encode("ascii"))
-        path.chmod(0o600)
+        make_dirs(Path(data_root))  # the data root itself follows the policy; only secrets/ is 0700
+        write_bytes_atomic(path, secrets.token_hex(32).encode("ascii"), mode=SECRET_FILE_MODE)
     return path.read_text(encoding="ascii").strip()

@@ -25,7 +25,7 @@ from PIL import Image
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
 from medtrinity_assets.paths import DataRoot
-from medtrinity_assets.storage import BlobStore, TableWriter, write_table
+from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, write_table
 
 PIPELINE_VERSION = "0.1.0"
 
@@ -137,13 +137,21 @@ def _require(path: Path, stage: str) -> Path:
 
 def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
     from medtrinity_assets.sources import IngestContext, Quarantined, read_source
-    from medtrinity_assets.sources.base import pseudonymous_path
+    from medtrinity_assets.sources.base import pseudonymous_path, pseudonymous_quarantine
 
     report = StageReport("raw_records", spec.id)
     ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(data_root.root), salt=salt)
     out = data_root.table("raw_records", spec.id)
     seen: set[str] = set()
-    with _stage_tables(report, data_root, out, schemas.RAW_RECORDS, "ingest") as (records, quarantine):
+    with _stage_tables(report, data_root, out, schemas.RAW_RECORDS, "ingest") as (records, log):
+
+        def quarantine_add(source_file: str | None, reason: str, record_id: str | None = None, kind: str = "stage_error") -> None:
+            # Quarantine rows reach the warehouse (qc_quarantine_by_reason) and the Dagster
+            # metadata: a pseudonymized source's real names must not ride along in them.
+            if spec.pseudonymize_paths:
+                source_file, reason = pseudonymous_quarantine(salt, ctx.root, source_file, reason)
+            log.add(source_file, reason, record_id, kind=kind)
+
         stream = read_source(ctx)
         while True:
             try:
@@ -151,13 +159,13 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
             except StopIteration:
                 break
             except Exception as error:  # a reader bug must not lose the rows already read
-                quarantine.add(None, f"reader stopped early: {_describe_error(error)}")
+                quarantine_add(None, f"reader stopped early: {_describe_error(error)}")
                 break
             report.inputs += 1
             if isinstance(item, Quarantined):
-                quarantine.add(item.source_file, item.reason, item.record_id, kind=item.kind)
+                quarantine_add(item.source_file, item.reason, item.record_id, kind=item.kind)
             elif item["record_id"] in seen:
-                quarantine.add(item["source_file"], "duplicate record id (same file and slice listed twice)", item["record_id"], kind="duplicate")
+                quarantine_add(item["source_file"], "duplicate record id (same file and slice listed twice)", item["record_id"], kind="duplicate")
             else:
                 seen.add(item["record_id"])
                 if spec.pseudonymize_paths:
@@ -395,6 +403,7 @@ def run_knowledge_base(data_root: DataRoot, knowledge_folder: Path) -> StageRepo
     out = data_root.table("knowledge_chunks")
     write_table(out, schemas.KNOWLEDGE_CHUNKS, chunks)
     stats = build_knowledge_base(chunks, data_root.chroma)
+    apply_modes(data_root.chroma)  # Chroma writes with the umask's modes
     report.rows = len(chunks)
     report.seconds = time.perf_counter() - started
     report.output = str(data_root.chroma)

@@ -1,8 +1,12 @@
-"""Atomic, streaming writes of tables and content-addressed blobs.
+"""Atomic, streaming writes of tables and content-addressed blobs, with one file mode.
 
 A killed run must leave no half-written file: every write goes to a temporary file in the
 same folder and is renamed into place only once it is complete (rename is atomic on POSIX).
 Tables are written batch by batch so a stage's memory does not grow with its partition.
+
+Every file the pipeline writes gets ``file_mode()`` and every folder it creates ``dir_mode()``
+(README, "File modes"): set explicitly, so the umask of a shell, a cron job or the Dagster
+daemon cannot make one table world-readable and the next export unreadable to the group.
 """
 
 from __future__ import annotations
@@ -21,17 +25,80 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+FILE_MODE_ENV = "MEDTRINITY_FILE_MODE"
+# Owner read-write, group read: a training job of the data's group reads the exports, blobs
+# and tables; other users of the machine read nothing (the tables hold patient hashes, labels
+# and, unless pseudonymized, file names).
+DEFAULT_FILE_MODE = 0o640
+# The patient-hash salt is a key, not data: owner only, whatever the policy.
+SECRET_FILE_MODE = 0o600
+
+
+def file_mode() -> int:
+    """The mode of every file the pipeline writes: ``MEDTRINITY_FILE_MODE`` (octal) or 0640.
+    Owner read-write always; group and others may read, never write or execute."""
+    raw = os.environ.get(FILE_MODE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_FILE_MODE
+    try:
+        mode = int(raw, 8)
+    except ValueError:
+        raise ValueError(f"{FILE_MODE_ENV}={raw!r} is not an octal file mode such as 0640") from None
+    if mode & ~0o644 or mode & 0o600 != 0o600:
+        raise ValueError(f"{FILE_MODE_ENV}={raw!r}: data files are read-write for their owner and at most "
+                         "readable by group and others (0600, 0640 or 0644)")
+    return mode
+
+
+def dir_mode(mode: int | None = None) -> int:
+    """The folder mode matching a file mode: searchable wherever readable (0640 -> 0750)."""
+    mode = file_mode() if mode is None else mode
+    return mode | (mode & 0o444) >> 2
+
+
+def make_dirs(folder: Path, mode: int | None = None) -> None:
+    """Create ``folder`` and its missing parents with ``dir_mode(mode)``; existing folders are left as they are."""
+    folder = Path(folder)
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir()
+        except FileExistsError:
+            continue  # a concurrent writer made it, with the same policy
+        os.chmod(created, dir_mode(mode))
+
+
+def apply_modes(tree: Path) -> None:
+    """Give a folder written by another library (Chroma) the policy: ``dir_mode`` on its folders,
+    ``file_mode`` on its files."""
+    tree = Path(tree)
+    os.chmod(tree, dir_mode())
+    for folder, dirs, files in os.walk(tree):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), dir_mode(), follow_symlinks=False)
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), file_mode())
+
+
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
+def atomic_path(final: Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success, with
+    ``mode`` (default ``file_mode()``) set first, whoever wrote the temporary (DuckDB's COPY
+    recreates it with the umask's mode)."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    mode = file_mode() if mode is None else mode
+    make_dirs(final.parent, mode)
     _remove_orphaned_temporaries(final)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -55,8 +122,8 @@ def _remove_orphaned_temporaries(final: Path) -> None:
             pass  # alive, owned by someone else
 
 
-def write_bytes_atomic(final: Path, data: bytes) -> None:
-    with atomic_path(final) as tmp:
+def write_bytes_atomic(final: Path, data: bytes, mode: int | None = None) -> None:
+    with atomic_path(final, mode) as tmp:
         tmp.write_bytes(data)
 
 

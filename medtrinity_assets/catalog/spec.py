@@ -344,7 +344,9 @@ class SourceSpec(Strict):
     # Replace every folder and file name in the records' source_file by a salted hash (the file
     # type suffix is kept), when ingest writes them. For private data whose paths carry identifiers (MRNs, names, dates);
     # public releases name files with the publisher's own pseudonyms, so the default keeps them
-    # for provenance. The quarantine table, which never leaves the machine, keeps real paths.
+    # for provenance. Quarantine rows get the same pseudonyms, in their file and in their reason
+    # (they reach the warehouse and the Dagster metadata); check-source, run on the source's own
+    # disk, shows the real names.
     pseudonymize_paths: bool = False
     # Boxes from a second annotation file added to the records of any layout family.
     extra_boxes: Optional[BoxAnnotations] = None

@@ -13,6 +13,7 @@ from typing import Callable
 import dagster as dg
 
 from medtrinity_assets import stages
+from medtrinity_assets.dataset.exports import held_back_sql
 from medtrinity_assets.defs.partitions import source_partitions
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.paths import DataRoot
@@ -144,11 +145,13 @@ def _triplet_thumbnails(settings: PipelineSettings, source_id: str) -> dict:
     con = duckdb.connect()
     try:
         # Annotated images first: they show what grounding found; then the rest.
-        # The normalized table's burned_in column lets the thumbnail mark burned-in text.
+        # The normalized table's burned_in column lets the thumbnail mark burned-in text (of
+        # images the spec keeps). Held-back images are left out, so the four shown can be shown.
         normalized = settings.root().table("normalized_images", source_id)
         rows = con.sql(
             f"""SELECT t.*, n.burned_in FROM read_parquet('{path}') t
                 LEFT JOIN read_parquet('{normalized}') n USING (record_id)
+                WHERE NOT {held_back_sql('t.flags')}
                 ORDER BY (t.rois LIKE '%annotation:%') DESC, t.record_id LIMIT 4"""
         ).to_arrow_table().to_pylist()
     finally:

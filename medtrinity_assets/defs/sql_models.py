@@ -1,6 +1,7 @@
 """Each SQL file in dbt_like_sql/ becomes an asset; its upstream assets are the refs in its SQL."""
 
 
+import os
 import time
 
 import dagster as dg
@@ -10,6 +11,7 @@ from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.quality.sql_models import discover_models, run_model
 from medtrinity_assets.stages import PARTITION_TABLES
+from medtrinity_assets.storage import file_mode, make_dirs
 
 SQL_FOLDER = REPO_ROOT / "dbt_like_sql"
 MODELS = discover_models(SQL_FOLDER)
@@ -28,12 +30,15 @@ def relation_for(data_root: DataRoot, ref: str) -> str:
 
 
 def _connect_warehouse(path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse, waiting while another process holds DuckDB's single-writer lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open the warehouse, waiting while another process holds DuckDB's single-writer lock.
+    The file gets the data root's file mode (DuckDB creates it with the umask's)."""
+    make_dirs(path.parent)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return duckdb.connect(str(path))
+            con = duckdb.connect(str(path))
+            os.chmod(path, file_mode())
+            return con
         except duckdb.IOException as error:
             if "lock" not in str(error).lower() or time.monotonic() > deadline:
                 raise

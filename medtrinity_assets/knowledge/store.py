@@ -27,6 +27,7 @@ from medtrinity_assets.generation.vocabulary import (
     slug,
 )
 from medtrinity_assets.knowledge.embedder import LocalMiniLMEmbedding
+from medtrinity_assets.storage import make_dirs
 
 COLLECTION = "medical_knowledge"
 
@@ -44,7 +45,7 @@ def finding_flag(finding: str) -> str:
 
 
 def open_client(path) -> chromadb.api.ClientAPI:
-    Path(path).mkdir(parents=True, exist_ok=True)
+    make_dirs(Path(path))
     return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
 
 

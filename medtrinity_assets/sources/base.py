@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
@@ -93,16 +94,51 @@ def patient_hash(salt: str, source_id: str, patient_id: str) -> str:
 KEPT_SUFFIXES = (".nii.gz", ".dcm", ".dicom", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 
 
+def _hashed_name(salt: str, name: str) -> str:
+    return hashlib.sha256(f"{salt}\x1f{name}".encode("utf-8")).hexdigest()[:16]
+
+
 def pseudonymous_path(salt: str, relative_path: str) -> str:
     """The path with each folder and file name replaced by a salted hash, the file type kept:
     the same input gives the same output (volumes still group), and names cannot be read back."""
     from pathlib import PurePosixPath
 
     parts = PurePosixPath(relative_path).parts
-    hashed = [hashlib.sha256(f"{salt}\x1f{part}".encode("utf-8")).hexdigest()[:16] for part in parts]
+    hashed = [_hashed_name(salt, part) for part in parts]
     name = parts[-1].lower() if parts else ""
     suffix = next((s for s in KEPT_SUFFIXES if name.endswith(s)), "")
     return "/".join(hashed) + suffix
+
+
+# A file path or name in free text (a quarantine reason): word characters, dots and dashes in
+# slash-separated parts, ending in a data file's type. Names with spaces are caught by the
+# part-by-part pass of pseudonymous_quarantine.
+_PATH_IN_TEXT = re.compile(
+    r"(?<![\w./-])(?:[\w.-]+/)*[\w.-]*?[\w-]\.(?:nii\.gz|dcm|dicom|nii|png|jpe?g|tiff?|bmp|gif|csv|tsv|json|xml|txt|npy|mat|mhd|nrrd|zip)(?![\w])",
+    re.IGNORECASE,
+)
+
+
+def pseudonymous_quarantine(salt: str, root: Path, source_file: str | None, reason: str) -> tuple[str | None, str]:
+    """A quarantine row's file and reason as a ``pseudonymize_paths`` source must show them: the
+    file by its ``pseudonymous_path``, and in the reason the source folder as ``<source>``, every
+    file path by its pseudonym, and every folder or file name of ``source_file`` by its hash.
+    The reason stays true (the same names, hashed); the real names stay on the source disk."""
+    from pathlib import PurePosixPath
+
+    for folder in sorted({str(root), str(Path(root).resolve())} - {"/"}, key=len, reverse=True):
+        reason = reason.replace(folder, "<source>")
+    reason = _PATH_IN_TEXT.sub(lambda match: pseudonymous_path(salt, match.group(0)), reason)
+    if source_file in (None, "."):
+        return source_file, reason
+    parts = set(PurePosixPath(source_file).parts)
+    name = PurePosixPath(source_file).name
+    parts.add(next((name[: -len(s)] for s in KEPT_SUFFIXES if name.lower().endswith(s)), name))
+    # Longest first, each from the start of a word; not to the end of one, since derived names
+    # ("<stem>_mask.png", which may hold spaces the path pattern cannot span) extend the stem.
+    for part in sorted((p for p in parts if len(p) >= 3 and p not in (".", "..")), key=len, reverse=True):
+        reason = re.sub(rf"(?<![\w]){re.escape(part)}", _hashed_name(salt, part), reason)
+    return pseudonymous_path(salt, source_file), reason
 
 
 def make_record(
