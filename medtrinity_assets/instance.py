@@ -46,8 +46,11 @@ def ensure_instance(home: Path | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists():
             with env_overrides(DAGSTER_HOME=home), dg.DagsterInstance.get() as instance:
-                # Creates and stamps every storage (runs, event log, schedules) at the current version.
-                instance.upgrade()
+                # The SQLite storages create and stamp their tables when the instance is built;
+                # reading each one makes sure they exist before the lock is released.
+                instance.get_runs(limit=1)
+                instance.all_instigator_state()
+                instance.get_asset_keys()
             marker.parent.mkdir(exist_ok=True)
             marker.write_text("Dagster storage created by medtrinity_assets.instance.ensure_instance\n")
     return home
