@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -26,23 +25,20 @@ FAILED_WITHIN_SECONDS = 90
 
 SLEEPY_LOCATION = '''
 import os, time
+from pathlib import Path
 import dagster as dg
 
 @dg.op
 def nap(context):
     # The op runs in the run worker itself (in-process executor): this pid is the run's process.
-    (open(os.path.join(os.environ["PID_DIR"], context.run_id + ".pid"), "w")).write(str(os.getpid()))
-    time.sleep(float(os.environ.get("NAP_SECONDS", "300")))
+    (Path(os.environ["PID_DIR"]) / f"{context.run_id}.pid").write_text(str(os.getpid()))
+    time.sleep(300)
 
 @dg.job(executor_def=dg.in_process_executor)
 def sleepy():
     nap()
 
-@dg.asset
-def sleepy_asset():
-    time.sleep(300)
-
-defs = dg.Definitions(jobs=[sleepy], assets=[sleepy_asset])
+defs = dg.Definitions(jobs=[sleepy])
 '''
 
 
@@ -124,8 +120,9 @@ def test_killed_run_workers_are_failed_and_queued_run_starts(shipped_instance):
     try:
         _launch(folder, env)
         _launch(folder, env)
-        pid_files = _wait_for(lambda: sorted(pid_dir.glob("*.pid")) if len(list(pid_dir.glob("*.pid"))) == 2 else None,
-                              120, "both runs started")
+        pid_files = _wait_for(
+            lambda: found if len(found := sorted(pid_dir.glob("*.pid"))) == 2 else None, 120, "both runs started"
+        )
         crashed = {p.stem: int(p.read_text()) for p in pid_files}
         _launch(folder, env)
         queued = _wait_for(
@@ -166,7 +163,7 @@ def test_killed_run_workers_are_failed_and_queued_run_starts(shipped_instance):
 
 
 CLI_RUN = '''
-import sys, time
+import time
 import dagster as dg
 from medtrinity_assets.cli import RUN_TAGS
 

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from medtrinity_assets.catalog import SpecProblem, load_catalog_report
+from medtrinity_assets.defs.assets import PIPELINE_GROUP
 from medtrinity_assets.defs.partitions import CATALOG, CATALOG_LOAD
 from medtrinity_assets.defs.resources import PipelineSettings
 
@@ -21,7 +22,7 @@ def problems_markdown(problems: list[SpecProblem]) -> str:
 # Metadata fixed when the code location loads: the asset page lists broken specs with no run.
 source_catalog = dg.AssetSpec(
     "source_catalog",
-    group_name="pipeline",
+    group_name=PIPELINE_GROUP,
     description="The YAML source specs (data/sources/): one partition per spec that loads. A spec that "
     "does not load is left out and listed here and by the every_spec_loads check.",
     metadata={
