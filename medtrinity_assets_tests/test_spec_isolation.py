@@ -20,7 +20,8 @@ GOOD = "demo_fundus_normal"
 
 @pytest.fixture
 def broken_catalog(tmp_path):
-    """A catalog folder: one good spec, one with an invalid field, one that is not YAML."""
+    """A catalog folder: one good spec, one with an invalid field, one that is not YAML, and a
+    folder named like a spec."""
     folder = tmp_path / "sources"
     folder.mkdir()
     good = yaml.safe_load((catalog_dir() / f"{GOOD}.yaml").read_text())
@@ -28,6 +29,7 @@ def broken_catalog(tmp_path):
     bad_field = {**good, "id": "bad_field", "modality": "photograph"}
     (folder / "bad_field.yaml").write_text(yaml.safe_dump(bad_field))
     (folder / "not_yaml.yaml").write_text("id: [unclosed\n")
+    (folder / "a_folder.yaml").mkdir()
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     return folder
 
@@ -36,11 +38,12 @@ def test_a_broken_spec_is_left_out_and_named_with_its_field(broken_catalog):
     loaded = load_catalog_report(broken_catalog)
     assert list(loaded.specs) == [GOOD]
     problems = {problem.file.name: problem for problem in loaded.problems}
-    assert set(problems) == {"bad_field.yaml", "not_yaml.yaml"}
+    assert set(problems) == {"bad_field.yaml", "not_yaml.yaml", "a_folder.yaml"}
     assert problems["bad_field.yaml"].fields == ("modality",)
     assert "photograph" in problems["bad_field.yaml"].message
     assert "not valid YAML" in problems["not_yaml.yaml"].message
     assert str(broken_catalog / "not_yaml.yaml") in problems["not_yaml.yaml"].message
+    assert "cannot be read" in problems["a_folder.yaml"].message
     # What every other caller (CLI, resources, benches) reads: the good specs only.
     assert list(load_catalog(broken_catalog)) == [GOOD]
 
@@ -106,7 +109,7 @@ def test_definitions_load_and_other_sources_run_with_a_broken_spec(broken_catalo
     assert run.returncode == 0, run.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line.startswith(("partitions", "check", "good")))
     assert lines["partitions"] == f"['{GOOD}']"
-    assert "catalog metadata 2" in run.stdout
+    assert "catalog metadata 3" in run.stdout
     passed, broken = lines["check"].removeprefix("passed ").split(" ", 1)
     assert passed == "False"
     assert "bad_field.yaml" in broken and "not_yaml.yaml" in broken

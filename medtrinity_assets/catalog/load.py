@@ -74,6 +74,10 @@ def load_catalog_report(folder: Path | None = None) -> CatalogLoad:
             problems.append(SpecProblem(path, error.fields, str(error)))
             log.warning("source spec left out of the catalog: %s", error)
             continue
+        except OSError as error:  # a folder named *.yaml, a file the user may not read
+            problems.append(SpecProblem(path, (), f"{path}: cannot be read: {error.strerror}"))
+            log.warning("source spec left out of the catalog: %s", problems[-1].message)
+            continue
         specs[spec.id] = spec
     return CatalogLoad(specs, problems)
 
