@@ -32,7 +32,9 @@ test-fast: setup
 validate: setup
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
+# The webserver and the daemon of `dagster dev` start together: storage is created before, once.
 ui: setup
+	$(BIN)/python -m medtrinity_assets.instance
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # Sources: list the catalog, fetch one (download or instructions), check a spec against its files.

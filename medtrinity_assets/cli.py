@@ -16,10 +16,19 @@ from pathlib import Path
 from medtrinity_assets.paths import REPO_ROOT, DataRoot, catalog_dir, raw_dir
 
 
+# Runs executed in the CLI's process: their job exists only here, so the daemon must not
+# re-execute one after a crash (run_retries in dagster_home/dagster.yaml); the user sees it fail.
+RUN_TAGS = {"medtrinity/trigger": "cli", "dagster/max_retries": "0"}
+
+
 def _instance():
     import dagster as dg
 
+    from medtrinity_assets.instance import ensure_instance
+
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
+    # Storage created once, under a lock: a CLI run next to a first `make ui` cannot corrupt it.
+    ensure_instance()
     return dg.DagsterInstance.get()
 
 
@@ -64,14 +73,19 @@ def _has_files(folder: Path) -> bool:
 
 
 def sources_table() -> str:
-    from medtrinity_assets.catalog import load_catalog, source_root
+    from medtrinity_assets.catalog import load_catalog_report, source_root
 
+    loaded = load_catalog_report()
     rows = [("id", "modality", "access", "family", "files")]
-    for source_id, spec in sorted(load_catalog().items()):
+    for source_id, spec in sorted(loaded.specs.items()):
         folder = source_root(spec)
         rows.append((source_id, spec.modality, spec.access, spec.layout.family, "yes" if _has_files(folder) else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    if loaded.problems:
+        lines += ["", f"{len(loaded.problems)} spec(s) left out (fix them to use these sources):"]
+        lines += [f"  {problem.message}" for problem in loaded.problems]
+    return "\n".join(lines)
 
 
 def fetch_command(ref: str) -> int:
@@ -133,7 +147,7 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
             instance=instance,
             resources=resources,
             raise_on_error=False,
-            tags={"medtrinity/trigger": "cli"},
+            tags=RUN_TAGS,
             # Step-by-step events stay in the instance (and the UI); the terminal gets warnings.
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )

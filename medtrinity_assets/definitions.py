@@ -9,11 +9,13 @@ from medtrinity_assets.defs.automation import (
     refresh_sources_schedule,
     source_pipeline_job,
 )
+from medtrinity_assets.defs.catalog import every_spec_loads, source_catalog
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
 
 defs = dg.Definitions(
-    assets=[*ASSETS, quarantine, *SQL_ASSETS],
+    assets=[*ASSETS, quarantine, source_catalog, *SQL_ASSETS],
+    asset_checks=[every_spec_loads],
     jobs=[source_pipeline_job],
     sensors=[raw_files_sensor],
     schedules=[refresh_sources_schedule],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -13,8 +15,31 @@ from medtrinity_assets.paths import REPO_ROOT, catalog_dir, raw_dir
 from medtrinity_assets.validation import validation_problems
 
 
+log = logging.getLogger(__name__)
+
+
 class CatalogError(ValueError):
     """A spec that cannot be used; the message names the file and the field."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = fields
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """A spec left out of the catalog: its file, the fields at fault (none for unreadable YAML)
+    and the full message."""
+
+    file: Path
+    fields: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class CatalogLoad:
+    specs: dict[str, SourceSpec]
+    problems: list[SpecProblem]
 
 
 def load_spec(path: Path) -> SourceSpec:
@@ -32,21 +57,38 @@ def load_spec(path: Path) -> SourceSpec:
         spec = SourceSpec.model_validate(data)
     except ValidationError as error:
         problems = validation_problems(error, show_input=True)
-        raise CatalogError(f"{path}: invalid source spec:\n  " + "\n  ".join(problems)) from None
+        fields = tuple(dict.fromkeys(".".join(str(part) for part in item["loc"]) or "<top level>" for item in error.errors()))
+        raise CatalogError(f"{path}: invalid source spec:\n  " + "\n  ".join(problems), fields) from None
     if spec.id != path.stem:
-        raise CatalogError(f"{path}: field 'id': '{spec.id}' must match the file name '{path.stem}'")
+        raise CatalogError(f"{path}: field 'id': '{spec.id}' must match the file name '{path.stem}'", ("id",))
     return spec
 
 
-def load_catalog(folder: Path | None = None) -> dict[str, SourceSpec]:
+def load_catalog_report(folder: Path | None = None) -> CatalogLoad:
+    """Every spec loaded on its own: one broken file is reported (and logged), never stops the rest."""
     folder = Path(folder) if folder else catalog_dir()
-    specs = {}
-    for path in sorted(folder.glob("*.yaml")):
-        spec = load_spec(path)
-        specs[spec.id] = spec
-    if not specs:
+    paths = sorted(folder.glob("*.yaml"))
+    if not paths:
         raise CatalogError(f"{folder}: no source specs (*.yaml) found")
-    return specs
+    specs, problems = {}, []
+    for path in paths:
+        try:
+            spec = load_spec(path)
+        except CatalogError as error:
+            problems.append(SpecProblem(path, error.fields, str(error)))
+            log.warning("source spec left out of the catalog: %s", error)
+            continue
+        except OSError as error:  # a folder named *.yaml, a file the user may not read
+            problems.append(SpecProblem(path, (), f"{path}: cannot be read: {error.strerror}"))
+            log.warning("source spec left out of the catalog: %s", problems[-1].message)
+            continue
+        specs[spec.id] = spec
+    return CatalogLoad(specs, problems)
+
+
+def load_catalog(folder: Path | None = None) -> dict[str, SourceSpec]:
+    """The usable specs by id; broken ones are left out (listed by ``load_catalog_report``)."""
+    return load_catalog_report(folder).specs
 
 
 def source_root(spec: SourceSpec) -> Path:
