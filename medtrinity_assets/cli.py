@@ -65,11 +65,9 @@ def _has_files(folder: Path) -> bool:
     """Whether a source folder holds any (non-hidden) file; stops at the first one found."""
     if not folder.is_dir():
         return False
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(not name.startswith(".") for name in filenames):
-            return True
-    return False
+    from medtrinity_assets.containment import walk_files
+
+    return next(walk_files(folder), None) is not None
 
 
 def sources_table() -> str:

@@ -88,6 +88,16 @@ def raw_dir() -> Path:
     return _env_path("MEDTRINITY_RAW", REPO_ROOT / "data" / "raw")
 
 
+def allowed_source_roots() -> list[Path]:
+    """Folders a spec's ``root:`` may point into: the raw folder, the shared real-data extracts
+    and each folder of ``MEDTRINITY_ALLOWED_ROOTS`` (``os.pathsep``-separated). A spec file is
+    contributed text; its root must not make ingest or ``check-source`` read arbitrary folders."""
+    extra = [Path(p).expanduser().resolve() for p in os.environ.get("MEDTRINITY_ALLOWED_ROOTS", "").split(os.pathsep) if p]
+    # The shipped specs name "../shared/realdata/<x>" whatever MEDTRINITY_REALDATA says.
+    shipped = (REPO_ROOT.parent / "shared" / "realdata").resolve()
+    return list(dict.fromkeys([raw_dir(), realdata_dir(), shipped, *extra]))
+
+
 def knowledge_dir() -> Path:
     return _env_path("MEDTRINITY_KNOWLEDGE", REPO_ROOT / "data" / "knowledge")
 

@@ -136,8 +136,8 @@ def test_yolo_normalized_boxes_classes_and_bad_lines(tmp_path, names_file, names
     assert boxes_of(p2) == boxes_of(p3) == boxes_of(p4) == []
     assert [(q.source_file, q.reason.split(" (")[0]) for q in quarantined] == [
         ("labels/p2.txt:1", "class index 5 is out of range"),
-        ("labels/p2.txt:2", "malformed YOLO line '1 0.5 abc 0.1 0.1'"),
-        ("labels/p2.txt:3", "malformed YOLO line '0 0.5 0.5 0.1'"),
+        ("labels/p2.txt:2", "malformed YOLO line"),
+        ("labels/p2.txt:3", "malformed YOLO line"),
     ]
 
 

@@ -8,7 +8,7 @@ and diseases on load, so only the file shows whether its author wrote them that 
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -73,11 +73,11 @@ def metadata_problems(raw: dict, spec: SourceSpec) -> list[str]:
             problems.append("open source needs acquisition.method download with a URL, or manual with instructions")
     if spec.access in ("registration", "credentialed") and not (acquisition.instructions or "").strip():
         problems.append(f"access {spec.access} needs acquisition.instructions")
+    # Absolute paths and paths climbing out are refused on load (test_containment); a shipped
+    # spec does not even step up and back down.
     for key, path in _layout_paths(raw.get("layout") or {}):
-        if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or path.startswith("~"):
-            problems.append(f"layout.{key} {path!r} is absolute")
-        elif ".." in PurePosixPath(path).parts:
-            problems.append(f"layout.{key} {path!r} leaves the source folder")
+        if ".." in PurePosixPath(path).parts:
+            problems.append(f"layout.{key} {path!r} steps out of a folder with '..'")
     return problems
 
 
@@ -130,15 +130,7 @@ def _broken_copy(tmp_path: Path, change) -> tuple[dict, SourceSpec]:
         (lambda d: d.update(diseases=["Malignant breast tumor"]), "not plain lower-case"),
         (lambda d: d.pop("root"), "needs acquisition.method download"),
         (lambda d: (d.pop("root"), d.update(acquisition={"method": "manual", "instructions": " "})), "needs acquisition"),
-        (lambda d: d["layout"].update(image_glob="/data/busi/*/images/*.png"), "is absolute"),
-        (lambda d: d["layout"].update(image_glob="../other/*.png"), "leaves the source folder"),
-        (
-            lambda d: d.update(
-                layout={"family": "boxes", "boxes": {"format": "csv", "file": "/tmp/boxes.csv", "id_column": "id",
-                                                     "label_column": "label", "box_columns": ["a", "b", "c", "d"]}}
-            ),
-            "layout.file '/tmp/boxes.csv' is absolute",
-        ),
+        (lambda d: d["layout"].update(image_glob="*/images/../images/*.png"), "steps out of a folder"),
     ],
 )
 def test_the_metadata_check_names_what_is_wrong(tmp_path, change, words):

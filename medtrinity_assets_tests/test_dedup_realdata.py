@@ -253,6 +253,7 @@ def test_dagster_dataset_asset_warns_with_examples_of_the_conflict(tmp_path, mon
     catalog.mkdir()
     (catalog / "relabelled.yaml").write_text(yaml.safe_dump({**PLACEHOLDER_METADATA, **fields}))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("MEDTRINITY_ALLOWED_ROOTS", str(tmp_path))  # the spec file's root is a temp folder
     ids = _record_ids(root, "relabelled")
     with dg.instance_for_test() as instance:
         result = dg.materialize(

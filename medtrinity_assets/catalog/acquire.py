@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from medtrinity_assets.catalog.spec import Download, PackageFile, SourceSpec
+from medtrinity_assets.containment import climbs_out, contained_glob, is_inside
 from medtrinity_assets.storage import atomic_path, write_bytes_atomic
 
 # Hidden, so that folder_fingerprint (the sensor) and the readers' file walks ignore it.
@@ -80,9 +81,20 @@ def package_folder(package: str) -> Path:
     return Path(list(found.submodule_search_locations)[0])
 
 
+def target_folder(dest: Path, to: str) -> Path:
+    """``dest/<to>``, checked again when writing (the spec validator refuses such a ``to`` too):
+    an absolute ``to``, one climbing with "..", or a link in ``dest`` leading elsewhere would make
+    a fetch write outside the source folder."""
+    folder = Path(dest) / to if to else Path(dest)
+    if climbs_out(to) or not is_inside(dest, folder):
+        raise AcquisitionError(f"'to: {to}' leads outside the source folder {dest}; nothing written")
+    return folder
+
+
 def _package_files(entry: PackageFile) -> list[Path]:
     base = package_folder(entry.package)
-    matches = sorted(p for p in base.glob(entry.path) if p.is_file())
+    # Only files of the package itself: a pattern or link leading elsewhere is never copied.
+    matches = sorted(p for p in contained_glob(base, entry.path) if p.is_file())
     if not matches:
         raise AcquisitionError(f"package '{entry.package}' ({base}) has no file matching '{entry.path}'")
     return matches
@@ -95,7 +107,7 @@ def fetch_package_files(spec: SourceSpec, dest: Path) -> list[Path]:
     dest = Path(dest)
     written: list[Path] = []
     for entry in spec.acquisition.files:
-        folder = dest / entry.to if entry.to else dest
+        folder = target_folder(dest, entry.to)
         for source in _package_files(entry):
             target = folder / source.name
             if not (target.is_file() and filecmp.cmp(source, target, shallow=False)):
@@ -325,7 +337,7 @@ def fetch_downloads(
     for entry in spec.acquisition.downloads:
         url = str(entry.url)
         name = download_filename(entry)
-        folder = dest / entry.to if entry.to else dest
+        folder = target_folder(dest, entry.to)
         final = folder / name
         key = (PurePosixPath(entry.to) / name).as_posix()
         recorded = files.get(key)

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from medtrinity_assets.catalog.load import source_root
 from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.containment import walk_files
 from medtrinity_assets.storage import BlobStore
 
 EXAMPLES_SHOWN = 10
@@ -189,14 +190,8 @@ def _relative(root: Path, path: str) -> str | None:
 
 
 def _files_under(root: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        # Hidden files are not data (.acquisition.json, partial downloads, .DS_Store).
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith("."):
-                found.append((Path(dirpath) / name).relative_to(root).as_posix())
-    return sorted(found)
+    # Hidden files are not data; links leaving the folder are quarantined by the reader, not walked.
+    return sorted(walk_files(root))
 
 
 def _paths_the_spec_names(spec: SourceSpec) -> set[str]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
+
+from medtrinity_assets.containment import walk_files
 
 
 def folder_fingerprint(root: Path) -> str | None:
@@ -18,17 +19,14 @@ def folder_fingerprint(root: Path) -> str | None:
     if not root.is_dir():
         return None
     entries = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            entries.append(f"{path.relative_to(root).as_posix()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}")
+    # Links that leave the folder are not followed (a link to / would hash the whole disk) and a
+    # link back into it is walked once (a self-link would never end): containment.walk_files.
+    for relative in walk_files(root):
+        try:
+            stat = (root / relative).stat()
+        except OSError:
+            continue
+        entries.append(f"{relative}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}")
     if not entries:
         return None
     digest = hashlib.sha256()

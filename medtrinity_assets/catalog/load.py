@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from medtrinity_assets.bounded_yaml import YamlLimitError, load_yaml_file
 from medtrinity_assets.catalog.spec import SourceSpec
-from medtrinity_assets.paths import REPO_ROOT, catalog_dir, raw_dir
+from medtrinity_assets.containment import is_inside
+from medtrinity_assets.paths import REPO_ROOT, allowed_source_roots, catalog_dir, raw_dir
 from medtrinity_assets.validation import validation_problems
 
 
@@ -61,6 +62,13 @@ def load_spec(path: Path) -> SourceSpec:
         raise CatalogError(f"{path}: invalid source spec:\n  " + "\n  ".join(problems), fields) from None
     if spec.id != path.stem:
         raise CatalogError(f"{path}: field 'id': '{spec.id}' must match the file name '{path.stem}'", ("id",))
+    if spec.root and not any(is_inside(allowed, source_root(spec)) for allowed in allowed_source_roots()):
+        allowed = ", ".join(str(p) for p in allowed_source_roots())
+        raise CatalogError(
+            f"{path}: field 'root': '{spec.root}' is outside the folders sources may live in ({allowed}); "
+            "move the files there or add their folder to MEDTRINITY_ALLOWED_ROOTS",
+            ("root",),
+        )
     return spec
 
 

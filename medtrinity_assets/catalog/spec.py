@@ -28,6 +28,7 @@ from medtrinity_assets.catalog.layouts import (
     Replace,
     Strict,
 )
+from medtrinity_assets.containment import climbs_out
 from medtrinity_assets.imaging.deid import PatientKeyRule
 from medtrinity_assets.imaging.geometry import normalize_laterality, normalize_view
 from medtrinity_assets.imaging.limits import (
@@ -43,6 +44,40 @@ Access = Literal["open", "registration", "credentialed", "package"]
 AnnotationKind = Literal["mask", "box", "contour", "label", "caption", "vqa", "none"]
 
 SOURCE_ID = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+
+# Layout fields (at any depth: extra_boxes, masks[]) that name a file, folder, glob or path
+# template under the source root. Each must stay inside it: relative, never climbing with "..".
+PATH_FIELDS = frozenset({
+    "csv", "annotations", "dataset_json", "file", "class_names_file", "image_root",
+    "image_glob", "exclude_glob", "path_index_glob", "glob", "lidc_xml_glob", "case_glob", "structure_glob",
+    "extra_mask_glob", "path_template", "image_template", "annotation_template", "mask_template",
+    "label_template", "template", "ranges_file",
+})
+# Of those, the fields naming one file the reader opens as it is (no template, no glob).
+FILE_FIELDS = frozenset({"csv", "annotations", "dataset_json", "file", "class_names_file", "ranges_file"})
+
+
+def named_paths(value, where: str = "layout"):
+    """(spec field, value) of every PATH_FIELDS string in a dumped layout, depth first."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{where}.{key}"
+            if key in PATH_FIELDS and isinstance(item, str):
+                yield here, item
+            else:
+                yield from named_paths(item, here)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from named_paths(item, f"{where}[{index}]")
+
+
+def _stays_inside(value: str, what: str) -> str:
+    # A template's fields are only known per file ("{parent}/../masks/{stem}.png" stays inside
+    # for an image two folders deep): its literal start is checked here, the filled path at
+    # run time by the reader.
+    if climbs_out(value.split("{", 1)[0] if "{" in value else value):
+        raise ValueError(f"{what} {value!r} leaves the source folder: give a path relative to it, without '..' climbing out")
+    return value
 
 
 class Labels(Strict):
@@ -280,6 +315,12 @@ class PackageFile(Strict):
     path: str  # relative to the package folder; may be a glob
     to: str = ""  # folder under data/raw/<id>/
 
+    @field_validator("path", "to")
+    @classmethod
+    def _inside(cls, value: str, info) -> str:
+        where = "the package folder" if info.field_name == "path" else "data/raw/<id>/"
+        return _stays_inside(value, f"'{info.field_name}' (a path under {where})")
+
 
 class Download(Strict):
     """One file of an open source, fetched over HTTP(S) into data/raw/<id>/<to>/."""
@@ -296,6 +337,12 @@ class Download(Strict):
     size_bytes: Optional[int] = Field(None, ge=0)
     # Unpack a .zip / .tar(.gz) archive into the target folder after verification.
     extract: bool = False
+
+    @field_validator("to")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        # A contributed spec must not make `fetch` write anywhere the user can write.
+        return _stays_inside(value, "'to' (a folder under data/raw/<id>/)")
 
 
 class Acquisition(Strict):
@@ -401,6 +448,19 @@ class SourceSpec(Strict):
             self.modality, tuple(self.organs), self.intensity.ct_window,
             self.intensity.percentile_low, self.intensity.percentile_high,
         )
+
+    @model_validator(mode="after")
+    def _layout_paths_stay_inside(self) -> "SourceSpec":
+        for where, value in self.named_paths():
+            _stays_inside(value, where)
+        return self
+
+    def named_paths(self) -> list[tuple[str, str]]:
+        """(spec field, value) of every path the layout, extra_boxes and patient rule name (PATH_FIELDS)."""
+        found = list(named_paths(self.layout.model_dump(), "layout"))
+        if self.extra_boxes:
+            found += named_paths(self.extra_boxes.model_dump(), "extra_boxes")
+        return found + list(named_paths(self.patient.model_dump(), "patient"))
 
     def modality_for(self, relative_path: str) -> str:
         for pattern, modality in self.modality_by_path.items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from medtrinity_assets.catalog.spec import FILE_FIELDS
+from medtrinity_assets.containment import inside_file, walk_files
 from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
 
 FAMILY_MODULES = {
@@ -23,6 +25,19 @@ def read_source(ctx: IngestContext) -> IngestStream:
     if not ctx.root.is_dir():
         yield Quarantined(str(ctx.root), f"source folder does not exist: {ctx.root} (download the source into it)")
         return
+    # A link that leaves the source folder is refused, whatever glob or table would reach it:
+    # the readers' globs (containment.contained_glob) skip it, and it is named here once.
+    outside: list[str] = []
+    for _ in walk_files(ctx.root, outside=outside):
+        pass
+    for link in outside:
+        yield Quarantined(link, "symbolic link leads outside the source folder; not followed", kind="outside_source")
+    # A table or annotation file the spec names that is a link to a file elsewhere: the source
+    # is not read at all (every record would come from that file).
+    for where, value in ctx.spec.named_paths():
+        if where.rsplit(".", 1)[-1] in FILE_FIELDS and value and inside_file(ctx.root, value) is None:
+            yield Quarantined(value, f"{where} leads outside the source folder; source not read", kind="outside_source")
+            return
     module = importlib.import_module(FAMILY_MODULES[ctx.spec.layout.family])
     stream = module.read(ctx)
     if ctx.spec.extra_boxes is not None:

@@ -32,6 +32,7 @@ from defusedxml import ElementTree as SafeElementTree
 from medtrinity_assets.bounded_yaml import YamlLimitError, load_yaml_text
 from medtrinity_assets.catalog.layouts.boxes import BoxAnnotations, XmlShapes
 from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.containment import inside_file
 from medtrinity_assets.sources.base import Quarantined, contained_path
 from medtrinity_assets.sources.image_common import (
     UNDECODABLE,
@@ -142,11 +143,11 @@ def parse_coco(root: Path, json_file: str, image_root: str = ".") -> BoxTable:
     for image in images:
         file_name = str(image.get("file_name") or "") if isinstance(image, dict) else ""
         if not file_name:
-            table.problem(json_file, f"image entry {image!r:.80} has no file_name")
+            table.problem(json_file, "an image entry has no file_name", kind="invalid_annotation")
             continue
         relative_path = contained_path(image_root, file_name)
         if relative_path is None:
-            table.problem(json_file, f"image file_name {file_name!r:.80} points outside the source folder")
+            table.problem(json_file, "an image file_name points outside the source folder", kind="outside_source")
             continue
         try:
             path_of_id[image.get("id")] = relative_path
@@ -160,7 +161,7 @@ def parse_coco(root: Path, json_file: str, image_root: str = ".") -> BoxTable:
 
     for obj in objects:
         if not isinstance(obj, dict):
-            table.problem(json_file, f"annotation entry {obj!r:.60} is not an object")
+            table.problem(json_file, "an annotation entry is not an object", kind="invalid_annotation")
             continue
         try:
             _add_coco_object(table, json_file, obj, path_of_id, categories)
@@ -228,8 +229,13 @@ def load_class_names(root: Path, settings: BoxAnnotations, encoding: str) -> dic
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             names = (load_yaml_text(text, name_file) or {}).get("names")
-        except (yaml.YAMLError, AttributeError, YamlLimitError) as error:
+        except YamlLimitError as error:
             return Quarantined(name_file, f"not a YOLO data.yaml: {error}")
+        except (yaml.YAMLError, AttributeError) as error:
+            # Where, not what: a YAML error message quotes the offending lines of the file.
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            return Quarantined(name_file, f"not a YOLO data.yaml: {type(error).__name__}{where}")
         if isinstance(names, list):
             return {index: str(name) for index, name in enumerate(names)}
         if isinstance(names, dict) and all(isinstance(k, int) for k in names):
@@ -251,6 +257,9 @@ def parse_yolo(root: Path, image_paths: list[str], template: str, class_names: d
     for image_path in image_paths:
         label_file = annotation_file_for(template, image_path)
         table.note_image(image_path, image_path)
+        if inside_file(root, label_file) is None:
+            table.problem(label_file, f"YOLO label file of {image_path} leads outside the source folder; not read", kind="outside_source")
+            continue
         try:
             text = (root / label_file).read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -265,7 +274,7 @@ def parse_yolo(root: Path, image_paths: list[str], template: str, class_names: d
             where = f"{label_file}:{line_number}"
             numbers = [_number(value) for value in fields[1:]]
             if len(fields) != 5 or None in numbers or not fields[0].isdigit():
-                table.problem(where, f"malformed YOLO line {line.strip()!r:.60} (expected 'class cx cy w h')")
+                table.problem(where, "malformed YOLO line (expected 'class cx cy w h')", kind="invalid_annotation")
                 continue
             class_index = int(fields[0])
             if class_index not in class_names:
@@ -288,6 +297,9 @@ def parse_voc(root: Path, image_paths: list[str], template: str) -> BoxTable:
         xml_file = annotation_file_for(template, image_path)
         table.note_image(image_path, image_path)
         if not (root / xml_file).is_file():
+            continue
+        if inside_file(root, xml_file) is None:
+            table.problem(xml_file, f"VOC XML of {image_path} leads outside the source folder; not read", kind="outside_source")
             continue
         try:
             document = ElementTree.parse(root / xml_file).getroot()
@@ -373,7 +385,8 @@ def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable, encoding:
     needed += [name for name in template_fields(settings.path_template) if name != "id"]
     missing = [column for column in needed if column and column not in header]
     if missing:
-        table.problem(table.source, f"box table lacks column(s) {', '.join(missing)}; its columns are {', '.join(header)}")
+        # The columns present are not listed: a header line is the file's contents.
+        table.problem(table.source, f"box table lacks column(s) {', '.join(missing)}")
         return []
     return rows
 
@@ -487,7 +500,7 @@ def parse_table(root: Path, settings: BoxAnnotations, encoding: str) -> BoxTable
             table.problem(where, f"row for {image} ({label}) gives no coordinates; the image is kept without this box")
             continue
         if None in numbers:
-            table.problem(where, f"row for {image} has non-numeric coordinates {values}")
+            table.problem(where, f"row for {image} has non-numeric coordinates", kind="invalid_annotation")
             continue
         if circles:
             cx, cy, radius = numbers

@@ -46,6 +46,7 @@ from medtrinity_assets.sources.dicom import deidentify_dataset, dicom_geometry
 from medtrinity_assets.sources.image_common import (
     decode_image,
     iter_image_files,
+    outside_source,
     path_labels,
     patient_id_for,
 )
@@ -79,6 +80,9 @@ class DecodedImage:
 
 def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | Quarantined:
     """Pixels of one image file: PNG/JPEG/TIFF/PGM via image_common, or DICOM (RSNA's .dcm rows)."""
+    outside = outside_source(ctx, rel)
+    if outside is not None:
+        return outside
     if not (ctx.root / rel).is_file():
         return Quarantined(rel, absent_reason)
     if not _is_dicom(ctx.root / rel):

@@ -151,7 +151,7 @@ def read(ctx: IngestContext) -> IngestStream:
             continue
         relative_path = contained_path(layout.image_template.format(value=image_value))
         if relative_path is None:
-            yield Quarantined(row_ref, f"image {image_value!r:.80} points outside the source folder")
+            yield Quarantined(row_ref, f"image path from field {layout.image_field!r} points outside the source folder", kind="outside_source")
             continue
 
         caption = as_text(row.get(layout.caption_field)) if layout.caption_field else ""

@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from medtrinity_assets.containment import contained_glob
 from medtrinity_assets.imaging.deid import SUV_RETAIN_OPTIONS, apply_basic_profile, patient_identifier
 from medtrinity_assets.imaging.dicom_io import (
     ANNOTATION_MODALITIES,
@@ -49,7 +50,8 @@ from medtrinity_assets.sources.lidc_xml import collect_lidc_annotations
 def list_files(root: Path, glob: str, exclude_glob: Optional[str] = None) -> list[Path]:
     """Files under ``root`` matching ``glob``, minus ``exclude_glob``, in a stable order."""
     excluded = set(root.glob(exclude_glob)) if exclude_glob else set()
-    return sorted(p for p in root.glob(glob) if p.is_file() and p not in excluded)
+    # Links leading outside ``root`` are never matched (read_source quarantines them).
+    return sorted(p for p in contained_glob(root, glob) if p.is_file() and p not in excluded)
 
 
 def _relative(ctx: IngestContext, path: Path) -> str:

@@ -12,6 +12,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.containment import contained_glob, inside_file
 from medtrinity_assets.imaging.image_io import ImageReadError, read_image
 from medtrinity_assets.sources.base import IngestContext, Quarantined, make_record
 
@@ -23,10 +24,11 @@ def iter_image_files(root: Path, pattern: str) -> Iterator[str]:
     """Image files under ``root`` matching ``pattern``, as sorted POSIX paths relative to it.
 
     Sorted so a rerun yields records in the same order; hidden files (.DS_Store, ._x.png from
-    macOS archives) are not data.
+    macOS archives) are not data; links leading outside ``root`` are never matched (read_source
+    quarantines them).
     """
     found = []
-    for path in root.glob(pattern):
+    for path in contained_glob(root, pattern):
         relative = path.relative_to(root)
         if not path.is_file() or any(part.startswith(".") for part in relative.parts):
             continue
@@ -98,6 +100,14 @@ def patient_id_for(spec: SourceSpec, relative_path: str, row: Mapping[str, str] 
     return f"file:{relative_path}"
 
 
+def outside_source(ctx: IngestContext, relative_path: str) -> Quarantined | None:
+    """The quarantine of an image path from a table or a template that leaves the source folder
+    ("../x", a link to a file elsewhere): such a file is never opened. None when it stays inside."""
+    if inside_file(ctx.root, relative_path) is not None:
+        return None
+    return Quarantined(relative_path, "image path leads outside the source folder; not read", kind="outside_source")
+
+
 def decode_image(
     ctx: IngestContext, relative_path: str, absent_reason: str | None = None
 ) -> tuple[np.ndarray, str] | Quarantined:
@@ -106,6 +116,9 @@ def decode_image(
     ``absent_reason``: for an image an annotation file names, the reason given when the file is
     not there (which says where it was listed), instead of a decoder error.
     """
+    outside = outside_source(ctx, relative_path)
+    if outside is not None:
+        return outside
     if absent_reason is not None and not (ctx.root / relative_path).is_file():
         return Quarantined(relative_path, absent_reason)
     try:

@@ -200,7 +200,8 @@ def read(ctx: IngestContext) -> IngestStream:
         # Read without a declared label column, every row's label state would be a guess.
         what = [f"column(s) {', '.join(missing)}"] if missing else []
         what += [f"label column(s) the spec declares: {'; '.join(missing_labels)}"] if missing_labels else []
-        yield Quarantined(layout.csv, f"CSV {layout.csv} lacks {' and '.join(what)}; header is {', '.join(header)}")
+        # The header itself is not echoed: it is the file's first line, whatever the file is.
+        yield Quarantined(layout.csv, f"CSV {layout.csv} lacks {' and '.join(what)}")
         return
 
     index = files_by_id(ctx.root, layout.path_index_glob) if layout.path_index_glob else None
@@ -238,7 +239,7 @@ def read(ctx: IngestContext) -> IngestStream:
                 yield Quarantined(row_ref, f"path_template {template!r} cannot be filled: {error}")
                 continue
             if relative_path is None:
-                yield Quarantined(row_ref, f"image id {image_id!r:.80} points outside the source folder")
+                yield Quarantined(row_ref, f"image path from column {layout.id_column!r} points outside the source folder", kind="outside_source")
                 continue
             named.add(relative_path)
 

@@ -28,6 +28,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from medtrinity_assets.catalog.spec import ImageMaskLayout
+from medtrinity_assets.containment import climbs_out, contained_glob, inside_file, is_inside
 from medtrinity_assets.imaging.image_io import ImageReadError, MaskValuesError, read_mask
 from medtrinity_assets.sources.base import (
     IngestContext,
@@ -131,7 +132,7 @@ def extra_mask_paths(ctx: IngestContext, layout: ImageMaskLayout, mask_path: str
     first = PurePosixPath(mask_path)
     pattern = layout.extra_mask_glob.replace("{mask_stem}", globlib.escape(first.stem))
     folder = ctx.root / first.parent
-    found = sorted(p.relative_to(ctx.root).as_posix() for p in folder.glob(pattern) if p.is_file())
+    found = sorted(p.relative_to(ctx.root).as_posix() for p in folder.glob(pattern) if p.is_file() and is_inside(ctx.root, p))
     return [path for path in found if path != mask_path]
 
 
@@ -143,9 +144,17 @@ def instance_file_paths(ctx: IngestContext, pattern: str) -> list[str]:
     """The per-object mask files a glob pairing names, sorted so ids are stable across runs."""
     return sorted(
         p.relative_to(ctx.root).as_posix()
-        for p in ctx.root.glob(pattern)
+        for p in contained_glob(ctx.root, pattern)
         if p.is_file() and not p.name.startswith(".")
     )
+
+
+def _mask_leaves_source(ctx: IngestContext, layout: ImageMaskLayout, path: str) -> bool:
+    """Whether a mask path the pairing rule gives (a replacement yielding "../", a link to a file
+    elsewhere) lies outside the source folder; a glob pairing's matches are filtered instead."""
+    if layout.instance_files:
+        return climbs_out(path)
+    return inside_file(ctx.root, path) is None
 
 
 def _mask_is_present(ctx: IngestContext, layout: ImageMaskLayout, path: str) -> bool:
@@ -266,6 +275,10 @@ def read(ctx: IngestContext) -> IngestStream:
         if not layout.instance_files and any(plan.path == image_path for plan in plans):
             continue  # the glob also matched a mask: the pairing rule maps it onto itself
         found_any = True
+        outside = [plan.path for plan in plans if _mask_leaves_source(ctx, layout, plan.path)]
+        if outside:
+            yield Quarantined(image_path, f"mask path {outside[0]} leads outside the source folder; not read", kind="outside_source")
+            continue
         present = [plan for plan in plans if _mask_is_present(ctx, layout, plan.path)]
         absent = [plan for plan in plans if plan not in present and not plan.optional]
         if absent:

@@ -44,6 +44,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
+from medtrinity_assets.containment import contained_glob, inside_file, is_inside
 from medtrinity_assets.imaging.deid import patient_identifier
 from medtrinity_assets.imaging.geometry import nifti_display_axes
 from medtrinity_assets.imaging.limits import PixelLimits, TooLarge
@@ -302,6 +303,12 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
     layout = ctx.spec.layout
     axis = layout.slice_axis
     labels: Optional[_LabelVolume] = None
+    # Every path of a case (a sequence template, a dataset.json entry, a link) must stay inside
+    # the source folder: such a case is refused whole, nothing of it read.
+    outside = [rel for rel in (*(v.source_file for v in case.volumes), case.label_file) if rel is not None and inside_file(ctx.root, rel) is None]
+    if outside:
+        yield Quarantined(outside[0], "path leads outside the source folder; case not read", kind="outside_source")
+        return
     if case.label_file is not None:
         try:
             labels = _load_label_volume(ctx.root / case.label_file, layout.label_threshold, axis, ctx.limits)
@@ -456,7 +463,7 @@ def structure_files(root: Path, image_rel: str, structure_glob: str) -> list[str
     """The structure files of one image: ``structure_glob`` matched in the image's folder."""
     folder = posixpath.dirname(image_rel)
     found = sorted(
-        p.relative_to(root).as_posix() for p in (root / folder).glob(structure_glob) if p.is_file()
+        p.relative_to(root).as_posix() for p in (root / folder).glob(structure_glob) if p.is_file() and is_inside(root, p)
     )
     return [rel for rel in found if _is_data_file(rel)]
 
@@ -630,7 +637,7 @@ def _read_case_folders(ctx: IngestContext) -> IngestStream:
     layout = ctx.spec.layout
     names = _default_label_names(ctx)
     folders = sorted(
-        p.relative_to(ctx.root).as_posix() for p in ctx.root.glob(layout.case_glob) if p.is_dir()
+        p.relative_to(ctx.root).as_posix() for p in contained_glob(ctx.root, layout.case_glob) if p.is_dir()
     )
     folders = [folder for folder in folders if _is_data_file(folder)]
     if not folders:
@@ -671,7 +678,7 @@ def _int_keyed(mapping, what: str) -> dict[int, str]:
     try:
         return {int(key): str(value) for key, value in mapping.items()}
     except (TypeError, ValueError):
-        raise ValueError(f'"{what}" keys must be integers, got {sorted(map(str, mapping))}') from None
+        raise ValueError(f'"{what}" keys must be integers') from None
 
 
 def _dataset_json_path(json_rel: str, listed: str) -> Optional[str]:
@@ -716,12 +723,12 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
         listed_image = entry.get("image") if isinstance(entry, dict) else entry
         listed_label = entry.get("label") if labelled and isinstance(entry, dict) else None
         if not isinstance(listed_image, str):
-            yield Quarantined(json_rel, f"entry {position} of {json_rel} has no image path: {entry!r}")
+            yield Quarantined(json_rel, f"entry {position} of {json_rel} has no image path", kind="invalid_annotation")
             continue
         image_rel = _dataset_json_path(json_rel, listed_image)
         label_rel = _dataset_json_path(json_rel, listed_label) if isinstance(listed_label, str) else None
         if image_rel is None or (isinstance(listed_label, str) and label_rel is None):
-            yield Quarantined(json_rel, f"entry {position} of {json_rel} points outside the source folder: {entry!r}")
+            yield Quarantined(json_rel, f"entry {position} of {json_rel} points outside the source folder", kind="outside_source")
             continue
         if not _is_data_file(image_rel):
             continue
