@@ -373,6 +373,34 @@ def test_yolo_label_file_linked_from_outside_is_not_read(tmp_path):
     assert not any(SECRET in q.reason for q in quarantined)
 
 
+def test_per_image_polygon_xml_linked_from_outside_is_not_read(tmp_path):
+    root, outside = tmp_path / "src", tmp_path / "outside"
+    save_png(root / "images" / "p.png")
+    (root / "xml").mkdir()
+    outside.mkdir()
+    (outside / "shapes.xml").write_text('<A><Shape Type="Polygon"><Points><Point X="1" Y="1"/><Point X="9" Y="1"/>'
+                                        '<Point X="9" Y="9"/></Points></Shape></A>')
+    os.symlink(outside / "shapes.xml", root / "xml" / "p.xml")
+    records, quarantined = ingest(tmp_path, root, {"family": "boxes", "image_glob": "images/*.png", "boxes": {
+        "format": "xml_polygons", "annotation_template": "xml/{stem}.xml", "fixed_label": "tumour",
+        "xml": {"shape_path": ".//Shape[@Type='Polygon']", "point_path": "Points/Point"}}})
+    assert ("xml/p.xml", "outside_source") in {(q.source_file, q.kind) for q in quarantined}
+    assert [json.loads(r["annotations"]) for r in records] == [[]]
+
+
+def test_ranges_file_linked_from_outside_is_not_read(tmp_path):
+    root, outside = tmp_path / "src", tmp_path / "outside"
+    save_png(root / "frame_1.png")
+    outside.mkdir()
+    (outside / "README").write_text("frames 1-25: sequence 1\n")
+    os.symlink(outside / "README", root / "README.txt")
+    records, quarantined = ingest(tmp_path, root, {"family": "image_folder", "image_glob": "*.png"}, patient={
+        "source": "ranges", "pattern": r"frame_(\d+)", "ranges_file": "README.txt",
+        "range_regex": r"frames (?P<first>\d+)-(?P<last>\d+): sequence (?P<group>\d+)"})
+    assert records == []
+    assert ("README.txt", "outside_source") in {(q.source_file, q.kind) for q in quarantined}
+
+
 def test_dataset_json_entry_pointing_outside_is_not_echoed(tmp_path):
     root = tmp_path / "src"
     root.mkdir()
@@ -403,7 +431,7 @@ def test_cli_check_source_with_an_explicit_root_is_trusted(tmp_path, monkeypatch
     monkeypatch.setenv("MEDTRINITY_RAW", str(tmp_path / "raw"))
     root = tmp_path / "elsewhere"
     save_png(root / "x.png")
-    path = write_spec(tmp_path, layout={"family": "image_folder", "image_glob": "*.png"})
+    path = write_spec(tmp_path, annotation_kinds=["none"], layout={"family": "image_folder", "image_glob": "*.png"})
     assert cli.main(["check-source", str(path), "--root", str(root)]) == 0
     assert "OK: 1 images" in capsys.readouterr().out
 

@@ -646,6 +646,9 @@ def parse_xml_polygons(root: Path, image_paths: list[str], settings: BoxAnnotati
         table.note_image(image_path, image_path)
         if not (root / xml_file).is_file():
             continue
+        if inside_file(root, xml_file) is None:
+            table.problem(xml_file, f"polygon annotation file of {image_path} leads outside the source folder; not read", kind="outside_source")
+            continue
         document = _read_xml(root, xml_file, table, f"polygon annotation file of {image_path}")
         if document is not None:
             _xml_shapes(table, settings.xml, settings.fixed_label, document, image_path, xml_file)
