@@ -48,11 +48,19 @@ def _materializations(result) -> dict[str, dict]:
 
 
 @pytest.fixture
-def source_files(isolated_env):
+def seeded_env(isolated_env, knowledge_base):
+    """The data root holds the session's knowledge base: materializing the knowledge_base asset
+    then runs the whole stage (corpus, chunks, store, checks) but embeds nothing again."""
+    knowledge_base.copy_to(DataRoot(isolated_env["var"]))
+    return isolated_env
+
+
+@pytest.fixture
+def source_files(seeded_env):
     spec = load_catalog()[SOURCE]
     if spec.acquisition.method == "package":
-        fetch_package_files(spec, isolated_env["raw"] / SOURCE)
-    return isolated_env
+        fetch_package_files(spec, seeded_env["raw"] / SOURCE)
+    return seeded_env
 
 
 def test_every_asset_materializes_on_a_partition_with_passing_checks(source_files):
@@ -81,9 +89,9 @@ def test_every_asset_materializes_on_a_partition_with_passing_checks(source_file
         assert (root.exports / "llava_train.jsonl").exists()
 
 
-def test_bad_files_are_quarantined_and_a_check_reports_them(isolated_env):
+def test_bad_files_are_quarantined_and_a_check_reports_them(seeded_env):
     source = "demo_fundus_normal"
-    folder = isolated_env["raw"] / source
+    folder = seeded_env["raw"] / source
     fetch_package_files(load_catalog()[source], folder)
     (folder / "empty.jpg").write_bytes(b"")
     good = next(folder.glob("*.jpg"))

@@ -1,0 +1,39 @@
+"""The tests share one knowledge base per run (conftest.knowledge_base) and give each data root a
+copy of its Chroma folder: the copy must be a complete store, taken while the building client is
+still open in this process, and opened by another process as the Dagster run workers do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from medtrinity_assets.knowledge.store import COLLECTION, open_client
+from medtrinity_assets.paths import DataRoot
+
+QUERIES = ["pneumothorax on chest radiograph", "hypoechoic breast mass", "melanoma dermoscopy"]
+
+ASK = """
+import json, sys
+from medtrinity_assets.knowledge.store import COLLECTION, open_client
+collection = open_client(sys.argv[1]).get_collection(COLLECTION)
+print(json.dumps([collection.count(), collection.query(query_texts=json.loads(sys.argv[2]), n_results=5)["ids"]]))
+"""
+
+
+def _ask(path) -> list:
+    collection = open_client(path).get_collection(COLLECTION)
+    return [collection.count(), collection.query(query_texts=QUERIES, n_results=5)["ids"]]
+
+
+def test_copy_of_the_built_store_answers_as_the_store_does(knowledge_base, tmp_path):
+    copy = knowledge_base.copy_to(DataRoot(tmp_path / "var"))
+    original = _ask(knowledge_base.root.chroma)
+    assert original[0] == knowledge_base.stats["chunks"] > 0
+    assert _ask(copy.chroma) == original
+    assert copy.table("knowledge_chunks").read_bytes() == knowledge_base.root.table("knowledge_chunks").read_bytes()
+
+    fresh = subprocess.run(
+        [sys.executable, "-c", ASK, str(copy.chroma), json.dumps(QUERIES)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == original
