@@ -51,7 +51,7 @@ class BuiltKnowledge:
 
 
 @pytest.fixture(scope="session")
-def knowledge_base(tmp_path_factory) -> BuiltKnowledge:
+def shared_knowledge(tmp_path_factory) -> BuiltKnowledge:
     """The project's knowledge base, built once per test run: embedding the corpus takes tens of
     seconds on two cores. Read it in place; tests that run stages in a data root of their own
     (or may write to the store) take a copy with ``copy_to``."""

@@ -86,11 +86,11 @@ def non_utf8_metadata(root: Path) -> tuple[SourceSpec, str, str]:
     [truncated_dicom, zero_byte_png, mask_of_another_size, label_volume_of_another_shape,
      csv_row_naming_a_missing_file, non_utf8_metadata],
 )
-def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_path, make, knowledge_base):
+def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_path, make, shared_knowledge):
     source = tmp_path / "source"
     source.mkdir()
     spec, bad_file, reason_word = make(source)
-    root = knowledge_base.copy_to(DataRoot(tmp_path / "var"))
+    root = shared_knowledge.copy_to(DataRoot(tmp_path / "var"))
 
     ingest = stages.run_ingest(spec, root, "salt")
     assert ingest.rows >= 1 and ingest.quarantined == 1, ingest.reasons

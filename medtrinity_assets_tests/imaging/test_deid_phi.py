@@ -189,7 +189,7 @@ def test_pixels_are_unchanged_by_planting_so_only_the_header_carried_phi(tmp_pat
     assert planted_rows["pixel_ref"].to_list() == clean_rows["pixel_ref"].to_list()
 
 
-def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path, knowledge_base):
+def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path, shared_knowledge):
     """Every stage, the knowledge base, the final dataset, its exports and the SQL warehouse:
     the scan covers every byte the pipeline wrote (tables, PNGs, masks, Chroma, DuckDB, JSONL)."""
     import duckdb
@@ -212,7 +212,7 @@ def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path
     notes_spec = _build_notes_source(tmp_path / "inputs" / "notes")
 
     # The knowledge base holds no PHI by construction; it is in "out" so the scan reads it too.
-    root = knowledge_base.copy_to(DataRoot(tmp_path / "out"))
+    root = shared_knowledge.copy_to(DataRoot(tmp_path / "out"))
     specs = (dicom_spec, nifti_spec, photo_spec, notes_spec)
     for spec in specs:
         stages.run_ingest(spec, root, salt="pepper")

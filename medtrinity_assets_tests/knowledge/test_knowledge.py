@@ -1,7 +1,7 @@
 """Stage 5: the knowledge corpus, the local embedder, the Chroma store and retrieval.
 
 The store is built once per test run with the real packaged MiniLM model (the session fixture
-``knowledge_base`` in conftest.py) and shared by the retrieval tests.
+``shared_knowledge`` in conftest.py) and shared by the retrieval tests.
 """
 
 from __future__ import annotations
@@ -239,10 +239,10 @@ def test_missing_model_package_names_the_pip_pin(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def store(knowledge_base):
+def store(shared_knowledge):
     """The session's knowledge base (conftest.py), read in place."""
     chunks = chunk_corpus(load_corpus(CORPUS))
-    return {"path": knowledge_base.root.chroma, "chunks": chunks, "stats": knowledge_base.stats}
+    return {"path": shared_knowledge.root.chroma, "chunks": chunks, "stats": shared_knowledge.stats}
 
 
 def _entry_of(chunk_id: str) -> str:

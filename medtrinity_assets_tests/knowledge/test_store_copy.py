@@ -1,4 +1,4 @@
-"""The tests share one knowledge base per run (conftest.knowledge_base) and give each data root a
+"""The tests share one knowledge base per run (conftest.shared_knowledge) and give each data root a
 copy of its Chroma folder: the copy must be a complete store, taken while the building client is
 still open in this process, and opened by another process as the Dagster run workers do."""
 
@@ -26,12 +26,12 @@ def _ask(path) -> list:
     return [collection.count(), collection.query(query_texts=QUERIES, n_results=5)["ids"]]
 
 
-def test_copy_of_the_built_store_answers_as_the_store_does(knowledge_base, tmp_path):
-    copy = knowledge_base.copy_to(DataRoot(tmp_path / "var"))
-    original = _ask(knowledge_base.root.chroma)
-    assert original[0] == knowledge_base.stats["chunks"] > 0
+def test_copy_of_the_built_store_answers_as_the_store_does(shared_knowledge, tmp_path):
+    copy = shared_knowledge.copy_to(DataRoot(tmp_path / "var"))
+    original = _ask(shared_knowledge.root.chroma)
+    assert original[0] == shared_knowledge.stats["chunks"] > 0
     assert _ask(copy.chroma) == original
-    assert copy.table("knowledge_chunks").read_bytes() == knowledge_base.root.table("knowledge_chunks").read_bytes()
+    assert copy.table("knowledge_chunks").read_bytes() == shared_knowledge.root.table("knowledge_chunks").read_bytes()
 
     fresh = subprocess.run(
         [sys.executable, "-c", ASK, str(copy.chroma), json.dumps(QUERIES)], capture_output=True, text=True, check=True

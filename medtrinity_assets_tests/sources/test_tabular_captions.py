@@ -344,7 +344,7 @@ def test_captions_file_that_is_not_json_is_quarantined(tmp_path):
 # ---------------------------------------------------------------- through the stages
 
 
-def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(tmp_path, knowledge_base):
+def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(tmp_path, shared_knowledge):
     source = tmp_path / "iu_xray"
     caption = "The heart is normal in size. The lungs are clear without focal consolidation."
     qa = {"question": "Is there a pleural effusion?", "answer": "No"}
@@ -362,7 +362,7 @@ def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(t
                 "image_template": "images/{value}", "caption_field": "caption",
                 "question_field": "question", "answer_field": "answer"},
     )
-    root = knowledge_base.copy_to(DataRoot(tmp_path / "var"))
+    root = shared_knowledge.copy_to(DataRoot(tmp_path / "var"))
     ingest_report = stages.run_ingest(spec, root, "salt")
     assert (ingest_report.rows, ingest_report.quarantined) == (3, 0)
     for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
