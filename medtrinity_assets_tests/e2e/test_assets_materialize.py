@@ -19,6 +19,8 @@ from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
 from medtrinity_assets.paths import DataRoot, realdata_dir
 
+pytestmark = pytest.mark.slow
+
 REALDATA = realdata_dir()
 
 ALL = [*ASSETS, *SQL_ASSETS]
