@@ -1,8 +1,12 @@
-"""Shared fixtures: isolated data roots so tests never touch the user's var/ or data/raw/."""
+"""Shared fixtures: isolated data roots so tests never touch the user's var/ or data/raw/, and
+the knowledge base embedded once per test run."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +14,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from medtrinity_assets.paths import realdata_dir
+from medtrinity_assets.paths import DataRoot, knowledge_dir, realdata_dir
 
 REALDATA = realdata_dir()
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not present")
@@ -28,6 +32,45 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(paths["dagster_home"]))
     monkeypatch.setenv("MEDTRINITY_SALT", "test-salt")
     return paths
+
+
+E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items):
+    # The folder says what a test is: everything under e2e/ runs the whole pipeline.
+    for item in items:
+        if E2E in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@dataclass(frozen=True)
+class BuiltKnowledge:
+    """The knowledge_base stage's output in a data root of its own, and the stage's counts."""
+
+    root: DataRoot
+    stats: dict
+
+    def copy_to(self, root: DataRoot) -> DataRoot:
+        """Give ``root`` the knowledge base as if its knowledge_base stage had run there. A copy
+        of the persisted Chroma folder is a complete store (knowledge/test_store_copy.py)."""
+        shutil.copytree(self.root.chroma, root.chroma)
+        chunks = root.table("knowledge_chunks")
+        chunks.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.root.table("knowledge_chunks"), chunks)
+        return root
+
+
+@pytest.fixture(scope="session")
+def shared_knowledge(tmp_path_factory) -> BuiltKnowledge:
+    """The project's knowledge base, built once per test run: embedding the corpus takes tens of
+    seconds on two cores. Read it in place; tests that run stages in a data root of their own
+    (or may write to the store) take a copy with ``copy_to``."""
+    from medtrinity_assets import stages
+
+    root = DataRoot(tmp_path_factory.mktemp("knowledge_base"))
+    report = stages.run_knowledge_base(root, knowledge_dir())
+    return BuiltKnowledge(root, dict(report.extra))
 
 
 _exit_status = {"code": 0}

@@ -63,12 +63,9 @@ def test_killed_ingest_leaves_no_half_written_table(tmp_path):
     assert _rows(final) == _rows(clean_root.table("raw_records", "bench_ct"))
 
 
-def test_rerun_of_every_stage_gives_the_same_rows(tmp_path):
-    from medtrinity_assets.paths import knowledge_dir
-
+def test_rerun_of_every_stage_gives_the_same_rows(tmp_path, shared_knowledge):
     workload = make_workload(20, cache=tmp_path / "cache")
-    root = DataRoot(tmp_path / "var")
-    stages.run_knowledge_base(root, knowledge_dir())
+    root = shared_knowledge.copy_to(DataRoot(tmp_path / "var"))
     spec = bench_specs(workload)[1]
 
     def run_all():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import duckdb
 import numpy as np
@@ -30,7 +29,7 @@ from medtrinity_assets.dataset.exports import (
     llava_file,
 )
 from medtrinity_assets.dataset.splits import SPLIT_NAMES
-from medtrinity_assets.paths import REPO_ROOT, DataRoot, knowledge_dir
+from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.quality.checks import check_source_text_kept_apart, run_checks
 from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import (
@@ -345,17 +344,7 @@ def test_captions_file_that_is_not_json_is_quarantined(tmp_path):
 # ---------------------------------------------------------------- through the stages
 
 
-@pytest.fixture(scope="module")
-def chest_knowledge(tmp_path_factory):
-    """A knowledge base of the project's chest entries only: enough for X-ray records, fast."""
-    folder = tmp_path_factory.mktemp("knowledge")
-    shutil.copy(knowledge_dir() / "chest.yaml", folder / "chest.yaml")
-    root = DataRoot(tmp_path_factory.mktemp("kb"))
-    stages.run_knowledge_base(root, folder)
-    return root.chroma
-
-
-def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(tmp_path, chest_knowledge):
+def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(tmp_path, shared_knowledge):
     source = tmp_path / "iu_xray"
     caption = "The heart is normal in size. The lungs are clear without focal consolidation."
     qa = {"question": "Is there a pleural effusion?", "answer": "No"}
@@ -373,8 +362,7 @@ def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(t
                 "image_template": "images/{value}", "caption_field": "caption",
                 "question_field": "question", "answer_field": "answer"},
     )
-    root = DataRoot(tmp_path / "var")
-    shutil.copytree(chest_knowledge, root.chroma)
+    root = shared_knowledge.copy_to(DataRoot(tmp_path / "var"))
     ingest_report = stages.run_ingest(spec, root, "salt")
     assert (ingest_report.rows, ingest_report.quarantined) == (3, 0)
     for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,

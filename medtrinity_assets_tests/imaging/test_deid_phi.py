@@ -189,7 +189,7 @@ def test_pixels_are_unchanged_by_planting_so_only_the_header_carried_phi(tmp_pat
     assert planted_rows["pixel_ref"].to_list() == clean_rows["pixel_ref"].to_list()
 
 
-def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path):
+def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path, shared_knowledge):
     """Every stage, the knowledge base, the final dataset, its exports and the SQL warehouse:
     the scan covers every byte the pipeline wrote (tables, PNGs, masks, Chroma, DuckDB, JSONL)."""
     import duckdb
@@ -197,7 +197,7 @@ def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path
 
     from medtrinity_assets import stages
     from medtrinity_assets.defs.sql_models import relation_for
-    from medtrinity_assets.paths import REPO_ROOT, knowledge_dir
+    from medtrinity_assets.paths import REPO_ROOT
     from medtrinity_assets.quality.sql_models import discover_models, run_model
 
     dicom_spec, nifti_spec = _build_sources(tmp_path / "inputs")
@@ -211,8 +211,8 @@ def test_no_planted_identifier_reaches_any_output_of_the_whole_pipeline(tmp_path
     photo_spec = _spec("phi_photo", photo_root, {"family": "image_folder", "image_glob": "*.png"}, "histopathology")
     notes_spec = _build_notes_source(tmp_path / "inputs" / "notes")
 
-    root = DataRoot(tmp_path / "out")
-    stages.run_knowledge_base(root, knowledge_dir())
+    # The knowledge base holds no PHI by construction; it is in "out" so the scan reads it too.
+    root = shared_knowledge.copy_to(DataRoot(tmp_path / "out"))
     specs = (dicom_spec, nifti_spec, photo_spec, notes_spec)
     for spec in specs:
         stages.run_ingest(spec, root, salt="pepper")

@@ -19,6 +19,8 @@ from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
 from medtrinity_assets.paths import DataRoot, realdata_dir
 
+pytestmark = pytest.mark.slow
+
 REALDATA = realdata_dir()
 
 ALL = [*ASSETS, *SQL_ASSETS]
@@ -48,11 +50,19 @@ def _materializations(result) -> dict[str, dict]:
 
 
 @pytest.fixture
-def source_files(isolated_env):
+def seeded_env(isolated_env, shared_knowledge):
+    """The data root holds the session's knowledge base: materializing the knowledge_base asset
+    then runs the whole stage (corpus, chunks, store, checks) but embeds nothing again."""
+    shared_knowledge.copy_to(DataRoot(isolated_env["var"]))
+    return isolated_env
+
+
+@pytest.fixture
+def source_files(seeded_env):
     spec = load_catalog()[SOURCE]
     if spec.acquisition.method == "package":
-        fetch_package_files(spec, isolated_env["raw"] / SOURCE)
-    return isolated_env
+        fetch_package_files(spec, seeded_env["raw"] / SOURCE)
+    return seeded_env
 
 
 def test_every_asset_materializes_on_a_partition_with_passing_checks(source_files):
@@ -81,9 +91,9 @@ def test_every_asset_materializes_on_a_partition_with_passing_checks(source_file
         assert (root.exports / "llava_train.jsonl").exists()
 
 
-def test_bad_files_are_quarantined_and_a_check_reports_them(isolated_env):
+def test_bad_files_are_quarantined_and_a_check_reports_them(seeded_env):
     source = "demo_fundus_normal"
-    folder = isolated_env["raw"] / source
+    folder = seeded_env["raw"] / source
     fetch_package_files(load_catalog()[source], folder)
     (folder / "empty.jpg").write_bytes(b"")
     good = next(folder.glob("*.jpg"))

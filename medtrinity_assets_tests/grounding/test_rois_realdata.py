@@ -122,6 +122,7 @@ def test_ham10000_lesions_are_skin_lesion_colours():
     assert set(names) <= {"brown", "dark brown", "red", "pink", "black", "tan"}, names
 
 
+@pytest.mark.slow
 @needs_realdata
 def test_busi_margin_and_shape_against_benign_and_malignant_masses():
     rows = busi_rows()

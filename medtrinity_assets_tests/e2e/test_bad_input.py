@@ -14,7 +14,7 @@ from spec_factory import build_spec
 
 from medtrinity_assets import stages
 from medtrinity_assets.catalog.spec import SourceSpec
-from medtrinity_assets.paths import DataRoot, knowledge_dir
+from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.quality.checks import run_checks
 
 SITE = Path(np.__file__).resolve().parent.parent
@@ -81,24 +81,16 @@ def non_utf8_metadata(root: Path) -> tuple[SourceSpec, str, str]:
     return _spec(root, layout), "", "UTF-8"
 
 
-@pytest.fixture(scope="module")
-def knowledge(tmp_path_factory):
-    root = DataRoot(tmp_path_factory.mktemp("kb"))
-    stages.run_knowledge_base(root, knowledge_dir())
-    return root.chroma
-
-
 @pytest.mark.parametrize(
     "make",
     [truncated_dicom, zero_byte_png, mask_of_another_size, label_volume_of_another_shape,
      csv_row_naming_a_missing_file, non_utf8_metadata],
 )
-def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_path, make, knowledge):
+def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_path, make, shared_knowledge):
     source = tmp_path / "source"
     source.mkdir()
     spec, bad_file, reason_word = make(source)
-    root = DataRoot(tmp_path / "var")
-    shutil.copytree(knowledge, root.chroma)
+    root = shared_knowledge.copy_to(DataRoot(tmp_path / "var"))
 
     ingest = stages.run_ingest(spec, root, "salt")
     assert ingest.rows >= 1 and ingest.quarantined == 1, ingest.reasons

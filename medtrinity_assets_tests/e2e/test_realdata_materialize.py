@@ -48,8 +48,10 @@ def test_realdata_catalog_covers_every_shared_dataset():
 
 
 @pytest.fixture(scope="module")
-def instance(tmp_path_factory):
+def instance(tmp_path_factory, shared_knowledge):
     home = tmp_path_factory.mktemp("realdata_home")
+    # The session's store, so the knowledge_base asset below embeds nothing again.
+    shared_knowledge.copy_to(DataRoot(home / "var"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDTRINITY_HOME", str(home / "var"))
         patch.setenv("MEDTRINITY_SALT", "test-salt")

@@ -1,7 +1,7 @@
 """Stage 5: the knowledge corpus, the local embedder, the Chroma store and retrieval.
 
-The store is built once per module with the real packaged MiniLM model (about 10-20 s on a
-small machine) and shared by the retrieval tests.
+The store is built once per test run with the real packaged MiniLM model (the session fixture
+``shared_knowledge`` in conftest.py) and shared by the retrieval tests.
 """
 
 from __future__ import annotations
@@ -239,11 +239,10 @@ def test_missing_model_package_names_the_pip_pin(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chroma")
+def store(shared_knowledge):
+    """The session's knowledge base (conftest.py), read in place."""
     chunks = chunk_corpus(load_corpus(CORPUS))
-    stats = build_knowledge_base(chunks, path)
-    return {"path": path, "chunks": chunks, "stats": stats}
+    return {"path": shared_knowledge.root.chroma, "chunks": chunks, "stats": shared_knowledge.stats}
 
 
 def _entry_of(chunk_id: str) -> str:
@@ -408,9 +407,11 @@ def test_collection_reopens_from_stored_config_without_passing_the_function(stor
 
 
 def test_rebuild_is_idempotent_and_removes_stale_chunks(store, tmp_path):
-    again = build_knowledge_base(store["chunks"], store["path"])
+    # On a copy: the session's store stays exactly as built for the other tests.
+    path = shutil.copytree(store["path"], tmp_path / "chroma")
+    again = build_knowledge_base(store["chunks"], path)
     assert again == {"chunks": len(store["chunks"]), "embedded": 0, "unchanged": len(store["chunks"]), "deleted": 0}
-    stored = open_client(store["path"]).get_collection(COLLECTION).get()["ids"]
+    stored = open_client(path).get_collection(COLLECTION).get()["ids"]
     assert len(stored) == len(set(stored)) == len(store["chunks"])
 
     # A small separate store: change one text, drop one chunk.

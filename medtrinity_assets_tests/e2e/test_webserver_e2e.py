@@ -17,7 +17,7 @@ import requests
 
 from medtrinity_assets.catalog import load_catalog
 from medtrinity_assets.catalog.acquire import fetch_package_files
-from medtrinity_assets.paths import REPO_ROOT
+from medtrinity_assets.paths import REPO_ROOT, DataRoot
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +71,11 @@ def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def webserver(tmp_path_factory):
+def webserver(tmp_path_factory, shared_knowledge):
     home = tmp_path_factory.mktemp("dagster_home")
     data_root = tmp_path_factory.mktemp("var")
+    # The session's store: the knowledge_base run launched below then embeds nothing again.
+    shared_knowledge.copy_to(DataRoot(data_root))
     raw = tmp_path_factory.mktemp("raw")
     # The webserver alone has no daemon to dequeue runs, so launch them directly.
     (home / "dagster.yaml").write_text(
