@@ -83,20 +83,19 @@ class _QuarantineLog:
 
 
 @contextmanager
-def _stage_tables(
-    report: StageReport, data_root: DataRoot, out: Path, schema, quarantine_stage: str | None = None
+def stage_tables(
+    report: StageReport, data_root: DataRoot, out: Path, schema, quarantine: bool = True
 ) -> Iterator[tuple[TableWriter, _QuarantineLog | None]]:
-    """Open a stage's output table (and its quarantine table); on success fill in the report."""
+    """Open a stage's output table (and its quarantine table, under the stage's one name);
+    on success fill in the report."""
     started = time.perf_counter()
     with ExitStack() as stack:
         writer = stack.enter_context(TableWriter(out, schema))
-        quarantine = None
-        if quarantine_stage:
-            q_writer = stack.enter_context(
-                TableWriter(data_root.quarantine(quarantine_stage, report.source_id), schemas.QUARANTINE)
-            )
-            quarantine = _QuarantineLog(q_writer, quarantine_stage, report.source_id, report)
-        yield writer, quarantine
+        log = None
+        if quarantine:
+            q_writer = stack.enter_context(TableWriter(data_root.quarantine(report.stage, report.source_id), schemas.QUARANTINE))
+            log = _QuarantineLog(q_writer, report.stage, report.source_id, report)
+        yield writer, log
     report.rows = writer.rows_written
     report.seconds = time.perf_counter() - started
     report.output = str(out)
@@ -139,11 +138,16 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
     from medtrinity_assets.sources import IngestContext, Quarantined, read_source
     from medtrinity_assets.sources.base import pseudonymous_path
 
+    from medtrinity_assets.catalog.fingerprint import folder_fingerprint
+
     report = StageReport("raw_records", spec.id)
+    # Taken before reading, so a file that changes during the run makes the source stale
+    # for the schedule instead of being recorded as already ingested.
+    report.extra["input_fingerprint"] = folder_fingerprint(source_root(spec)) or ""
     ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(data_root.root), salt=salt)
     out = data_root.table("raw_records", spec.id)
     seen: set[str] = set()
-    with _stage_tables(report, data_root, out, schemas.RAW_RECORDS, "ingest") as (records, quarantine):
+    with stage_tables(report, data_root, out, schemas.RAW_RECORDS) as (records, quarantine):
         stream = read_source(ctx)
         while True:
             try:
@@ -182,7 +186,7 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
     blobs = BlobStore(data_root.root)
     source = _require(data_root.table("raw_records", spec.id), "normalized_images")
     out = data_root.table("normalized_images", spec.id)
-    with _stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES, "normalize") as (writer, quarantine):
+    with stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES) as (writer, quarantine):
         for record in _stream(f"SELECT * FROM read_parquet({_sql_path(source)}) ORDER BY record_id"):
             report.inputs += 1
             try:
@@ -255,7 +259,7 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
     origins: Counter = Counter()
     tally: Counter = Counter()
-    with _stage_tables(report, data_root, out, schemas.ROIS, "ground") as (writer, quarantine):
+    with stage_tables(report, data_root, out, schemas.ROIS) as (writer, quarantine):
         for record in _stream(_records_with_images(data_root, spec.id)):
             report.inputs += 1
             try:
@@ -324,7 +328,7 @@ def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     out = data_root.table("facts", spec.id)
     by_provenance: Counter = Counter()
     by_state: Counter = Counter()
-    with _stage_tables(report, data_root, out, schemas.FACTS, "facts") as (writer, quarantine):
+    with stage_tables(report, data_root, out, schemas.FACTS) as (writer, quarantine):
         for record in _stream(_records_with_rois_and_images(data_root, spec.id)):
             report.inputs += 1
             try:
@@ -357,7 +361,7 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     report = StageReport("coarse_captions", spec.id)
     _require(data_root.table("rois", spec.id), "coarse_captions")
     out = data_root.table("coarse_captions", spec.id)
-    with _stage_tables(report, data_root, out, schemas.COARSE_CAPTIONS, "coarse_caption") as (writer, quarantine):
+    with stage_tables(report, data_root, out, schemas.COARSE_CAPTIONS) as (writer, quarantine):
         for record in _stream(_records_with_rois(data_root, spec.id)):
             report.inputs += 1
             try:
@@ -409,7 +413,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
     _require(data_root.table("rois", spec.id), "retrieved_knowledge")
     retriever = KnowledgeRetriever(data_root.chroma)
     out = data_root.table("retrieved_knowledge", spec.id)
-    with _stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE) as (writer, _):
+    with stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE, quarantine=False) as (writer, _):
         pending: list[dict] = []
 
         def flush() -> None:
@@ -454,7 +458,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     out = data_root.table("descriptions", spec.id)
     flagged = 0
     states: Counter = Counter()
-    with _stage_tables(report, data_root, out, schemas.DESCRIPTIONS, "describe") as (writer, quarantine):
+    with stage_tables(report, data_root, out, schemas.DESCRIPTIONS) as (writer, quarantine):
         for record in _stream(sql):
             report.inputs += 1
             knowledge = {
@@ -526,15 +530,3 @@ def run_dataset(data_root: DataRoot, source_ids: list[str]) -> StageReport:
     report.extra["sources"] = [p.stem for p in paths]
     return report
 
-
-# The per-source tables, in pipeline order (one Parquet file per source under tables/<name>/).
-PARTITION_TABLES = (
-    "raw_records",
-    "normalized_images",
-    "rois",
-    "facts",
-    "coarse_captions",
-    "retrieved_knowledge",
-    "descriptions",
-    "triplets",
-)

@@ -15,7 +15,7 @@ from spec_factory import build_spec
 from medtrinity_assets import stages
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.paths import DataRoot, knowledge_dir
-from medtrinity_assets.quality.checks import run_checks
+from medtrinity_assets.pipeline import run_checks
 
 SITE = Path(np.__file__).resolve().parent.parent
 CT = SITE / "data_store" / "data" / "693_UNCR.dcm"
@@ -105,7 +105,7 @@ def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_pa
     import duckdb
 
     quarantined = duckdb.connect().sql(
-        f"SELECT source_file, reason FROM read_parquet('{root.quarantine('ingest', spec.id)}')"
+        f"SELECT source_file, reason FROM read_parquet('{root.quarantine('raw_records', spec.id)}')"
     ).fetchall()
     (file, reason), = quarantined
     if bad_file:

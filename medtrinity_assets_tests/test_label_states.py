@@ -280,7 +280,7 @@ def test_absent_label_column_fails_check_source_naming_file_and_field(tmp_path):
     spec = spec.model_copy(update={"root": str(root)})
     report = stages.run_ingest(spec, data_root, salt="s")
     assert report.rows == 0 and report.quarantined == 1
-    reason = pl.read_parquet(data_root.quarantine("ingest", spec.id))["reason"][0]
+    reason = pl.read_parquet(data_root.quarantine("raw_records", spec.id))["reason"][0]
     assert "seborrheic_keratosis" in reason and "labels.csv" in reason
 
 

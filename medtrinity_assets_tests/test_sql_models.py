@@ -83,11 +83,11 @@ def data_root(tmp_path):
     )
     q = lambda source, file, stage, reason, rid=None: {  # noqa: E731
         "source_id": source, "source_file": file, "record_id": rid, "stage": stage, "reason": reason}
-    write_table(root.quarantine("ingest", "busi"), schemas.QUARANTINE,
-                [q("busi", "a.png", "ingest", "not an image"), q("busi", "b.png", "ingest", "not an image"),
-                 q("busi", "c_mask.png", "ingest", "mask without image")])
-    write_table(root.quarantine("normalize", "isic2017"), schemas.QUARANTINE,
-                [q("isic2017", "d.jpg", "normalize", "all-constant pixels", "rid-d")])
+    write_table(root.quarantine("raw_records", "busi"), schemas.QUARANTINE,
+                [q("busi", "a.png", "raw_records", "not an image"), q("busi", "b.png", "raw_records", "not an image"),
+                 q("busi", "c_mask.png", "raw_records", "mask without image")])
+    write_table(root.quarantine("normalized_images", "isic2017"), schemas.QUARANTINE,
+                [q("isic2017", "d.jpg", "normalized_images", "all-constant pixels", "rid-d")])
     return root
 
 
@@ -159,8 +159,8 @@ def test_models_run_in_a_warehouse_file(data_root, tmp_path):
         assert findings["melanoma"] == (2, 1, pytest.approx(0.5))
         assert findings["no finding"] == (1, 1, 1.0)
         quarantine = con.execute("SELECT source_id, stage, reason, files, records FROM qc_quarantine_by_reason").fetchall()
-        assert quarantine[0] == ("busi", "ingest", "not an image", 2, 0)
-        assert ("isic2017", "normalize", "all-constant pixels", 1, 1) in quarantine
+        assert quarantine[0] == ("busi", "raw_records", "not an image", 2, 0)
+        assert ("isic2017", "normalized_images", "all-constant pixels", 1, 1) in quarantine
     finally:
         con.close()
 

@@ -31,7 +31,8 @@ from medtrinity_assets.dataset.exports import (
 )
 from medtrinity_assets.dataset.splits import SPLIT_NAMES
 from medtrinity_assets.paths import REPO_ROOT, DataRoot, knowledge_dir
-from medtrinity_assets.quality.checks import check_source_text_kept_apart, run_checks
+from medtrinity_assets.pipeline import run_checks
+from medtrinity_assets.quality.checks import check_source_text_kept_apart
 from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import (
     IngestContext,

@@ -9,7 +9,7 @@ import duckdb
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.quality.sql_models import discover_models, run_model
-from medtrinity_assets.stages import PARTITION_TABLES
+from medtrinity_assets.pipeline import PARTITION_TABLES
 
 SQL_FOLDER = REPO_ROOT / "dbt_like_sql"
 MODELS = discover_models(SQL_FOLDER)

@@ -1,0 +1,110 @@
+"""The stage registry (medtrinity_assets.pipeline.STAGES) drives the assets, their checks, the
+quarantine tables, the benchmark and the SQL refs; a stage has one name everywhere, and a new
+registry entry becomes an asset with its checks without touching any other file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from medtrinity_assets import stages
+from medtrinity_assets.defs.assets import ASSETS_BY_NAME, build_assets
+from medtrinity_assets.defs.partitions import source_partitions
+from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.definitions import defs
+from medtrinity_assets.paths import DataRoot
+from medtrinity_assets.pipeline import PARTITION_TABLES, STAGE, STAGES, Stage, StageInputs
+from medtrinity_assets.quality import checks as qc
+from medtrinity_assets_tests.spec_factory import build_spec
+
+
+def test_every_registry_entry_is_an_asset_with_its_checks_and_upstreams():
+    graph = defs.resolve_asset_graph()
+    for stage in STAGES:
+        node = graph.get(dg.AssetKey(stage.name))
+        assert {k.to_user_string() for k in node.parent_keys} == set(stage.upstream), stage.name
+        assert {k.name for k in node.check_keys} == {c.name for c in stage.checks}, stage.name
+        assert (node.partitions_def is not None) == stage.partitioned, stage.name
+    assert list(ASSETS_BY_NAME) == [stage.name for stage in STAGES]
+
+
+def test_check_names_are_unique_per_stage_and_quarantining_stages_check_their_rate():
+    for stage in STAGES:
+        names = [c.name for c in stage.checks]
+        assert len(names) == len(set(names)), stage.name
+        assert ("quarantine_rate" in names) == stage.quarantines, stage.name
+
+
+def test_benchmark_and_sql_refs_use_the_registry_names():
+    from medtrinity_assets.bench import _partition_stages
+    from medtrinity_assets.defs.sql_models import relation_for
+
+    assert _partition_stages() == list(PARTITION_TABLES) == [s.name for s in STAGES if s.partitioned]
+    root = DataRoot(Path("/data"))
+    for name in PARTITION_TABLES:
+        assert f"/tables/{name}/" in relation_for(root, name)
+
+
+def test_quarantine_rows_carry_the_stage_name(tmp_path):
+    """The ingest stage is raw_records everywhere: report, table folder, quarantine folder and
+    the stage column of its quarantine rows (it used to be "ingest" there)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    Image.fromarray(np.full((32, 32), 90, dtype=np.uint8)).save(source / "good.png")
+    (source / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    spec = build_spec(id="reg_src", root=str(source), annotation_kinds=["none"])
+    root = DataRoot(tmp_path / "var")
+
+    report = STAGE["raw_records"].run(StageInputs(root, spec=spec, salt="s"))
+    assert report.stage == "raw_records" and report.quarantined == 1
+    assert report.output == str(root.table("raw_records", spec.id))
+    rows = pq.read_table(root.quarantine("raw_records", spec.id)).to_pylist()
+    assert [(r["stage"], r["source_file"]) for r in rows] == [("raw_records", "broken.png")]
+
+
+TOY_SCHEMA = pa.schema([("record_id", pa.string()), ("source_id", pa.string()), ("score", pa.float64())])
+
+
+def _run_toy(inputs: StageInputs) -> stages.StageReport:
+    """A stage written as a new contributor would: one row kept, one quarantined."""
+    spec, root = inputs.spec, inputs.data_root
+    report = stages.StageReport("toy_scores", spec.id)
+    with stages.stage_tables(report, root, root.table("toy_scores", spec.id), TOY_SCHEMA) as (writer, quarantine):
+        report.inputs = 2
+        writer.write({"record_id": "r1", "source_id": spec.id, "score": 0.5})
+        quarantine.add("b.png", "cannot score: empty image", "r2", kind="stage_error")
+    return report
+
+
+def test_a_new_registry_entry_becomes_an_asset_with_checks_and_its_own_quarantine(isolated_env):
+    toy = Stage(
+        "toy_scores", TOY_SCHEMA, (), _run_toy,
+        (qc.not_null(["record_id", "score"]), qc.unique_key(["record_id"]), qc.quarantine_rate(max_rate=0.6)),
+        "A stage added by a test.",
+    )
+    assets = build_assets((*STAGES, toy))
+    assert "toy_scores" in assets
+    partition = source_partitions.get_partition_keys()[0]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [assets["toy_scores"]], partition_key=partition, instance=instance,
+            resources={"settings": PipelineSettings()}, raise_on_error=False,
+        )
+    assert result.success
+    evaluations = {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+        for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    assert set(evaluations) == {"not_null", "unique_key", "quarantine_rate"}
+    assert all(e.passed for e in evaluations.values()), {k: e.description for k, e in evaluations.items()}
+    assert "1 of 2 inputs quarantined" in evaluations["quarantine_rate"].description
+    root = DataRoot.from_env()
+    rows = pq.read_table(root.quarantine("toy_scores", partition)).to_pylist()
+    assert [(r["stage"], r["record_id"]) for r in rows] == [("toy_scores", "r2")]
+    assert pq.read_table(root.table("toy_scores", partition)).schema.equals(TOY_SCHEMA)
+
