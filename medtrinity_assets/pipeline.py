@@ -64,7 +64,7 @@ STAGES: tuple[Stage, ...] = (
             qc.row_count(),
             qc.not_null(["record_id", "source_id", "source_file", "modality", "pixel_ref", "height", "width"]),
             qc.unique_key(["record_id"]),
-            qc.quarantine_rate(),
+            *qc.quarantine_checks(),
         ),
         "Ingest: one record per 2D image read from the source's own layout; protected health "
         "information stripped here (salted patient hash kept); unreadable files quarantined with a reason.",
@@ -75,7 +75,7 @@ STAGES: tuple[Stage, ...] = (
         (
             qc.not_null(["record_id", "image_sha256", "image_path", "phash", "height", "width"]),
             qc.unique_key(["record_id"]),
-            qc.quarantine_rate(),
+            *qc.quarantine_checks(),
         ),
         "Normalize: modality-aware intensity (CT windows, MR/X-ray percentiles, PET SUV, photos "
         "passed through), bounded size, content-addressed PNG, perceptual hash.",
@@ -87,7 +87,7 @@ STAGES: tuple[Stage, ...] = (
             qc.not_null(["roi_id", "record_id", "origin", "x0", "y0", "x1", "y1", "image_width", "image_height"]),
             qc.unique_key(["roi_id"]),
             qc.rois_inside_image(),
-            qc.quarantine_rate(),
+            *qc.quarantine_checks(),
         ),
         "Ground: regions of interest from the source's annotations with measured attributes "
         "(position, size, shape, intensity, texture, margin, colour, count) and relations.",
@@ -99,7 +99,7 @@ STAGES: tuple[Stage, ...] = (
             qc.not_null(["record_id", "attribute", "value", "provenance", "confidence"]),
             qc.provenance_values(),
             qc.patient_side_from_geometry(),
-            qc.quarantine_rate(),
+            *qc.quarantine_checks(),
         ),
         "Facts: everything a description may say about each record and ROI (modality, organs, label "
         "state, view, sides from geometry, sizes in the exported frame, measured attributes, publisher text), one "
@@ -111,7 +111,7 @@ STAGES: tuple[Stage, ...] = (
         (
             qc.not_null(["record_id", "coarse_caption", "caption_version"]),
             qc.unique_key(["record_id"]),
-            qc.quarantine_rate(),
+            *qc.quarantine_checks(),
         ),
         "Coarse caption: metadata to one sentence (modality, organ, finding, ROI position).",
     ),
@@ -138,7 +138,7 @@ STAGES: tuple[Stage, ...] = (
             qc.unique_key(["record_id"]),
             qc.five_parts(),
             qc.contradiction_rate(),
-            qc.quarantine_rate(),
+            *qc.quarantine_checks(),
         ),
         "Describe: MedTrinity's five-part description rendered from the facts by the grounded writer, "
         "then read back sentence by sentence by the verifier (unsupported claims flagged, never shipped for training).",

@@ -39,7 +39,7 @@ class StageReport:
     rows: int = 0
     inputs: int = 0
     quarantined: int = 0
-    reasons: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)  # quarantined rows by kind (sources.base.QUARANTINE_KINDS)
     seconds: float = 0.0
     output: str | None = None
     extra: dict = field(default_factory=dict)
@@ -55,7 +55,7 @@ class StageReport:
             "quarantined": self.quarantined,
             "seconds": round(self.seconds, 3),
             "inputs_per_second": round(self.rows_per_second, 2),
-            "quarantine_reasons": dict(self.reasons.most_common(20)),
+            "quarantine_kinds": dict(self.kinds.most_common()),
             **self.extra,
         }
 
@@ -66,7 +66,7 @@ class _QuarantineLog:
     def __init__(self, writer: TableWriter, stage: str, source_id: str, report: StageReport):
         self.writer, self.stage, self.source_id, self.report = writer, stage, source_id, report
 
-    def add(self, source_file: str | None, reason: str, record_id: str | None = None, kind: str = "stage_error") -> None:
+    def add(self, source_file: str | None, reason: str, record_id: str | None = None, *, kind: str) -> None:
         self.writer.write(
             {
                 "source_id": self.source_id,
@@ -78,8 +78,7 @@ class _QuarantineLog:
             }
         )
         self.report.quarantined += 1
-        # Group reasons by their first clause so the report stays readable.
-        self.report.reasons[reason.split(":")[0][:80]] += 1
+        self.report.kinds[kind] += 1
 
 
 @contextmanager
@@ -155,7 +154,7 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
             except StopIteration:
                 break
             except Exception as error:  # a reader bug must not lose the rows already read
-                quarantine.add(None, f"reader stopped early: {_describe_error(error)}")
+                quarantine.add(None, f"reader stopped early: {_describe_error(error)}", kind="stage_error")
                 break
             report.inputs += 1
             if isinstance(item, Quarantined):
@@ -195,14 +194,15 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
                 png = encode_png(normalized.display)
                 digest, rel = blobs.put("images", png, "png")
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot normalize: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot normalize: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             try:
                 burned_in = detect_burned_in(normalized.display)
             except Exception as error:
                 # An image nobody could check for burned-in text must not reach training unseen.
                 quarantine.add(
-                    record["source_file"], f"cannot check for burned-in text: {_describe_error(error)}", record["record_id"]
+                    record["source_file"], f"cannot check for burned-in text: {_describe_error(error)}", record["record_id"],
+                    kind="stage_error",
                 )
                 continue
             display = normalized.display
@@ -267,14 +267,14 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
                 rois, problems = ground_record(record, display, record["scale"], blobs, spec, tally)
                 relate(rois)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot ground: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot ground: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             # An annotation that yields no usable region is reported; the image keeps its
             # other ROIs (or its whole-image entry), so nothing else is lost. Publisher boxes
             # the cross-check could not match are reported as they are (nothing was dropped).
             for problem in problems:
                 reason = problem if problem.startswith(REFERENCE_PREFIX) else f"annotation dropped: {problem}"
-                quarantine.add(record["source_file"], reason, record["record_id"])
+                quarantine.add(record["source_file"], reason, record["record_id"], kind="invalid_annotation")
             for roi in rois:
                 origins[roi["origin"]] += 1
                 writer.write(roi)
@@ -334,7 +334,7 @@ def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
             try:
                 facts = build_facts(record, record["rois"], spec)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot build facts: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot build facts: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             for fact in facts:
                 by_provenance[fact.provenance] += 1
@@ -367,7 +367,7 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
             try:
                 caption = coarse_caption(record, record["rois"], spec)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot caption: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot caption: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             writer.write(
                 {
@@ -473,7 +473,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
                 facts = parts.pop("facts")  # the record's facts plus the knowledge the text used
                 flags = verify(parts["description"], facts)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot describe: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot describe: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             flagged += bool(flags)
             state = facts.record_value("label_state")

@@ -101,7 +101,7 @@ def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_pa
     shutil.copytree(knowledge, root.chroma)
 
     ingest = stages.run_ingest(spec, root, "salt")
-    assert ingest.rows >= 1 and ingest.quarantined == 1, ingest.reasons
+    assert ingest.rows >= 1 and ingest.quarantined == 1, ingest.kinds
     import duckdb
 
     quarantined = duckdb.connect().sql(
@@ -120,7 +120,7 @@ def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_pa
 
     outcome = next(o for o in run_checks("raw_records", root, spec.id) if o.name == "quarantine_rate")
     assert outcome.metadata["quarantined"] == 1
-    assert [r["reason"] for r in outcome.metadata["by_reason"]] == [reason]
+    assert [r["files"] for r in outcome.metadata["by_kind"]] == [1]
 
 
 def test_annotation_files_cannot_point_outside_the_source_folder(tmp_path):

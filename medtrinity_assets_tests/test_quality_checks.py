@@ -218,9 +218,9 @@ def test_contradiction_rate(con, tmp_path):
 # --- quarantine ---------------------------------------------------------------------------
 
 
-def quarantine_row(i: int, reason: str) -> dict:
+def quarantine_row(i: int, reason: str, kind: str = "unreadable") -> dict:
     return {"source_id": SOURCE, "source_file": f"Dataset_BUSI_with_GT/benign/benign ({i}).png", "record_id": None,
-            "stage": "raw_records", "reason": reason}
+            "stage": "raw_records", "kind": kind, "reason": reason}
 
 
 def test_quarantine_rate_under_and_over_threshold(con, tmp_path):
@@ -232,13 +232,13 @@ def test_quarantine_rate_under_and_over_threshold(con, tmp_path):
     q_high = write(
         tmp_path / "q_high.parquet",
         schemas.QUARANTINE,
-        [quarantine_row(100 + i, "mask missing") for i in range(2)] + [quarantine_row(200, "image unreadable: truncated PNG")],
+        [quarantine_row(100 + i, "mask missing", "unpaired") for i in range(3)] + [quarantine_row(200, "not a readable DICOM file: truncated")],
     )
     outcome = check_quarantine_rate(con, [q_low, q_high], records, MAX_QUARANTINE_RATE)
     assert not outcome.passed
-    assert outcome.metadata["quarantined"] == 4 and outcome.metadata["records"] == 8
-    assert outcome.metadata["by_reason"][0] == {"stage": "raw_records", "reason": "image unreadable: truncated PNG", "files": 2}
-    assert outcome.metadata["by_reason"][1]["files"] == 2 and outcome.metadata["by_reason"][1]["reason"] == "mask missing"
+    assert outcome.metadata["quarantined"] == 5 and outcome.metadata["records"] == 8
+    assert outcome.metadata["by_kind"] == [{"stage": "raw_records", "kind": "unpaired", "files": 3},
+                                           {"stage": "raw_records", "kind": "unreadable", "files": 2}]
 
     # No quarantine file: nothing was quarantined.
     assert check_quarantine_rate(con, [tmp_path / "none.parquet"], records, 0.2).metadata["quarantined"] == 0

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from medtrinity_assets import stages
+from medtrinity_assets import schemas, stages
 from medtrinity_assets.defs.assets import ASSETS_BY_NAME, build_assets
 from medtrinity_assets.defs.partitions import source_partitions
 from medtrinity_assets.defs.resources import PipelineSettings
@@ -37,7 +37,7 @@ def test_check_names_are_unique_per_stage_and_quarantining_stages_check_their_ra
     for stage in STAGES:
         names = [c.name for c in stage.checks]
         assert len(names) == len(set(names)), stage.name
-        assert ("quarantine_rate" in names) == stage.quarantines, stage.name
+        assert ("quarantine_rate" in names) == ("quarantine_kinds" in names) == stage.quarantines, stage.name
 
 
 def test_benchmark_and_sql_refs_use_the_registry_names():
@@ -84,7 +84,7 @@ def _run_toy(inputs: StageInputs) -> stages.StageReport:
 def test_a_new_registry_entry_becomes_an_asset_with_checks_and_its_own_quarantine(isolated_env):
     toy = Stage(
         "toy_scores", TOY_SCHEMA, (), _run_toy,
-        (qc.not_null(["record_id", "score"]), qc.unique_key(["record_id"]), qc.quarantine_rate(max_rate=0.6)),
+        (qc.not_null(["record_id", "score"]), qc.unique_key(["record_id"]), *qc.quarantine_checks(max_rate=0.6)),
         "A stage added by a test.",
     )
     assets = build_assets((*STAGES, toy))
@@ -100,7 +100,7 @@ def test_a_new_registry_entry_becomes_an_asset_with_checks_and_its_own_quarantin
         e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
         for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }
-    assert set(evaluations) == {"not_null", "unique_key", "quarantine_rate"}
+    assert set(evaluations) == {"not_null", "unique_key", "quarantine_rate", "quarantine_kinds"}
     assert all(e.passed for e in evaluations.values()), {k: e.description for k, e in evaluations.items()}
     assert "1 of 2 inputs quarantined" in evaluations["quarantine_rate"].description
     root = DataRoot.from_env()
@@ -108,3 +108,85 @@ def test_a_new_registry_entry_becomes_an_asset_with_checks_and_its_own_quarantin
     assert [(r["stage"], r["record_id"]) for r in rows] == [("toy_scores", "r2")]
     assert pq.read_table(root.table("toy_scores", partition)).schema.equals(TOY_SCHEMA)
 
+
+
+# --- quarantine kinds ---------------------------------------------------------------------
+
+QUARANTINE_CALLS = {"Quarantined", "MaskProblem"}
+
+
+def test_every_quarantine_site_states_its_kind():
+    """No default kind: a site that forgets it would file its rows under a wrong kind."""
+    import ast
+
+    from medtrinity_assets.paths import REPO_ROOT
+
+    unstated = []
+    for path in sorted((REPO_ROOT / "medtrinity_assets").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            is_site = name in QUARANTINE_CALLS or (
+                name == "add" and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "quarantine"
+            )
+            if is_site and not any(keyword.arg == "kind" for keyword in node.keywords):
+                unstated.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not unstated, unstated
+
+
+def test_a_quarantine_without_a_known_kind_is_refused():
+    import pytest
+
+    from medtrinity_assets.sources.base import QUARANTINE_KINDS, Quarantined
+
+    with pytest.raises(TypeError):
+        Quarantined("a.png", "unreadable image")  # noqa: the missing kind is the point
+    with pytest.raises(ValueError):
+        Quarantined("a.png", "unreadable image", kind="mysterious")
+    assert Quarantined("a.png", "x", kind="unpaired").kind in QUARANTINE_KINDS
+
+
+def test_stage_report_and_check_source_group_by_kind(tmp_path):
+    """A mask of another size makes its image an invalid annotation, not "unreadable": the report
+    and check-source follow the reader's kind, whatever words the reason uses."""
+    from medtrinity_assets.catalog.check import check_source
+
+    source = tmp_path / "src"
+    (source / "images").mkdir(parents=True)
+    (source / "masks").mkdir()
+    for name, mask_shape in (("a", (32, 32)), ("b", (16, 20))):
+        Image.fromarray(np.full((32, 32), 90, dtype=np.uint8)).save(source / "images" / f"{name}.png")
+        mask = np.zeros(mask_shape, dtype=np.uint8)
+        mask[2:8, 2:8] = 255
+        Image.fromarray(mask).save(source / "masks" / f"{name}.png")
+    (source / "images" / "c.png").write_bytes(b"<html>403 Forbidden</html>")
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(source / "masks" / "c.png")
+    spec = build_spec(
+        id="kinds_src", root=str(source),
+        layout={"family": "image_mask", "image_glob": "images/*.png", "mask_replace": [{"old": "images/", "new": "masks/"}]},
+    )
+
+    report = stages.run_ingest(spec, DataRoot(tmp_path / "var"), "salt")
+    assert report.kinds == {"invalid_annotation": 1, "unreadable": 1}
+
+    checked = check_source(spec, source)
+    assert checked.images == 1
+    assert [item.split(":")[0] for item in checked.unreadable.items] == ["images/c.png"]
+    assert [item.split(":")[0] for item in checked.quarantined["invalid_annotation"].items] == ["images/b.png"]
+    assert "Quarantined as invalid_annotation" in checked.render()
+
+
+def test_quarantine_kinds_check_refuses_a_kind_outside_the_list(tmp_path):
+    from medtrinity_assets.pipeline import run_checks
+    from medtrinity_assets.storage import write_table
+
+    root = DataRoot(tmp_path / "var")
+    row = {"source_id": "s", "source_file": "a.png", "record_id": None, "stage": "normalized_images", "reason": "r"}
+    write_table(root.table("normalized_images", "s"), schemas.NORMALIZED_IMAGES, [])
+    write_table(root.quarantine("normalized_images", "s"), schemas.QUARANTINE, [{**row, "kind": "unreadable"}])
+    assert next(o for o in run_checks("normalized_images", root, "s") if o.name == "quarantine_kinds").passed
+    write_table(root.quarantine("normalized_images", "s"), schemas.QUARANTINE, [{**row, "kind": "cosmic_rays"}])
+    outcome = next(o for o in run_checks("normalized_images", root, "s") if o.name == "quarantine_kinds")
+    assert not outcome.passed and outcome.metadata["unexpected"] == {"cosmic_rays": 1}

@@ -77,7 +77,7 @@ def test_rerun_of_every_stage_gives_the_same_rows(tmp_path):
         for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
                        stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
             report = runner(spec, root)
-            assert report.quarantined == 0, report.reasons
+            assert report.quarantined == 0, report.kinds
         return {name: _rows(root.table(name, spec.id)) for name in PARTITION_TABLES}
 
     first = run_all()

@@ -381,7 +381,7 @@ def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(t
     for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
                    stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
         report = runner(spec, root)
-        assert report.quarantined == 0, (report.stage, report.reasons)
+        assert report.quarantined == 0, (report.stage, report.kinds)
 
     triplets = pq.read_table(root.table("triplets", spec.id))
     assert triplets.schema.names == schemas.TRIPLETS.names

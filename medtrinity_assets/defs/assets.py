@@ -66,10 +66,11 @@ def _metadata_value(value):
 
 
 def _quarantine_markdown(report: stages.StageReport) -> str:
-    if not report.reasons:
+    if not report.kinds:
         return "No file quarantined at this stage."
-    lines = ["| reason | files |", "|---|---|"]
-    lines += [f"| {reason.replace('|', '/')} | {count} |" for reason, count in report.reasons.most_common(20)]
+    # By kind: the reasons (with file names) stay in the quarantine table.
+    lines = ["| kind | files |", "|---|---|"]
+    lines += [f"| {kind} | {count} |" for kind, count in report.kinds.most_common()]
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from medtrinity_assets.dataset.splits import SPLIT_NAMES
 from medtrinity_assets.generation.facts import PROVENANCES
 from medtrinity_assets.generation.verifier import SIDE_PROVENANCES
 from medtrinity_assets.paths import DataRoot
+from medtrinity_assets.sources.base import QUARANTINE_KINDS
 
 # Above this share of inputs quarantined, a source's layout or parameters are probably wrong.
 MAX_QUARANTINE_RATE = 0.2
@@ -251,14 +252,12 @@ def check_quarantine_rate(
     def body(records_rel: str) -> CheckOutcome:
         key = "DISTINCT record_id" if "record_id" in _columns(con, records_rel) else "*"
         records = int(_rows(con, f"SELECT count({key}) FROM {records_rel}")[0][0])
-        by_reason: list[dict] = []
+        by_kind: list[dict] = []
         quarantined = 0
         if quarantine_files:
             q = _relation(quarantine_files)
             quarantined = int(_rows(con, f"SELECT count(*) FROM {q}")[0][0])
-            by_reason = _dicts(
-                con, f"SELECT stage, reason, count(*) AS files FROM {q} GROUP BY stage, reason ORDER BY files DESC, reason LIMIT 20"
-            )
+            by_kind = _dicts(con, f"SELECT stage, kind, count(*) AS files FROM {q} GROUP BY stage, kind ORDER BY files DESC, kind")
         total = quarantined + records
         rate = quarantined / total if total else 0.0
         return CheckOutcome(
@@ -271,12 +270,25 @@ def check_quarantine_rate(
                 "records": records,
                 "rate": round(rate, 4),
                 "max_rate": max_rate,
-                "by_reason": by_reason,
+                "by_kind": by_kind,
                 "quarantine_files": len(quarantine_files),
             },
         )
 
     return _guarded(name, severity, records_path, body)
+
+
+def check_quarantine_kinds(
+    con, quarantine_path: PathLike | None, records_path: PathLike, *, name: str = "quarantine_kinds", severity: str = "ERROR"
+) -> CheckOutcome:
+    """Every quarantine row's kind is one of QUARANTINE_KINDS (reports and check-source group by
+    it). No quarantine file beside the stage's table means nothing was quarantined, which passes;
+    without the table the stage never ran, which fails."""
+    if not _existing(records_path):
+        return _missing(name, severity, records_path)
+    if quarantine_path is None or not _existing(quarantine_path):
+        return CheckOutcome(name, True, severity, "nothing quarantined", {"unexpected": {}})
+    return check_accepted_values(con, quarantine_path, "kind", QUARANTINE_KINDS, name=name, severity=severity)
 
 
 def check_contradiction_rate(
@@ -525,10 +537,22 @@ def row_count(min_rows: int = MIN_ROWS) -> CheckDef:
 def quarantine_rate(max_rate: float = MAX_QUARANTINE_RATE) -> CheckDef:
     return CheckDef(
         "quarantine_rate",
-        f"At most {max_rate:.0%} of this stage's inputs quarantined, grouped by kind and reason.",
+        f"At most {max_rate:.0%} of this stage's inputs quarantined, grouped by kind.",
         "WARN",
         lambda con, t: check_quarantine_rate(con, [t.quarantine] if t.quarantine else [], t.table, max_rate, name="quarantine_rate"),
     )
+
+
+def quarantine_kinds() -> CheckDef:
+    return CheckDef(
+        "quarantine_kinds", f"Every quarantine row's kind is one of {', '.join(QUARANTINE_KINDS)}.", "ERROR",
+        lambda con, t: check_quarantine_kinds(con, t.quarantine, t.table),
+    )
+
+
+def quarantine_checks(max_rate: float = MAX_QUARANTINE_RATE) -> tuple[CheckDef, CheckDef]:
+    """The checks every stage that writes quarantine rows lists."""
+    return quarantine_rate(max_rate), quarantine_kinds()
 
 
 def rois_inside_image() -> CheckDef:

@@ -21,7 +21,7 @@ FAMILY_MODULES = {
 def read_source(ctx: IngestContext) -> IngestStream:
     """Yield a RAW_RECORDS row per 2D image and a ``Quarantined`` per unusable file."""
     if not ctx.root.is_dir():
-        yield Quarantined(str(ctx.root), f"source folder does not exist: {ctx.root} (download the source into it)")
+        yield Quarantined(str(ctx.root), f"source folder does not exist: {ctx.root} (download the source into it)", kind="not_found")
         return
     module = importlib.import_module(FAMILY_MODULES[ctx.spec.layout.family])
     stream = module.read(ctx)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -39,6 +39,10 @@ QUARANTINE_KINDS = (
     "duplicate",  # the same record listed twice
     "held_back",  # readable, but kept out on purpose (e.g. burned-in text)
     "stage_error",  # a later stage failed on this record
+    # The source folder, or a file the spec itself names (label table, annotation file,
+    # expected sequence), is absent, or the layout matches no file at all: the spec or the
+    # download is wrong, not one record. (An annotation naming an absent image is "orphan".)
+    "not_found",
 )
 
 
@@ -47,7 +51,12 @@ class Quarantined:
     source_file: str  # relative to the source root
     reason: str
     record_id: str | None = None
-    kind: str = "unreadable"  # one of QUARANTINE_KINDS
+    # One of QUARANTINE_KINDS, no default: every site says what went wrong.
+    kind: str = field(kw_only=True)
+
+    def __post_init__(self):
+        if self.kind not in QUARANTINE_KINDS:
+            raise ValueError(f"quarantine kind {self.kind!r} is not one of {QUARANTINE_KINDS}")
 
 
 IngestItem = Union[dict, Quarantined]

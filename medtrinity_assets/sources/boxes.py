@@ -78,7 +78,7 @@ class DecodedImage:
 def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | Quarantined:
     """Pixels of one image file: PNG/JPEG/TIFF/PGM via image_common, or DICOM (RSNA's .dcm rows)."""
     if not (ctx.root / rel).is_file():
-        return Quarantined(rel, absent_reason)
+        return Quarantined(rel, absent_reason, kind="orphan")
     if not _is_dicom(ctx.root / rel):
         decoded = decode_image(ctx, rel)
         if isinstance(decoded, Quarantined):
@@ -91,10 +91,10 @@ def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | 
         check_is_image(header)
         if header.burned_in_annotation:
             # Box tables have no per-source policy: text burned into pixels is never kept.
-            return Quarantined(rel, "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels")
+            return Quarantined(rel, "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels", kind="held_back")
         frame = decode_frame(deidentify_dataset(ctx, dataset, header), header, None)
     except Exception as error:  # one unreadable file must not stop the source
-        return Quarantined(rel, f"not a readable DICOM image: {type(error).__name__}: {error}")
+        return Quarantined(rel, f"not a readable DICOM image: {type(error).__name__}: {error}", kind="unreadable")
     return DecodedImage(
         frame.pixels, frame.photometric, frame.pixel_units, header.modality, header.pixel_spacing_mm, header.patient_id,
         dicom_geometry(header, None, dicom_frame_kind(header.modality, 1, None, has_orientation=header.orientation is not None)),
@@ -145,7 +145,7 @@ def boxes_on_image(
     declared = table.sizes.get(rel)
     if parsed and declared and declared != (width, height):
         reason = f"image is {width}x{height} but {table.source} declares {declared[0]}x{declared[1]}; its boxes are dropped"
-        return [], [], [Quarantined(rel, reason, record_id)]
+        return [], [], [Quarantined(rel, reason, record_id, kind="invalid_annotation")]
     return resolve_boxes(ctx.spec, parsed, rel, width, height, record_id, settings.known_labels)
 
 
@@ -232,4 +232,4 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
     if table is not None:
         for rel in table.boxes:
             if rel not in yielded:
-                yield Quarantined(rel, NOT_IN_SOURCE)
+                yield Quarantined(rel, NOT_IN_SOURCE, kind="orphan")

@@ -63,6 +63,7 @@ def _burned_in(ctx: IngestContext, rel: str, header: DicomHeader, slice_index: i
         "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels; "
         "left out by layout.burned_in_annotation: quarantine (set 'flag' to keep it flagged)",
         record_id_for(ctx.spec.id, rel, None, slice_index),
+        kind="held_back",
     )
 
 
@@ -132,10 +133,10 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
         check_is_image(header)
         deidentify_dataset(ctx, ds, header)
     except NotAnImageObject as error:
-        yield Quarantined(rel, str(error))
+        yield Quarantined(rel, str(error), kind="unsupported")
         return
     except Exception as error:  # truncated, not DICOM, empty: quarantine, never stop the source
-        yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")
+        yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}", kind="unreadable")
         return
     if header.n_frames > 1:
         # Multi-frame (cine, enhanced MR/CT): frames are slices of one acquisition; annotated
@@ -164,7 +165,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
                 annotated_volume=presence is not None and bool(np.any(presence)),
             )
         except Exception as error:
-            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index))
+            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, slice_index), kind="unreadable")
 
 
 def _series_order(members: list[tuple[Path, DicomHeader]]) -> list[tuple[Path, DicomHeader]]:
@@ -200,7 +201,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
         for shape, odd in shapes.items():
             if shape != main_shape:
                 for path, _ in odd:
-                    yield Quarantined(_relative(ctx, path), f"slice size {shape} differs from its series' {main_shape}")
+                    yield Quarantined(_relative(ctx, path), f"slice size {shape} differs from its series' {main_shape}", kind="unsupported")
         ordered = _series_order(shapes[main_shape])
         count = len(ordered)
         keys = [(_relative(ctx, path), None) for path, _ in ordered]
@@ -223,7 +224,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
                     dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None,
                 )
             except Exception as error:
-                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index))
+                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, index), kind="unreadable")
 
 
 def _scan(ctx: IngestContext, files: Iterable[Path]):
@@ -240,10 +241,10 @@ def _scan(ctx: IngestContext, files: Iterable[Path]):
                 continue
             check_is_image(header, pixels_read=False)
         except NotAnImageObject as error:
-            yield Quarantined(rel, str(error))
+            yield Quarantined(rel, str(error), kind="unsupported")
             continue
         except Exception as error:
-            yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")
+            yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}", kind="unreadable")
             continue
         images.append((path, header))
     return images, annotation_objects

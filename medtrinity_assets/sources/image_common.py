@@ -107,13 +107,13 @@ def decode_image(
     not there (which says where it was listed), instead of a decoder error.
     """
     if absent_reason is not None and not (ctx.root / relative_path).is_file():
-        return Quarantined(relative_path, absent_reason)
+        return Quarantined(relative_path, absent_reason, kind="orphan")
     try:
         return read_image(ctx.root / relative_path)
     except ImageReadError as error:
-        return Quarantined(relative_path, f"unreadable image: {error.cause}")
+        return Quarantined(relative_path, f"unreadable image: {error.cause}", kind="unreadable")
     except Exception as error:  # a decoder bug on one file must not stop the source
-        return Quarantined(relative_path, f"unreadable image: {type(error).__name__}: {error}")
+        return Quarantined(relative_path, f"unreadable image: {type(error).__name__}: {error}", kind="unreadable")
 
 
 def image_record(

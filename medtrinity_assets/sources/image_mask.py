@@ -60,6 +60,10 @@ class MaskPlan:
 class MaskProblem(Exception):
     """A mask that makes its image unusable; the message is the quarantine reason."""
 
+    def __init__(self, reason: str, kind: str):
+        super().__init__(reason)
+        self.kind = kind  # one of sources.base.QUARANTINE_KINDS
+
 
 def apply_replacements(path: str, rules) -> str:
     for rule in rules:
@@ -81,13 +85,13 @@ def fill_template(template: str, values: dict[str, str]) -> str:
     except KeyError as error:
         # Only an optional regex group that did not take part in the match can be missing:
         # the spec validator already rejected unknown names.
-        raise MaskProblem(f"image_regex group {error.args[0]!r} did not match, template {template!r} cannot be filled") from None
+        raise MaskProblem(f"image_regex group {error.args[0]!r} did not match, template {template!r} cannot be filled", kind="invalid_annotation") from None
     except ValueError as error:  # a format spec that does not fit a string, e.g. "{num:d}"
-        raise MaskProblem(f"template {template!r} cannot be filled: {error}") from None
+        raise MaskProblem(f"template {template!r} cannot be filled: {error}", kind="invalid_annotation") from None
     path = posixpath.normpath(filled)  # "{parent}/x" for an image at the root gives "./x"
     if path.startswith(("../", "/")) or path == "..":
         # A mask outside the source folder is a spec mistake, and would read unrelated files.
-        raise MaskProblem(f"template {template!r} gives {path}, outside the source folder")
+        raise MaskProblem(f"template {template!r} gives {path}, outside the source folder", kind="outside_source")
     return path
 
 
@@ -151,11 +155,11 @@ def _read_one_mask(ctx: IngestContext, layout: ImageMaskLayout, path: str, image
             text_format=layout.instance_format == "miccai_txt",
         )
     except ImageReadError as error:
-        raise MaskProblem(f"unreadable mask {path}: {error.cause}") from None
+        raise MaskProblem(f"unreadable mask {path}: {error.cause}", kind="unreadable") from None
     except Exception as error:  # a decoder bug on one file must not stop the source
-        raise MaskProblem(f"unreadable mask {path}: {type(error).__name__}: {error}") from None
+        raise MaskProblem(f"unreadable mask {path}: {type(error).__name__}: {error}", kind="unreadable") from None
     if mask.shape[:2] != image_shape[:2]:
-        raise MaskProblem(f"mask {_size_text(mask.shape)} differs from image {_size_text(image_shape)} ({path})")
+        raise MaskProblem(f"mask {_size_text(mask.shape)} differs from image {_size_text(image_shape)} ({path})", kind="invalid_annotation")
     return mask
 
 
@@ -190,7 +194,7 @@ def _class_annotations(ctx: IngestContext, layout: ImageMaskLayout, mask: np.nda
         known = ", ".join(str(v) for v in sorted(layout.label_values))
         raise MaskProblem(
             f"mask {path} holds values {', '.join(unknown)} that are neither label_values ({known}) "
-            f"nor background_value ({layout.background_value})"
+            f"nor background_value ({layout.background_value})", kind="invalid_annotation"
         )
     present = set(values.tolist())
     annotations = []
@@ -238,7 +242,7 @@ def read(ctx: IngestContext) -> IngestStream:
             plans = planned_masks(layout, image_path, match)
         except MaskProblem as problem:
             found_any = True
-            yield Quarantined(image_path, str(problem))
+            yield Quarantined(image_path, str(problem), kind=problem.kind)
             continue
         if not layout.instance_files and any(plan.path == image_path for plan in plans):
             continue  # the glob also matched a mask: the pairing rule maps it onto itself
@@ -246,7 +250,7 @@ def read(ctx: IngestContext) -> IngestStream:
         present = [plan for plan in plans if _mask_is_present(ctx, layout, plan.path)]
         absent = [plan for plan in plans if plan not in present and not plan.optional]
         if absent:
-            yield Quarantined(image_path, _absent_reason(layout, absent))
+            yield Quarantined(image_path, _absent_reason(layout, absent), kind="unpaired")
             continue
         decoded = decode_image(ctx, image_path)
         if isinstance(decoded, Quarantined):
@@ -269,7 +273,7 @@ def read(ctx: IngestContext) -> IngestStream:
                     # An annotated lesion is a finding of its image, whatever its folder says.
                     labels += [annotation["label"] for annotation in found]
         except MaskProblem as problem:
-            yield Quarantined(image_path, str(problem))
+            yield Quarantined(image_path, str(problem), kind=problem.kind)
             continue
         yield image_record(
             ctx,
@@ -283,4 +287,4 @@ def read(ctx: IngestContext) -> IngestStream:
         )
     if not found_any:
         where = f"image_glob {layout.image_glob!r}" + (f" and image_regex {layout.image_regex!r}" if pattern else "")
-        yield Quarantined(".", f"no file matches {where} under the source folder")
+        yield Quarantined(".", f"no file matches {where} under the source folder", kind="not_found")
