@@ -155,17 +155,17 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
 
 
 def summary() -> str:
-    import duckdb
+    from medtrinity_assets.duckdb_sql import connect, read_parquet
 
     root = DataRoot.from_env()
     path = root.table("medtrinity_dataset")
     if not path.exists():
         return "No dataset was written."
-    con = duckdb.connect()
+    con = connect()
     rows = con.sql(
         f"""SELECT source_id, count(*) AS images, count(*) FILTER (WHERE verified) AS verified,
                    count(*) FILTER (WHERE duplicate_of IS NOT NULL) AS duplicates
-            FROM read_parquet('{path}') GROUP BY ALL ORDER BY source_id"""
+            FROM {read_parquet(path)} GROUP BY ALL ORDER BY source_id"""
     ).fetchall()
     lines = [f"    {s:<32} {n:>6} images, {v:>6} verified, {d:>4} duplicates" for s, n, v, d in rows]
     total = sum(r[1] for r in rows)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import duckdb
 import numpy as np
 from PIL import Image
 
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
+from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.storage import BlobStore, TableWriter, write_table
 
@@ -104,21 +104,6 @@ def _describe_error(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _stream(sql: str, batch_rows: int = 256) -> Iterator[dict]:
-    """Rows of a DuckDB query, streamed in record batches."""
-    con = duckdb.connect()
-    try:
-        reader = con.sql(sql).to_arrow_reader(batch_rows)
-        for batch in reader:
-            yield from batch.to_pylist()
-    finally:
-        con.close()
-
-
-def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def _load_png(blobs: BlobStore, rel: str) -> np.ndarray:
     with Image.open(blobs.path(rel)) as image:
         return np.asarray(image)
@@ -186,7 +171,7 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
     source = _require(data_root.table("raw_records", spec.id), "normalized_images")
     out = data_root.table("normalized_images", spec.id)
     with stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES) as (writer, quarantine):
-        for record in _stream(f"SELECT * FROM read_parquet({_sql_path(source)}) ORDER BY record_id"):
+        for record in stream_rows(f"SELECT * FROM {read_parquet(source)} ORDER BY record_id"):
             report.inputs += 1
             try:
                 pixels = blobs.get_array(record["pixel_ref"])
@@ -237,12 +222,12 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
 
 
 def _records_with_images(data_root: DataRoot, source_id: str) -> str:
-    raw = _sql_path(data_root.table("raw_records", source_id))
-    norm = _sql_path(data_root.table("normalized_images", source_id))
+    raw = read_parquet(data_root.table("raw_records", source_id))
+    norm = read_parquet(data_root.table("normalized_images", source_id))
     return f"""
         SELECT r.*, n.image_path, n.scale, n.height AS image_height, n.width AS image_width,
                n.intensity_method, n.image_sha256, n.phash
-        FROM read_parquet({raw}) r JOIN read_parquet({norm}) n USING (record_id)
+        FROM {raw} r JOIN {norm} n USING (record_id)
         ORDER BY r.record_id
     """
 
@@ -260,7 +245,7 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     origins: Counter = Counter()
     tally: Counter = Counter()
     with stage_tables(report, data_root, out, schemas.ROIS) as (writer, quarantine):
-        for record in _stream(_records_with_images(data_root, spec.id)):
+        for record in stream_rows(_records_with_images(data_root, spec.id)):
             report.inputs += 1
             try:
                 display = _load_png(blobs, record["image_path"])
@@ -293,26 +278,26 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:
     """Each record with its ROIs as a list of structs, ordered by record id."""
-    raw = _sql_path(data_root.table("raw_records", source_id))
-    rois = _sql_path(data_root.table("rois", source_id))
+    raw = read_parquet(data_root.table("raw_records", source_id))
+    rois = read_parquet(data_root.table("rois", source_id))
     return f"""
         WITH grouped AS (
             SELECT record_id, list(r ORDER BY roi_id) AS rois
-            FROM read_parquet({rois}) r GROUP BY record_id
+            FROM {rois} r GROUP BY record_id
         )
         SELECT rec.*, g.rois {extra_cols}
-        FROM read_parquet({raw}) rec JOIN grouped g USING (record_id) {extra_joins}
+        FROM {raw} rec JOIN grouped g USING (record_id) {extra_joins}
         ORDER BY rec.record_id
     """
 
 
 def _records_with_rois_and_images(data_root: DataRoot, source_id: str) -> str:
     """Each record with its ROIs and the exported frame's size and scale (what facts need)."""
-    norm = _sql_path(data_root.table("normalized_images", source_id))
+    norm = read_parquet(data_root.table("normalized_images", source_id))
     return _records_with_rois(
         data_root,
         source_id,
-        extra_joins=f"JOIN read_parquet({norm}) n USING (record_id)",
+        extra_joins=f"JOIN {norm} n USING (record_id)",
         extra_cols=", n.height AS image_height, n.width AS image_width, n.scale, n.burned_in",
     )
 
@@ -329,7 +314,7 @@ def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     by_provenance: Counter = Counter()
     by_state: Counter = Counter()
     with stage_tables(report, data_root, out, schemas.FACTS) as (writer, quarantine):
-        for record in _stream(_records_with_rois_and_images(data_root, spec.id)):
+        for record in stream_rows(_records_with_rois_and_images(data_root, spec.id)):
             report.inputs += 1
             try:
                 facts = build_facts(record, record["rois"], spec)
@@ -347,9 +332,9 @@ def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 
 def _facts_by_record(data_root: DataRoot, source_id: str) -> str:
-    facts = _sql_path(data_root.table("facts", source_id))
+    facts = read_parquet(data_root.table("facts", source_id))
     return f"""SELECT record_id, list(f ORDER BY roi_id NULLS FIRST, attribute, value) AS facts
-               FROM read_parquet({facts}) f GROUP BY record_id"""
+               FROM {facts} f GROUP BY record_id"""
 
 
 # --- Stage 4: coarse captions ------------------------------------------------------------
@@ -362,7 +347,7 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     _require(data_root.table("rois", spec.id), "coarse_captions")
     out = data_root.table("coarse_captions", spec.id)
     with stage_tables(report, data_root, out, schemas.COARSE_CAPTIONS) as (writer, quarantine):
-        for record in _stream(_records_with_rois(data_root, spec.id)):
+        for record in stream_rows(_records_with_rois(data_root, spec.id)):
             report.inputs += 1
             try:
                 caption = coarse_caption(record, record["rois"], spec)
@@ -421,7 +406,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
                 writer.write(row)
             pending.clear()
 
-        for record in _stream(_records_with_rois(data_root, spec.id)):
+        for record in stream_rows(_records_with_rois(data_root, spec.id)):
             report.inputs += 1
             pending.append(record)
             if len(pending) >= batch:
@@ -441,16 +426,16 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     report = StageReport("descriptions", spec.id)
     for upstream in ("facts", "coarse_captions", "retrieved_knowledge"):
         _require(data_root.table(upstream, spec.id), "descriptions")
-    raw = _sql_path(data_root.table("raw_records", spec.id))
-    captions = _sql_path(data_root.table("coarse_captions", spec.id))
-    retrieved = _sql_path(data_root.table("retrieved_knowledge", spec.id))
+    raw = read_parquet(data_root.table("raw_records", spec.id))
+    captions = read_parquet(data_root.table("coarse_captions", spec.id))
+    retrieved = read_parquet(data_root.table("retrieved_knowledge", spec.id))
     # The writer and the verifier read facts and knowledge only; the caption join keeps the
     # records a caption was written for (facts exist only for records that have ROIs).
     sql = f"""
         SELECT rec.record_id, rec.source_file, k.* EXCLUDE (record_id, source_id), fx.facts
-        FROM read_parquet({raw}) rec
-        JOIN (SELECT record_id FROM read_parquet({captions})) c USING (record_id)
-        JOIN read_parquet({retrieved}) k USING (record_id)
+        FROM {raw} rec
+        JOIN (SELECT record_id FROM {captions}) c USING (record_id)
+        JOIN {retrieved} k USING (record_id)
         JOIN ({_facts_by_record(data_root, spec.id)}) fx USING (record_id)
         ORDER BY rec.record_id
     """
@@ -459,7 +444,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     flagged = 0
     states: Counter = Counter()
     with stage_tables(report, data_root, out, schemas.DESCRIPTIONS) as (writer, quarantine):
-        for record in _stream(sql):
+        for record in stream_rows(sql):
             report.inputs += 1
             knowledge = {
                 "knowledge_ids": record.get("knowledge_ids") or [],

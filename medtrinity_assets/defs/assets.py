@@ -15,6 +15,7 @@ import dagster as dg
 from medtrinity_assets import stages
 from medtrinity_assets.defs.partitions import source_partitions
 from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.preview import thumbnails_markdown
 from medtrinity_assets.pipeline import STAGES, Stage, StageInputs
@@ -129,19 +130,17 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
 
 
 def _triplet_thumbnails(settings: PipelineSettings, source_id: str) -> dict:
-    import duckdb
-
     path = settings.root().table("triplets", source_id)
     if not path.exists():
         return {}
-    con = duckdb.connect()
+    con = connect()
     try:
         # Annotated images first: they show what grounding found; then the rest.
         # The normalized table's burned_in column lets the thumbnail mark burned-in text.
         normalized = settings.root().table("normalized_images", source_id)
         rows = con.sql(
-            f"""SELECT t.*, n.burned_in FROM read_parquet('{path}') t
-                LEFT JOIN read_parquet('{normalized}') n USING (record_id)
+            f"""SELECT t.*, n.burned_in FROM {read_parquet(path)} t
+                LEFT JOIN {read_parquet(normalized)} n USING (record_id)
                 ORDER BY (t.rois LIKE '%annotation:%') DESC, t.record_id LIMIT 4"""
         ).to_arrow_table().to_pylist()
     finally:

@@ -7,6 +7,7 @@ import dagster as dg
 import duckdb
 
 from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.quality.sql_models import discover_models, run_model
 from medtrinity_assets.pipeline import PARTITION_TABLES
@@ -21,10 +22,10 @@ def relation_for(data_root: DataRoot, ref: str) -> str:
     if ref in MODEL_NAMES:
         return ref
     if ref in PARTITION_TABLES:
-        return f"read_parquet('{data_root.table_glob(ref)}', union_by_name = true)"
+        return read_parquet(data_root.table_glob(ref), union_by_name=True)
     if ref == "quarantine":
-        return f"read_parquet('{data_root.quarantine_glob()}', union_by_name = true)"
-    return f"read_parquet('{data_root.table(ref)}')"
+        return read_parquet(data_root.quarantine_glob(), union_by_name=True)
+    return read_parquet(data_root.table(ref))
 
 
 def _connect_warehouse(path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
@@ -33,7 +34,7 @@ def _connect_warehouse(path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnect
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return duckdb.connect(str(path))
+            return connect(path)
         except duckdb.IOException as error:
             if "lock" not in str(error).lower() or time.monotonic() > deadline:
                 raise

@@ -25,6 +25,7 @@ from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE
 from medtrinity_assets.dataset.splits import SPLIT_NAMES
 from medtrinity_assets.generation.facts import PROVENANCES
 from medtrinity_assets.generation.verifier import SIDE_PROVENANCES
+from medtrinity_assets.duckdb_sql import connect, identifier, literal, read_parquet
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.sources.base import QUARANTINE_KINDS
 
@@ -60,14 +61,6 @@ class CheckDef:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _lit(value: PathLike) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _json_safe(value):
     """Metadata must be JSON: dates, decimals and bytes become text."""
     return json.loads(json.dumps(value, default=str))
@@ -86,7 +79,7 @@ def _existing(path: PathLike) -> list[str]:
 
 
 def _relation(files: list[str]) -> str:
-    return "read_parquet([" + ", ".join(_lit(f) for f in files) + "], union_by_name = true)"
+    return read_parquet(files, union_by_name=True)
 
 
 def _missing(name: str, severity: str, path: PathLike) -> CheckOutcome:
@@ -130,13 +123,13 @@ def check_not_null(con, path: PathLike, columns: list[str], *, name: str = "not_
         absent = _missing_columns(con, rel, columns)
         if absent:
             return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
-        counts = _rows(con, "SELECT count(*), " + ", ".join(f"count(*) FILTER ({_ident(c)} IS NULL)" for c in columns) + f" FROM {rel}")[0]
+        counts = _rows(con, "SELECT count(*), " + ", ".join(f"count(*) FILTER ({identifier(c)} IS NULL)" for c in columns) + f" FROM {rel}")[0]
         nulls = {c: int(n) for c, n in zip(columns, counts[1:]) if n}
         examples = []
         if nulls:
             keys = _key_columns(con, rel, EXAMPLE_KEYS)
-            where = " OR ".join(f"{_ident(c)} IS NULL" for c in nulls)
-            examples = _dicts(con, f"SELECT {', '.join(map(_ident, keys + list(nulls)))} FROM {rel} WHERE {where} LIMIT {MAX_EXAMPLES}")
+            where = " OR ".join(f"{identifier(c)} IS NULL" for c in nulls)
+            examples = _dicts(con, f"SELECT {', '.join(map(identifier, keys + list(nulls)))} FROM {rel} WHERE {where} LIMIT {MAX_EXAMPLES}")
         return CheckOutcome(
             name,
             not nulls,
@@ -153,7 +146,7 @@ def check_unique(con, path: PathLike, columns: list[str], *, name: str = "unique
         absent = _missing_columns(con, rel, columns)
         if absent:
             return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
-        key = ", ".join(map(_ident, columns))
+        key = ", ".join(map(identifier, columns))
         duplicated = f"SELECT {key}, count(*) AS copies FROM {rel} GROUP BY {key} HAVING count(*) > 1"
         n_keys, n_rows = _rows(con, f"SELECT count(*), coalesce(sum(copies), 0) FROM ({duplicated})")[0]
         examples = _dicts(con, f"{duplicated} ORDER BY copies DESC, {key} LIMIT {MAX_EXAMPLES}") if n_keys else []
@@ -208,7 +201,7 @@ def check_five_parts(con, descriptions_path: PathLike, *, name: str = "five_part
         absent = _missing_columns(con, rel, parts)
         if absent:
             return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
-        blank = {p: f"coalesce(trim({_ident(p)}), '') = ''" for p in parts}
+        blank = {p: f"coalesce(trim({identifier(p)}), '') = ''" for p in parts}
         counts = _rows(
             con,
             "SELECT count(*), count(*) FILTER (" + " OR ".join(blank.values()) + "), "
@@ -351,9 +344,9 @@ def check_accepted_values(
     accepted = list(accepted)
 
     def body(rel: str) -> CheckOutcome:
-        values = ", ".join(_lit(v) for v in accepted)
+        values = ", ".join(literal(v) for v in accepted)
         scope = f"({where}) AND " if where else ""
-        bad = dict(_rows(con, f"SELECT {_ident(column)}, count(*) FROM {rel} WHERE {scope}({_ident(column)} IS NULL OR {_ident(column)} NOT IN ({values})) GROUP BY 1"))
+        bad = dict(_rows(con, f"SELECT {identifier(column)}, count(*) FROM {rel} WHERE {scope}({identifier(column)} IS NULL OR {identifier(column)} NOT IN ({values})) GROUP BY 1"))
         return CheckOutcome(
             name,
             not bad,
@@ -633,7 +626,7 @@ def duplicate_cross_patient() -> CheckDef:
 
 def run_check_set(checks: Iterable[CheckDef], target: CheckTarget) -> list[CheckOutcome]:
     """Run a stage's checks for one partition; a check that raises is a failed outcome."""
-    con = duckdb.connect()
+    con = connect()
     try:
         outcomes = []
         for check in checks:
