@@ -98,7 +98,7 @@ def fetch_command(ref: str) -> int:
 
 
 def check_source_command(ref: str, root: str | None) -> int:
-    from medtrinity_assets.catalog.check import check_source
+    from medtrinity_assets.sources.check import check_source
 
     report = check_source(load_spec_ref(ref), Path(root) if root else None)
     print(report.render())

@@ -18,11 +18,11 @@ from PIL import Image
 from pydantic import ValidationError
 
 from medtrinity_assets import stages
-from medtrinity_assets.catalog.check import check_source
 from medtrinity_assets.catalog.load import load_spec, source_root
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import IngestContext, Quarantined
+from medtrinity_assets.sources.check import check_source
 from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.storage import BlobStore
 from medtrinity_assets_tests.conftest import REALDATA, needs_realdata

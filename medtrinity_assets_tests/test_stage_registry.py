@@ -151,7 +151,7 @@ def test_a_quarantine_without_a_known_kind_is_refused():
 def test_stage_report_and_check_source_group_by_kind(tmp_path):
     """A mask of another size makes its image an invalid annotation, not "unreadable": the report
     and check-source follow the reader's kind, whatever words the reason uses."""
-    from medtrinity_assets.catalog.check import check_source
+    from medtrinity_assets.sources.check import check_source
 
     source = tmp_path / "src"
     (source / "images").mkdir(parents=True)
@@ -190,3 +190,67 @@ def test_quarantine_kinds_check_refuses_a_kind_outside_the_list(tmp_path):
     write_table(root.quarantine("normalized_images", "s"), schemas.QUARANTINE, [{**row, "kind": "cosmic_rays"}])
     outcome = next(o for o in run_checks("normalized_images", root, "s") if o.name == "quarantine_kinds")
     assert not outcome.passed and outcome.metadata["unexpected"] == {"cosmic_rays": 1}
+
+
+# --- layers -------------------------------------------------------------------------------
+
+# Lowest first: a module may import its own package and any lower layer, nothing above it.
+LAYERS = [
+    {"paths", "shutdown", "schemas", "duckdb_sql", "validation", "vocabulary", "__init__"},
+    {"storage"},
+    {"settings"},
+    {"imaging"},
+    {"catalog"},
+    {"sources"},
+    {"grounding", "knowledge"},
+    {"generation"},
+    {"dataset", "preview"},
+    {"quality"},
+    {"stages"},
+    {"pipeline"},
+    {"defs"},
+    {"definitions", "cli", "side_report", "bench", "bench_burned_in", "bench_dedup", "bench_deid_text", "bench_ingest",
+     "bench_labels", "bench_retrieval", "bench_text", "bench_verifier"},
+]
+# imaging -> catalog: imaging functions are being changed to take plain parameters instead of a
+# SourceSpec (a separate change of issue 8); until then that one upward pair is tolerated.
+TOLERATED = {("imaging", "catalog")}
+
+
+def _imports(package_root):
+    """(importing module, imported module) for every medtrinity_assets import, at any depth."""
+    import ast
+
+    for path in sorted(package_root.rglob("*.py")):
+        module = ".".join(path.relative_to(package_root.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "medtrinity_assets":
+                if node.module == "medtrinity_assets":  # "from medtrinity_assets import schemas, stages"
+                    for alias in node.names:
+                        submodule = package_root / f"{alias.name}.py"
+                        yield module, f"medtrinity_assets.{alias.name}" if submodule.exists() or (package_root / alias.name).is_dir() else "medtrinity_assets.__init__"
+                else:
+                    yield module, node.module
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "medtrinity_assets":
+                        yield module, alias.name
+
+
+def test_imports_point_down_the_layers():
+    from medtrinity_assets.paths import REPO_ROOT
+    from medtrinity_assets.sources import FAMILY_MODULES
+
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    readers = set(FAMILY_MODULES.values())
+    wrong = []
+    for importer, imported in _imports(REPO_ROOT / "medtrinity_assets"):
+        top_from, top_to = importer.split(".")[1], imported.split(".")[1] if "." in imported else "__init__"
+        if importer in readers and imported in readers and importer != imported:
+            wrong.append(f"{importer} -> {imported} (family readers share code through sources.base, image_common, dicom_common)")
+        if top_from == top_to or (top_from, top_to) in TOLERATED:
+            continue
+        assert top_from in rank and top_to in rank, f"{top_from} or {top_to} has no layer: add it to LAYERS"
+        if rank[top_to] >= rank[top_from]:
+            wrong.append(f"{importer} -> {imported}")
+    assert not wrong, "\n".join(sorted(set(wrong)))

@@ -78,6 +78,12 @@ def contained_path(*parts: str) -> str | None:
     return joined
 
 
+def list_files(root: Path, glob: str, exclude_glob: str | None = None) -> list[Path]:
+    """Files under ``root`` matching ``glob``, minus ``exclude_glob``, in a stable order."""
+    excluded = set(root.glob(exclude_glob)) if exclude_glob else set()
+    return sorted(p for p in root.glob(glob) if p.is_file() and p not in excluded)
+
+
 def record_id_for(source_id: str, source_file: str, sequence: str | None, slice_index: int) -> str:
     """Stable id: the same file and slice give the same id on every run."""
     key = f"{source_id}\x1f{source_file}\x1f{sequence or ''}\x1f{slice_index}"

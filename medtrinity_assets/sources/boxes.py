@@ -39,7 +39,7 @@ from medtrinity_assets.sources.box_formats import (
     resolve_boxes,
 )
 from medtrinity_assets.imaging.geometry import dicom_frame_kind
-from medtrinity_assets.sources.dicom import deidentify_dataset, dicom_geometry
+from medtrinity_assets.sources.dicom_common import deidentify_dataset, dicom_geometry
 from medtrinity_assets.sources.image_common import (
     decode_image,
     iter_image_files,

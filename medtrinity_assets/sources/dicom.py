@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 
-from medtrinity_assets.imaging.deid import SUV_RETAIN_OPTIONS, apply_basic_profile, patient_identifier
+from medtrinity_assets.imaging.deid import patient_identifier
 from medtrinity_assets.imaging.dicom_io import (
     ANNOTATION_MODALITIES,
     DicomHeader,
@@ -25,27 +25,23 @@ from medtrinity_assets.imaging.dicom_io import (
     read_dicom,
     read_header,
 )
-from medtrinity_assets.imaging.geometry import dicom_axes, dicom_frame_kind
+from medtrinity_assets.imaging.geometry import dicom_frame_kind
 from medtrinity_assets.imaging.slicing import select_slices
 from medtrinity_assets.sources.base import (
     IngestContext,
     IngestStream,
     Quarantined,
     describe_error,
+    list_files,
     make_record,
     record_id_for,
     store_mask,
 )
 from medtrinity_assets.sources.dicom_annotations import PlaneMasks, collect_annotations, planes_of
+from medtrinity_assets.sources.dicom_common import deidentify_dataset, dicom_geometry
 from medtrinity_assets.sources.image_common import path_labels
 from medtrinity_assets.sources.label_state import ANNOTATED, CONTEXT
 from medtrinity_assets.sources.lidc_xml import collect_lidc_annotations
-
-
-def list_files(root: Path, glob: str, exclude_glob: Optional[str] = None) -> list[Path]:
-    """Files under ``root`` matching ``glob``, minus ``exclude_glob``, in a stable order."""
-    excluded = set(root.glob(exclude_glob)) if exclude_glob else set()
-    return sorted(p for p in root.glob(glob) if p.is_file() and p not in excluded)
 
 
 def _relative(ctx: IngestContext, path: Path) -> str:
@@ -74,19 +70,6 @@ def _mask_annotations(ctx: IngestContext, plane_masks: dict[str, np.ndarray] | N
     ]
 
 
-def dicom_geometry(header: DicomHeader, frame: Optional[int], frame_kind: Optional[str]) -> dict:
-    """make_record's geometry arguments for one frame (or a single-frame file: ``frame`` None)."""
-    position = header.position
-    if frame is not None and header.frame_positions:
-        position = header.frame_positions[frame]
-    return {
-        "image_axes": dicom_axes(header.orientation, position, header.pixel_spacing_mm, header.patient_orientation),
-        "view": header.view_position,
-        "laterality": header.laterality,
-        "frame_kind": frame_kind,
-    }
-
-
 def _record(
     ctx: IngestContext, rel: str, header: DicomHeader, decoded, slice_index: int, slice_count: int,
     plane_masks: dict[str, np.ndarray] | None, flags: list[str], geometry: dict, annotated_volume: bool = False,
@@ -110,19 +93,6 @@ def _record(
         slice_role=role,
         **geometry,
     )
-
-
-def deidentify_dataset(ctx: IngestContext, ds, header: DicomHeader):
-    """Apply the PS3.15 Basic Profile to the dataset before its pixels are decoded.
-
-    Only pixels and allowlisted technical values leave ingest anyway (read_header); this is
-    defence in depth, so no later code can reach an identifier through the dataset. It runs
-    after read_header, which keeps the UIDs that group series and match annotations in memory.
-    PET keeps the weight and times that the SUV conversion needs (PS3.15 retain options).
-    """
-    retain = SUV_RETAIN_OPTIONS if header.modality == "PT" else ()
-    apply_basic_profile(ds, ctx.salt, retain=retain)
-    return ds
 
 
 def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> IngestStream:

@@ -52,11 +52,11 @@ from medtrinity_assets.sources.base import (
     IngestStream,
     Quarantined,
     describe_error,
+    list_files,
     make_record,
     record_id_for,
     store_mask,
 )
-from medtrinity_assets.sources.dicom import list_files
 from medtrinity_assets.sources.image_common import path_labels
 from medtrinity_assets.sources.image_common import rename_label
 from medtrinity_assets.sources.label_state import ANNOTATED, CONTEXT

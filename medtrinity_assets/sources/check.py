@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from medtrinity_assets.catalog.load import source_root
 from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.sources import IngestContext, Quarantined, read_source
 from medtrinity_assets.storage import BlobStore
 
 EXAMPLES_SHOWN = 10
@@ -239,8 +240,6 @@ def check_source(spec: SourceSpec, root: Path | None = None) -> SpecCheckReport:
     Writes nothing under the data root: pixels go to a temporary blob store deleted afterwards.
     """
     import json
-
-    from medtrinity_assets.sources import IngestContext, Quarantined, read_source
 
     started = time.perf_counter()
     root = Path(root).resolve() if root else source_root(spec)
