@@ -25,15 +25,12 @@ def _instance():
 
 def fetch_demo_data() -> list[str]:
     from medtrinity_assets.catalog import load_catalog
-    from medtrinity_assets.catalog.acquire import fetch_package_files
+    from medtrinity_assets.catalog.acquire import fetch_demo_sources
 
-    fetched = []
-    for source_id, spec in sorted(load_catalog().items()):
-        if spec.demo and spec.acquisition.method == "package":
-            files = fetch_package_files(spec, raw_dir() / source_id)
-            print(f"  {source_id}: {len(files)} files in {raw_dir() / source_id}")
-            fetched.append(source_id)
-    return fetched
+    fetched = fetch_demo_sources(load_catalog(), raw_dir())
+    for source_id, files in fetched.items():
+        print(f"  {source_id}: {len(files)} files in {raw_dir() / source_id}")
+    return list(fetched)
 
 
 def load_spec_ref(ref: str):

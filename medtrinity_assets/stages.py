@@ -27,9 +27,6 @@ from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.storage import BlobStore, TableWriter, write_table
 
-PIPELINE_VERSION = "0.1.0"
-
-
 @dataclass
 class StageReport:
     """What one stage did on one partition: shown as Dagster metadata and in benchmarks."""
@@ -47,17 +44,6 @@ class StageReport:
     @property
     def rows_per_second(self) -> float:
         return self.inputs / self.seconds if self.seconds > 0 else 0.0
-
-    def as_metadata(self) -> dict:
-        return {
-            "rows": self.rows,
-            "inputs": self.inputs,
-            "quarantined": self.quarantined,
-            "seconds": round(self.seconds, 3),
-            "inputs_per_second": round(self.rows_per_second, 2),
-            "quarantine_kinds": dict(self.kinds.most_common()),
-            **self.extra,
-        }
 
 
 class _QuarantineLog:

@@ -21,10 +21,8 @@ from medtrinity_assets.catalog.layouts import (
     ImageCsvLayout,
     ImageFolderLayout,
     ImageMaskLayout,
-    MaskFile,
     Modality,
     NiftiLayout,
-    Replace,
     Strict,
 )
 from medtrinity_assets.imaging.geometry import normalize_laterality, normalize_view

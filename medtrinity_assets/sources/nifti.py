@@ -65,10 +65,6 @@ from medtrinity_assets.sources.label_state import ANNOTATED, CONTEXT
 # the number of reads (and gzip seeks) small.
 SLAB_SLICES = 16
 
-# macOS archives (the MSD tarballs among them) carry "._<name>" AppleDouble files beside each
-# real file: a few hundred bytes of Finder metadata with the same suffix, never a NIfTI volume.
-APPLE_DOUBLE_PREFIX = "._"
-
 
 @dataclass(frozen=True)
 class _Volume:
