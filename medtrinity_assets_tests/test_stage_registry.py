@@ -254,3 +254,24 @@ def test_imports_point_down_the_layers():
         if rank[top_to] >= rank[top_from]:
             wrong.append(f"{importer} -> {imported}")
     assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+def test_quarantine_model_reads_registry_stages_not_folders_of_former_names(tmp_path):
+    """A data root written before stages had one name keeps tables/quarantine/ingest/...: the
+    warehouse must not count those rows beside the ones the renamed stage writes now."""
+    import duckdb
+
+    from medtrinity_assets.defs.sql_models import MODELS, relation_for
+    from medtrinity_assets.quality.sql_models import run_models
+    from medtrinity_assets.storage import write_table
+
+    root = DataRoot(tmp_path / "var")
+    row = {"source_id": "s", "source_file": "a.png", "record_id": None, "kind": "unreadable", "reason": "r"}
+    write_table(root.quarantine("ingest", "s"), schemas.QUARANTINE, [{**row, "stage": "ingest"}])
+    write_table(root.quarantine("raw_records", "s"), schemas.QUARANTINE, [{**row, "stage": "raw_records"}])
+    con = duckdb.connect()
+    try:
+        run_models(con, [m for m in MODELS if m.refs == ["quarantine"]], lambda ref: relation_for(root, ref))
+        assert con.sql("SELECT stage, files FROM qc_quarantine_by_kind").fetchall() == [("raw_records", 1)]
+    finally:
+        con.close()

@@ -9,8 +9,8 @@ import duckdb
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
+from medtrinity_assets.pipeline import PARTITION_TABLES, STAGES
 from medtrinity_assets.quality.sql_models import discover_models, run_model
-from medtrinity_assets.pipeline import PARTITION_TABLES
 
 SQL_FOLDER = REPO_ROOT / "dbt_like_sql"
 MODELS = discover_models(SQL_FOLDER)
@@ -24,7 +24,11 @@ def relation_for(data_root: DataRoot, ref: str) -> str:
     if ref in PARTITION_TABLES:
         return read_parquet(data_root.table_glob(ref), union_by_name=True)
     if ref == "quarantine":
-        return read_parquet(data_root.quarantine_glob(), union_by_name=True)
+        # The registry's stages only: folders a data root kept from the stages' former names
+        # (ingest, normalize, ground, coarse_caption, describe) would count their rows twice.
+        folders = [data_root.quarantine(stage.name, "*") for stage in STAGES if stage.quarantines]
+        present = [str(glob) for glob in folders if glob.parent.is_dir()]
+        return read_parquet(present or data_root.quarantine_glob(), union_by_name=True)
     return read_parquet(data_root.table(ref))
 
 
