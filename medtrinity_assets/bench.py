@@ -27,7 +27,6 @@ from pathlib import Path
 
 from medtrinity_assets.paths import REPO_ROOT
 
-STAGES = ["ingest", "normalize", "ground", "facts", "coarse_captions", "retrieval", "descriptions", "triplets"]
 CACHE = REPO_ROOT / "var" / "bench"
 
 
@@ -113,26 +112,23 @@ def run_floor(workload: Path) -> dict:
     return {"stage": "floor", "images": len(files), "seconds": seconds, "peak_rss_mib": _peak_rss_mib()}
 
 
+def _partition_stages() -> list[str]:
+    # Imported here, not at the top, so the floor's peak memory holds no pipeline imports.
+    from medtrinity_assets.pipeline import STAGES
+
+    return [stage.name for stage in STAGES if stage.partitioned]
+
+
 def run_stage(stage: str, workload: Path, data_root: Path) -> dict:
-    from medtrinity_assets import stages
     from medtrinity_assets.paths import DataRoot
+    from medtrinity_assets.pipeline import STAGE, StageInputs
 
     root = DataRoot(data_root)
     baseline = _peak_rss_mib()
     images = 0
     seconds = 0.0
     for spec in bench_specs(workload):
-        runner = {
-            "ingest": lambda: stages.run_ingest(spec, root, "bench-salt"),
-            "normalize": lambda: stages.run_normalize(spec, root),
-            "ground": lambda: stages.run_ground(spec, root),
-            "facts": lambda: stages.run_facts(spec, root),
-            "coarse_captions": lambda: stages.run_coarse_captions(spec, root),
-            "retrieval": lambda: stages.run_retrieval(spec, root),
-            "descriptions": lambda: stages.run_descriptions(spec, root),
-            "triplets": lambda: stages.run_triplets(spec, root),
-        }[stage]
-        report = runner()
+        report = STAGE[stage].run(StageInputs(root, spec=spec, salt="bench-salt"))
         images += report.inputs
         seconds += report.seconds
     return {"stage": stage, "images": images, "seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "rss_after_imports_mib": baseline}
@@ -151,9 +147,9 @@ def benchmark(n_images: int) -> list[dict]:
     data_root = CACHE / f"run_{n_images}"
     subprocess.run(["rm", "-rf", str(data_root)], check=True)
     # The knowledge base is built once, outside the per-image stages.
-    _child(["--child", "knowledge", "--workload", str(workload), "--data-root", str(data_root)])
+    _child(["--child", "knowledge_base", "--workload", str(workload), "--data-root", str(data_root)])
     results = [_child(["--child", "floor", "--workload", str(workload), "--data-root", str(data_root)])]
-    for stage in STAGES:
+    for stage in _partition_stages():
         results.append(_child(["--child", stage, "--workload", str(workload), "--data-root", str(data_root)]))
     return results
 
@@ -168,8 +164,8 @@ def _print(results: list[dict], n_images: int) -> None:
         rate = r["images"] / r["seconds"] if r["seconds"] else float("inf")
         print(f"{r['stage']:<18}{r['images']:>8}{r['seconds']:>10.2f}{rate:>11.1f}{rate / floor_rate:>9.2f}"
               f"{r['peak_rss_mib']:>14.0f}{r.get('rss_after_imports_mib', float('nan')):>15.0f}")
-    ingest = next(r for r in results if r["stage"] == "ingest")
-    normalize = next(r for r in results if r["stage"] == "normalize")
+    ingest = next(r for r in results if r["stage"] == "raw_records")
+    normalize = next(r for r in results if r["stage"] == "normalized_images")
     combined = ingest["images"] / (ingest["seconds"] + normalize["seconds"])
     print(f"ingest+normalize together: {combined:.1f} images/s = {combined / floor_rate:.2f} x the floor "
           f"(the floor also decodes; normalize alone starts from decoded arrays)")
@@ -187,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         workload, data_root = Path(args.workload), Path(args.data_root)
         if args.child == "floor":
             result = run_floor(workload)
-        elif args.child == "knowledge":
-            from medtrinity_assets import stages
+        elif args.child == "knowledge_base":
             from medtrinity_assets.paths import DataRoot, knowledge_dir
+            from medtrinity_assets.pipeline import STAGE, StageInputs
 
-            report = stages.run_knowledge_base(DataRoot(data_root), knowledge_dir())
-            result = {"stage": "knowledge", "images": report.rows, "seconds": report.seconds, "peak_rss_mib": _peak_rss_mib()}
+            report = STAGE["knowledge_base"].run(StageInputs(DataRoot(data_root), knowledge_folder=knowledge_dir()))
+            result = {"stage": "knowledge_base", "images": report.rows, "seconds": report.seconds, "peak_rss_mib": _peak_rss_mib()}
         else:
             result = run_stage(args.child, workload, data_root)
         print(json.dumps(result))
@@ -205,19 +201,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SCALING_STAGES = ("raw_records", "normalized_images", "rois")
+
+
 def benchmark_scaling(small: int, large: int) -> str:
-    lines = ["\nPeak memory vs partition size (ingest, normalize, ground; each in a fresh process):"]
+    lines = [f"\nPeak memory vs partition size ({', '.join(SCALING_STAGES)}; each in a fresh process):"]
     peaks = {}
     for n in (small, large):
         workload = make_workload(n)
         data_root = CACHE / f"scaling_{n}"
         subprocess.run(["rm", "-rf", str(data_root)], check=True)
-        for stage in ("ingest", "normalize", "ground"):
+        for stage in SCALING_STAGES:
             r = _child(["--child", stage, "--workload", str(workload), "--data-root", str(data_root)])
             peaks[(n, stage)] = r["peak_rss_mib"]
-    for stage in ("ingest", "normalize", "ground"):
+    for stage in SCALING_STAGES:
         a, b = peaks[(small, stage)], peaks[(large, stage)]
-        lines.append(f"  {stage:<10} {small} images: {a:.0f} MiB   {large} images: {b:.0f} MiB   growth {100 * (b / a - 1):+.1f}%")
+        lines.append(f"  {stage:<18} {small} images: {a:.0f} MiB   {large} images: {b:.0f} MiB   growth {100 * (b / a - 1):+.1f}%")
     return "\n".join(lines)
 
 

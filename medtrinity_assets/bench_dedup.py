@@ -60,12 +60,14 @@ def dedup_rows(root: DataRoot, source_ids: list[str]) -> list:
 
     from medtrinity_assets.dataset.dedup import DedupRow, volume_group
 
-    raw = "[" + ", ".join(f"'{root.table('raw_records', s)}'" for s in source_ids) + "]"
-    norm = "[" + ", ".join(f"'{root.table('normalized_images', s)}'" for s in source_ids) + "]"
+    from medtrinity_assets.duckdb_sql import read_parquet
+
+    raw = read_parquet([root.table("raw_records", s) for s in source_ids], union_by_name=True)
+    norm = read_parquet([root.table("normalized_images", s) for s in source_ids], union_by_name=True)
     rows = duckdb.sql(
         f"""SELECT r.source_id, r.record_id, n.image_sha256, n.phash, r.source_file, r.slice_index, r.patient_hash,
                    r.labels, n.image_path
-            FROM read_parquet({raw}, union_by_name = true) r JOIN read_parquet({norm}, union_by_name = true) n
+            FROM {raw} r JOIN {norm} n
             USING (record_id) ORDER BY 1, 2"""
     ).fetchall()
     return [

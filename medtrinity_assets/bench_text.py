@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import duckdb
+from medtrinity_assets.duckdb_sql import connect, read_parquet
 
 COPY_RUN = 5
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
@@ -67,7 +67,7 @@ def copied_share(texts: list[str], runs: set[tuple[str, ...]], n: int = COPY_RUN
 
 def source_report(con, root: Path, source_id: str, runs: set) -> dict:
     descriptions = root / "tables" / "descriptions" / f"{source_id}.parquet"
-    rows = con.sql(f"SELECT record_id, description, verified, label_state, facts FROM read_parquet('{descriptions}')").fetchall()
+    rows = con.sql(f"SELECT record_id, description, verified, label_state, facts FROM {read_parquet(descriptions)}").fetchall()
     texts = [r[1] for r in rows]
     states = Counter(r[3] or "missing" for r in rows)
     side_rows = Counter()
@@ -81,7 +81,7 @@ def source_report(con, root: Path, source_id: str, runs: set) -> dict:
     held = 0
     if triplets.exists():
         held = con.sql(
-            f"""SELECT count(*) FROM read_parquet('{triplets}')
+            f"""SELECT count(*) FROM {read_parquet(triplets)}
                 WHERE list_has_any(coalesce(flags, []::VARCHAR[]), ['burned_in_annotation', 'burned_in_text'])"""
         ).fetchall()[0][0]
     return {
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.root)
     if args.materialize:
         materialize(root, [s for s in args.materialize.split(",") if s])
-    con = duckdb.connect()
+    con = connect()
     chunks = root / "tables" / "knowledge_chunks.parquet"
-    runs = knowledge_runs([r[0] for r in con.sql(f"SELECT text FROM read_parquet('{chunks}')").fetchall()]) if chunks.exists() else set()
+    runs = knowledge_runs([r[0] for r in con.sql(f"SELECT text FROM {read_parquet(chunks)}").fetchall()]) if chunks.exists() else set()
     sources = sorted(p.stem for p in (root / "tables" / "descriptions").glob("*.parquet"))
     reports = [source_report(con, root, s, runs) for s in sources]
     header = f"{'source':28} {'rows':>5} {'finding':>7} {'normal':>6} {'unknown':>7} {'verified':>8} {'burned-in':>9} {'3-gram':>6} {'copied':>6}  patient-side words (provenance: rows)"
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     for source in sources:
         path = root / "tables" / "descriptions" / f"{source}.parquet"
-        all_texts += [r[0] for r in con.sql(f"SELECT description FROM read_parquet('{path}')").fetchall()]
+        all_texts += [r[0] for r in con.sql(f"SELECT description FROM {read_parquet(path)}").fetchall()]
     print(
         f"\nall sources: {len(all_texts)} descriptions, distinct 3-gram ratio {distinct_ngram_ratio(all_texts):.3f}, "
         f"share of words copied from knowledge ({COPY_RUN}-word runs) {copied_share(all_texts, runs):.3f}"

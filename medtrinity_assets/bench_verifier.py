@@ -74,6 +74,7 @@ def real_factsets(source_ids, work: Path, log=print) -> list[tuple[str, FactSet]
     from medtrinity_assets import stages
     from medtrinity_assets.catalog import load_catalog
     from medtrinity_assets.catalog.acquire import fetch_package_files
+    from medtrinity_assets.duckdb_sql import read_parquet
     from medtrinity_assets.paths import DataRoot
 
     catalog = load_catalog()
@@ -97,8 +98,8 @@ def real_factsets(source_ids, work: Path, log=print) -> list[tuple[str, FactSet]
             if not table.exists():
                 log(f"  {source_id}: no facts table (no readable image), skipped")
                 continue
-            frame = duckdb.sql(f"SELECT * EXCLUDE (source_id) FROM read_parquet('{table}') ORDER BY record_id").fetchall()
-            columns = duckdb.sql(f"SELECT * EXCLUDE (source_id) FROM read_parquet('{table}') LIMIT 0").columns
+            frame = duckdb.sql(f"SELECT * EXCLUDE (source_id) FROM {read_parquet(table)} ORDER BY record_id").fetchall()
+            columns = duckdb.sql(f"SELECT * EXCLUDE (source_id) FROM {read_parquet(table)} LIMIT 0").columns
             by_record: dict[str, list[Fact]] = defaultdict(list)
             for row in frame:
                 fact = Fact(**dict(zip(columns, row)))

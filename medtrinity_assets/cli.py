@@ -34,15 +34,12 @@ def _instance():
 
 def fetch_demo_data() -> list[str]:
     from medtrinity_assets.catalog import load_catalog
-    from medtrinity_assets.catalog.acquire import fetch_package_files
+    from medtrinity_assets.catalog.acquire import fetch_demo_sources
 
-    fetched = []
-    for source_id, spec in sorted(load_catalog().items()):
-        if spec.demo and spec.acquisition.method == "package":
-            files = fetch_package_files(spec, raw_dir() / source_id)
-            print(f"  {source_id}: {len(files)} files in {raw_dir() / source_id}")
-            fetched.append(source_id)
-    return fetched
+    fetched = fetch_demo_sources(load_catalog(), raw_dir())
+    for source_id, files in fetched.items():
+        print(f"  {source_id}: {len(files)} files in {raw_dir() / source_id}")
+    return list(fetched)
 
 
 def load_spec_ref(ref: str):
@@ -110,7 +107,7 @@ def fetch_command(ref: str) -> int:
 
 
 def check_source_command(ref: str, root: str | None) -> int:
-    from medtrinity_assets.catalog.check import check_source
+    from medtrinity_assets.sources.check import check_source
 
     report = check_source(load_spec_ref(ref), Path(root) if root else None)
     print(report.render())
@@ -167,17 +164,17 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
 
 
 def summary() -> str:
-    import duckdb
+    from medtrinity_assets.duckdb_sql import connect, read_parquet
 
     root = DataRoot.from_env()
     path = root.table("medtrinity_dataset")
     if not path.exists():
         return "No dataset was written."
-    con = duckdb.connect()
+    con = connect()
     rows = con.sql(
         f"""SELECT source_id, count(*) AS images, count(*) FILTER (WHERE verified) AS verified,
                    count(*) FILTER (WHERE duplicate_of IS NOT NULL) AS duplicates
-            FROM read_parquet('{path}') GROUP BY ALL ORDER BY source_id"""
+            FROM {read_parquet(path)} GROUP BY ALL ORDER BY source_id"""
     ).fetchall()
     lines = [f"    {s:<32} {n:>6} images, {v:>6} verified, {d:>4} duplicates" for s, n, v, d in rows]
     total = sum(r[1] for r in rows)

@@ -18,17 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import duckdb
 import numpy as np
 from PIL import Image
 
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
+from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, write_table
-
-PIPELINE_VERSION = "0.1.0"
-
 
 @dataclass
 class StageReport:
@@ -39,7 +36,7 @@ class StageReport:
     rows: int = 0
     inputs: int = 0
     quarantined: int = 0
-    reasons: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)  # quarantined rows by kind (sources.base.QUARANTINE_KINDS)
     seconds: float = 0.0
     output: str | None = None
     extra: dict = field(default_factory=dict)
@@ -48,17 +45,6 @@ class StageReport:
     def rows_per_second(self) -> float:
         return self.inputs / self.seconds if self.seconds > 0 else 0.0
 
-    def as_metadata(self) -> dict:
-        return {
-            "rows": self.rows,
-            "inputs": self.inputs,
-            "quarantined": self.quarantined,
-            "seconds": round(self.seconds, 3),
-            "inputs_per_second": round(self.rows_per_second, 2),
-            "quarantine_reasons": dict(self.reasons.most_common(20)),
-            **self.extra,
-        }
-
 
 class _QuarantineLog:
     """Collects one stage's quarantine rows for one partition."""
@@ -66,7 +52,7 @@ class _QuarantineLog:
     def __init__(self, writer: TableWriter, stage: str, source_id: str, report: StageReport):
         self.writer, self.stage, self.source_id, self.report = writer, stage, source_id, report
 
-    def add(self, source_file: str | None, reason: str, record_id: str | None = None, kind: str = "stage_error") -> None:
+    def add(self, source_file: str | None, reason: str, record_id: str | None = None, *, kind: str) -> None:
         self.writer.write(
             {
                 "source_id": self.source_id,
@@ -78,25 +64,23 @@ class _QuarantineLog:
             }
         )
         self.report.quarantined += 1
-        # Group reasons by their first clause so the report stays readable.
-        self.report.reasons[reason.split(":")[0][:80]] += 1
+        self.report.kinds[kind] += 1
 
 
 @contextmanager
-def _stage_tables(
-    report: StageReport, data_root: DataRoot, out: Path, schema, quarantine_stage: str | None = None
+def stage_tables(
+    report: StageReport, data_root: DataRoot, out: Path, schema, quarantine: bool = True
 ) -> Iterator[tuple[TableWriter, _QuarantineLog | None]]:
-    """Open a stage's output table (and its quarantine table); on success fill in the report."""
+    """Open a stage's output table (and its quarantine table, under the stage's one name);
+    on success fill in the report."""
     started = time.perf_counter()
     with ExitStack() as stack:
         writer = stack.enter_context(TableWriter(out, schema))
-        quarantine = None
-        if quarantine_stage:
-            q_writer = stack.enter_context(
-                TableWriter(data_root.quarantine(quarantine_stage, report.source_id), schemas.QUARANTINE)
-            )
-            quarantine = _QuarantineLog(q_writer, quarantine_stage, report.source_id, report)
-        yield writer, quarantine
+        log = None
+        if quarantine:
+            q_writer = stack.enter_context(TableWriter(data_root.quarantine(report.stage, report.source_id), schemas.QUARANTINE))
+            log = _QuarantineLog(q_writer, report.stage, report.source_id, report)
+        yield writer, log
     report.rows = writer.rows_written
     report.seconds = time.perf_counter() - started
     report.output = str(out)
@@ -104,21 +88,6 @@ def _stage_tables(
 
 def _describe_error(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
-
-
-def _stream(sql: str, batch_rows: int = 256) -> Iterator[dict]:
-    """Rows of a DuckDB query, streamed in record batches."""
-    con = duckdb.connect()
-    try:
-        reader = con.sql(sql).to_arrow_reader(batch_rows)
-        for batch in reader:
-            yield from batch.to_pylist()
-    finally:
-        con.close()
-
-
-def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _load_png(blobs: BlobStore, rel: str) -> np.ndarray:
@@ -139,14 +108,19 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
     from medtrinity_assets.sources import IngestContext, Quarantined, read_source
     from medtrinity_assets.sources.base import pseudonymous_path, pseudonymous_quarantine
 
+    from medtrinity_assets.catalog.fingerprint import folder_fingerprint
+
     report = StageReport("raw_records", spec.id)
+    # Taken before reading, so a file that changes during the run makes the source stale
+    # for the schedule instead of being recorded as already ingested.
+    report.extra["input_fingerprint"] = folder_fingerprint(source_root(spec)) or ""
     ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(data_root.root), salt=salt)
     out = data_root.table("raw_records", spec.id)
     seen: set[str] = set()
-    with _stage_tables(report, data_root, out, schemas.RAW_RECORDS, "ingest") as (records, log):
+    with stage_tables(report, data_root, out, schemas.RAW_RECORDS) as (records, log):
 
-        def quarantine_add(source_file: str | None, reason: str, record_id: str | None = None, kind: str = "stage_error") -> None:
-            # Quarantine rows reach the warehouse (qc_quarantine_by_reason) and the Dagster
+        def quarantine_add(source_file: str | None, reason: str, record_id: str | None = None, *, kind: str) -> None:
+            # Quarantine rows reach the warehouse (qc_quarantine_by_kind) and the Dagster
             # metadata: a pseudonymized source's real names must not ride along in them.
             if spec.pseudonymize_paths:
                 source_file, reason = pseudonymous_quarantine(salt, ctx.root, source_file, reason)
@@ -159,7 +133,7 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
             except StopIteration:
                 break
             except Exception as error:  # a reader bug must not lose the rows already read
-                quarantine_add(None, f"reader stopped early: {_describe_error(error)}")
+                quarantine_add(None, f"reader stopped early: {_describe_error(error)}", kind="stage_error")
                 break
             report.inputs += 1
             if isinstance(item, Quarantined):
@@ -190,8 +164,8 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
     blobs = BlobStore(data_root.root)
     source = _require(data_root.table("raw_records", spec.id), "normalized_images")
     out = data_root.table("normalized_images", spec.id)
-    with _stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES, "normalize") as (writer, quarantine):
-        for record in _stream(f"SELECT * FROM read_parquet({_sql_path(source)}) ORDER BY record_id"):
+    with stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES) as (writer, quarantine):
+        for record in stream_rows(f"SELECT * FROM {read_parquet(source)} ORDER BY record_id"):
             report.inputs += 1
             try:
                 pixels = blobs.get_array(record["pixel_ref"])
@@ -199,14 +173,15 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
                 png = encode_png(normalized.display)
                 digest, rel = blobs.put("images", png, "png")
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot normalize: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot normalize: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             try:
                 burned_in = detect_burned_in(normalized.display)
             except Exception as error:
                 # An image nobody could check for burned-in text must not reach training unseen.
                 quarantine.add(
-                    record["source_file"], f"cannot check for burned-in text: {_describe_error(error)}", record["record_id"]
+                    record["source_file"], f"cannot check for burned-in text: {_describe_error(error)}", record["record_id"],
+                    kind="stage_error",
                 )
                 continue
             display = normalized.display
@@ -241,12 +216,12 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
 
 
 def _records_with_images(data_root: DataRoot, source_id: str) -> str:
-    raw = _sql_path(data_root.table("raw_records", source_id))
-    norm = _sql_path(data_root.table("normalized_images", source_id))
+    raw = read_parquet(data_root.table("raw_records", source_id))
+    norm = read_parquet(data_root.table("normalized_images", source_id))
     return f"""
         SELECT r.*, n.image_path, n.scale, n.height AS image_height, n.width AS image_width,
                n.intensity_method, n.image_sha256, n.phash
-        FROM read_parquet({raw}) r JOIN read_parquet({norm}) n USING (record_id)
+        FROM {raw} r JOIN {norm} n USING (record_id)
         ORDER BY r.record_id
     """
 
@@ -263,22 +238,22 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
     origins: Counter = Counter()
     tally: Counter = Counter()
-    with _stage_tables(report, data_root, out, schemas.ROIS, "ground") as (writer, quarantine):
-        for record in _stream(_records_with_images(data_root, spec.id)):
+    with stage_tables(report, data_root, out, schemas.ROIS) as (writer, quarantine):
+        for record in stream_rows(_records_with_images(data_root, spec.id)):
             report.inputs += 1
             try:
                 display = _load_png(blobs, record["image_path"])
                 rois, problems = ground_record(record, display, record["scale"], blobs, spec, tally)
                 relate(rois)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot ground: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot ground: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             # An annotation that yields no usable region is reported; the image keeps its
             # other ROIs (or its whole-image entry), so nothing else is lost. Publisher boxes
             # the cross-check could not match are reported as they are (nothing was dropped).
             for problem in problems:
                 reason = problem if problem.startswith(REFERENCE_PREFIX) else f"annotation dropped: {problem}"
-                quarantine.add(record["source_file"], reason, record["record_id"])
+                quarantine.add(record["source_file"], reason, record["record_id"], kind="invalid_annotation")
             for roi in rois:
                 origins[roi["origin"]] += 1
                 writer.write(roi)
@@ -297,26 +272,26 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:
     """Each record with its ROIs as a list of structs, ordered by record id."""
-    raw = _sql_path(data_root.table("raw_records", source_id))
-    rois = _sql_path(data_root.table("rois", source_id))
+    raw = read_parquet(data_root.table("raw_records", source_id))
+    rois = read_parquet(data_root.table("rois", source_id))
     return f"""
         WITH grouped AS (
             SELECT record_id, list(r ORDER BY roi_id) AS rois
-            FROM read_parquet({rois}) r GROUP BY record_id
+            FROM {rois} r GROUP BY record_id
         )
         SELECT rec.*, g.rois {extra_cols}
-        FROM read_parquet({raw}) rec JOIN grouped g USING (record_id) {extra_joins}
+        FROM {raw} rec JOIN grouped g USING (record_id) {extra_joins}
         ORDER BY rec.record_id
     """
 
 
 def _records_with_rois_and_images(data_root: DataRoot, source_id: str) -> str:
     """Each record with its ROIs and the exported frame's size and scale (what facts need)."""
-    norm = _sql_path(data_root.table("normalized_images", source_id))
+    norm = read_parquet(data_root.table("normalized_images", source_id))
     return _records_with_rois(
         data_root,
         source_id,
-        extra_joins=f"JOIN read_parquet({norm}) n USING (record_id)",
+        extra_joins=f"JOIN {norm} n USING (record_id)",
         extra_cols=", n.height AS image_height, n.width AS image_width, n.scale, n.burned_in",
     )
 
@@ -332,13 +307,13 @@ def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     out = data_root.table("facts", spec.id)
     by_provenance: Counter = Counter()
     by_state: Counter = Counter()
-    with _stage_tables(report, data_root, out, schemas.FACTS, "facts") as (writer, quarantine):
-        for record in _stream(_records_with_rois_and_images(data_root, spec.id)):
+    with stage_tables(report, data_root, out, schemas.FACTS) as (writer, quarantine):
+        for record in stream_rows(_records_with_rois_and_images(data_root, spec.id)):
             report.inputs += 1
             try:
                 facts = build_facts(record, record["rois"], spec)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot build facts: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot build facts: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             for fact in facts:
                 by_provenance[fact.provenance] += 1
@@ -351,9 +326,9 @@ def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 
 def _facts_by_record(data_root: DataRoot, source_id: str) -> str:
-    facts = _sql_path(data_root.table("facts", source_id))
+    facts = read_parquet(data_root.table("facts", source_id))
     return f"""SELECT record_id, list(f ORDER BY roi_id NULLS FIRST, attribute, value) AS facts
-               FROM read_parquet({facts}) f GROUP BY record_id"""
+               FROM {facts} f GROUP BY record_id"""
 
 
 # --- Stage 4: coarse captions ------------------------------------------------------------
@@ -365,13 +340,13 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     report = StageReport("coarse_captions", spec.id)
     _require(data_root.table("rois", spec.id), "coarse_captions")
     out = data_root.table("coarse_captions", spec.id)
-    with _stage_tables(report, data_root, out, schemas.COARSE_CAPTIONS, "coarse_caption") as (writer, quarantine):
-        for record in _stream(_records_with_rois(data_root, spec.id)):
+    with stage_tables(report, data_root, out, schemas.COARSE_CAPTIONS) as (writer, quarantine):
+        for record in stream_rows(_records_with_rois(data_root, spec.id)):
             report.inputs += 1
             try:
                 caption = coarse_caption(record, record["rois"], spec)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot caption: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot caption: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             writer.write(
                 {
@@ -418,7 +393,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
     _require(data_root.table("rois", spec.id), "retrieved_knowledge")
     retriever = KnowledgeRetriever(data_root.chroma)
     out = data_root.table("retrieved_knowledge", spec.id)
-    with _stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE) as (writer, _):
+    with stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE, quarantine=False) as (writer, _):
         pending: list[dict] = []
 
         def flush() -> None:
@@ -426,7 +401,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
                 writer.write(row)
             pending.clear()
 
-        for record in _stream(_records_with_rois(data_root, spec.id)):
+        for record in stream_rows(_records_with_rois(data_root, spec.id)):
             report.inputs += 1
             pending.append(record)
             if len(pending) >= batch:
@@ -446,16 +421,16 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     report = StageReport("descriptions", spec.id)
     for upstream in ("facts", "coarse_captions", "retrieved_knowledge"):
         _require(data_root.table(upstream, spec.id), "descriptions")
-    raw = _sql_path(data_root.table("raw_records", spec.id))
-    captions = _sql_path(data_root.table("coarse_captions", spec.id))
-    retrieved = _sql_path(data_root.table("retrieved_knowledge", spec.id))
+    raw = read_parquet(data_root.table("raw_records", spec.id))
+    captions = read_parquet(data_root.table("coarse_captions", spec.id))
+    retrieved = read_parquet(data_root.table("retrieved_knowledge", spec.id))
     # The writer and the verifier read facts and knowledge only; the caption join keeps the
     # records a caption was written for (facts exist only for records that have ROIs).
     sql = f"""
         SELECT rec.record_id, rec.source_file, k.* EXCLUDE (record_id, source_id), fx.facts
-        FROM read_parquet({raw}) rec
-        JOIN (SELECT record_id FROM read_parquet({captions})) c USING (record_id)
-        JOIN read_parquet({retrieved}) k USING (record_id)
+        FROM {raw} rec
+        JOIN (SELECT record_id FROM {captions}) c USING (record_id)
+        JOIN {retrieved} k USING (record_id)
         JOIN ({_facts_by_record(data_root, spec.id)}) fx USING (record_id)
         ORDER BY rec.record_id
     """
@@ -463,8 +438,8 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     out = data_root.table("descriptions", spec.id)
     flagged = 0
     states: Counter = Counter()
-    with _stage_tables(report, data_root, out, schemas.DESCRIPTIONS, "describe") as (writer, quarantine):
-        for record in _stream(sql):
+    with stage_tables(report, data_root, out, schemas.DESCRIPTIONS) as (writer, quarantine):
+        for record in stream_rows(sql):
             report.inputs += 1
             knowledge = {
                 "knowledge_ids": record.get("knowledge_ids") or [],
@@ -478,7 +453,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
                 facts = parts.pop("facts")  # the record's facts plus the knowledge the text used
                 flags = verify(parts["description"], facts)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot describe: {_describe_error(error)}", record["record_id"])
+                quarantine.add(record["source_file"], f"cannot describe: {_describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             flagged += bool(flags)
             state = facts.record_value("label_state")
@@ -535,15 +510,3 @@ def run_dataset(data_root: DataRoot, source_ids: list[str]) -> StageReport:
     report.extra["sources"] = [p.stem for p in paths]
     return report
 
-
-# The per-source tables, in pipeline order (one Parquet file per source under tables/<name>/).
-PARTITION_TABLES = (
-    "raw_records",
-    "normalized_images",
-    "rois",
-    "facts",
-    "coarse_captions",
-    "retrieved_knowledge",
-    "descriptions",
-    "triplets",
-)

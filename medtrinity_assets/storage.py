@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -175,17 +174,6 @@ def write_table(final: Path, schema: pa.Schema, rows: Iterable[dict]) -> int:
     with TableWriter(final, schema) as writer:
         writer.write_all(rows)
     return writer.rows_written
-
-
-def iter_table(path: Path, batch_rows: int = 512, columns: list[str] | None = None) -> Iterator[dict]:
-    """Stream a Parquet table row by row without loading it whole."""
-    parquet = pq.ParquetFile(path)
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-        yield from batch.to_pylist()
-
-
-def read_table(path: Path) -> pl.DataFrame:
-    return pl.read_parquet(path)
 
 
 def sha256_bytes(data: bytes) -> str:

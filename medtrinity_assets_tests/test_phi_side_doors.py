@@ -169,7 +169,7 @@ def test_pseudonymized_source_quarantines_under_hashed_paths_with_scrubbed_reaso
     root = DataRoot(tmp_path / "var")
     report = stages.run_ingest(named_source, root, "test-salt")
     assert report.rows == 1 and report.quarantined == 2
-    rows = _quarantine_rows(root, "ingest", named_source.id)
+    rows = _quarantine_rows(root, "raw_records", named_source.id)
     assert {row["source_file"] for row in rows} == {
         pseudonymous_path("test-salt", "images/Doe_Jane/Doe.Jane_19650412.png"),
         pseudonymous_path("test-salt", "images/Roe_Richard/Roe.Richard_19701101.png"),
@@ -187,11 +187,11 @@ def test_pseudonymized_source_quarantines_under_hashed_paths_with_scrubbed_reaso
         _assert_no_real_name(outcome.description + json.dumps(outcome.metadata, default=str))
 
     # The warehouse model that lists an example file per reason.
-    model = next(m for m in MODELS if m.name == "qc_quarantine_by_reason")
+    model = next(m for m in MODELS if m.name == "qc_quarantine_by_kind")
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     try:
         run_model(con, model, lambda ref: relation_for(root, ref))
-        table = con.sql("SELECT * FROM qc_quarantine_by_reason").to_arrow_table().to_pylist()
+        table = con.sql("SELECT * FROM qc_quarantine_by_kind").to_arrow_table().to_pylist()
     finally:
         con.close()
     assert len(table) == 2
@@ -202,7 +202,7 @@ def test_source_without_pseudonymized_paths_keeps_real_names_in_quarantine(named
     spec = named_source.model_copy(update={"pseudonymize_paths": False})
     root = DataRoot(tmp_path / "var")
     stages.run_ingest(spec, root, "test-salt")
-    files = {row["source_file"] for row in _quarantine_rows(root, "ingest", spec.id)}
+    files = {row["source_file"] for row in _quarantine_rows(root, "raw_records", spec.id)}
     assert files == {"images/Doe_Jane/Doe.Jane_19650412.png", "images/Roe_Richard/Roe.Richard_19701101.png"}
 
 
@@ -220,10 +220,10 @@ def _run_small_pipeline(spec, root: DataRoot, tmp_path: Path) -> None:
     from medtrinity_assets.defs.sql_models import _model_asset
 
     _run_to_triplets(spec, root)
-    assert root.quarantine("ingest", spec.id).exists()
+    assert root.quarantine("raw_records", spec.id).exists()
     build_dataset([root.table("triplets", spec.id)], root.table("medtrinity_dataset"), root.exports)
     settings = PipelineSettings(data_root=str(root.root))
-    model = next(m for m in MODELS if m.name == "qc_quarantine_by_reason")
+    model = next(m for m in MODELS if m.name == "qc_quarantine_by_kind")
     with dg.instance_for_test() as instance:
         assert dg.materialize([_model_asset(model)], instance=instance, resources={"settings": settings}).success
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from medtrinity_assets import stages
 from medtrinity_assets.bench import bench_specs, make_workload
+from medtrinity_assets.pipeline import PARTITION_TABLES
 from medtrinity_assets.paths import DataRoot
 
 
@@ -73,8 +74,8 @@ def test_rerun_of_every_stage_gives_the_same_rows(tmp_path, shared_knowledge):
         for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
                        stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
             report = runner(spec, root)
-            assert report.quarantined == 0, report.reasons
-        return {name: _rows(root.table(name, spec.id)) for name in stages.PARTITION_TABLES}
+            assert report.quarantined == 0, report.kinds
+        return {name: _rows(root.table(name, spec.id)) for name in PARTITION_TABLES}
 
     first = run_all()
     second = run_all()

@@ -22,10 +22,8 @@ from medtrinity_assets.catalog.layouts import (
     ImageCsvLayout,
     ImageFolderLayout,
     ImageMaskLayout,
-    MaskFile,
     Modality,
     NiftiLayout,
-    Replace,
     Strict,
 )
 from medtrinity_assets.containment import climbs_out

@@ -43,7 +43,7 @@ from medtrinity_assets.dataset.dedup import (
     volume_group,
 )
 from medtrinity_assets.dataset.splits import SPLIT_NAMES, SPLIT_VERSION
-from medtrinity_assets.dataset.triplets import connect, sql_string
+from medtrinity_assets.duckdb_sql import connect, literal, read_parquet
 from medtrinity_assets.storage import atomic_path, write_table
 
 REJECTED_FILE = "rejected_unverified.jsonl"
@@ -84,7 +84,7 @@ def held_back_flags(row: dict) -> list[str]:
 
 def held_back_sql(flags_column: str = "flags") -> str:
     """SQL truth of ``held_back_flags``, for the dataset card's counts."""
-    listed = ", ".join(sql_string(flag) for flag in HELD_BACK_FLAGS)
+    listed = ", ".join(literal(flag) for flag in HELD_BACK_FLAGS)
     return f"list_has_any(coalesce({flags_column}, []::VARCHAR[]), [{listed}])"
 
 
@@ -381,11 +381,10 @@ def build_dataset(
     missing = [str(p) for p in triplet_paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"triplet tables missing: {', '.join(missing)}")
-    con = connect(memory_limit=memory_limit)
+    con = connect(memory_limit=memory_limit, threads=2)
     try:
         if triplet_paths:
-            files = "[" + ", ".join(sql_string(p) for p in triplet_paths) + "]"
-            con.execute(f"CREATE VIEW all_triplets AS SELECT * FROM read_parquet({files}, union_by_name = true)")
+            con.execute(f"CREATE VIEW all_triplets AS SELECT * FROM {read_parquet(triplet_paths, union_by_name=True)}")
             relation = "all_triplets"
         else:
             relation = _empty_triplets_relation(con)
@@ -398,8 +397,8 @@ def build_dataset(
             FROM {relation} AS t LEFT JOIN _duplicates AS d USING (record_id)
             ORDER BY t.source_id, t.record_id"""
         with atomic_path(out_path) as tmp:
-            con.execute(f"COPY ({query}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)")
-        dataset = f"read_parquet({sql_string(out_path)})"
+            con.execute(f"COPY ({query}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+        dataset = read_parquet(out_path)
         stats["rows"] = con.execute(f"SELECT count(*) FROM {dataset}").fetchall()[0][0]
         stats.update(_write_exports(con, dataset, exports_dir, include_coarse_caption))
         considered = stats["rows"] - stats["duplicates"]

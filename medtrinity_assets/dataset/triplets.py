@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from medtrinity_assets import __version__ as PIPELINE_VERSION
 from medtrinity_assets.dataset.splits import SPLIT_VERSION, split_sql
+from medtrinity_assets.duckdb_sql import connect, literal, read_parquet
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.storage import atomic_path
 
@@ -29,19 +28,6 @@ ROI_ORDER = (
 INPUT_TABLES = ("raw_records", "normalized_images", "rois", "coarse_captions", "descriptions")
 
 
-def sql_string(value: str) -> str:
-    """A SQL string literal (COPY statements take no bound parameters)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def connect(memory_limit: str = "1GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with a memory cap: larger joins spill to disk instead of growing."""
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
-    con.execute(f"SET threads = {int(threads)}")
-    return con
-
-
 def burned_in_flag(policy: str) -> str:
     """The review flag an image with detected burned-in text gets under the spec's policy."""
     return "burned_in_text" if policy == "hold_back" else "burned_in_text_kept"
@@ -49,8 +35,8 @@ def burned_in_flag(policy: str) -> str:
 
 def triplets_query(inputs: dict[str, Path], source_id: str, license: str, burned_in_policy: str = "hold_back") -> str:
     """The SELECT producing exactly ``schemas.TRIPLETS`` columns for one source."""
-    read = {name: f"read_parquet({sql_string(path)})" for name, path in inputs.items()}
-    source = sql_string(source_id)
+    read = {name: read_parquet(path) for name, path in inputs.items()}
+    source = literal(source_id)
     split = split_sql("coalesce(nullif(r.patient_hash, ''), r.record_id)")
     return f"""
 WITH roi_lists AS (
@@ -85,11 +71,11 @@ SELECT
     list_concat(
         coalesce(r.flags, []),
         CASE WHEN coalesce(json_extract(n.burned_in, '$.present')::BOOLEAN, false)
-             THEN [{sql_string(burned_in_flag(burned_in_policy))}] ELSE [] END
+             THEN [{literal(burned_in_flag(burned_in_policy))}] ELSE [] END
     )::VARCHAR[] AS flags,
     r.patient_hash::VARCHAR AS patient_hash,
     {split} AS split,
-    {sql_string(license)} AS license,
+    {literal(license)} AS license,
     json_object(
         'source_file', r.source_file,
         'sequence', r.sequence,
@@ -99,8 +85,8 @@ SELECT
         'writer', d.writer,
         'prompt_version', d.prompt_version,
         'knowledge_ids', d.knowledge_ids,
-        'split_version', {sql_string(SPLIT_VERSION)},
-        'pipeline_version', {sql_string(PIPELINE_VERSION)}
+        'split_version', {literal(SPLIT_VERSION)},
+        'pipeline_version', {literal(PIPELINE_VERSION)}
     )::VARCHAR AS provenance,
     d.label_state::VARCHAR AS label_state,
     d.facts::VARCHAR AS facts
@@ -133,17 +119,17 @@ def assemble_triplets(
             raise FileNotFoundError(f"triplets for '{source_id}' need the {name} table, missing: {path}")
     out_path = Path(out_path)
     query = triplets_query(inputs, source_id, spec.license, spec.burned_in_text)
-    con = connect(memory_limit=memory_limit)
+    con = connect(memory_limit=memory_limit, threads=2)
     try:
         with atomic_path(out_path) as tmp:
-            con.execute(f"COPY ({query}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY ({query}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")
         by_split = dict(
             con.execute(
-                f"SELECT split, count(*) FROM read_parquet({sql_string(out_path)}) GROUP BY split ORDER BY split"
+                f"SELECT split, count(*) FROM {read_parquet(out_path)} GROUP BY split ORDER BY split"
             ).fetchall()
         )
         records = con.execute(
-            f"SELECT count(*) FROM read_parquet({sql_string(inputs['raw_records'])}) WHERE source_id = {sql_string(source_id)}"
+            f"SELECT count(*) FROM {read_parquet(inputs['raw_records'])} WHERE source_id = {literal(source_id)}"
         ).fetchall()[0][0]
     finally:
         con.close()

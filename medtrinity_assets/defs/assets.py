@@ -1,7 +1,7 @@
-"""The pipeline's assets: each stage of DESIGN.md, partitioned by source.
+"""The pipeline's assets: one per entry of the stage registry (``medtrinity_assets.pipeline``).
 
-Assets here only wire: they call a function of ``medtrinity_assets.stages`` for the partition,
-then publish its report, a preview and the DuckDB checks of ``quality.checks``. The tables
+Assets here only wire: they call the stage's runner for the partition, then publish its report,
+a preview and the stage's DuckDB checks. The tables
 themselves are Parquet files under the data root (written atomically by the stage), so assets
 pass no data through Dagster's IO managers; lineage comes from ``deps``.
 """
@@ -16,14 +16,16 @@ from medtrinity_assets import stages
 from medtrinity_assets.dataset.exports import held_back_sql
 from medtrinity_assets.defs.partitions import source_partitions
 from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.preview import thumbnails_markdown
-from medtrinity_assets.quality.checks import checks_for, run_checks
+from medtrinity_assets.pipeline import STAGES, Stage, StageInputs
+from medtrinity_assets.quality.checks import run_check_set
 
 PIPELINE_GROUP = "pipeline"
 
 
-def _check_specs(asset_name: str, partitioned: bool) -> list[dg.AssetCheckSpec]:
+def _check_specs(stage: Stage) -> list[dg.AssetCheckSpec]:
     # Partitioned checks are a Dagster preview feature; dagster is pinned (requirements.lock),
     # and per-source check results are what a user backfilling sources needs to read.
     with warnings.catch_warnings():
@@ -31,20 +33,20 @@ def _check_specs(asset_name: str, partitioned: bool) -> list[dg.AssetCheckSpec]:
         return [
             dg.AssetCheckSpec(
                 check.name,
-                asset=asset_name,
+                asset=stage.name,
                 description=check.description,
                 # Blocking: a failed ERROR check stops the downstream assets of this partition,
                 # so bad rows never reach the final dataset.
                 blocking=True,
-                partitions_def=source_partitions if partitioned else None,
+                partitions_def=source_partitions if stage.partitioned else None,
             )
-            for check in checks_for(asset_name)
+            for check in stage.checks
         ]
 
 
-def _check_results(asset_name: str, data_root: DataRoot, partition: str | None) -> list[dg.AssetCheckResult]:
+def _check_results(stage: Stage, data_root: DataRoot, partition: str | None) -> list[dg.AssetCheckResult]:
     results = []
-    for outcome in run_checks(asset_name, data_root, partition):
+    for outcome in run_check_set(stage.checks, stage.check_target(data_root, partition)):
         results.append(
             dg.AssetCheckResult(
                 check_name=outcome.name,
@@ -66,10 +68,11 @@ def _metadata_value(value):
 
 
 def _quarantine_markdown(report: stages.StageReport) -> str:
-    if not report.reasons:
+    if not report.kinds:
         return "No file quarantined at this stage."
-    lines = ["| reason | files |", "|---|---|"]
-    lines += [f"| {reason.replace('|', '/')} | {count} |" for reason, count in report.reasons.most_common(20)]
+    # By kind: the reasons (with file names) stay in the quarantine table.
+    lines = ["| kind | files |", "|---|---|"]
+    lines += [f"| {kind} | {count} |" for kind, count in report.kinds.most_common()]
     return "\n".join(lines)
 
 
@@ -89,68 +92,57 @@ def _report_metadata(report: stages.StageReport) -> dict:
     return metadata
 
 
-def _partition_asset(
-    name: str,
-    run: Callable[[PipelineSettings, str], stages.StageReport],
-    deps: list[str],
-    description: str,
-    extra_metadata: Callable[[PipelineSettings, str], dict] | None = None,
-) -> dg.AssetsDefinition:
+def _inputs(stage: Stage, settings: PipelineSettings, partition: str | None) -> StageInputs:
+    root = settings.root()
+    if stage.partitioned:
+        return StageInputs(root, spec=settings.spec(partition), salt=settings.salt())
+    return StageInputs(root, knowledge_folder=settings.knowledge_folder(), source_ids=tuple(settings.specs()))
+
+
+def stage_asset(stage: Stage) -> dg.AssetsDefinition:
+    """The asset of one registry entry: run the stage, publish its report and its checks."""
+    extra_metadata = EXTRA_METADATA.get(stage.name)
+
     @dg.asset(
-        name=name,
-        partitions_def=source_partitions,
-        deps=deps,
-        check_specs=_check_specs(name, partitioned=True),
+        name=stage.name,
+        partitions_def=source_partitions if stage.partitioned else None,
+        deps=list(stage.upstream),
+        check_specs=_check_specs(stage),
         group_name=PIPELINE_GROUP,
-        description=description,
-        kinds={"parquet", "duckdb"},
+        description=stage.description,
+        kinds=set(stage.kinds),
     )
     def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
-        source_id = context.partition_key
-        report = run(settings, source_id)
+        partition = context.partition_key if stage.partitioned else None
+        report = stage.run(_inputs(stage, settings, partition))
         context.log.info(
-            f"{name}[{source_id}]: {report.rows} rows from {report.inputs} inputs, "
+            f"{stage.name}[{partition or '-'}]: {report.rows} rows from {report.inputs} inputs, "
             f"{report.quarantined} quarantined, {report.seconds:.1f}s"
         )
         metadata = _report_metadata(report)
         if extra_metadata:
-            metadata.update(extra_metadata(settings, source_id))
+            metadata.update(extra_metadata(settings, partition))
         return dg.MaterializeResult(
             metadata=metadata,
-            check_results=_check_results(name, settings.root(), source_id),
+            check_results=_check_results(stage, settings.root(), partition),
         )
 
     return _asset
 
 
-def _ingest(settings: PipelineSettings, source_id: str) -> stages.StageReport:
-    from medtrinity_assets.catalog import source_root
-    from medtrinity_assets.catalog.fingerprint import folder_fingerprint
-
-    spec = settings.spec(source_id)
-    # Taken before reading, so a file that changes during the run makes the source stale
-    # for the schedule instead of being recorded as already ingested.
-    fingerprint = folder_fingerprint(source_root(spec)) or ""
-    report = stages.run_ingest(spec, settings.root(), settings.salt())
-    report.extra["input_fingerprint"] = fingerprint
-    return report
-
-
 def _triplet_thumbnails(settings: PipelineSettings, source_id: str) -> dict:
-    import duckdb
-
     path = settings.root().table("triplets", source_id)
     if not path.exists():
         return {}
-    con = duckdb.connect()
+    con = connect()
     try:
         # Annotated images first: they show what grounding found; then the rest.
         # The normalized table's burned_in column lets the thumbnail mark burned-in text (of
         # images the spec keeps). Held-back images are left out, so the four shown can be shown.
         normalized = settings.root().table("normalized_images", source_id)
         rows = con.sql(
-            f"""SELECT t.*, n.burned_in FROM read_parquet('{path}') t
-                LEFT JOIN read_parquet('{normalized}') n USING (record_id)
+            f"""SELECT t.*, n.burned_in FROM {read_parquet(path)} t
+                LEFT JOIN {read_parquet(normalized)} n USING (record_id)
                 WHERE NOT {held_back_sql('t.flags')}
                 ORDER BY (t.rois LIKE '%annotation:%') DESC, t.record_id LIMIT 4"""
         ).to_arrow_table().to_pylist()
@@ -161,93 +153,26 @@ def _triplet_thumbnails(settings: PipelineSettings, source_id: str) -> dict:
     return {"preview": dg.MetadataValue.md(thumbnails_markdown(settings.root().root, rows))}
 
 
-raw_records = _partition_asset(
-    "raw_records",
-    _ingest,
-    deps=[],
-    description="Ingest: one record per 2D image read from the source's own layout; protected health "
-    "information stripped here (salted patient hash kept); unreadable files quarantined with a reason.",
-)
-normalized_images = _partition_asset(
-    "normalized_images",
-    lambda s, p: stages.run_normalize(s.spec(p), s.root()),
-    deps=["raw_records"],
-    description="Normalize: modality-aware intensity (CT windows, MR/X-ray percentiles, PET SUV, photos "
-    "passed through), bounded size, content-addressed PNG, perceptual hash.",
-)
-rois = _partition_asset(
-    "rois",
-    lambda s, p: stages.run_ground(s.spec(p), s.root()),
-    deps=["normalized_images"],
-    description="Ground: regions of interest from the source's annotations with measured attributes "
-    "(position, size, shape, intensity, texture, margin, colour, count) and relations.",
-)
-facts = _partition_asset(
-    "facts",
-    lambda s, p: stages.run_facts(s.spec(p), s.root()),
-    deps=["rois"],
-    description="Facts: everything a description may say about each record and ROI (modality, organs, label "
-    "state, view, sides from geometry, sizes in the exported frame, measured attributes, publisher text), one "
-    "row per fact with its provenance and confidence.",
-)
-coarse_captions = _partition_asset(
-    "coarse_captions",
-    lambda s, p: stages.run_coarse_captions(s.spec(p), s.root()),
-    deps=["rois"],
-    description="Coarse caption: metadata to one sentence (modality, organ, finding, ROI position).",
-)
-retrieved_knowledge = _partition_asset(
-    "retrieved_knowledge",
-    lambda s, p: stages.run_retrieval(s.spec(p), s.root()),
-    deps=["facts", "knowledge_base"],
-    description="Knowledge retrieval: passages per record from the Chroma store, filtered by modality and organ.",
-)
-descriptions = _partition_asset(
-    "descriptions",
-    lambda s, p: stages.run_descriptions(s.spec(p), s.root()),
-    deps=["facts", "coarse_captions", "retrieved_knowledge"],
-    description="Describe: MedTrinity's five-part description rendered from the facts by the grounded writer, "
-    "then read back sentence by sentence by the verifier (unsupported claims flagged, never shipped for training).",
-)
-triplets = _partition_asset(
-    "triplets",
-    lambda s, p: stages.run_triplets(s.spec(p), s.root()),
-    deps=["descriptions"],
-    description="Assemble: image - ROI - description triplets with provenance and a patient-level split.",
-    extra_metadata=_triplet_thumbnails,
-)
+def _dataset_exports(settings: PipelineSettings, _partition: None) -> dict:
+    return {"exports": dg.MetadataValue.path(str(settings.root().exports))}
 
 
-@dg.asset(
-    group_name=PIPELINE_GROUP,
-    check_specs=_check_specs("knowledge_base", partitioned=False),
-    description="Knowledge base: the project's medical knowledge corpus, chunked, embedded with the local "
-    "all-MiniLM-L6-v2 model and stored in a persistent Chroma collection.",
-    kinds={"chroma"},
-)
-def knowledge_base(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
-    report = stages.run_knowledge_base(settings.root(), settings.knowledge_folder())
-    context.log.info(f"knowledge_base: {report.rows} chunks from {report.inputs} entries")
-    return dg.MaterializeResult(
-        metadata=_report_metadata(report), check_results=_check_results("knowledge_base", settings.root(), None)
-    )
+# Dagster-only metadata a stage adds beside its report (previews, links).
+EXTRA_METADATA: dict[str, Callable[[PipelineSettings, str | None], dict]] = {
+    "triplets": _triplet_thumbnails,
+    "medtrinity_dataset": _dataset_exports,
+}
 
 
-@dg.asset(
-    group_name=PIPELINE_GROUP,
-    deps=["triplets"],
-    check_specs=_check_specs("medtrinity_dataset", partitioned=False),
-    description="The final dataset over all materialized sources: cross-source deduplication, patient-level "
-    "splits, Parquet plus LLaVA-style conversation JSONL exports and a dataset card.",
-    kinds={"parquet", "duckdb"},
-)
-def medtrinity_dataset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
-    root = settings.root()
-    report = stages.run_dataset(root, list(settings.specs()))
-    context.log.info(f"medtrinity_dataset: {report.rows} rows from {report.inputs} sources")
-    metadata = _report_metadata(report)
-    metadata["exports"] = dg.MetadataValue.path(str(root.exports))
-    return dg.MaterializeResult(metadata=metadata, check_results=_check_results("medtrinity_dataset", root, None))
+def build_assets(registry=STAGES) -> dict[str, dg.AssetsDefinition]:
+    return {stage.name: stage_asset(stage) for stage in registry}
+
+
+ASSETS_BY_NAME = build_assets()
+ASSETS = list(ASSETS_BY_NAME.values())
+PARTITIONED_ASSETS = [ASSETS_BY_NAME[stage.name] for stage in STAGES if stage.partitioned]
+knowledge_base = ASSETS_BY_NAME["knowledge_base"]
+medtrinity_dataset = ASSETS_BY_NAME["medtrinity_dataset"]
 
 
 # The quarantine tables are written by every stage as a side table; declaring them as an asset
@@ -259,6 +184,3 @@ quarantine = dg.AssetSpec(
     "and source under tables/quarantine/). Written by the pipeline assets as they run.",
     kinds={"parquet"},
 )
-
-PARTITIONED_ASSETS = [raw_records, normalized_images, rois, facts, coarse_captions, retrieved_knowledge, descriptions, triplets]
-ASSETS = [knowledge_base, *PARTITIONED_ASSETS, medtrinity_dataset]

@@ -8,9 +8,10 @@ import dagster as dg
 import duckdb
 
 from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
+from medtrinity_assets.pipeline import PARTITION_TABLES, STAGES
 from medtrinity_assets.quality.sql_models import discover_models, run_model
-from medtrinity_assets.stages import PARTITION_TABLES
 from medtrinity_assets.storage import file_mode, make_dirs
 
 SQL_FOLDER = REPO_ROOT / "dbt_like_sql"
@@ -23,10 +24,14 @@ def relation_for(data_root: DataRoot, ref: str) -> str:
     if ref in MODEL_NAMES:
         return ref
     if ref in PARTITION_TABLES:
-        return f"read_parquet('{data_root.table_glob(ref)}', union_by_name = true)"
+        return read_parquet(data_root.table_glob(ref), union_by_name=True)
     if ref == "quarantine":
-        return f"read_parquet('{data_root.quarantine_glob()}', union_by_name = true)"
-    return f"read_parquet('{data_root.table(ref)}')"
+        # The registry's stages only: folders a data root kept from the stages' former names
+        # (ingest, normalize, ground, coarse_caption, describe) would count their rows twice.
+        folders = [data_root.quarantine(stage.name, "*") for stage in STAGES if stage.quarantines]
+        present = [str(glob) for glob in folders if glob.parent.is_dir()]
+        return read_parquet(present or data_root.quarantine_glob(), union_by_name=True)
+    return read_parquet(data_root.table(ref))
 
 
 def _connect_warehouse(path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
@@ -36,7 +41,7 @@ def _connect_warehouse(path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnect
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            con = duckdb.connect(str(path))
+            con = connect(path)
             os.chmod(path, file_mode())
             return con
         except duckdb.IOException as error:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from medtrinity_assets.generation.vocabulary import normalize_label
+from medtrinity_assets.vocabulary import normalize_label
 
 # --- word tables -------------------------------------------------------------------------
 

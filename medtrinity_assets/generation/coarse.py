@@ -8,7 +8,7 @@ measured ROI attributes do not, so it can be trusted as the anchor of the longer
 from __future__ import annotations
 
 from medtrinity_assets.sources.label_state import label_state_of
-from medtrinity_assets.generation.vocabulary import (
+from medtrinity_assets.vocabulary import (
     MODALITY_IMAGE_NOUN,
     annotated_rois,
     article,

@@ -24,7 +24,8 @@ from medtrinity_assets.generation.publisher_findings import publisher_text_facts
 from medtrinity_assets.imaging.burned_in import BurnedIn
 from medtrinity_assets.imaging.geometry import anatomical_plane, decode_axes
 from medtrinity_assets.sources.label_state import label_state_of
-from medtrinity_assets.generation.vocabulary import (
+from medtrinity_assets.vocabulary import (
+    INTENSITY_DIRECTION,
     as_list,
     normalize_label,
     parse_relations,
@@ -32,17 +33,6 @@ from medtrinity_assets.generation.vocabulary import (
     record_organs,
     rois_by_area,
 )
-
-# Intensity words of grounding.attributes, mapped to the direction they state (retrieval reads
-# the same table to drop a passage whose appearance contradicts the measurement).
-INTENSITY_DIRECTION = {
-    "hyperdense": "higher", "hypodense": "lower", "isodense": "similar",
-    "hyperintense": "higher", "hypointense": "lower", "isointense": "similar",
-    "hyperechoic": "higher", "hypoechoic": "lower", "isoechoic": "similar",
-    "more opaque": "higher", "more lucent": "lower", "similar density": "similar",
-    "increased uptake": "higher", "decreased uptake": "lower", "similar uptake": "similar",
-    "brighter": "higher", "darker": "lower", "similar brightness": "similar",
-}
 
 
 def _number(value) -> float | None:

@@ -30,7 +30,7 @@ import json
 import re
 
 from medtrinity_assets.generation.facts import Fact, FactSet
-from medtrinity_assets.generation.vocabulary import (
+from medtrinity_assets.vocabulary import (
     MODALITY_IMAGE_NOUN,
     MODALITY_NAME,
     SIZE_WORD,

@@ -33,7 +33,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from medtrinity_assets.generation.facts import Fact
-from medtrinity_assets.generation.vocabulary import COMPATIBLE_MODALITIES, MODALITY_TERMS
+from medtrinity_assets.vocabulary import COMPATIBLE_MODALITIES, MODALITY_TERMS
 
 # Finding terms: (pattern, normalized term). Longer phrases first, so "ground-glass opacities"
 # is one term and not "opacity".

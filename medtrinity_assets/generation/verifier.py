@@ -47,7 +47,7 @@ from medtrinity_assets.generation.claims import (
     read_clauses,
 )
 from medtrinity_assets.generation.facts import FactSet
-from medtrinity_assets.generation.vocabulary import COMPATIBLE_MODALITIES
+from medtrinity_assets.vocabulary import COMPATIBLE_MODALITIES
 
 # Provenances that may give a patient side or the side of an imaged part.
 SIDE_PROVENANCES = {"geometry", "metadata", "publisher_text"}

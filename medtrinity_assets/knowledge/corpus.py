@@ -36,12 +36,12 @@ from pydantic import (
 
 from medtrinity_assets.bounded_yaml import YamlLimitError, load_yaml_file
 from medtrinity_assets.catalog.spec import Modality
-from medtrinity_assets.generation.vocabulary import (
+from medtrinity_assets.validation import validation_problems
+from medtrinity_assets.vocabulary import (
     MODALITY_NAME,
     normalize_label,
     normalize_organ,
 )
-from medtrinity_assets.validation import validation_problems
 
 ENTRY_ID = re.compile(r"^[a-z][a-z0-9_]{1,80}$")
 SECTION_ORDER = ("definition", "appearance", "typical_location", "differential")

@@ -39,9 +39,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from medtrinity_assets.generation.fact_builder import INTENSITY_DIRECTION
+from medtrinity_assets.knowledge.store import (
+    finding_flag,
+    modality_flag,
+    open_client,
+    open_collection,
+    organ_flag,
+)
 from medtrinity_assets.sources.label_state import LABEL_STATES
-from medtrinity_assets.generation.vocabulary import (
+from medtrinity_assets.vocabulary import (
+    INTENSITY_DIRECTION,
     MODALITY_NAME,
     WHOLE_BODY_ORGANS,
     annotated_rois,
@@ -51,13 +58,6 @@ from medtrinity_assets.generation.vocabulary import (
     primary_roi,
     record_labels,
     record_organs,
-)
-from medtrinity_assets.knowledge.store import (
-    finding_flag,
-    modality_flag,
-    open_client,
-    open_collection,
-    organ_flag,
 )
 
 # Labels that mean "the source says this image is normal", not a finding.

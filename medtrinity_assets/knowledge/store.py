@@ -21,12 +21,12 @@ from pathlib import Path
 import chromadb
 from chromadb.config import Settings
 
-from medtrinity_assets.generation.vocabulary import (
+from medtrinity_assets.knowledge.embedder import LocalMiniLMEmbedding
+from medtrinity_assets.vocabulary import (
     normalize_label,
     normalize_organ,
     slug,
 )
-from medtrinity_assets.knowledge.embedder import LocalMiniLMEmbedding
 from medtrinity_assets.storage import make_dirs
 
 COLLECTION = "medical_knowledge"

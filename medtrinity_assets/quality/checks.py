@@ -5,8 +5,9 @@ partition, and returns a ``CheckOutcome`` (what the Dagster layer turns into an 
 result). A check never raises for bad or missing data: a missing file, a missing column or a
 query error is itself a failed outcome with a message that says what is wrong.
 
-``checks_for(asset)`` is the table-driven registry: which checks, with which thresholds, guard
-which asset. ``run_checks`` runs them for one partition.
+The constructors at the end (``not_null``, ``unique_key``, ``quarantine_rate``...) make the check
+sets that the stage registry (``medtrinity_assets.pipeline``) lists per stage; ``run_check_set``
+runs one set for one partition.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE
 from medtrinity_assets.dataset.splits import SPLIT_NAMES
 from medtrinity_assets.generation.facts import PROVENANCES
 from medtrinity_assets.generation.verifier import SIDE_PROVENANCES
+from medtrinity_assets.duckdb_sql import connect, identifier, literal, read_parquet
 from medtrinity_assets.paths import DataRoot
+from medtrinity_assets.sources.base import QUARANTINE_KINDS
 
 # Above this share of inputs quarantined, a source's layout or parameters are probably wrong.
 MAX_QUARANTINE_RATE = 0.2
@@ -52,18 +55,10 @@ class CheckDef:
     name: str
     description: str
     severity: str
-    run: Callable[[duckdb.DuckDBPyConnection, DataRoot, str | None], CheckOutcome]
+    run: Callable[[duckdb.DuckDBPyConnection, "CheckTarget"], CheckOutcome]
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _lit(value: PathLike) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _json_safe(value):
@@ -84,7 +79,7 @@ def _existing(path: PathLike) -> list[str]:
 
 
 def _relation(files: list[str]) -> str:
-    return "read_parquet([" + ", ".join(_lit(f) for f in files) + "], union_by_name = true)"
+    return read_parquet(files, union_by_name=True)
 
 
 def _missing(name: str, severity: str, path: PathLike) -> CheckOutcome:
@@ -128,13 +123,13 @@ def check_not_null(con, path: PathLike, columns: list[str], *, name: str = "not_
         absent = _missing_columns(con, rel, columns)
         if absent:
             return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
-        counts = _rows(con, "SELECT count(*), " + ", ".join(f"count(*) FILTER ({_ident(c)} IS NULL)" for c in columns) + f" FROM {rel}")[0]
+        counts = _rows(con, "SELECT count(*), " + ", ".join(f"count(*) FILTER ({identifier(c)} IS NULL)" for c in columns) + f" FROM {rel}")[0]
         nulls = {c: int(n) for c, n in zip(columns, counts[1:]) if n}
         examples = []
         if nulls:
             keys = _key_columns(con, rel, EXAMPLE_KEYS)
-            where = " OR ".join(f"{_ident(c)} IS NULL" for c in nulls)
-            examples = _dicts(con, f"SELECT {', '.join(map(_ident, keys + list(nulls)))} FROM {rel} WHERE {where} LIMIT {MAX_EXAMPLES}")
+            where = " OR ".join(f"{identifier(c)} IS NULL" for c in nulls)
+            examples = _dicts(con, f"SELECT {', '.join(map(identifier, keys + list(nulls)))} FROM {rel} WHERE {where} LIMIT {MAX_EXAMPLES}")
         return CheckOutcome(
             name,
             not nulls,
@@ -151,7 +146,7 @@ def check_unique(con, path: PathLike, columns: list[str], *, name: str = "unique
         absent = _missing_columns(con, rel, columns)
         if absent:
             return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
-        key = ", ".join(map(_ident, columns))
+        key = ", ".join(map(identifier, columns))
         duplicated = f"SELECT {key}, count(*) AS copies FROM {rel} GROUP BY {key} HAVING count(*) > 1"
         n_keys, n_rows = _rows(con, f"SELECT count(*), coalesce(sum(copies), 0) FROM ({duplicated})")[0]
         examples = _dicts(con, f"{duplicated} ORDER BY copies DESC, {key} LIMIT {MAX_EXAMPLES}") if n_keys else []
@@ -206,7 +201,7 @@ def check_five_parts(con, descriptions_path: PathLike, *, name: str = "five_part
         absent = _missing_columns(con, rel, parts)
         if absent:
             return CheckOutcome(name, False, severity, f"columns missing from the table: {absent}", {"missing_columns": absent})
-        blank = {p: f"coalesce(trim({_ident(p)}), '') = ''" for p in parts}
+        blank = {p: f"coalesce(trim({identifier(p)}), '') = ''" for p in parts}
         counts = _rows(
             con,
             "SELECT count(*), count(*) FILTER (" + " OR ".join(blank.values()) + "), "
@@ -250,14 +245,12 @@ def check_quarantine_rate(
     def body(records_rel: str) -> CheckOutcome:
         key = "DISTINCT record_id" if "record_id" in _columns(con, records_rel) else "*"
         records = int(_rows(con, f"SELECT count({key}) FROM {records_rel}")[0][0])
-        by_reason: list[dict] = []
+        by_kind: list[dict] = []
         quarantined = 0
         if quarantine_files:
             q = _relation(quarantine_files)
             quarantined = int(_rows(con, f"SELECT count(*) FROM {q}")[0][0])
-            by_reason = _dicts(
-                con, f"SELECT stage, reason, count(*) AS files FROM {q} GROUP BY stage, reason ORDER BY files DESC, reason LIMIT 20"
-            )
+            by_kind = _dicts(con, f"SELECT stage, kind, count(*) AS files FROM {q} GROUP BY stage, kind ORDER BY files DESC, kind")
         total = quarantined + records
         rate = quarantined / total if total else 0.0
         return CheckOutcome(
@@ -270,12 +263,25 @@ def check_quarantine_rate(
                 "records": records,
                 "rate": round(rate, 4),
                 "max_rate": max_rate,
-                "by_reason": by_reason,
+                "by_kind": by_kind,
                 "quarantine_files": len(quarantine_files),
             },
         )
 
     return _guarded(name, severity, records_path, body)
+
+
+def check_quarantine_kinds(
+    con, quarantine_path: PathLike | None, records_path: PathLike, *, name: str = "quarantine_kinds", severity: str = "ERROR"
+) -> CheckOutcome:
+    """Every quarantine row's kind is one of QUARANTINE_KINDS (reports and check-source group by
+    it). No quarantine file beside the stage's table means nothing was quarantined, which passes;
+    without the table the stage never ran, which fails."""
+    if not _existing(records_path):
+        return _missing(name, severity, records_path)
+    if quarantine_path is None or not _existing(quarantine_path):
+        return CheckOutcome(name, True, severity, "nothing quarantined", {"unexpected": {}})
+    return check_accepted_values(con, quarantine_path, "kind", QUARANTINE_KINDS, name=name, severity=severity)
 
 
 def check_contradiction_rate(
@@ -338,9 +344,9 @@ def check_accepted_values(
     accepted = list(accepted)
 
     def body(rel: str) -> CheckOutcome:
-        values = ", ".join(_lit(v) for v in accepted)
+        values = ", ".join(literal(v) for v in accepted)
         scope = f"({where}) AND " if where else ""
-        bad = dict(_rows(con, f"SELECT {_ident(column)}, count(*) FROM {rel} WHERE {scope}({_ident(column)} IS NULL OR {_ident(column)} NOT IN ({values})) GROUP BY 1"))
+        bad = dict(_rows(con, f"SELECT {identifier(column)}, count(*) FROM {rel} WHERE {scope}({identifier(column)} IS NULL OR {identifier(column)} NOT IN ({values})) GROUP BY 1"))
         return CheckOutcome(
             name,
             not bad,
@@ -484,184 +490,148 @@ def check_cross_patient_duplicates(
     return _guarded(name, severity, pairs_path, body)
 
 
-# --- registry --------------------------------------------------------------------------
-
-# Assets whose table has another name on disk.
-TABLE_OF_ASSET = {"knowledge_base": "knowledge_chunks"}
-# Stage name each asset's inputs are quarantined under (see stages.py).
-QUARANTINE_STAGE = {
-    "raw_records": "ingest",
-    "normalized_images": "normalize",
-    "rois": "ground",
-    "facts": "facts",
-    "coarse_captions": "coarse_caption",
-    "descriptions": "describe",
-}
+# --- check sets ------------------------------------------------------------------------
+#
+# The constructors below build the checks a stage lists in its registry entry
+# (medtrinity_assets.pipeline.STAGES); each reads the stage's own table and quarantine table
+# through a CheckTarget, so a check set never names its stage.
 
 
-def _table(asset: str, root: DataRoot, partition: str | None) -> Path:
-    return root.table(TABLE_OF_ASSET.get(asset, asset), partition)
+@dataclass(frozen=True)
+class CheckTarget:
+    """What one stage's checks read for one partition."""
+
+    root: DataRoot
+    table: Path
+    quarantine: Path | None = None
 
 
-def _not_null(asset: str, columns: list[str]) -> CheckDef:
+def not_null(columns: list[str]) -> CheckDef:
     return CheckDef(
         "not_null", f"No nulls in {', '.join(columns)}.", "ERROR",
-        lambda con, root, part: check_not_null(con, _table(asset, root, part), columns, name="not_null"),
+        lambda con, t: check_not_null(con, t.table, columns, name="not_null"),
     )
 
 
-def _unique(asset: str, columns: list[str]) -> CheckDef:
+def unique_key(columns: list[str]) -> CheckDef:
     return CheckDef(
         "unique_key", f"({', '.join(columns)}) identifies one row.", "ERROR",
-        lambda con, root, part: check_unique(con, _table(asset, root, part), columns, name="unique_key"),
+        lambda con, t: check_unique(con, t.table, columns, name="unique_key"),
     )
 
 
-def _row_count(asset: str, min_rows: int = MIN_ROWS) -> CheckDef:
+def row_count(min_rows: int = MIN_ROWS) -> CheckDef:
     return CheckDef(
         "row_count", f"At least {min_rows} row(s).", "ERROR",
-        lambda con, root, part: check_row_count(con, _table(asset, root, part), min_rows, name="row_count"),
+        lambda con, t: check_row_count(con, t.table, min_rows, name="row_count"),
     )
 
 
-def _quarantine(asset: str) -> CheckDef:
-    stage = QUARANTINE_STAGE[asset]
+def quarantine_rate(max_rate: float = MAX_QUARANTINE_RATE) -> CheckDef:
     return CheckDef(
         "quarantine_rate",
-        f"At most {MAX_QUARANTINE_RATE:.0%} of this stage's inputs quarantined (stage '{stage}'), grouped by reason.",
+        f"At most {max_rate:.0%} of this stage's inputs quarantined, grouped by kind.",
         "WARN",
-        lambda con, root, part: check_quarantine_rate(
-            con, [root.quarantine(stage, part)], _table(asset, root, part), MAX_QUARANTINE_RATE, name="quarantine_rate"
-        ),
+        lambda con, t: check_quarantine_rate(con, [t.quarantine] if t.quarantine else [], t.table, max_rate, name="quarantine_rate"),
     )
 
 
-def _registry() -> dict[str, list[CheckDef]]:
-    return {
-        "raw_records": [
-            _row_count("raw_records"),
-            _not_null("raw_records", ["record_id", "source_id", "source_file", "modality", "pixel_ref", "height", "width"]),
-            _unique("raw_records", ["record_id"]),
-            _quarantine("raw_records"),
-        ],
-        "normalized_images": [
-            _not_null("normalized_images", ["record_id", "image_sha256", "image_path", "phash", "height", "width"]),
-            _unique("normalized_images", ["record_id"]),
-            _quarantine("normalized_images"),
-        ],
-        "rois": [
-            _not_null("rois", ["roi_id", "record_id", "origin", "x0", "y0", "x1", "y1", "image_width", "image_height"]),
-            _unique("rois", ["roi_id"]),
-            CheckDef(
-                "rois_inside_image", "0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height; annotated ROIs have area.", "ERROR",
-                lambda con, root, part: check_rois_inside_image(con, _table("rois", root, part)),
-            ),
-            _quarantine("rois"),
-        ],
-        "facts": [
-            _not_null("facts", ["record_id", "attribute", "value", "provenance", "confidence"]),
-            CheckDef(
-                "provenance_values", f"provenance is one of {', '.join(PROVENANCES)}.", "ERROR",
-                lambda con, root, part: check_accepted_values(
-                    con, _table("facts", root, part), "provenance", PROVENANCES, name="provenance_values"
-                ),
-            ),
-            CheckDef(
-                "patient_side_from_geometry",
-                "Patient-side facts come only from geometry or a declared view/laterality, never from the frame.", "ERROR",
-                lambda con, root, part: check_accepted_values(
-                    con, _table("facts", root, part), "provenance", sorted(SIDE_PROVENANCES),
-                    name="patient_side_from_geometry", where="attribute = 'patient_side'",
-                ),
-            ),
-            _quarantine("facts"),
-        ],
-        "coarse_captions": [
-            _not_null("coarse_captions", ["record_id", "coarse_caption", "caption_version"]),
-            _unique("coarse_captions", ["record_id"]),
-            _quarantine("coarse_captions"),
-        ],
-        "retrieved_knowledge": [
-            _not_null("retrieved_knowledge", ["record_id", "query", "knowledge_ids"]),
-            _unique("retrieved_knowledge", ["record_id"]),
-        ],
-        "descriptions": [
-            _not_null("descriptions", ["record_id", "description", "verified", "writer"]),
-            _unique("descriptions", ["record_id"]),
-            CheckDef(
-                "five_parts", "All five MedTrinity description parts are written (not blank).", "ERROR",
-                lambda con, root, part: check_five_parts(con, _table("descriptions", root, part)),
-            ),
-            CheckDef(
-                "contradiction_rate",
-                f"At most {MAX_CONTRADICTION_RATE:.0%} of descriptions contradicted by the measured attributes.", "WARN",
-                lambda con, root, part: check_contradiction_rate(con, _table("descriptions", root, part), MAX_CONTRADICTION_RATE),
-            ),
-            _quarantine("descriptions"),
-        ],
-        "triplets": [
-            _row_count("triplets"),
-            _not_null("triplets", ["record_id", "image_path", "image_sha256", "primary_roi_id", "description", "split", "license"]),
-            _unique("triplets", ["record_id"]),
-            CheckDef(
-                "split_values", f"split is one of {', '.join(SPLIT_NAMES)}.", "ERROR",
-                lambda con, root, part: check_accepted_values(con, _table("triplets", root, part), "split", SPLIT_NAMES, name="split_values"),
-            ),
-            CheckDef(
-                "patient_single_split", "No patient has images in two splits.", "ERROR",
-                lambda con, root, part: check_patient_single_split(con, _table("triplets", root, part)),
-            ),
-            CheckDef(
-                "source_text_kept_apart",
-                "Publisher text is {captions, qa} JSON and no caption of it is pasted into the description.", "ERROR",
-                lambda con, root, part: check_source_text_kept_apart(con, _table("triplets", root, part)),
-            ),
-        ],
-        "knowledge_base": [
-            _row_count("knowledge_base"),
-            _not_null("knowledge_base", ["chunk_id", "entry_id", "text"]),
-            _unique("knowledge_base", ["chunk_id"]),
-        ],
-        "medtrinity_dataset": [
-            _unique("medtrinity_dataset", ["record_id"]),
-            _not_null("medtrinity_dataset", ["record_id", "source_id", "image_path", "description", "split", "license"]),
-            CheckDef(
-                "patient_single_split", "Among non-duplicate rows, no patient has images in two splits.", "ERROR",
-                lambda con, root, part: check_patient_single_split(
-                    con, _table("medtrinity_dataset", root, part), where="duplicate_of IS NULL"
-                ),
-            ),
-            CheckDef(
-                "duplicate_label_conflicts",
-                "No image is a confirmed duplicate of another carrying different labels (examples listed).", "WARN",
-                lambda con, root, part: check_duplicate_label_conflicts(con, root.table(DUPLICATE_PAIRS_TABLE)),
-            ),
-            CheckDef(
-                "duplicate_cross_patient",
-                "No image is a confirmed duplicate of another patient's image in the same source (examples listed).",
-                "WARN",
-                lambda con, root, part: check_cross_patient_duplicates(con, root.table(DUPLICATE_PAIRS_TABLE)),
-            ),
-        ],
-    }
+def quarantine_kinds() -> CheckDef:
+    return CheckDef(
+        "quarantine_kinds", f"Every quarantine row's kind is one of {', '.join(QUARANTINE_KINDS)}.", "ERROR",
+        lambda con, t: check_quarantine_kinds(con, t.quarantine, t.table),
+    )
 
 
-_REGISTRY = _registry()
+def quarantine_checks(max_rate: float = MAX_QUARANTINE_RATE) -> tuple[CheckDef, CheckDef]:
+    """The checks every stage that writes quarantine rows lists."""
+    return quarantine_rate(max_rate), quarantine_kinds()
 
 
-def checks_for(asset_name: str) -> list[CheckDef]:
-    """The checks registered for an asset (empty for an asset without checks)."""
-    return list(_REGISTRY.get(asset_name, []))
+def rois_inside_image() -> CheckDef:
+    return CheckDef(
+        "rois_inside_image", "0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height; annotated ROIs have area.", "ERROR",
+        lambda con, t: check_rois_inside_image(con, t.table),
+    )
 
 
-def run_checks(asset_name: str, data_root: DataRoot, partition: str | None) -> list[CheckOutcome]:
-    """Run every registered check of an asset for one partition (None: unpartitioned asset)."""
-    con = duckdb.connect()
+def accepted_values(name: str, column: str, accepted: Iterable[str], description: str, where: str | None = None) -> CheckDef:
+    accepted = list(accepted)
+    return CheckDef(
+        name, description, "ERROR",
+        lambda con, t: check_accepted_values(con, t.table, column, accepted, name=name, where=where),
+    )
+
+
+def provenance_values() -> CheckDef:
+    return accepted_values("provenance_values", "provenance", PROVENANCES, f"provenance is one of {', '.join(PROVENANCES)}.")
+
+
+def patient_side_from_geometry() -> CheckDef:
+    return accepted_values(
+        "patient_side_from_geometry", "provenance", sorted(SIDE_PROVENANCES),
+        "Patient-side facts come only from geometry or a declared view/laterality, never from the frame.",
+        where="attribute = 'patient_side'",
+    )
+
+
+def five_parts() -> CheckDef:
+    return CheckDef(
+        "five_parts", "All five MedTrinity description parts are written (not blank).", "ERROR",
+        lambda con, t: check_five_parts(con, t.table),
+    )
+
+
+def contradiction_rate(max_rate: float = MAX_CONTRADICTION_RATE) -> CheckDef:
+    return CheckDef(
+        "contradiction_rate", f"At most {max_rate:.0%} of descriptions contradicted by the measured attributes.", "WARN",
+        lambda con, t: check_contradiction_rate(con, t.table, max_rate),
+    )
+
+
+def split_values() -> CheckDef:
+    return accepted_values("split_values", "split", SPLIT_NAMES, f"split is one of {', '.join(SPLIT_NAMES)}.")
+
+
+def patient_single_split(where: str = "TRUE", description: str = "No patient has images in two splits.") -> CheckDef:
+    return CheckDef(
+        "patient_single_split", description, "ERROR",
+        lambda con, t: check_patient_single_split(con, t.table, where=where),
+    )
+
+
+def source_text_kept_apart() -> CheckDef:
+    return CheckDef(
+        "source_text_kept_apart",
+        "Publisher text is {captions, qa} JSON and no caption of it is pasted into the description.", "ERROR",
+        lambda con, t: check_source_text_kept_apart(con, t.table),
+    )
+
+
+def duplicate_label_conflicts() -> CheckDef:
+    return CheckDef(
+        "duplicate_label_conflicts",
+        "No image is a confirmed duplicate of another carrying different labels (examples listed).", "WARN",
+        lambda con, t: check_duplicate_label_conflicts(con, t.root.table(DUPLICATE_PAIRS_TABLE)),
+    )
+
+
+def duplicate_cross_patient() -> CheckDef:
+    return CheckDef(
+        "duplicate_cross_patient",
+        "No image is a confirmed duplicate of another patient's image in the same source (examples listed).", "WARN",
+        lambda con, t: check_cross_patient_duplicates(con, t.root.table(DUPLICATE_PAIRS_TABLE)),
+    )
+
+
+def run_check_set(checks: Iterable[CheckDef], target: CheckTarget) -> list[CheckOutcome]:
+    """Run a stage's checks for one partition; a check that raises is a failed outcome."""
+    con = connect()
     try:
         outcomes = []
-        for check in checks_for(asset_name):
+        for check in checks:
             try:
-                outcome = check.run(con, data_root, partition)
+                outcome = check.run(con, target)
             except Exception as error:  # a check bug must show as a failed check, not kill the run
                 outcome = CheckOutcome(check.name, False, check.severity, f"check raised {type(error).__name__}: {error}", {})
             outcome.name, outcome.severity = check.name, check.severity

@@ -23,7 +23,7 @@ FAMILY_MODULES = {
 def read_source(ctx: IngestContext) -> IngestStream:
     """Yield a RAW_RECORDS row per 2D image and a ``Quarantined`` per unusable file."""
     if not ctx.root.is_dir():
-        yield Quarantined(str(ctx.root), f"source folder does not exist: {ctx.root} (download the source into it)")
+        yield Quarantined(str(ctx.root), f"source folder does not exist: {ctx.root} (download the source into it)", kind="not_found")
         return
     # A link that leaves the source folder is refused, whatever glob or table would reach it:
     # the readers' globs (containment.contained_glob) skip it, and it is named here once.

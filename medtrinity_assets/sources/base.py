@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Union
 
 from medtrinity_assets.catalog.spec import SourceSpec
+from medtrinity_assets.containment import contained_glob
 from medtrinity_assets.storage import BlobStore
 
 
@@ -45,6 +46,10 @@ QUARANTINE_KINDS = (
     "duplicate",  # the same record listed twice
     "held_back",  # readable, but kept out on purpose (e.g. burned-in text)
     "stage_error",  # a later stage failed on this record
+    # The source folder, or a file the spec itself names (label table, annotation file,
+    # expected sequence), is absent, or the layout matches no file at all: the spec or the
+    # download is wrong, not one record. (An annotation naming an absent image is "orphan".)
+    "not_found",
 )
 
 
@@ -53,7 +58,12 @@ class Quarantined:
     source_file: str  # relative to the source root
     reason: str
     record_id: str | None = None
-    kind: str = "unreadable"  # one of QUARANTINE_KINDS
+    # One of QUARANTINE_KINDS, no default: every site says what went wrong.
+    kind: str = field(kw_only=True)
+
+    def __post_init__(self):
+        if self.kind not in QUARANTINE_KINDS:
+            raise ValueError(f"quarantine kind {self.kind!r} is not one of {QUARANTINE_KINDS}")
 
 
 IngestItem = Union[dict, Quarantined]
@@ -73,6 +83,13 @@ def contained_path(*parts: str) -> str | None:
     if joined.startswith("/") or joined == ".." or joined.startswith("../"):
         return None
     return joined
+
+
+def list_files(root: Path, glob: str, exclude_glob: str | None = None) -> list[Path]:
+    """Files under ``root`` matching ``glob``, minus ``exclude_glob``, in a stable order."""
+    excluded = set(root.glob(exclude_glob)) if exclude_glob else set()
+    # Links leading outside ``root`` are never matched (read_source quarantines them).
+    return sorted(p for p in contained_glob(root, glob) if p.is_file() and p not in excluded)
 
 
 def record_id_for(source_id: str, source_file: str, sequence: str | None, slice_index: int) -> str:

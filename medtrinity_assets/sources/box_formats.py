@@ -94,7 +94,7 @@ class BoxTable:
         self.note_image(image, parsed.where, row)
         self.boxes[image].append(parsed)
 
-    def problem(self, where: str, reason: str, kind: str = "unreadable") -> None:
+    def problem(self, where: str, reason: str, kind: str) -> None:
         self.problems.append(Quarantined(where, reason, kind=kind))
 
 
@@ -133,10 +133,10 @@ def parse_coco(root: Path, json_file: str, image_root: str = ".") -> BoxTable:
         objects = list(coco.get("annotations") or [])
         categories = {c["id"]: c["name"] for c in coco.get("categories") or []}
     except FileNotFoundError:
-        table.problem(json_file, "COCO annotation file is absent")
+        table.problem(json_file, "COCO annotation file is absent", kind="not_found")
         return table
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        table.problem(json_file, f"not a COCO annotation file: {type(error).__name__}: {error}")
+        table.problem(json_file, f"not a COCO annotation file: {type(error).__name__}: {error}", kind="unreadable")
         return table
 
     path_of_id: dict[object, str] = {}
@@ -152,7 +152,7 @@ def parse_coco(root: Path, json_file: str, image_root: str = ".") -> BoxTable:
         try:
             path_of_id[image.get("id")] = relative_path
         except TypeError:  # an id that is a list or object cannot name an image
-            table.problem(json_file, f"image entry for {relative_path} has an unusable id {image.get('id')!r:.40}")
+            table.problem(json_file, f"image entry for {relative_path} has an unusable id {image.get('id')!r:.40}", kind="invalid_annotation")
             continue
         table.note_image(relative_path, f"{json_file} image id {image.get('id')}")
         width, height = image.get("width"), image.get("height")
@@ -166,7 +166,7 @@ def parse_coco(root: Path, json_file: str, image_root: str = ".") -> BoxTable:
         try:
             _add_coco_object(table, json_file, obj, path_of_id, categories)
         except (TypeError, ValueError) as error:  # e.g. null coordinates, unhashable ids
-            table.problem(json_file, f"annotation {obj.get('id')!r:.40} is malformed: {type(error).__name__}: {error}")
+            table.problem(json_file, f"annotation {obj.get('id')!r:.40} is malformed: {type(error).__name__}: {error}", kind="invalid_annotation")
     return table
 
 
@@ -175,11 +175,11 @@ def _add_coco_object(table: BoxTable, json_file: str, obj: dict, path_of_id: dic
     where = f"{json_file} annotation {obj.get('id')}"
     image_path = path_of_id.get(obj.get("image_id"))
     if image_path is None:
-        table.problem(json_file, f"annotation {obj.get('id')} names image id {obj.get('image_id')} that is not listed")
+        table.problem(json_file, f"annotation {obj.get('id')} names image id {obj.get('image_id')} that is not listed", kind="orphan")
         return
     name = categories.get(obj.get("category_id"))
     if name is None:
-        table.problem(json_file, f"annotation {obj.get('id')} of {image_path} has unknown category id {obj.get('category_id')}")
+        table.problem(json_file, f"annotation {obj.get('id')} of {image_path} has unknown category id {obj.get('category_id')}", kind="bad_label")
         return
     polygons = tuple(tuple(tuple(p) for p in poly) for poly in polygon_points(obj.get("segmentation")))
     bbox = obj.get("bbox")
@@ -188,7 +188,7 @@ def _add_coco_object(table: BoxTable, json_file: str, obj: dict, path_of_id: dic
         x, y, w, h = (float(v) for v in bbox)
         box = (x, y, x + w, y + h)
     if box is None and not polygons:
-        table.problem(json_file, f"annotation {obj.get('id')} of {image_path} has neither a bbox [x, y, w, h] nor a polygon")
+        table.problem(json_file, f"annotation {obj.get('id')} of {image_path} has neither a bbox [x, y, w, h] nor a polygon", kind="invalid_annotation")
         return
     table.add(image_path, ParsedBox(str(name), where, box=box, polygons=polygons, fields={"coco_id": obj.get("id")}))
 
@@ -219,9 +219,9 @@ def load_class_names(root: Path, settings: BoxAnnotations, encoding: str) -> dic
     try:
         text = decode_publisher_text(path.read_bytes(), encoding)
     except FileNotFoundError:
-        return Quarantined(name_file, "YOLO class names file is absent")
+        return Quarantined(name_file, "YOLO class names file is absent", kind="not_found")
     except (OSError, LookupError) as error:
-        return Quarantined(name_file, f"unreadable YOLO class names file: {error}")
+        return Quarantined(name_file, f"unreadable YOLO class names file: {error}", kind="unreadable")
     bad = UNDECODABLE.search(text)
     if bad:
         line = text.count("\n", 0, bad.start()) + 1
@@ -230,20 +230,20 @@ def load_class_names(root: Path, settings: BoxAnnotations, encoding: str) -> dic
         try:
             names = (load_yaml_text(text, name_file) or {}).get("names")
         except YamlLimitError as error:
-            return Quarantined(name_file, f"not a YOLO data.yaml: {error}")
+            return Quarantined(name_file, f"not a YOLO data.yaml: {error}", kind="too_large")
         except (yaml.YAMLError, AttributeError) as error:
             # Where, not what: a YAML error message quotes the offending lines of the file.
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            return Quarantined(name_file, f"not a YOLO data.yaml: {type(error).__name__}{where}")
+            return Quarantined(name_file, f"not a YOLO data.yaml: {type(error).__name__}{where}", kind="unreadable")
         if isinstance(names, list):
             return {index: str(name) for index, name in enumerate(names)}
         if isinstance(names, dict) and all(isinstance(k, int) for k in names):
             return {int(k): str(v) for k, v in names.items()}
-        return Quarantined(name_file, "data.yaml has no 'names' list or {index: name} mapping")
+        return Quarantined(name_file, "data.yaml has no 'names' list or {index: name} mapping", kind="invalid_annotation")
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        return Quarantined(name_file, "YOLO class names file is empty")
+        return Quarantined(name_file, "YOLO class names file is empty", kind="invalid_annotation")
     return dict(enumerate(names))
 
 
@@ -265,7 +265,7 @@ def parse_yolo(root: Path, image_paths: list[str], template: str, class_names: d
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError) as error:
-            table.problem(label_file, f"unreadable YOLO label file of {image_path}: {error}")
+            table.problem(label_file, f"unreadable YOLO label file of {image_path}: {error}", kind="unreadable")
             continue
         for line_number, line in enumerate(text.splitlines(), start=1):
             fields = line.split()
@@ -278,7 +278,7 @@ def parse_yolo(root: Path, image_paths: list[str], template: str, class_names: d
                 continue
             class_index = int(fields[0])
             if class_index not in class_names:
-                table.problem(where, f"class index {class_index} is out of range ({len(class_names)} class names)")
+                table.problem(where, f"class index {class_index} is out of range ({len(class_names)} class names)", kind="bad_label")
                 continue
             cx, cy, w, h = numbers
             box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
@@ -304,7 +304,7 @@ def parse_voc(root: Path, image_paths: list[str], template: str) -> BoxTable:
         try:
             document = ElementTree.parse(root / xml_file).getroot()
         except (ElementTree.ParseError, OSError) as error:
-            table.problem(xml_file, f"malformed VOC XML of {image_path}: {error}")
+            table.problem(xml_file, f"malformed VOC XML of {image_path}: {error}", kind="unreadable")
             continue
         width, height = _number(document.findtext("size/width")), _number(document.findtext("size/height"))
         if width and height and width > 0 and height > 0:
@@ -314,7 +314,7 @@ def parse_voc(root: Path, image_paths: list[str], template: str) -> BoxTable:
             name = (obj.findtext("name") or "").strip()
             corners = [_number(obj.findtext(f"bndbox/{tag}")) for tag in ("xmin", "ymin", "xmax", "ymax")]
             if not name or None in corners:
-                table.problem(where, "VOC object lacks <name> or a numeric <bndbox> xmin ymin xmax ymax")
+                table.problem(where, "VOC object lacks <name> or a numeric <bndbox> xmin ymin xmax ymax", kind="invalid_annotation")
                 continue
             xmin, ymin, xmax, ymax = corners
             fields = {}
@@ -340,10 +340,10 @@ def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable, encoding:
     try:
         text = decode_publisher_text(path.read_bytes(), encoding)
     except FileNotFoundError:
-        table.problem(table.source, "box table is absent")
+        table.problem(table.source, "box table is absent", kind="not_found")
         return []
     except (OSError, LookupError) as error:
-        table.problem(table.source, f"unreadable box table: {error}")
+        table.problem(table.source, f"unreadable box table: {error}", kind="unreadable")
         return []
     if settings.preamble_until or settings.row_regex:
         lines = _table_lines(settings, text, table)
@@ -356,11 +356,11 @@ def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable, encoding:
             for fields in reader:
                 lines.append((reader.line_num, fields))
         except csv.Error as error:
-            table.problem(f"{table.source}:{reader.line_num}", f"malformed CSV: {error}")
+            table.problem(f"{table.source}:{reader.line_num}", f"malformed CSV: {error}", kind="unreadable")
     lines = [(number, fields) for number, fields in lines if any(f.strip() for f in fields)]
     if settings.has_header:
         if not lines:
-            table.problem(table.source, "box table is empty")
+            table.problem(table.source, "box table is empty", kind="invalid_annotation")
             return []
         number, names = lines[0]
         if any(UNDECODABLE.search(name) for name in names):
@@ -376,7 +376,7 @@ def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable, encoding:
             table.problem(f"{table.source}:{number}", undecodable_reason(table.source, number, encoding), kind="bad_label")
             continue
         if len(fields) > len(header):
-            table.problem(f"{table.source}:{number}", f"row has {len(fields)} fields, the table has {len(header)} columns")
+            table.problem(f"{table.source}:{number}", f"row has {len(fields)} fields, the table has {len(header)} columns", kind="invalid_annotation")
             continue
         values = [value.strip() for value in fields] + [""] * (len(header) - len(fields))
         rows.append((number, dict(zip(header, values))))
@@ -386,7 +386,7 @@ def _read_table(root: Path, settings: BoxAnnotations, table: BoxTable, encoding:
     missing = [column for column in needed if column and column not in header]
     if missing:
         # The columns present are not listed: a header line is the file's contents.
-        table.problem(table.source, f"box table lacks column(s) {', '.join(missing)}")
+        table.problem(table.source, f"box table lacks column(s) {', '.join(missing)}", kind="invalid_annotation")
         return []
     return rows
 
@@ -480,7 +480,7 @@ def parse_table(root: Path, settings: BoxAnnotations, encoding: str) -> BoxTable
         where = f"{table.source}:{line_number}"
         image = _row_image(settings, row)
         if image is None:
-            table.problem(where, f"row has no image id in column {settings.id_column!r} (or path_template cannot be filled)")
+            table.problem(where, f"row has no image id in column {settings.id_column!r} (or path_template cannot be filled)", kind="invalid_annotation")
             continue
         table.note_image(image, f"{table.source} (line {line_number})", row)
         label = _row_label(settings, row)
@@ -489,7 +489,7 @@ def parse_table(root: Path, settings: BoxAnnotations, encoding: str) -> BoxTable
         values = [row.get(column or "", "") for column in coordinate_columns]
         numbers = [_number(value) for value in values]
         if not label:
-            table.problem(where, f"row for {image} has no label (column {settings.label_column!r}, no fixed_label)")
+            table.problem(where, f"row for {image} has no label (column {settings.label_column!r}, no fixed_label)", kind="invalid_annotation")
             continue
         extra_labels, fields = _column_values(settings, row, where, table)
         if settings.rows_without_coordinates == "image_label" and all(number is None for number in numbers):
@@ -497,7 +497,7 @@ def parse_table(root: Path, settings: BoxAnnotations, encoding: str) -> BoxTable
             table.add(image, ParsedBox(label, where, extra_labels=extra_labels), row)
             continue
         if not any(values):
-            table.problem(where, f"row for {image} ({label}) gives no coordinates; the image is kept without this box")
+            table.problem(where, f"row for {image} ({label}) gives no coordinates; the image is kept without this box", kind="invalid_annotation")
             continue
         if None in numbers:
             table.problem(where, f"row for {image} has non-numeric coordinates", kind="invalid_annotation")
@@ -534,13 +534,13 @@ def parse_keyed_json(root: Path, settings: BoxAnnotations) -> BoxTable:
     try:
         document = json.loads((root / json_file).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        table.problem(json_file, "box annotation file is absent")
+        table.problem(json_file, "box annotation file is absent", kind="not_found")
         return table
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        table.problem(json_file, f"not a JSON box file: {type(error).__name__}: {error}")
+        table.problem(json_file, f"not a JSON box file: {type(error).__name__}: {error}", kind="unreadable")
         return table
     if not isinstance(document, dict):
-        table.problem(json_file, f"expected a JSON object keyed by image id, got {type(document).__name__}")
+        table.problem(json_file, f"expected a JSON object keyed by image id, got {type(document).__name__}", kind="invalid_annotation")
         return table
     for image_id, entry in document.items():
         where = f"{json_file} id {image_id}"
@@ -549,7 +549,7 @@ def parse_keyed_json(root: Path, settings: BoxAnnotations) -> BoxTable:
         except (KeyError, IndexError, ValueError):  # a template naming fields a JSON key cannot fill
             image = None
         if image is None or not isinstance(entry, dict):
-            table.problem(where, "entry is not an object, or its id gives no image path inside the source")
+            table.problem(where, "entry is not an object, or its id gives no image path inside the source", kind="invalid_annotation")
             continue
         table.note_image(image, where)
         width, height = entry.get("width"), entry.get("height")
@@ -557,17 +557,17 @@ def parse_keyed_json(root: Path, settings: BoxAnnotations) -> BoxTable:
             table.sizes[image] = (width, height)
         boxes = entry.get(settings.boxes_key)
         if not isinstance(boxes, list):
-            table.problem(where, f"entry has no list under {settings.boxes_key!r}")
+            table.problem(where, f"entry has no list under {settings.boxes_key!r}", kind="invalid_annotation")
             continue
         for index, box in enumerate(boxes):
             box_where = f"{where} box {index}"
             numbers = [_number(box.get(key)) if isinstance(box, dict) else None for key in settings.box_columns]
             if None in numbers:
-                table.problem(box_where, f"box lacks numeric {', '.join(settings.box_columns)}")
+                table.problem(box_where, f"box lacks numeric {', '.join(settings.box_columns)}", kind="invalid_annotation")
                 continue
             label = str(box.get(settings.label_column) or "") if settings.label_column else settings.fixed_label or ""
             if not label:
-                table.problem(box_where, f"box has no label under {settings.label_column!r}")
+                table.problem(box_where, f"box has no label under {settings.label_column!r}", kind="invalid_annotation")
                 continue
             parsed = ParsedBox(label, box_where, box=_to_xyxy(settings.box_format, *numbers), normalized=settings.normalized)
             table.add(image, parsed)
@@ -728,7 +728,7 @@ def resolve_boxes(
     for parsed in parsed_boxes:
         if known and parsed.label not in known and parsed.label not in spec.labels.rename:
             reason = f"{parsed.where}: label {parsed.label!r} is not among the known labels {sorted(known)}"
-            problems.append(Quarantined(image_path, reason, record_id))
+            problems.append(Quarantined(image_path, reason, record_id, kind="bad_label"))
             continue
         label = rename_label(spec, parsed.label)
         if label is None:
@@ -745,16 +745,16 @@ def resolve_boxes(
             continue
         box, circle = pixel_geometry(parsed, width, height)
         if circle is not None and circle[2] <= 0:
-            problems.append(Quarantined(image_path, f"{parsed.where}: circle radius {circle[2]:g} is not positive", record_id))
+            problems.append(Quarantined(image_path, f"{parsed.where}: circle radius {circle[2]:g} is not positive", record_id, kind="invalid_annotation"))
             continue
         if box[2] <= box[0] or box[3] <= box[1]:
             reason = f"{parsed.where}: box {_rounded(box)} ({label}) has zero or negative size"
-            problems.append(Quarantined(image_path, reason, record_id))
+            problems.append(Quarantined(image_path, reason, record_id, kind="invalid_annotation"))
             continue
         clamped = clamp_box(box, width, height)
         if clamped is None:
             reason = f"{parsed.where}: box {_rounded(box)} ({label}) lies outside the {width}x{height} image"
-            problems.append(Quarantined(image_path, reason, record_id))
+            problems.append(Quarantined(image_path, reason, record_id, kind="invalid_annotation"))
             continue
         annotation = {"kind": "box", "label": label, "box": clamped, **parsed.fields}
         if circle is not None:

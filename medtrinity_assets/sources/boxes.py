@@ -42,7 +42,7 @@ from medtrinity_assets.sources.box_formats import (
     resolve_boxes,
 )
 from medtrinity_assets.imaging.geometry import dicom_frame_kind
-from medtrinity_assets.sources.dicom import deidentify_dataset, dicom_geometry
+from medtrinity_assets.sources.dicom_common import deidentify_dataset, dicom_geometry
 from medtrinity_assets.sources.image_common import (
     decode_image,
     iter_image_files,
@@ -84,7 +84,7 @@ def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | 
     if outside is not None:
         return outside
     if not (ctx.root / rel).is_file():
-        return Quarantined(rel, absent_reason)
+        return Quarantined(rel, absent_reason, kind="orphan")
     if not _is_dicom(ctx.root / rel):
         decoded = decode_image(ctx, rel)
         if isinstance(decoded, Quarantined):
@@ -98,7 +98,7 @@ def _decode(ctx: IngestContext, rel: str, absent_reason: str) -> DecodedImage | 
         check_size(header, ctx.limits)
         if header.burned_in_annotation:
             # Box tables have no per-source policy: text burned into pixels is never kept.
-            return Quarantined(rel, "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels")
+            return Quarantined(rel, "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels", kind="held_back")
         frame = decode_frame(deidentify_dataset(ctx, dataset, header), header, None)
     except TooLarge as error:
         return Quarantined(rel, str(error), kind="too_large")
@@ -155,7 +155,7 @@ def boxes_on_image(
     declared = table.sizes.get(rel)
     if parsed and declared and declared != (width, height):
         reason = f"image is {width}x{height} but {table.source} declares {declared[0]}x{declared[1]}; its boxes are dropped"
-        return [], [], [Quarantined(rel, reason, record_id)]
+        return [], [], [Quarantined(rel, reason, record_id, kind="invalid_annotation")]
     return resolve_boxes(ctx.spec, parsed, rel, width, height, record_id, settings.known_labels)
 
 
@@ -242,4 +242,4 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
     if table is not None:
         for rel in table.boxes:
             if rel not in yielded:
-                yield Quarantined(rel, NOT_IN_SOURCE)
+                yield Quarantined(rel, NOT_IN_SOURCE, kind="orphan")

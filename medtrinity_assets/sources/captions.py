@@ -69,7 +69,7 @@ def iter_rows(ctx: IngestContext, layout: CaptionsLayout) -> Iterator[tuple[str,
     """(row reference, row) for each row of the annotation file, or a Quarantined for the file."""
     path = ctx.root / layout.annotations
     if not path.is_file():
-        yield Quarantined(layout.annotations, "annotation file is absent")
+        yield Quarantined(layout.annotations, "annotation file is absent", kind="not_found")
         return
     encoding = ctx.spec.encoding
     if layout.format == "csv":
@@ -80,7 +80,7 @@ def iter_rows(ctx: IngestContext, layout: CaptionsLayout) -> Iterator[tuple[str,
             yield Quarantined(layout.annotations, reason, kind="bad_label")
             return
         except (OSError, csv.Error, LookupError) as error:
-            yield Quarantined(layout.annotations, f"unreadable annotation table: {error}")
+            yield Quarantined(layout.annotations, f"unreadable annotation table: {error}", kind="unreadable")
             return
         for line_number in undecodable:
             reason = undecodable_reason(layout.annotations, line_number, encoding)
@@ -91,7 +91,7 @@ def iter_rows(ctx: IngestContext, layout: CaptionsLayout) -> Iterator[tuple[str,
     try:
         text = decode_publisher_text(path.read_bytes(), encoding)
     except (OSError, LookupError) as error:
-        yield Quarantined(layout.annotations, f"unreadable annotation file: {error}")
+        yield Quarantined(layout.annotations, f"unreadable annotation file: {error}", kind="unreadable")
         return
     if layout.format == "jsonl":
         for line_number, line in enumerate(text.splitlines(), start=1):
@@ -104,7 +104,7 @@ def iter_rows(ctx: IngestContext, layout: CaptionsLayout) -> Iterator[tuple[str,
             try:
                 yield f"{layout.annotations}:{line_number}", json.loads(line)
             except json.JSONDecodeError as error:
-                yield Quarantined(f"{layout.annotations}:{line_number}", f"line is not valid JSON: {error}")
+                yield Quarantined(f"{layout.annotations}:{line_number}", f"line is not valid JSON: {error}", kind="unreadable")
         return
     bad = UNDECODABLE.search(text)
     if bad:
@@ -115,16 +115,16 @@ def iter_rows(ctx: IngestContext, layout: CaptionsLayout) -> Iterator[tuple[str,
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        yield Quarantined(layout.annotations, f"annotation file is not valid JSON: {error}")
+        yield Quarantined(layout.annotations, f"annotation file is not valid JSON: {error}", kind="unreadable")
         return
     if layout.records_key:
         if not isinstance(data, dict) or layout.records_key not in data:
-            yield Quarantined(layout.annotations, f"annotation file has no top-level key {layout.records_key!r}")
+            yield Quarantined(layout.annotations, f"annotation file has no top-level key {layout.records_key!r}", kind="invalid_annotation")
             return
         data = data[layout.records_key]
     if not isinstance(data, list):
         where = f"under {layout.records_key!r}" if layout.records_key else "at the top level"
-        yield Quarantined(layout.annotations, f"expected a list of rows {where}, found {type(data).__name__}")
+        yield Quarantined(layout.annotations, f"expected a list of rows {where}, found {type(data).__name__}", kind="invalid_annotation")
         return
     for index, row in enumerate(data):
         yield f"{layout.annotations}[{index}]", row
@@ -141,13 +141,13 @@ def read(ctx: IngestContext) -> IngestStream:
             continue
         row_ref, row = item
         if not isinstance(row, dict):
-            yield Quarantined(row_ref, f"row is not an object but {type(row).__name__}")
+            yield Quarantined(row_ref, f"row is not an object but {type(row).__name__}", kind="invalid_annotation")
             continue
         if layout.language_field and kept_languages and as_text(row.get(layout.language_field)) not in kept_languages:
             continue
         image_value = as_text(row.get(layout.image_field))
         if not image_value:
-            yield Quarantined(row_ref, f"row has no image ({layout.image_field!r} is empty or missing)")
+            yield Quarantined(row_ref, f"row has no image ({layout.image_field!r} is empty or missing)", kind="invalid_annotation")
             continue
         relative_path = contained_path(layout.image_template.format(value=image_value))
         if relative_path is None:
@@ -159,7 +159,7 @@ def read(ctx: IngestContext) -> IngestStream:
         answer = as_text(row.get(layout.answer_field)) if layout.answer_field else ""
         has_qa = bool(question and answer)
         if not caption and not has_qa:
-            yield Quarantined(row_ref, f"row about {relative_path} has no caption and no question with answer")
+            yield Quarantined(row_ref, f"row about {relative_path} has no caption and no question with answer", kind="invalid_annotation")
             continue
 
         modality = None
@@ -168,7 +168,7 @@ def read(ctx: IngestContext) -> IngestStream:
             modality = layout.modality_map.get(raw_modality)
             if modality is None:
                 yield Quarantined(
-                    row_ref, f"modality {raw_modality!r} (field {layout.modality_field}) is not in modality_map"
+                    row_ref, f"modality {raw_modality!r} (field {layout.modality_field}) is not in modality_map", kind="bad_label"
                 )
                 continue
 
@@ -187,7 +187,7 @@ def read(ctx: IngestContext) -> IngestStream:
     for relative_path, gathered in by_image.items():
         if len(gathered.modalities) > 1:
             disagreement = ", ".join(f"{m} ({ref})" for m, ref in gathered.modalities.items())
-            yield Quarantined(relative_path, f"rows of this image disagree on modality: {disagreement}")
+            yield Quarantined(relative_path, f"rows of this image disagree on modality: {disagreement}", kind="invalid_annotation")
             continue
         absent = f"{ABSENT_IMAGE}: {gathered.rows} row(s) of {layout.annotations}, first {gathered.first_ref}"
         decoded = decode_image(ctx, relative_path, absent)

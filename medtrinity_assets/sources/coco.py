@@ -44,7 +44,7 @@ def read(ctx: IngestContext) -> IngestStream:
         declared = table.sizes.get(relative_path)
         if declared and declared != (width, height):
             # Boxes are in the declared frame: on another size they would point at wrong pixels.
-            yield Quarantined(relative_path, f"image is {width}x{height} but {layout.annotations} says {declared[0]}x{declared[1]}")
+            yield Quarantined(relative_path, f"image is {width}x{height} but {layout.annotations} says {declared[0]}x{declared[1]}", kind="invalid_annotation")
             continue
         record_id = record_id_for(spec.id, relative_path, None, -1)
         annotations, labels, problems = resolve_boxes(

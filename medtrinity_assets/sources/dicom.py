@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 
-from medtrinity_assets.containment import contained_glob
-from medtrinity_assets.imaging.deid import SUV_RETAIN_OPTIONS, apply_basic_profile, patient_identifier
+from medtrinity_assets.imaging.deid import patient_identifier
 from medtrinity_assets.imaging.dicom_io import (
     ANNOTATION_MODALITIES,
     DicomHeader,
@@ -29,7 +28,7 @@ from medtrinity_assets.imaging.dicom_io import (
     read_dicom,
     read_header,
 )
-from medtrinity_assets.imaging.geometry import dicom_axes, dicom_frame_kind
+from medtrinity_assets.imaging.geometry import dicom_frame_kind
 from medtrinity_assets.imaging.limits import TooLarge
 from medtrinity_assets.imaging.slicing import select_slices
 from medtrinity_assets.sources.base import (
@@ -37,21 +36,16 @@ from medtrinity_assets.sources.base import (
     IngestStream,
     Quarantined,
     describe_error,
+    list_files,
     make_record,
     record_id_for,
     store_mask,
 )
 from medtrinity_assets.sources.dicom_annotations import PlaneMasks, collect_annotations, planes_of
+from medtrinity_assets.sources.dicom_common import deidentify_dataset, dicom_geometry
 from medtrinity_assets.sources.image_common import path_labels
 from medtrinity_assets.sources.label_state import ANNOTATED, CONTEXT
 from medtrinity_assets.sources.lidc_xml import collect_lidc_annotations
-
-
-def list_files(root: Path, glob: str, exclude_glob: Optional[str] = None) -> list[Path]:
-    """Files under ``root`` matching ``glob``, minus ``exclude_glob``, in a stable order."""
-    excluded = set(root.glob(exclude_glob)) if exclude_glob else set()
-    # Links leading outside ``root`` are never matched (read_source quarantines them).
-    return sorted(p for p in contained_glob(root, glob) if p.is_file() and p not in excluded)
 
 
 def _relative(ctx: IngestContext, path: Path) -> str:
@@ -69,6 +63,7 @@ def _burned_in(ctx: IngestContext, rel: str, header: DicomHeader, frame_in_file:
         "BurnedInAnnotation is YES: text (possibly identifying) is burned into the pixels; "
         "left out by layout.burned_in_annotation: quarantine (set 'flag' to keep it flagged)",
         record_id_for(ctx.spec.id, rel, None, frame_in_file),
+        kind="held_back",
     )
 
 
@@ -77,19 +72,6 @@ def _mask_annotations(ctx: IngestContext, plane_masks: dict[str, np.ndarray] | N
         {"kind": "mask", "label": label, "mask_ref": store_mask(ctx, plane_masks[label].astype(np.uint8))}
         for label in sorted(plane_masks or {})
     ]
-
-
-def dicom_geometry(header: DicomHeader, frame: Optional[int], frame_kind: Optional[str]) -> dict:
-    """make_record's geometry arguments for one frame (or a single-frame file: ``frame`` None)."""
-    position = header.position
-    if frame is not None and header.frame_positions:
-        position = header.frame_positions[frame]
-    return {
-        "image_axes": dicom_axes(header.orientation, position, header.pixel_spacing_mm, header.patient_orientation),
-        "view": header.view_position,
-        "laterality": header.laterality,
-        "frame_kind": frame_kind,
-    }
 
 
 def _record(
@@ -119,19 +101,6 @@ def _record(
     )
 
 
-def deidentify_dataset(ctx: IngestContext, ds, header: DicomHeader):
-    """Apply the PS3.15 Basic Profile to the dataset before its pixels are decoded.
-
-    Only pixels and allowlisted technical values leave ingest anyway (read_header); this is
-    defence in depth, so no later code can reach an identifier through the dataset. It runs
-    after read_header, which keeps the UIDs that group series and match annotations in memory.
-    PET keeps the weight and times that the SUV conversion needs (PS3.15 retain options).
-    """
-    retain = SUV_RETAIN_OPTIONS if header.modality == "PT" else ()
-    apply_basic_profile(ds, ctx.salt, retain=retain)
-    return ds
-
-
 def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> IngestStream:
     rel = _relative(ctx, path)
     try:
@@ -140,10 +109,10 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
         check_is_image(header)
         deidentify_dataset(ctx, ds, header)
     except NotAnImageObject as error:
-        yield Quarantined(rel, str(error))
+        yield Quarantined(rel, str(error), kind="unsupported")
         return
     except Exception as error:  # truncated, not DICOM, empty: quarantine, never stop the source
-        yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")
+        yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}", kind="unreadable")
         return
     if header.n_frames > 1:
         # Multi-frame (cine, enhanced MR/CT): frames are slices of one acquisition; annotated
@@ -213,7 +182,7 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
         for shape, odd in shapes.items():
             if shape != main_shape:
                 for path, _ in odd:
-                    yield Quarantined(_relative(ctx, path), f"slice size {shape} differs from its series' {main_shape}")
+                    yield Quarantined(_relative(ctx, path), f"slice size {shape} differs from its series' {main_shape}", kind="unsupported")
         ordered = _series_order(shapes[main_shape])
         count = len(ordered)
         keys = [(_relative(ctx, path), None) for path, _ in ordered]
@@ -260,13 +229,13 @@ def _scan(ctx: IngestContext, files: Iterable[Path]):
             # Checked before series are formed: a broken slice must not join (and renumber) one.
             problem = pixel_data_problem(ds)
         except NotAnImageObject as error:
-            yield Quarantined(rel, str(error))
+            yield Quarantined(rel, str(error), kind="unsupported")
             continue
         except TooLarge as error:
             yield Quarantined(rel, str(error), kind="too_large")
             continue
         except Exception as error:
-            yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}")
+            yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}", kind="unreadable")
             continue
         if problem:
             yield Quarantined(rel, problem, kind="unreadable")

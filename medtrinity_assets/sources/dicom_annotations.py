@@ -265,7 +265,7 @@ def rtstruct_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: Pl
     series_keys = index.candidate_series(*_rtstruct_references(ds))
     if not series_keys:
         return [Quarantined(source_file, "not an image object (Modality=RTSTRUCT): a structure set whose referenced images "
-                            "(SOP instances, series and frame of reference) are not among the source's files")]
+                            "(SOP instances, series and frame of reference) are not among the source's files", kind="orphan")]
     names = {
         int(item.ROINumber): str(item.get("ROIName") or "")
         for item in _seq(ds, "StructureSetROISequence")
@@ -273,8 +273,8 @@ def rtstruct_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: Pl
     }
     problems: list[Quarantined] = []
 
-    def report(text: str) -> None:
-        problems.append(Quarantined(source_file, text))
+    def report(text: str, kind: str) -> None:
+        problems.append(Quarantined(source_file, text, kind=kind))
 
     for roi in _seq(ds, "ROIContourSequence"):
         number = int(roi.get("ReferencedROINumber") or 0)
@@ -288,23 +288,23 @@ def rtstruct_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: Pl
             kind = str(contour.get("ContourGeometricType") or "CLOSED_PLANAR").upper()
             data = contour.get("ContourData")
             if kind != "CLOSED_PLANAR":
-                report(f"contour {position} of {where} is {kind}, not an area (CLOSED_PLANAR); left out")
+                report(f"contour {position} of {where} is {kind}, not an area (CLOSED_PLANAR); left out", kind="invalid_annotation")
                 continue
             if not data or len(data) < 9 or len(data) % 3:
-                report(f"contour {position} of {where} has {len(data or [])} coordinates, not 3 or more (x, y, z) points; left out")
+                report(f"contour {position} of {where} has {len(data or [])} coordinates, not 3 or more (x, y, z) points; left out", kind="invalid_annotation")
                 continue
             points = np.asarray([float(v) for v in data], dtype=np.float64).reshape(-1, 3)
             planes = _referenced_planes(contour, index) or index.planes_at(series_keys, points)
             if not planes:
                 height = float(points[:, 2].mean())
                 report(f"contour {position} of {where} (z = {height:.1f} mm) lies on no slice of the referenced images: "
-                       "outside the image grid; the images are kept without it")
+                       "outside the image grid; the images are kept without it", kind="orphan")
                 continue
             for plane in planes:
                 mask = rasterize_contour(points, plane)
                 if mask is None:
                     report(f"contour {position} of {where} lies outside the pixel grid of its slice ({plane.source_file}); "
-                           "the image is kept without it")
+                           "the image is kept without it", kind="invalid_annotation")
                     continue
                 filled[plane.key] = filled[plane.key] ^ mask if plane.key in filled else mask
         for key in sorted(filled, key=plane_sort_key):
@@ -362,7 +362,7 @@ def seg_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: PlaneIn
     series_keys = index.candidate_series(*_seg_references(ds))
     if not series_keys:
         return [Quarantined(source_file, "not an image object (Modality=SEG): a segmentation whose referenced images "
-                            "(SOP instances, series and frame of reference) are not among the source's files")]
+                            "(SOP instances, series and frame of reference) are not among the source's files", kind="orphan")]
     labels = {
         int(item.SegmentNumber): finding_label(str(item.get("SegmentLabel") or ""), layout.seg_segments, int(item.SegmentNumber))
         for item in _seq(ds, "SegmentSequence")
@@ -402,10 +402,10 @@ def seg_masks(ds: Dataset, source_file: str, layout: DicomLayout, index: PlaneIn
     problems = []
     if unplaced:
         problems.append(Quarantined(source_file, f"{unplaced} non-empty segment frame(s) reference no image among the source's "
-                                    "files (neither by SOP instance nor by plane position); left out"))
+                                    "files (neither by SOP instance nor by plane position); left out", kind="orphan"))
     if other_grid:
         problems.append(Quarantined(source_file, f"{other_grid} segment frame(s) lie on another pixel grid than their source "
-                                    "image (rows, columns, position or orientation differ); left out"))
+                                    "image (rows, columns, position or orientation differ); left out", kind="invalid_annotation"))
     return problems
 
 
@@ -447,7 +447,7 @@ def collect_annotations(
             read = rtstruct_masks if modality == "RTSTRUCT" else seg_masks
             problems.extend(read(ds, source_file, layout, index, own))
         except Exception as error:  # one malformed annotation object must not stop the source
-            problems.append(Quarantined(source_file, f"unreadable {modality} object: {type(error).__name__}: {error}"))
+            problems.append(Quarantined(source_file, f"unreadable {modality} object: {type(error).__name__}: {error}", kind="unreadable"))
             continue
         merge_masks(masks, own)
     return masks, problems

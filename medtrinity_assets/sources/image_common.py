@@ -120,14 +120,14 @@ def decode_image(
     if outside is not None:
         return outside
     if absent_reason is not None and not (ctx.root / relative_path).is_file():
-        return Quarantined(relative_path, absent_reason)
+        return Quarantined(relative_path, absent_reason, kind="orphan")
     try:
         return read_image(ctx.root / relative_path, ctx.limits)
     except ImageReadError as error:
         what = "image too large" if error.kind == "too_large" else "unreadable image"
         return Quarantined(relative_path, f"{what}: {error.cause}", kind=error.kind)
     except Exception as error:  # a decoder bug on one file must not stop the source
-        return Quarantined(relative_path, f"unreadable image: {type(error).__name__}: {error}")
+        return Quarantined(relative_path, f"unreadable image: {type(error).__name__}: {error}", kind="unreadable")
 
 
 def image_record(

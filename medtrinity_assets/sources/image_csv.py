@@ -176,7 +176,7 @@ def read(ctx: IngestContext) -> IngestStream:
     layout: ImageCsvLayout = spec.layout
     csv_path = ctx.root / layout.csv
     if not csv_path.is_file():
-        yield Quarantined(layout.csv, "label CSV is absent")
+        yield Quarantined(layout.csv, "label CSV is absent", kind="not_found")
         return
     try:
         header, rows, undecodable = read_csv_rows(csv_path, spec.encoding, layout.delimiter)
@@ -184,7 +184,7 @@ def read(ctx: IngestContext) -> IngestStream:
         yield Quarantined(layout.csv, undecodable_reason(layout.csv, error.line, spec.encoding, "header row"), kind="bad_label")
         return
     except (OSError, csv.Error, LookupError) as error:
-        yield Quarantined(layout.csv, f"unreadable CSV: {error}")
+        yield Quarantined(layout.csv, f"unreadable CSV: {error}", kind="unreadable")
         return
     for line_number in undecodable:
         yield Quarantined(f"{layout.csv}:{line_number}", undecodable_reason(layout.csv, line_number, spec.encoding), kind="bad_label")
@@ -201,7 +201,7 @@ def read(ctx: IngestContext) -> IngestStream:
         what = [f"column(s) {', '.join(missing)}"] if missing else []
         what += [f"label column(s) the spec declares: {'; '.join(missing_labels)}"] if missing_labels else []
         # The header itself is not echoed: it is the file's first line, whatever the file is.
-        yield Quarantined(layout.csv, f"CSV {layout.csv} lacks {' and '.join(what)}")
+        yield Quarantined(layout.csv, f"CSV {layout.csv} lacks {' and '.join(what)}", kind="invalid_annotation")
         return
 
     index = files_by_id(ctx.root, layout.path_index_glob) if layout.path_index_glob else None
@@ -211,7 +211,7 @@ def read(ctx: IngestContext) -> IngestStream:
         row_ref = f"{layout.csv}:{line_number}"
         image_id = (row.get(layout.id_column) or "").strip()
         if not image_id:
-            yield Quarantined(row_ref, f"empty {layout.id_column!r} field")
+            yield Quarantined(row_ref, f"empty {layout.id_column!r} field", kind="invalid_annotation")
             continue
 
         if index is not None:
@@ -222,6 +222,7 @@ def read(ctx: IngestContext) -> IngestStream:
                     row_ref,
                     f"{ABSENT_IMAGE}: id {image_id!r} matches no file of "
                     f"path_index_glob {layout.path_index_glob!r}",
+                    kind="orphan",
                 )
                 continue
             if len(matches) > 1:
@@ -229,6 +230,7 @@ def read(ctx: IngestContext) -> IngestStream:
                     row_ref,
                     f"image id {image_id!r} is ambiguous: {len(matches)} files of path_index_glob have that name "
                     f"({', '.join(matches)})",
+                    kind="invalid_annotation",
                 )
                 continue
             relative_path = matches[0]
@@ -236,7 +238,7 @@ def read(ctx: IngestContext) -> IngestStream:
             try:
                 relative_path = contained_path(template.format(id=image_id, **{f: (row.get(f) or "").strip() for f in path_fields}))
             except (KeyError, IndexError, ValueError) as error:
-                yield Quarantined(row_ref, f"path_template {template!r} cannot be filled: {error}")
+                yield Quarantined(row_ref, f"path_template {template!r} cannot be filled: {error}", kind="invalid_annotation")
                 continue
             if relative_path is None:
                 yield Quarantined(row_ref, f"image path from column {layout.id_column!r} points outside the source folder", kind="outside_source")
@@ -249,20 +251,20 @@ def read(ctx: IngestContext) -> IngestStream:
             modality = layout.modality_map.get(raw_modality)
             if modality is None:
                 yield Quarantined(
-                    relative_path, f"modality {raw_modality!r} (column {layout.modality_column}) is not in modality_map"
+                    relative_path, f"modality {raw_modality!r} (column {layout.modality_column}) is not in modality_map", kind="bad_label"
                 )
                 continue
 
         if not (ctx.root / relative_path).is_file():
             # No line number: one reason per table lets the quarantine group thousands of
             # such rows (a partial download) under one entry; source_file names the image.
-            yield Quarantined(relative_path, f"{ABSENT_IMAGE}: listed in {layout.csv} but file is absent")
+            yield Quarantined(relative_path, f"{ABSENT_IMAGE}: listed in {layout.csv} but file is absent", kind="orphan")
             continue
         if relative_path in line_of_path:
             # The record id comes from the path: a second row would make a second record with
             # the same id, and which row's labels are right cannot be known.
             yield Quarantined(
-                row_ref, f"image {relative_path} is listed again (first at line {line_of_path[relative_path]}); row ignored"
+                row_ref, f"image {relative_path} is listed again (first at line {line_of_path[relative_path]}); row ignored", kind="duplicate"
             )
             continue
         line_of_path[relative_path] = line_number
@@ -273,7 +275,7 @@ def read(ctx: IngestContext) -> IngestStream:
         try:
             reading = row_labels(spec, layout, row)
         except ValueError as error:
-            yield Quarantined(row_ref, str(error))
+            yield Quarantined(row_ref, str(error), kind="bad_label")
             continue
         pixels, photometric = decoded
         patient_column = spec.patient.column if spec.patient.source == "column" else None
@@ -302,4 +304,4 @@ def read(ctx: IngestContext) -> IngestStream:
             on_disk = iter_image_files(ctx.root, template_glob(template))
         for relative_path in on_disk:
             if relative_path not in named:
-                yield Quarantined(relative_path, f"{UNLISTED_IMAGE} in {layout.csv}")
+                yield Quarantined(relative_path, f"{UNLISTED_IMAGE} in {layout.csv}", kind="unpaired")

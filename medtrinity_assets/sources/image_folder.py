@@ -47,4 +47,4 @@ def read(ctx: IngestContext) -> IngestStream:
         )
     if not found_any:
         what = f"image_glob {layout.image_glob!r}" + (f" outside exclude_glob {layout.exclude_glob!r}" if excluded else "")
-        yield Quarantined(".", f"no file matches {what} under the source folder")
+        yield Quarantined(".", f"no file matches {what} under the source folder", kind="not_found")

@@ -61,7 +61,7 @@ class MaskPlan:
 class MaskProblem(Exception):
     """A mask that makes its image unusable; the message is the quarantine reason."""
 
-    def __init__(self, reason: str, kind: str = "unreadable"):
+    def __init__(self, reason: str, kind: str):
         super().__init__(reason)
         self.kind = kind  # quarantine kind (sources.base.QUARANTINE_KINDS)
 
@@ -95,13 +95,13 @@ def fill_template(template: str, values: dict[str, str]) -> str:
     except KeyError as error:
         # Only an optional regex group that did not take part in the match can be missing:
         # the spec validator already rejected unknown names.
-        raise MaskProblem(f"image_regex group {error.args[0]!r} did not match, template {template!r} cannot be filled") from None
+        raise MaskProblem(f"image_regex group {error.args[0]!r} did not match, template {template!r} cannot be filled", kind="invalid_annotation") from None
     except ValueError as error:  # a format spec that does not fit a string, e.g. "{num:d}"
-        raise MaskProblem(f"template {template!r} cannot be filled: {error}") from None
+        raise MaskProblem(f"template {template!r} cannot be filled: {error}", kind="invalid_annotation") from None
     path = posixpath.normpath(filled)  # "{parent}/x" for an image at the root gives "./x"
     if path.startswith(("../", "/")) or path == "..":
         # A mask outside the source folder is a spec mistake, and would read unrelated files.
-        raise MaskProblem(f"template {template!r} gives {path}, outside the source folder")
+        raise MaskProblem(f"template {template!r} gives {path}, outside the source folder", kind="outside_source")
     return path
 
 
@@ -184,9 +184,9 @@ def _read_one_mask(ctx: IngestContext, layout: ImageMaskLayout, path: str, image
         what = "mask too large" if error.kind == "too_large" else "unreadable mask"
         raise MaskProblem(f"{what} {path}: {error.cause}", error.kind) from None
     except Exception as error:  # a decoder bug on one file must not stop the source
-        raise MaskProblem(f"unreadable mask {path}: {type(error).__name__}: {error}") from None
+        raise MaskProblem(f"unreadable mask {path}: {type(error).__name__}: {error}", kind="unreadable") from None
     if mask.shape[:2] != image_shape[:2]:
-        raise MaskProblem(f"mask {_size_text(mask.shape)} differs from image {_size_text(image_shape)} ({path})")
+        raise MaskProblem(f"mask {_size_text(mask.shape)} differs from image {_size_text(image_shape)} ({path})", kind="invalid_annotation")
     return mask
 
 
@@ -282,7 +282,7 @@ def read(ctx: IngestContext) -> IngestStream:
         present = [plan for plan in plans if _mask_is_present(ctx, layout, plan.path)]
         absent = [plan for plan in plans if plan not in present and not plan.optional]
         if absent:
-            yield Quarantined(image_path, _absent_reason(layout, absent))
+            yield Quarantined(image_path, _absent_reason(layout, absent), kind="unpaired")
             continue
         decoded = decode_image(ctx, image_path)
         if isinstance(decoded, Quarantined):
@@ -319,4 +319,4 @@ def read(ctx: IngestContext) -> IngestStream:
         )
     if not found_any:
         where = f"image_glob {layout.image_glob!r}" + (f" and image_regex {layout.image_regex!r}" if pattern else "")
-        yield Quarantined(".", f"no file matches {where} under the source folder")
+        yield Quarantined(".", f"no file matches {where} under the source folder", kind="not_found")

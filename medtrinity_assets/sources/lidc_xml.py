@@ -157,7 +157,7 @@ def lidc_masks(source_file: str, message: Element, layout: DicomLayout, index: P
     series_keys = _series_keys(message, index)
     if not series_keys:
         return [Quarantined(source_file, "LIDC read message whose images (SOP instances and series) are not among the "
-                            "source's DICOM files; left out")]
+                            "source's DICOM files; left out", kind="orphan")]
     outlines = _Outlines()
     for reader, session in enumerate(_children(message, "readingSession")):
         for nodule in _children(session, "unblindedReadNodule"):
@@ -174,13 +174,13 @@ def lidc_masks(source_file: str, message: Element, layout: DicomLayout, index: P
     problems = []
     if outlines.unplaced:
         problems.append(Quarantined(source_file, f"{outlines.unplaced} nodule outline(s) lie on no slice among the source's "
-                                    "files (neither by SOP instance UID nor by z position); left out"))
+                                    "files (neither by SOP instance UID nor by z position); left out", kind="orphan"))
     if outlines.malformed:
         problems.append(Quarantined(source_file, f"{outlines.malformed} nodule outline(s) have edgeMap coordinates that are "
-                                    "not numbers; left out"))
+                                    "not numbers; left out", kind="invalid_annotation"))
     if outlines.off_grid:
         problems.append(Quarantined(source_file, f"{outlines.off_grid} nodule outline(s) lie outside the pixel grid of "
-                                    "their slice; left out"))
+                                    "their slice; left out", kind="invalid_annotation"))
     return problems
 
 
@@ -196,22 +196,22 @@ def collect_lidc_annotations(
             message = ElementTree.parse(root / source_file).getroot()
         except ElementTree.ParseError as error:
             # The parser's message is a position ("line 3, column 4"), never the file's text.
-            problems.append(Quarantined(source_file, f"not a well-formed XML file: {error}"))
+            problems.append(Quarantined(source_file, f"not a well-formed XML file: {error}", kind="unreadable"))
             continue
         except OSError as error:
-            problems.append(Quarantined(source_file, f"unreadable XML file: {type(error).__name__}"))
+            problems.append(Quarantined(source_file, f"unreadable XML file: {type(error).__name__}", kind="unreadable"))
             continue
         if _local(message.tag) != ROOT_ELEMENT:
             # IdriReadMessage files hold chest radiograph reads, which have no CT slice to mark.
             problems.append(Quarantined(source_file, f"not an LIDC CT read message (root element is not {ROOT_ELEMENT}); "
-                                        "left out"))
+                                        "left out", kind="unsupported"))
             continue
         # Each XML fills its own masks first, so one that fails half-way adds nothing.
         own: PlaneMasks = {}
         try:
             problems.extend(lidc_masks(source_file, message, layout, index, own))
         except Exception as error:  # one malformed read message must not stop the source
-            problems.append(Quarantined(source_file, f"unusable LIDC read message: {type(error).__name__}"))
+            problems.append(Quarantined(source_file, f"unusable LIDC read message: {type(error).__name__}", kind="invalid_annotation"))
             continue
         merge_masks(masks, own)
     return problems

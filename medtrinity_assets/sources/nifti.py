@@ -54,11 +54,11 @@ from medtrinity_assets.sources.base import (
     IngestStream,
     Quarantined,
     describe_error,
+    list_files,
     make_record,
     record_id_for,
     store_mask,
 )
-from medtrinity_assets.sources.dicom import list_files
 from medtrinity_assets.sources.image_common import path_labels
 from medtrinity_assets.sources.image_common import rename_label
 from medtrinity_assets.sources.label_state import ANNOTATED, CONTEXT
@@ -66,10 +66,6 @@ from medtrinity_assets.sources.label_state import ANNOTATED, CONTEXT
 # Slices read from the file in one proxy access: bounds memory for big volumes while keeping
 # the number of reads (and gzip seeks) small.
 SLAB_SLICES = 16
-
-# macOS archives (the MSD tarballs among them) carry "._<name>" AppleDouble files beside each
-# real file: a few hundred bytes of Finder metadata with the same suffix, never a NIfTI volume.
-APPLE_DOUBLE_PREFIX = "._"
 
 
 @dataclass(frozen=True)
@@ -292,10 +288,10 @@ def _open_volume(ctx: IngestContext, volume: _Volume):
     except TooLarge as error:
         return Quarantined(rel, str(error), kind="too_large")
     except Exception as error:
-        return Quarantined(rel, f"not a readable NIfTI volume: {describe_error(error)}")
+        return Quarantined(rel, f"not a readable NIfTI volume: {describe_error(error)}", kind="unreadable")
     channels = _channels(image, volume, ctx.spec.layout.use_sequences)
     if isinstance(channels, str):
-        return Quarantined(rel, channels)
+        return Quarantined(rel, channels, kind="unsupported")
     return image, shape, channels
 
 
@@ -316,7 +312,7 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
             yield Quarantined(case.name, f"{case.label_file}: {error}", kind="too_large")
             return
         except Exception as error:
-            yield Quarantined(case.name, f"label volume {case.label_file} not readable: {describe_error(error)}")
+            yield Quarantined(case.name, f"label volume {case.label_file} not readable: {describe_error(error)}", kind="unreadable")
             return
 
     reference_shape = labels.canonical.shape if labels is not None else None
@@ -345,13 +341,13 @@ def _read_case(ctx: IngestContext, case: _Case, names: dict[int, str]) -> Ingest
         image, shape, channels = opened
         if labels is not None and shape != labels.canonical.shape:
             yield Quarantined(
-                rel, f"label volume shape {labels.file_shape} differs from image shape {tuple(image.shape[:3])} ({case.label_file})"
+                rel, f"label volume shape {labels.file_shape} differs from image shape {tuple(image.shape[:3])} ({case.label_file})", kind="invalid_annotation"
             )
             continue
         if reference_shape is None:
             reference_shape = shape  # no label volume: the case's first readable volume rules
         elif shape != reference_shape:
-            yield Quarantined(rel, f"volume shape {shape} differs from the case's first volume shape {reference_shape} (RAS order)")
+            yield Quarantined(rel, f"volume shape {shape} differs from the case's first volume shape {reference_shape} (RAS order)", kind="unsupported")
             continue
         if indices is None:
             presence = label_presence(labels.canonical, axis) if labels is not None else None
@@ -379,7 +375,7 @@ def _volume_records(
         plane_shape = tuple(n for c, n in enumerate(_canonical_shape(image)) if c != axis)
     except Exception as error:
         what = f"sequence {sequence}" if sequence else "volume"
-        yield Quarantined(rel, f"{what}: voxel data not readable: {describe_error(error)}")
+        yield Quarantined(rel, f"{what}: voxel data not readable: {describe_error(error)}", kind="unreadable")
         return
     modality = ctx.spec.modality_for(rel)
     # A slice of a volume with annotations either cuts them or was kept beside them (context).
@@ -409,7 +405,7 @@ def _volume_records(
                 frame_kind="slice" if slice_count > 1 else None,
             )
         except Exception as error:
-            yield Quarantined(rel, f"slice {index}: {describe_error(error)}", record_id_for(ctx.spec.id, rel, sequence, index))
+            yield Quarantined(rel, f"slice {index}: {describe_error(error)}", record_id_for(ctx.spec.id, rel, sequence, index), kind="unreadable")
 
 
 # --- one binary file per structure (TotalSegmentator) ---------------------------------------
@@ -499,13 +495,14 @@ def _open_structures(ctx: IngestContext, image_rel: str, image, shape, grouped: 
                 channel = _structure_channel(structure)
                 structure_shape = _canonical_shape(structure)
             except Exception as error:
-                problems.append(Quarantined(rel, f"structure file not readable: {describe_error(error)}; '{label}' left out of {image_rel}"))
+                problems.append(Quarantined(rel, f"structure file not readable: {describe_error(error)}; '{label}' left out of {image_rel}", kind="unreadable"))
                 break
             if structure_shape != shape:
                 problems.append(Quarantined(
                     rel,
                     f"structure file shape {tuple(structure.shape[:3])} differs from image shape "
                     f"{tuple(image.shape[:3])} ({image_rel}); '{label}' left out of that image",
+                    kind="invalid_annotation",
                 ))
                 break
             parts.append((rel, channel))
@@ -542,7 +539,7 @@ def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, 
                     found |= canonical_presence(_open_stream(ctx, rel), axis, channel, layout.label_threshold)
                 presence[label] = found
             except Exception as error:
-                yield Quarantined(rel, f"structure voxels not readable: {describe_error(error)}; '{label}' left out of {image_rel}")
+                yield Quarantined(rel, f"structure voxels not readable: {describe_error(error)}; '{label}' left out of {image_rel}", kind="unreadable")
                 del opened[label]
     union = np.logical_or.reduce(list(presence.values())) if presence else None
     indices = select_slices(shape[axis], union, ctx.spec.slicing.slice_rule())
@@ -559,7 +556,7 @@ def _read_structure_case(ctx: IngestContext, image_rel: str, grouped: dict[str, 
                 for index, plane in canonical_planes(_open_stream(ctx, rel), axis, indices, channel).items():
                     joined[index] = joined[index] | _inside(plane, layout.label_threshold)
         except Exception as error:
-            yield Quarantined(rel, f"structure voxels not readable: {describe_error(error)}; '{label}' left out of {image_rel}")
+            yield Quarantined(rel, f"structure voxels not readable: {describe_error(error)}; '{label}' left out of {image_rel}", kind="unreadable")
             continue
         for index, mask in joined.items():
             if mask.any():
@@ -588,11 +585,11 @@ def _read_structure_files(ctx: IngestContext) -> IngestStream:
             continue
         folder = posixpath.dirname(rel) or "."
         if not structures[rel]:
-            yield Quarantined(rel, f"no structure file matches '{layout.structure_glob}' in {folder}: image left out (incomplete download?)")
+            yield Quarantined(rel, f"no structure file matches '{layout.structure_glob}' in {folder}: image left out (incomplete download?)", kind="unpaired")
             continue
         grouped = structures_by_label(layout, structures[rel])
         if not grouped:
-            yield Quarantined(rel, f"none of the {len(structures[rel])} structure files in {folder} is listed in layout.structure_names")
+            yield Quarantined(rel, f"none of the {len(structures[rel])} structure files in {folder} is listed in layout.structure_names", kind="unpaired")
             continue
         yield from _read_structure_case(ctx, rel, grouped, patient_identifier(ctx.spec.patient.key_rule(), rel))
 
@@ -641,7 +638,7 @@ def _read_case_folders(ctx: IngestContext) -> IngestStream:
     )
     folders = [folder for folder in folders if _is_data_file(folder)]
     if not folders:
-        yield Quarantined(".", f"no case folder matches layout.case_glob '{layout.case_glob}'")
+        yield Quarantined(".", f"no case folder matches layout.case_glob '{layout.case_glob}'", kind="not_found")
     for case_rel in folders:
         case_name = posixpath.basename(case_rel)
         volumes = []
@@ -652,12 +649,12 @@ def _read_case_folders(ctx: IngestContext) -> IngestStream:
             if (ctx.root / rel).is_file():
                 volumes.append(_Volume(rel, sequence))
             else:
-                yield Quarantined(rel, f"sequence '{sequence}' of case {case_name} is missing; the case's other sequences are kept")
+                yield Quarantined(rel, f"sequence '{sequence}' of case {case_name} is missing; the case's other sequences are kept", kind="unpaired")
         label_rel = None
         if layout.label_template:
             label_rel = posixpath.join(case_rel, layout.label_template.replace("{case}", case_name))
             if not (ctx.root / label_rel).is_file():
-                yield Quarantined(case_rel, f"label file {label_rel} is missing: case {case_name} left out")
+                yield Quarantined(case_rel, f"label file {label_rel} is missing: case {case_name} left out", kind="unpaired")
                 continue
         if not volumes:
             continue
@@ -700,7 +697,7 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
         label_names = _int_keyed(description.get("labels"), "labels")
         channel_names = _int_keyed(description.get("modality"), "modality")
     except (OSError, ValueError) as error:
-        yield Quarantined(json_rel, f"dataset description not usable: {describe_error(error)}")
+        yield Quarantined(json_rel, f"dataset description not usable: {describe_error(error)}", kind="unreadable")
         return
 
     names = {}
@@ -712,7 +709,7 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
         names = _default_label_names(ctx)
     unmatched = [name for name in layout.use_sequences if not any(name.lower() == c.lower() for c in channel_names.values())]
     if unmatched and channel_names:
-        yield Quarantined(json_rel, f"layout.use_sequences {unmatched} match no \"modality\" of {json_rel}: {sorted(channel_names.values())}")
+        yield Quarantined(json_rel, f"layout.use_sequences {unmatched} match no \"modality\" of {json_rel}: {sorted(channel_names.values())}", kind="invalid_annotation")
 
     entries = [(entry, True) for entry in description["training"]]
     if layout.include_test:
@@ -733,13 +730,13 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
         if not _is_data_file(image_rel):
             continue
         if not (ctx.root / image_rel).is_file():
-            yield Quarantined(image_rel, f"listed in {json_rel} but missing")
+            yield Quarantined(image_rel, f"listed in {json_rel} but missing", kind="orphan")
             continue
         if labelled and label_rel is None:
-            yield Quarantined(image_rel, f"training entry {position} of {json_rel} names no label file")
+            yield Quarantined(image_rel, f"training entry {position} of {json_rel} names no label file", kind="unpaired")
             continue
         if label_rel is not None and not (ctx.root / label_rel).is_file():
-            yield Quarantined(image_rel, f"label file {label_rel} listed in {json_rel} is missing")
+            yield Quarantined(image_rel, f"label file {label_rel} listed in {json_rel} is missing", kind="unpaired")
             continue
         case = _Case(image_rel, (_Volume(image_rel, channel_names=channels),), label_rel, patient_identifier(ctx.spec.patient.key_rule(), image_rel))
         yield from _read_case(ctx, case, names)

@@ -18,11 +18,11 @@ from PIL import Image
 from pydantic import ValidationError
 
 from medtrinity_assets import stages
-from medtrinity_assets.catalog.check import check_source
 from medtrinity_assets.catalog.load import load_spec, source_root
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import IngestContext, Quarantined
+from medtrinity_assets.sources.check import check_source
 from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.storage import BlobStore
 from medtrinity_assets_tests.conftest import REALDATA, needs_realdata
@@ -280,7 +280,7 @@ def test_absent_label_column_fails_check_source_naming_file_and_field(tmp_path):
     spec = spec.model_copy(update={"root": str(root)})
     report = stages.run_ingest(spec, data_root, salt="s")
     assert report.rows == 0 and report.quarantined == 1
-    reason = pl.read_parquet(data_root.quarantine("ingest", spec.id))["reason"][0]
+    reason = pl.read_parquet(data_root.quarantine("raw_records", spec.id))["reason"][0]
     assert "seborrheic_keratosis" in reason and "labels.csv" in reason
 
 

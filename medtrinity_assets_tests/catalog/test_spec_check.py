@@ -15,13 +15,13 @@ from spec_factory import build_spec
 
 from medtrinity_assets import cli
 from medtrinity_assets.catalog import load_spec
-from medtrinity_assets.catalog.check import (
+from medtrinity_assets.paths import REPO_ROOT
+from medtrinity_assets.sources.check import (
     ANNOTATION_WITHOUT_IMAGE,
     IMAGE_WITHOUT_ANNOTATION,
     ROW_WITHOUT_IMAGE,
     check_source,
 )
-from medtrinity_assets.paths import REPO_ROOT
 
 ULTRASOUND = {
     "id": "thyroid_us",

@@ -105,7 +105,7 @@ def write_source(root: DataRoot, source_id: str, records: list[dict], modality: 
         )
         if rec.get("quarantined_at") == "normalize":
             quarantine.append(
-                {"source_id": source_id, "source_file": rec["file"], "record_id": rid, "stage": "normalize", "reason": "unreadable pixels"}
+                {"source_id": source_id, "source_file": rec["file"], "record_id": rid, "stage": "normalized_images", "reason": "unreadable pixels"}
             )
             continue
         normalized.append(
@@ -152,7 +152,7 @@ def write_source(root: DataRoot, source_id: str, records: list[dict], modality: 
     write_table(root.table("rois", source_id), schemas.ROIS, rois)
     write_table(root.table("coarse_captions", source_id), schemas.COARSE_CAPTIONS, captions)
     write_table(root.table("descriptions", source_id), schemas.DESCRIPTIONS, descriptions)
-    write_table(root.quarantine("normalize", source_id), schemas.QUARANTINE, quarantine)
+    write_table(root.quarantine("normalized_images", source_id), schemas.QUARANTINE, quarantine)
 
 
 def labels_of(rec):

@@ -105,7 +105,7 @@ def test_bad_files_are_quarantined_and_a_check_reports_them(seeded_env):
         rate = checks[("raw_records", "quarantine_rate")]
         assert not rate.passed  # 2 of 3 files quarantined: over the 20% limit
         reasons = duckdb.sql(
-            f"SELECT source_file, reason FROM read_parquet('{DataRoot.from_env().quarantine('ingest', source)}') ORDER BY 1"
+            f"SELECT source_file, reason FROM read_parquet('{DataRoot.from_env().quarantine('raw_records', source)}') ORDER BY 1"
         ).fetchall()
         assert [r[0] for r in reasons] == ["empty.jpg", "truncated.jpg"]
         assert all(r[1] for r in reasons)

@@ -15,7 +15,7 @@ from spec_factory import build_spec
 from medtrinity_assets import stages
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.paths import DataRoot
-from medtrinity_assets.quality.checks import run_checks
+from medtrinity_assets.pipeline import run_checks
 
 SITE = Path(np.__file__).resolve().parent.parent
 CT = SITE / "data_store" / "data" / "693_UNCR.dcm"
@@ -93,11 +93,11 @@ def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_pa
     root = shared_knowledge.copy_to(DataRoot(tmp_path / "var"))
 
     ingest = stages.run_ingest(spec, root, "salt")
-    assert ingest.rows >= 1 and ingest.quarantined == 1, ingest.reasons
+    assert ingest.rows >= 1 and ingest.quarantined == 1, ingest.kinds
     import duckdb
 
     quarantined = duckdb.connect().sql(
-        f"SELECT source_file, reason FROM read_parquet('{root.quarantine('ingest', spec.id)}')"
+        f"SELECT source_file, reason FROM read_parquet('{root.quarantine('raw_records', spec.id)}')"
     ).fetchall()
     (file, reason), = quarantined
     if bad_file:
@@ -112,7 +112,7 @@ def test_bad_file_is_quarantined_partition_completes_and_check_reports_it(tmp_pa
 
     outcome = next(o for o in run_checks("raw_records", root, spec.id) if o.name == "quarantine_rate")
     assert outcome.metadata["quarantined"] == 1
-    assert [r["reason"] for r in outcome.metadata["by_reason"]] == [reason]
+    assert [r["files"] for r in outcome.metadata["by_kind"]] == [1]
 
 
 def test_annotation_files_cannot_point_outside_the_source_folder(tmp_path):

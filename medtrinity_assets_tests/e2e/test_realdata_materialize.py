@@ -88,7 +88,7 @@ def test_realdata_source_materializes_with_its_own_annotations(source_id, instan
     # The asset holds exactly what the reader yields for the publisher's files.
     assert sorted(r[0] for r in raw) == sorted(r["record_id"] for r in records)
     if quarantined:
-        quarantine = duckdb.sql(f"SELECT count(*) FROM read_parquet('{root.quarantine('ingest', source_id)}')").fetchall()[0][0]
+        quarantine = duckdb.sql(f"SELECT count(*) FROM read_parquet('{root.quarantine('raw_records', source_id)}')").fetchall()[0][0]
         assert quarantine == len(quarantined)
     # What ingest left out is visible in the partition's check report, with its count.
     rate = checks["quarantine_rate@raw_records"]
@@ -102,7 +102,7 @@ def test_realdata_source_materializes_with_its_own_annotations(source_id, instan
     from_annotations = {rid for rid, origin in roi_origins if origin.startswith("annotation")}
     # An annotation that is only specks after resizing (a tumour's tip on its first slice) gives
     # no ROI, and the ground stage's quarantine table names it.
-    ground_quarantine = root.quarantine("ground", source_id)
+    ground_quarantine = root.quarantine("rois", source_id)
     specks_only = set()
     if ground_quarantine.exists():
         specks_only = {rid for (rid,) in duckdb.sql(

@@ -171,7 +171,7 @@ def test_ground_stage_reports_specks_and_box_agreement(tmp_path):
     assert boxes["components_without_box"] == 0 and boxes["mean_iou"] > 0.9
     assert report.extra["specks_dropped"] >= 1
     # The unmatched box is in the quarantine table as a cross-check finding, not a dropped annotation.
-    quarantine = pq.read_table(root.quarantine("ground", spec.id)).to_pylist()
+    quarantine = pq.read_table(root.quarantine("rois", spec.id)).to_pylist()
     assert [q["reason"].split(":")[0] for q in quarantine] == [REFERENCE_PREFIX]
     table = pq.read_table(root.table("rois", spec.id))
     assert table.schema.names == schemas.ROIS.names and table.num_rows == 6

@@ -210,7 +210,7 @@ def test_busi_through_normalize_triplets_and_exports_held_back(tmp_path):
     flagged_files = {path for path, value in burned.items() if value["present"]}
     assert normalize_report.extra["burned_in_images"] == len(flagged_files) >= 5
     assert normalize_report.extra["burned_in_policy"] == "hold_back"
-    assert normalize_report.as_metadata()["burned_in_kinds"]["text"] >= 4
+    assert normalize_report.extra["burned_in_kinds"]["text"] >= 4
 
     flags = _by_file(root, "busi", "triplets", "flags")
     assert {path for path, value in flags.items() if "burned_in_text" in value} == flagged_files

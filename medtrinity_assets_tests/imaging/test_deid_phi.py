@@ -422,7 +422,7 @@ def test_no_planted_identifier_leaves_ingest_or_normalize_for_any_dicom_fixture(
         ingested = run_ingest(spec, data_root, salt="pepper")
         assert ingested.rows > 0, group
         assert run_normalize(spec, data_root).rows == ingested.rows
-        for table in (data_root.table("raw_records", spec.id), data_root.quarantine("ingest", spec.id)):
+        for table in (data_root.table("raw_records", spec.id), data_root.quarantine("raw_records", spec.id)):
             if table.exists():  # decoded values too: Parquet may compress what the byte scan reads
                 text = " ".join(str(row) for row in pl.read_parquet(table).to_dicts()).lower()
                 assert not [i for i in PLANTED_IN_FIXTURES.strings() if i.lower() in text], (group, table)

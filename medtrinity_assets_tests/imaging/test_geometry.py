@@ -19,7 +19,7 @@ from medtrinity_assets.catalog import load_catalog
 from medtrinity_assets.catalog.acquire import package_folder
 from medtrinity_assets.grounding.patient_side import body_midline_x_mm
 from medtrinity_assets.grounding.rois import ground_record
-from medtrinity_assets.grounding.side_report import count_patient_sides, materialize_upto_rois
+from medtrinity_assets.side_report import count_patient_sides, materialize_upto_rois
 from medtrinity_assets.imaging.geometry import (
     anatomical_plane,
     decode_axes,

@@ -17,9 +17,9 @@ import yaml
 from spec_factory import build_spec
 
 from medtrinity_assets import schemas
+from medtrinity_assets.bench_retrieval import run_benchmark
 from medtrinity_assets.catalog.load import load_catalog
 from medtrinity_assets.catalog.spec import SourceSpec
-from medtrinity_assets.generation.vocabulary import normalize_label, normalize_organ
 from medtrinity_assets.knowledge import embedder as embedder_module
 from medtrinity_assets.knowledge.corpus import (
     CorpusError,
@@ -32,7 +32,6 @@ from medtrinity_assets.knowledge.embedder import (
     LocalMiniLMEmbedding,
     load_embedding_model,
 )
-from medtrinity_assets.bench_retrieval import run_benchmark
 from medtrinity_assets.knowledge.retrieval import (
     MAX_DISTANCE,
     KnowledgeRetriever,
@@ -47,6 +46,7 @@ from medtrinity_assets.knowledge.store import (
     open_client,
 )
 from medtrinity_assets.paths import REPO_ROOT
+from medtrinity_assets.vocabulary import normalize_label, normalize_organ
 
 CORPUS = REPO_ROOT / "data" / "knowledge"
 CATALOG = REPO_ROOT / "data" / "sources"

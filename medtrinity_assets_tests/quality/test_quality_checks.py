@@ -23,9 +23,8 @@ from medtrinity_assets.quality.checks import (
     check_rois_inside_image,
     check_row_count,
     check_unique,
-    checks_for,
-    run_checks,
 )
+from medtrinity_assets.pipeline import checks_for, run_checks
 from medtrinity_assets.storage import write_table
 
 SOURCE = "busi"
@@ -219,9 +218,9 @@ def test_contradiction_rate(con, tmp_path):
 # --- quarantine ---------------------------------------------------------------------------
 
 
-def quarantine_row(i: int, reason: str) -> dict:
+def quarantine_row(i: int, reason: str, kind: str = "unreadable") -> dict:
     return {"source_id": SOURCE, "source_file": f"Dataset_BUSI_with_GT/benign/benign ({i}).png", "record_id": None,
-            "stage": "ingest", "reason": reason}
+            "stage": "raw_records", "kind": kind, "reason": reason}
 
 
 def test_quarantine_rate_under_and_over_threshold(con, tmp_path):
@@ -233,13 +232,13 @@ def test_quarantine_rate_under_and_over_threshold(con, tmp_path):
     q_high = write(
         tmp_path / "q_high.parquet",
         schemas.QUARANTINE,
-        [quarantine_row(100 + i, "mask missing") for i in range(2)] + [quarantine_row(200, "image unreadable: truncated PNG")],
+        [quarantine_row(100 + i, "mask missing", "unpaired") for i in range(3)] + [quarantine_row(200, "not a readable DICOM file: truncated")],
     )
     outcome = check_quarantine_rate(con, [q_low, q_high], records, MAX_QUARANTINE_RATE)
     assert not outcome.passed
-    assert outcome.metadata["quarantined"] == 4 and outcome.metadata["records"] == 8
-    assert outcome.metadata["by_reason"][0] == {"stage": "ingest", "reason": "image unreadable: truncated PNG", "files": 2}
-    assert outcome.metadata["by_reason"][1]["files"] == 2 and outcome.metadata["by_reason"][1]["reason"] == "mask missing"
+    assert outcome.metadata["quarantined"] == 5 and outcome.metadata["records"] == 8
+    assert outcome.metadata["by_kind"] == [{"stage": "raw_records", "kind": "unpaired", "files": 3},
+                                           {"stage": "raw_records", "kind": "unreadable", "files": 2}]
 
     # No quarantine file: nothing was quarantined.
     assert check_quarantine_rate(con, [tmp_path / "none.parquet"], records, 0.2).metadata["quarantined"] == 0
@@ -274,7 +273,7 @@ def test_registry_covers_every_stage_with_unique_names():
 def test_run_checks_over_a_data_root(tmp_path):
     root = DataRoot(tmp_path / "var")
     write(root.table("raw_records", SOURCE), schemas.RAW_RECORDS, [raw_row(i) for i in range(10)])
-    write(root.quarantine("ingest", SOURCE), schemas.QUARANTINE, [quarantine_row(99, "not an image")])
+    write(root.quarantine("raw_records", SOURCE), schemas.QUARANTINE, [quarantine_row(99, "not an image")])
     write(root.table("rois", SOURCE), schemas.ROIS, [roi(i) for i in range(10)])
     write(root.table("descriptions", SOURCE), schemas.DESCRIPTIONS, [description(i) for i in range(10)])
 

@@ -81,13 +81,15 @@ def data_root(tmp_path):
             triplet("b2", "busi", "ultrasound", "breast", [], "pe", "train", [r("b2-0", "", "whole_image", WHOLE)]),
         ],
     )
-    q = lambda source, file, stage, reason, rid=None: {  # noqa: E731
-        "source_id": source, "source_file": file, "record_id": rid, "stage": stage, "reason": reason}
-    write_table(root.quarantine("ingest", "busi"), schemas.QUARANTINE,
-                [q("busi", "a.png", "ingest", "not an image"), q("busi", "b.png", "ingest", "not an image"),
-                 q("busi", "c_mask.png", "ingest", "mask without image")])
-    write_table(root.quarantine("normalize", "isic2017"), schemas.QUARANTINE,
-                [q("isic2017", "d.jpg", "normalize", "all-constant pixels", "rid-d")])
+    q = lambda source, file, stage, reason, kind, rid=None: {  # noqa: E731
+        "source_id": source, "source_file": file, "record_id": rid, "stage": stage, "kind": kind, "reason": reason}
+    # Two wordings of one kind: the model groups by kind, never by wording.
+    write_table(root.quarantine("raw_records", "busi"), schemas.QUARANTINE,
+                [q("busi", "a.png", "raw_records", "not an image", "unreadable"),
+                 q("busi", "b.png", "raw_records", "unreadable image: truncated", "unreadable"),
+                 q("busi", "c_mask.png", "raw_records", "mask without image", "unpaired")])
+    write_table(root.quarantine("normalized_images", "isic2017"), schemas.QUARANTINE,
+                [q("isic2017", "d.jpg", "normalized_images", "cannot normalize: all-constant pixels", "stage_error", "rid-d")])
     return root
 
 
@@ -106,11 +108,11 @@ def test_discover_models_parses_refs_and_orders_them():
     models = discover_models(MODELS_DIR)
     by_name = {m.name: m for m in models}
     assert set(by_name) == {"stg_triplets", "summary_by_source", "summary_by_modality", "summary_by_finding",
-                            "qc_quarantine_by_reason"}
+                            "qc_quarantine_by_kind"}
     assert by_name["stg_triplets"].refs == ["triplets"]
     assert by_name["summary_by_source"].refs == ["stg_triplets"]
     assert by_name["summary_by_finding"].refs == ["stg_triplets"]
-    assert by_name["qc_quarantine_by_reason"].refs == ["quarantine"]
+    assert by_name["qc_quarantine_by_kind"].refs == ["quarantine"]
     names = [m.name for m in models]
     for summary in ["summary_by_source", "summary_by_modality", "summary_by_finding"]:
         assert names.index("stg_triplets") < names.index(summary)
@@ -132,7 +134,7 @@ def test_models_run_in_a_warehouse_file(data_root, tmp_path):
     finally:
         con.close()
     assert rows == {
-        "qc_quarantine_by_reason": 3,
+        "qc_quarantine_by_kind": 3,
         "stg_triplets": 5,
         "summary_by_finding": 5,  # melanoma, nevus, benign, cyst, no finding
         "summary_by_modality": 2,
@@ -158,9 +160,9 @@ def test_models_run_in_a_warehouse_file(data_root, tmp_path):
             "SELECT finding, images, sources, verified_fraction FROM summary_by_finding").fetchall()}
         assert findings["melanoma"] == (2, 1, pytest.approx(0.5))
         assert findings["no finding"] == (1, 1, 1.0)
-        quarantine = con.execute("SELECT source_id, stage, reason, files, records FROM qc_quarantine_by_reason").fetchall()
-        assert quarantine[0] == ("busi", "ingest", "not an image", 2, 0)
-        assert ("isic2017", "normalize", "all-constant pixels", 1, 1) in quarantine
+        quarantine = con.execute("SELECT source_id, stage, kind, files, records FROM qc_quarantine_by_kind").fetchall()
+        assert quarantine[0] == ("busi", "raw_records", "unreadable", 2, 0)
+        assert ("isic2017", "normalized_images", "stage_error", 1, 1) in quarantine
     finally:
         con.close()
 

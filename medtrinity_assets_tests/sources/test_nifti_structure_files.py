@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from spec_factory import build_spec
 
 from medtrinity_assets.catalog.load import load_spec
-from medtrinity_assets.generation.vocabulary import normalize_label
 from medtrinity_assets.imaging.slicing import select_slices
 from medtrinity_assets.knowledge.corpus import load_corpus
 from medtrinity_assets.paths import REPO_ROOT
@@ -26,6 +25,7 @@ from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import IngestContext, Quarantined
 from medtrinity_assets.sources.nifti import canonical_presence
 from medtrinity_assets.storage import BlobStore
+from medtrinity_assets.vocabulary import normalize_label
 
 FILE_SHAPE = (12, 10, 40)
 # File axis 0 runs posterior (-y), axis 1 towards the patient's left... reversed (-x), axis 2

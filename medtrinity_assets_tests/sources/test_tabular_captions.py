@@ -30,7 +30,8 @@ from medtrinity_assets.dataset.exports import (
 )
 from medtrinity_assets.dataset.splits import SPLIT_NAMES
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
-from medtrinity_assets.quality.checks import check_source_text_kept_apart, run_checks
+from medtrinity_assets.pipeline import run_checks
+from medtrinity_assets.quality.checks import check_source_text_kept_apart
 from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import (
     IngestContext,
@@ -368,7 +369,7 @@ def test_publisher_caption_reaches_triplets_and_exports_beside_own_description(t
     for runner in (stages.run_normalize, stages.run_ground, stages.run_facts, stages.run_coarse_captions,
                    stages.run_retrieval, stages.run_descriptions, stages.run_triplets):
         report = runner(spec, root)
-        assert report.quarantined == 0, (report.stage, report.reasons)
+        assert report.quarantined == 0, (report.stage, report.kinds)
 
     triplets = pq.read_table(root.table("triplets", spec.id))
     assert triplets.schema.names == schemas.TRIPLETS.names

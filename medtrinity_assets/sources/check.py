@@ -4,7 +4,8 @@ Runs the layout family's own reader (the code the ingest asset runs, so what it 
 ingest will do) with a throwaway blob store in a temporary folder: nothing is written under the
 data root. It reports what matched (images, images with annotations, ROIs), what is unpaired
 (images without their mask, annotation rows naming absent images, masks without an image), what
-is unreadable (file and reason), and which files under the source folder the layout never uses.
+is quarantined otherwise (file and reason, by kind), and which files under the source folder the
+layout never uses.
 It counts images per label state, and lists label values (flag or grade cells) the spec does
 not declare, by column. A label column the spec names and the table lacks stops the read with
 the table file and the spec field named, so nothing matches and the check fails.
@@ -28,18 +29,14 @@ from pathlib import Path, PurePosixPath
 from medtrinity_assets.catalog.load import source_root
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.containment import walk_files
+from medtrinity_assets.sources import IngestContext, Quarantined, read_source
 from medtrinity_assets.storage import BlobStore
 
 EXAMPLES_SHOWN = 10
 
-# Reasons readers give (sources/*.py) for a missing partner file. A missing mask / label /
-# annotation makes an image unpaired; any other "absent" names an image an annotation lists.
-_MISSING = re.compile(r"\b(absent|missing|not found|does not exist|no such file)\b", re.IGNORECASE)
-_ANNOTATION_WORD = re.compile(r"\b(mask|label volume|label file|annotation file|segmentation|rtstruct|seg)\b", re.IGNORECASE)
-_NO_ANNOTATION = re.compile(r"\b(has no|without|lacks)\b.*\b(row|mask|annotation|label)", re.IGNORECASE)
-_NOTHING_MATCHED = re.compile(r"no file matches|source folder does not exist", re.IGNORECASE)
 _MASK_LIKE_NAME = re.compile(r"(?<![a-z])(mask|label|seg|gt|annot|roi)", re.IGNORECASE)
-# sources.image_csv.UnexpectedLabelValue: a flag / grade cell the spec does not allow.
+# sources.image_csv.UnexpectedLabelValue: a flag / grade cell the spec does not allow. Only read
+# from "bad_label" rows, to list the values by column (the kind decides the section).
 _UNEXPECTED_LABEL = re.compile(
     r"^unexpected label value (?P<value>'[^']*'|\"[^\"]*\") in column (?P<column>'[^']*'|\"[^\"]*\") \((?P<field>[^)]*)\)"
 )
@@ -79,7 +76,8 @@ class SpecCheckReport:
     unexpected_label_values: dict[str, Counter] = field(default_factory=dict)
     without_annotation: Examples = field(default_factory=Examples)
     unpaired: dict[str, Examples] = field(default_factory=lambda: {kind: Examples() for kind in UNPAIRED_KINDS})
-    unreadable: Examples = field(default_factory=Examples)
+    # Every other quarantined item, by kind (sources.base.QUARANTINE_KINDS).
+    quarantined: dict[str, Examples] = field(default_factory=dict)
     # Source-level problems: folder absent, glob matched nothing, reader stopped early.
     problems: list[str] = field(default_factory=list)
     # What the spec promises and the files do not give (annotations that never turn up).
@@ -87,6 +85,10 @@ class SpecCheckReport:
     unused_files: Examples = field(default_factory=Examples)
     unused_by_folder: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+
+    @property
+    def unreadable(self) -> Examples:
+        return self.quarantined.get("unreadable", Examples())
 
     @property
     def matched(self) -> bool:
@@ -121,6 +123,9 @@ class SpecCheckReport:
         for kind in UNPAIRED_KINDS:
             lines += _section(f"Unpaired: {kind}", self.unpaired[kind], always=True)
         lines += _section("Unreadable (file: reason)", self.unreadable, always=True)
+        for kind, examples in sorted(self.quarantined.items()):
+            if kind != "unreadable":
+                lines += _section(f"Quarantined as {kind} (file: reason)", examples)
         lines += _section("Not used by the layout (no record, no quarantine, never opened)", self.unused_files, always=True)
         if len(self.unused_by_folder) > 1 and self.unused_files.count > len(self.unused_files.items):
             lines.append("  unused files by folder:")
@@ -214,20 +219,22 @@ def _paths_the_spec_names(spec: SourceSpec) -> set[str]:
     return named
 
 
-def _classify(report: SpecCheckReport, source_file: str, reason: str, named_paths: set[str]) -> None:
-    unexpected = _UNEXPECTED_LABEL.match(reason)
+def _classify(report: SpecCheckReport, item, named_paths: set[str]) -> None:
+    """Put one quarantined item in its section by its kind, never by the wording of its reason."""
+    entry = f"{item.source_file}: {item.reason}"
+    unexpected = _UNEXPECTED_LABEL.match(item.reason) if item.kind == "bad_label" else None
     if unexpected:
         where = f"column {unexpected['column']} ({unexpected['field']})"
         report.unexpected_label_values.setdefault(where, Counter())[unexpected["value"]] += 1
-    elif _NOTHING_MATCHED.search(reason) or source_file in named_paths:
+    elif item.kind == "not_found" or item.source_file in named_paths:
         # The folder, the glob or the annotation file itself: nothing below it can pair.
-        report.problems.append(f"{source_file}: {reason}")
-    elif _NO_ANNOTATION.search(reason) or (_MISSING.search(reason) and _ANNOTATION_WORD.search(reason)):
-        report.unpaired[IMAGE_WITHOUT_ANNOTATION].add(f"{source_file}: {reason}")
-    elif _MISSING.search(reason):
-        report.unpaired[ROW_WITHOUT_IMAGE].add(f"{source_file}: {reason}")
+        report.problems.append(entry)
+    elif item.kind == "unpaired":
+        report.unpaired[IMAGE_WITHOUT_ANNOTATION].add(entry)
+    elif item.kind == "orphan":
+        report.unpaired[ROW_WITHOUT_IMAGE].add(entry)
     else:
-        report.unreadable.add(f"{source_file}: {reason}")
+        report.quarantined.setdefault(item.kind, Examples()).add(entry)
 
 
 def check_source(spec: SourceSpec, root: Path | None = None) -> SpecCheckReport:
@@ -236,8 +243,6 @@ def check_source(spec: SourceSpec, root: Path | None = None) -> SpecCheckReport:
     Writes nothing under the data root: pixels go to a temporary blob store deleted afterwards.
     """
     import json
-
-    from medtrinity_assets.sources import IngestContext, Quarantined, read_source
 
     started = time.perf_counter()
     root = Path(root).resolve() if root else source_root(spec)
@@ -265,7 +270,7 @@ def check_source(spec: SourceSpec, root: Path | None = None) -> SpecCheckReport:
                     break
                 if isinstance(item, Quarantined):
                     mentioned.add(item.source_file)
-                    _classify(report, item.source_file, item.reason, named_paths)
+                    _classify(report, item, named_paths)
                     continue
                 record_files.add(item["source_file"])
                 annotations = json.loads(item["annotations"] or "[]")

@@ -5,8 +5,8 @@ kind); ``main`` first materializes ingest -> normalize -> ground for the sources
 a temporary data root (the demo sources copied from their installed packages), so it can be run
 on any machine without touching var/:
 
-    python -m medtrinity_assets.grounding.side_report                 # demo + realdata sources
-    python -m medtrinity_assets.grounding.side_report ibsi_sts_dicom  # just these
+    python -m medtrinity_assets.side_report                 # demo + realdata sources
+    python -m medtrinity_assets.side_report ibsi_sts_dicom  # just these
 """
 
 from __future__ import annotations

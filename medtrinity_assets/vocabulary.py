@@ -219,3 +219,15 @@ def record_labels(record: dict, rois: Iterable[dict]) -> list[str]:
         if label and display_label(label) not in labels:
             labels.append(display_label(label))
     return labels
+
+
+# Intensity words of grounding.attributes, mapped to the direction they state (retrieval reads
+# the same table to drop a passage whose appearance contradicts the measurement).
+INTENSITY_DIRECTION = {
+    "hyperdense": "higher", "hypodense": "lower", "isodense": "similar",
+    "hyperintense": "higher", "hypointense": "lower", "isointense": "similar",
+    "hyperechoic": "higher", "hypoechoic": "lower", "isoechoic": "similar",
+    "more opaque": "higher", "more lucent": "lower", "similar density": "similar",
+    "increased uptake": "higher", "decreased uptake": "lower", "similar uptake": "similar",
+    "brighter": "higher", "darker": "lower", "similar brightness": "similar",
+}
