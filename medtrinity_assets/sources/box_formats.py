@@ -409,7 +409,7 @@ def _table_lines(settings: BoxAnnotations, text: str, table: BoxTable) -> list[t
         start = re.compile(settings.preamble_until)
         first = next((index for index, (_, line) in enumerate(numbered) if start.search(line)), None)
         if first is None:
-            table.problem(table.source, "no line of the box table matches preamble_until: the table was not found")
+            table.problem(table.source, "no line of the box table matches preamble_until: the table was not found", kind="invalid_annotation")
             return []
         numbered = numbered[first:]
     lines = []
@@ -583,11 +583,11 @@ def _read_xml(root: Path, xml_file: str, table: BoxTable, what: str):
     try:
         return SafeElementTree.parse(root / xml_file).getroot()
     except FileNotFoundError:
-        table.problems.append(Quarantined(xml_file, f"{what} is absent", kind="unpaired"))
+        table.problems.append(Quarantined(xml_file, f"{what} is absent", kind="not_found"))
     except DefusedXmlException as error:
         table.problems.append(Quarantined(xml_file, f"{what} declares entities or external references ({type(error).__name__}): refused", kind="unsupported"))
     except (SafeElementTree.ParseError, OSError) as error:
-        table.problems.append(Quarantined(xml_file, f"malformed {what}: {type(error).__name__}: {error}"))
+        table.problems.append(Quarantined(xml_file, f"malformed {what}: {type(error).__name__}: {error}", kind="unreadable"))
     return None
 
 

@@ -32,7 +32,7 @@ from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import IngestContext, Quarantined
 from medtrinity_assets.storage import BlobStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def ingest(spec, root: Path, out: Path):

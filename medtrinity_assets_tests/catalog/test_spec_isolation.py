@@ -14,7 +14,7 @@ import yaml
 from medtrinity_assets.catalog import load_catalog, load_catalog_report
 from medtrinity_assets.paths import catalog_dir
 
-WORKTREE = Path(__file__).resolve().parent.parent
+WORKTREE = Path(__file__).resolve().parents[2]
 GOOD = "demo_fundus_normal"
 
 

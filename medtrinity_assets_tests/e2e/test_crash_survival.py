@@ -18,7 +18,7 @@ import pytest
 from medtrinity_assets.paths import REPO_ROOT
 
 SHIPPED_INSTANCE = REPO_ROOT / "dagster_home" / "dagster.yaml"
-WORKTREE = Path(__file__).resolve().parent.parent
+WORKTREE = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # The shipped run monitoring polls every 15 s; a dead run must be failed within this.
 FAILED_WITHIN_SECONDS = 90

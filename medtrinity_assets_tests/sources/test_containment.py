@@ -58,7 +58,7 @@ def run_isolated(code: str, timeout: float = 60, env: dict | None = None) -> sub
     """Run code in a child Python (this checkout first on sys.path) that is killed after
     ``timeout`` seconds: a walk that loops fails the test instead of hanging the suite."""
     # This checkout and the tests' helpers (spec_factory) first, as pytest has them.
-    child_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(Path(__file__).parent)])}
+    child_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(Path(__file__).parents[1])])}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, env=child_env, cwd=REPO_ROOT)
 
