@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 from PIL import Image
-from test_dataset import KVASIR, write_source
+from dataset.test_dataset import KVASIR, write_source
 
 from medtrinity_assets import cli, stages
 from medtrinity_assets.defs.assets import ASSETS_BY_NAME

@@ -18,16 +18,16 @@ import pytest
 from conftest import REALDATA, needs_realdata
 from PIL import Image
 from spec_factory import build_spec
-from test_burned_in import _run_to_triplets
+from imaging.test_burned_in import _run_to_triplets
 
 from medtrinity_assets import stages
 from medtrinity_assets.dataset.exports import held_back_flags
-from medtrinity_assets.defs.assets import _report_metadata, _triplet_thumbnails, triplets
+from medtrinity_assets.defs.assets import ASSETS_BY_NAME, _report_metadata, _triplet_thumbnails
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import MODELS, relation_for
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.preview import roi_thumbnail, thumbnails_markdown
-from medtrinity_assets.quality.checks import run_checks
+from medtrinity_assets.pipeline import run_checks
 from medtrinity_assets.quality.sql_models import run_model
 from medtrinity_assets.sources.base import pseudonymous_path
 
@@ -114,7 +114,7 @@ def test_dagster_event_log_holds_no_thumbnail_of_a_held_back_image(busi_subset, 
     monkeypatch.setenv("MEDTRINITY_SALT", "test-salt")
     settings = PipelineSettings(data_root=str(root.root), catalog=str(catalog))
     with dg.instance_for_test() as instance:
-        result = dg.materialize([triplets], partition_key="busi", instance=instance, resources={"settings": settings})
+        result = dg.materialize([ASSETS_BY_NAME["triplets"]], partition_key="busi", instance=instance, resources={"settings": settings})
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("triplets"))
         preview = event.asset_materialization.metadata["preview"].value

@@ -24,7 +24,7 @@ from spec_factory import PLACEHOLDER_METADATA, build_spec
 from medtrinity_assets import cli
 from medtrinity_assets.catalog import CatalogError, load_spec
 from medtrinity_assets.catalog.acquire import AcquisitionError, fetch_downloads, fetch_package_files
-from medtrinity_assets.catalog.check import check_source
+from medtrinity_assets.sources.check import check_source
 from medtrinity_assets.catalog.fingerprint import folder_fingerprint
 from medtrinity_assets.paths import REPO_ROOT
 from medtrinity_assets.sources import IngestContext, Quarantined, read_source
@@ -187,7 +187,7 @@ def test_self_linking_folders_do_not_hang_ingest_the_sensor_or_check_source(tmp_
         from spec_factory import build_spec
         from medtrinity_assets import cli
         from medtrinity_assets.defs.automation import raw_files_sensor
-        from medtrinity_assets.catalog.check import _files_under, check_source
+        from medtrinity_assets.sources.check import _files_under, check_source
         from medtrinity_assets.catalog.fingerprint import folder_fingerprint
         from medtrinity_assets.sources import IngestContext, Quarantined, read_source
         from medtrinity_assets.storage import BlobStore

@@ -17,7 +17,7 @@ from PIL import Image
 from spec_factory import build_spec
 
 from medtrinity_assets import cli
-from medtrinity_assets.catalog.check import check_source
+from medtrinity_assets.sources.check import check_source
 from medtrinity_assets.sources import read_source
 from medtrinity_assets.sources.base import IngestContext, Quarantined
 from medtrinity_assets.storage import BlobStore
