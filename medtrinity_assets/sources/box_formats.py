@@ -23,7 +23,6 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from xml.etree import ElementTree
 
 import yaml
 from defusedxml import DefusedXmlException
@@ -302,8 +301,11 @@ def parse_voc(root: Path, image_paths: list[str], template: str) -> BoxTable:
             table.problem(xml_file, f"VOC XML of {image_path} leads outside the source folder; not read", kind="outside_source")
             continue
         try:
-            document = ElementTree.parse(root / xml_file).getroot()
-        except (ElementTree.ParseError, OSError) as error:
+            document = SafeElementTree.parse(root / xml_file).getroot()
+        except DefusedXmlException as error:
+            table.problem(xml_file, f"VOC XML of {image_path} declares entities or external references ({type(error).__name__}): refused", kind="unsupported")
+            continue
+        except (SafeElementTree.ParseError, OSError) as error:
             table.problem(xml_file, f"malformed VOC XML of {image_path}: {error}", kind="unreadable")
             continue
         width, height = _number(document.findtext("size/width")), _number(document.findtext("size/height"))

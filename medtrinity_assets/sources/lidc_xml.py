@@ -24,13 +24,14 @@ or whose coordinates are not numbers, are quarantined with counts, never with UI
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
 from xml.etree.ElementTree import Element
 
 import numpy as np
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeElementTree
 from skimage import draw
 
 from medtrinity_assets.catalog.layouts import DicomLayout
@@ -193,8 +194,12 @@ def collect_lidc_annotations(
     problems: list[Quarantined] = []
     for source_file in xml_files:
         try:
-            message = ElementTree.parse(root / source_file).getroot()
-        except ElementTree.ParseError as error:
+            message = SafeElementTree.parse(root / source_file).getroot()
+        except DefusedXmlException as error:
+            # An entity declaration could expand into gigabytes or read another file.
+            problems.append(Quarantined(source_file, f"XML declares entities or external references ({type(error).__name__}): refused", kind="unsupported"))
+            continue
+        except SafeElementTree.ParseError as error:
             # The parser's message is a position ("line 3, column 4"), never the file's text.
             problems.append(Quarantined(source_file, f"not a well-formed XML file: {error}", kind="unreadable"))
             continue

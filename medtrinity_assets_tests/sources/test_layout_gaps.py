@@ -457,3 +457,21 @@ def test_polygon_xml_with_an_entity_declaration_is_refused_not_expanded(tmp_path
     assert annotations_of(records[0]) == []
     assert [(q.source_file, q.kind) for q in quarantined] == [("annotations/a.xml", "unsupported")]
     assert "xxxx" not in quarantined[0].reason
+
+
+def test_voc_xml_with_an_entity_declaration_is_refused_not_expanded(tmp_path):
+    root = tmp_path / "hostile_voc"
+    write_png(root / "JPEGImages" / "a.png")
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "a.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;">]>'
+        "<annotation><size><width>80</width><height>64</height></size><object><name>&y;</name>"
+        "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"
+    )
+    records, quarantined = ingest(tmp_path, root, id="hostile_voc", modality="endoscopy", organs=["colon"],
+                                  annotation_kinds=["box"],
+                                  layout={"family": "boxes", "image_glob": "JPEGImages/*.png",
+                                          "boxes": {"format": "voc", "annotation_template": "Annotations/{stem}.xml"}})
+    assert annotations_of(records[0]) == []
+    assert [(q.source_file, q.kind) for q in quarantined] == [("Annotations/a.xml", "unsupported")]
+    assert "xxxx" not in quarantined[0].reason

@@ -217,3 +217,19 @@ def test_lidc_catalog_spec_reads_the_xml_with_two_reader_consensus():
     assert spec.layout.lidc_xml_glob and spec.layout.lidc_min_readers == 2
     assert spec.slicing.rule == "annotated_plus_context" and "lung nodule" in spec.diseases
     assert "mask" in spec.annotation_kinds
+
+
+@needs_realdata
+def test_lidc_xml_with_an_entity_declaration_is_refused_not_expanded(tmp_path):
+    """An entity declaration could expand into gigabytes (or read another file): refused as
+    unsupported, its expansion never reaching a reason; the images still read."""
+    root = tmp_path / "src"
+    copy_series(root)
+    (root / SERIES_DIR / "069.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;&x;&x;">]>'
+        "<LidcReadMessage><readingSession>&y;</readingSession></LidcReadMessage>"
+    )
+    ctx, records, quarantined = ingest(lidc_spec(min_readers=1), root, tmp_path / "out")
+    assert [(q.source_file, q.kind) for q in quarantined] == [(f"{SERIES_DIR}/069.xml", "unsupported")]
+    assert "xxxx" not in quarantined[0].reason
+    assert records
