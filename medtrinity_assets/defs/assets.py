@@ -171,8 +171,9 @@ def build_assets(registry=STAGES) -> dict[str, dg.AssetsDefinition]:
 ASSETS_BY_NAME = build_assets()
 ASSETS = list(ASSETS_BY_NAME.values())
 PARTITIONED_ASSETS = [ASSETS_BY_NAME[stage.name] for stage in STAGES if stage.partitioned]
-knowledge_base = ASSETS_BY_NAME["knowledge_base"]
-medtrinity_dataset = ASSETS_BY_NAME["medtrinity_dataset"]
+# Each stage's asset is also a module attribute under its name
+# (``from medtrinity_assets.defs.assets import triplets``), a new stage's included.
+globals().update(ASSETS_BY_NAME)
 
 
 # The quarantine tables are written by every stage as a side table; declaring them as an asset

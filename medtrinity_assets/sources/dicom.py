@@ -18,6 +18,7 @@ import numpy as np
 from medtrinity_assets.imaging.deid import patient_identifier
 from medtrinity_assets.imaging.dicom_io import (
     ANNOTATION_MODALITIES,
+    NON_IMAGE_MODALITIES,
     DicomHeader,
     NotAnImageObject,
     PixelDecodeError,
@@ -101,6 +102,12 @@ def _record(
     )
 
 
+def _not_an_image_kind(header: DicomHeader) -> str:
+    """check_is_image refused the object: a modality without an image (SR, RTPLAN...) is
+    unsupported; an image modality without its pixel data was cut off, so it is unreadable."""
+    return "unsupported" if header.modality in NON_IMAGE_MODALITIES | ANNOTATION_MODALITIES else "unreadable"
+
+
 def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> IngestStream:
     rel = _relative(ctx, path)
     try:
@@ -109,7 +116,7 @@ def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> Inge
         check_is_image(header)
         deidentify_dataset(ctx, ds, header)
     except NotAnImageObject as error:
-        yield Quarantined(rel, str(error), kind="unsupported")
+        yield Quarantined(rel, str(error), kind=_not_an_image_kind(header))
         return
     except Exception as error:  # truncated, not DICOM, empty: quarantine, never stop the source
         yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}", kind="unreadable")
@@ -229,7 +236,7 @@ def _scan(ctx: IngestContext, files: Iterable[Path]):
             # Checked before series are formed: a broken slice must not join (and renumber) one.
             problem = pixel_data_problem(ds)
         except NotAnImageObject as error:
-            yield Quarantined(rel, str(error), kind="unsupported")
+            yield Quarantined(rel, str(error), kind=_not_an_image_kind(header))
             continue
         except TooLarge as error:
             yield Quarantined(rel, str(error), kind="too_large")

@@ -61,7 +61,7 @@ class MaskPlan:
 class MaskProblem(Exception):
     """A mask that makes its image unusable; the message is the quarantine reason."""
 
-    def __init__(self, reason: str, kind: str):
+    def __init__(self, reason: str, *, kind: str):
         super().__init__(reason)
         self.kind = kind  # quarantine kind (sources.base.QUARANTINE_KINDS)
 
@@ -182,7 +182,7 @@ def _read_one_mask(ctx: IngestContext, layout: ImageMaskLayout, path: str, image
         ) from None
     except ImageReadError as error:
         what = "mask too large" if error.kind == "too_large" else "unreadable mask"
-        raise MaskProblem(f"{what} {path}: {error.cause}", error.kind) from None
+        raise MaskProblem(f"{what} {path}: {error.cause}", kind=error.kind) from None
     except Exception as error:  # a decoder bug on one file must not stop the source
         raise MaskProblem(f"unreadable mask {path}: {type(error).__name__}: {error}", kind="unreadable") from None
     if mask.shape[:2] != image_shape[:2]:

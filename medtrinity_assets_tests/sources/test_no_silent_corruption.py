@@ -136,7 +136,7 @@ def ingest_to_table(tmp_path: Path, spec) -> tuple[list[dict], list[tuple]]:
     records = connection.sql(f"SELECT * FROM read_parquet('{root.table('raw_records', spec.id)}')")
     rows = [dict(zip(records.columns, values)) for values in records.fetchall()]
     quarantine = connection.sql(
-        f"SELECT source_file, reason, kind FROM read_parquet('{root.quarantine('ingest', spec.id)}')"
+        f"SELECT source_file, reason, kind FROM read_parquet('{root.quarantine('raw_records', spec.id)}')"
     ).fetchall()
     return rows, quarantine
 
