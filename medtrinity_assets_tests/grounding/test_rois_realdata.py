@@ -5,6 +5,7 @@ the pipeline runs. The shared real data are linked into a temporary folder, neve
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -34,13 +35,14 @@ CORNER_SPECK = "cju0u2g7pmnux0801vkk47ivj"
 
 
 def linked_kvasir(tmp_path, ids: list[str]):
-    """A Kvasir-SEG folder of symbolic links to some of the shared images, and its spec."""
+    """A throw-away Kvasir-SEG folder with copies of some of the shared images, and its spec.
+    Copies, not links: a link leaving the source folder is refused by ingest (containment)."""
     root = tmp_path / "kvasir"
     for folder in ("images", "masks"):
         (root / folder).mkdir(parents=True)
         for image_id in ids:
-            (root / folder / f"{image_id}.jpg").symlink_to(KVASIR / folder / f"{image_id}.jpg")
-    (root / "kavsir_bboxes.json").symlink_to(KVASIR / "kavsir_bboxes.json")
+            shutil.copyfile(KVASIR / folder / f"{image_id}.jpg", root / folder / f"{image_id}.jpg")
+    shutil.copyfile(KVASIR / "kavsir_bboxes.json", root / "kavsir_bboxes.json")
     return kvasir_realdata_spec(root)
 
 
