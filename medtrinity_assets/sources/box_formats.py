@@ -285,6 +285,33 @@ def parse_yolo(root: Path, image_paths: list[str], template: str, class_names: d
     return table
 
 
+def _read_xml(root: Path, xml_file: str, table: BoxTable, what: str):
+    """The document root, or None with a problem. defusedxml refuses entity declarations and
+    external references: an annotation file must not expand into gigabytes or read other files."""
+    try:
+        return SafeElementTree.parse(root / xml_file).getroot()
+    except FileNotFoundError:
+        table.problems.append(Quarantined(xml_file, f"{what} is absent", kind="not_found"))
+    except DefusedXmlException as error:
+        table.problems.append(Quarantined(xml_file, f"{what} declares entities or external references ({type(error).__name__}): refused", kind="unsupported"))
+    except (SafeElementTree.ParseError, OSError) as error:
+        table.problems.append(Quarantined(xml_file, f"malformed {what}: {type(error).__name__}: {error}", kind="unreadable"))
+    return None
+
+
+def _image_xml(root: Path, template: str, image_path: str, table: BoxTable, what: str):
+    """The parsed per-image XML of ``image_path`` (found by ``template``); None when the image has
+    none (no annotation), or with a problem when it leads outside the source or cannot be parsed."""
+    xml_file = annotation_file_for(template, image_path)
+    table.note_image(image_path, image_path)
+    if not (root / xml_file).is_file():
+        return xml_file, None
+    if inside_file(root, xml_file) is None:
+        table.problem(xml_file, f"{what} of {image_path} leads outside the source folder; not read", kind="outside_source")
+        return xml_file, None
+    return xml_file, _read_xml(root, xml_file, table, f"{what} of {image_path}")
+
+
 def parse_voc(root: Path, image_paths: list[str], template: str) -> BoxTable:
     """Pascal VOC XML: <object><name>, <bndbox> xmin ymin xmax ymax, <difficult>.
 
@@ -293,20 +320,8 @@ def parse_voc(root: Path, image_paths: list[str], template: str) -> BoxTable:
     """
     table = BoxTable(template)
     for image_path in image_paths:
-        xml_file = annotation_file_for(template, image_path)
-        table.note_image(image_path, image_path)
-        if not (root / xml_file).is_file():
-            continue
-        if inside_file(root, xml_file) is None:
-            table.problem(xml_file, f"VOC XML of {image_path} leads outside the source folder; not read", kind="outside_source")
-            continue
-        try:
-            document = SafeElementTree.parse(root / xml_file).getroot()
-        except DefusedXmlException as error:
-            table.problem(xml_file, f"VOC XML of {image_path} declares entities or external references ({type(error).__name__}): refused", kind="unsupported")
-            continue
-        except (SafeElementTree.ParseError, OSError) as error:
-            table.problem(xml_file, f"malformed VOC XML of {image_path}: {error}", kind="unreadable")
+        xml_file, document = _image_xml(root, template, image_path, table, "VOC XML")
+        if document is None:
             continue
         width, height = _number(document.findtext("size/width")), _number(document.findtext("size/height"))
         if width and height and width > 0 and height > 0:
@@ -579,20 +594,6 @@ def parse_keyed_json(root: Path, settings: BoxAnnotations) -> BoxTable:
 # --------------------------------------------------------------------------- XML polygons
 
 
-def _read_xml(root: Path, xml_file: str, table: BoxTable, what: str):
-    """The document root, or None with a problem. defusedxml refuses entity declarations and
-    external references: an annotation file must not expand into gigabytes or read other files."""
-    try:
-        return SafeElementTree.parse(root / xml_file).getroot()
-    except FileNotFoundError:
-        table.problems.append(Quarantined(xml_file, f"{what} is absent", kind="not_found"))
-    except DefusedXmlException as error:
-        table.problems.append(Quarantined(xml_file, f"{what} declares entities or external references ({type(error).__name__}): refused", kind="unsupported"))
-    except (SafeElementTree.ParseError, OSError) as error:
-        table.problems.append(Quarantined(xml_file, f"malformed {what}: {type(error).__name__}: {error}", kind="unreadable"))
-    return None
-
-
 def _xml_shapes(table: BoxTable, shapes: XmlShapes, fixed_label: str | None, scope, image: str, where: str) -> None:
     """The polygons under ``scope`` (the document or one image element) into ``table``."""
     for index, shape in enumerate(scope.findall(shapes.shape_path), start=1):
@@ -644,14 +645,7 @@ def parse_xml_polygons(root: Path, image_paths: list[str], settings: BoxAnnotati
     template = settings.annotation_template or ""
     table = BoxTable(template)
     for image_path in image_paths:
-        xml_file = annotation_file_for(template, image_path)
-        table.note_image(image_path, image_path)
-        if not (root / xml_file).is_file():
-            continue
-        if inside_file(root, xml_file) is None:
-            table.problem(xml_file, f"polygon annotation file of {image_path} leads outside the source folder; not read", kind="outside_source")
-            continue
-        document = _read_xml(root, xml_file, table, f"polygon annotation file of {image_path}")
+        xml_file, document = _image_xml(root, template, image_path, table, "polygon annotation file")
         if document is not None:
             _xml_shapes(table, settings.xml, settings.fixed_label, document, image_path, xml_file)
     return table
