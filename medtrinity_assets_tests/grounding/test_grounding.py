@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw
 from spec_factory import build_spec
