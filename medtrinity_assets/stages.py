@@ -25,6 +25,7 @@ from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
 from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
 from medtrinity_assets.paths import DataRoot
+from medtrinity_assets.sources.base import describe_error
 from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, write_table
 
 @dataclass
@@ -86,8 +87,17 @@ def stage_tables(
     report.output = str(out)
 
 
-def _describe_error(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
+def _each_record(rows: Iterator[dict], report: StageReport, quarantine, what: str, work) -> Iterator[tuple[dict, object]]:
+    """(record, work(record)) for each row; a record whose work raises is quarantined as
+    "cannot {what}" and the stage goes on with the next one."""
+    for record in rows:
+        report.inputs += 1
+        try:
+            result = work(record)
+        except Exception as error:
+            quarantine.add(record["source_file"], f"cannot {what}: {describe_error(error)}", record["record_id"], kind="stage_error")
+            continue
+        yield record, result
 
 
 def _load_png(blobs: BlobStore, rel: str) -> np.ndarray:
@@ -133,7 +143,7 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
             except StopIteration:
                 break
             except Exception as error:  # a reader bug must not lose the rows already read
-                quarantine_add(None, f"reader stopped early: {_describe_error(error)}", kind="stage_error")
+                quarantine_add(None, f"reader stopped early: {describe_error(error)}", kind="stage_error")
                 break
             report.inputs += 1
             if isinstance(item, Quarantined):
@@ -165,22 +175,18 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
     source = _require(data_root.table("raw_records", spec.id), "normalized_images")
     out = data_root.table("normalized_images", spec.id)
     with stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES) as (writer, quarantine):
-        for record in stream_rows(f"SELECT * FROM {read_parquet(source)} ORDER BY record_id"):
-            report.inputs += 1
-            try:
-                pixels = blobs.get_array(record["pixel_ref"])
-                normalized = normalize_pixels(pixels, record, spec.intensity_rule(), max_side=max_side)
-                png = encode_png(normalized.display)
-                digest, rel = blobs.put("images", png, "png")
-            except Exception as error:
-                quarantine.add(record["source_file"], f"cannot normalize: {_describe_error(error)}", record["record_id"], kind="stage_error")
-                continue
+        def normalize_and_store(record: dict):
+            normalized = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec.intensity_rule(), max_side=max_side)
+            return normalized, *blobs.put("images", encode_png(normalized.display), "png")
+
+        rows = stream_rows(f"SELECT * FROM {read_parquet(source)} ORDER BY record_id")
+        for record, (normalized, digest, rel) in _each_record(rows, report, quarantine, "normalize", normalize_and_store):
             try:
                 burned_in = detect_burned_in(normalized.display)
             except Exception as error:
                 # An image nobody could check for burned-in text must not reach training unseen.
                 quarantine.add(
-                    record["source_file"], f"cannot check for burned-in text: {_describe_error(error)}", record["record_id"],
+                    record["source_file"], f"cannot check for burned-in text: {describe_error(error)}", record["record_id"],
                     kind="stage_error",
                 )
                 continue
@@ -228,26 +234,22 @@ def _records_with_images(data_root: DataRoot, source_id: str) -> str:
 
 def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     from medtrinity_assets.grounding.relations import relate
-    from medtrinity_assets.grounding.rois import ground_record
+    from medtrinity_assets.grounding.rois import REFERENCE_PREFIX, ground_record
 
     report = StageReport("rois", spec.id)
     blobs = BlobStore(data_root.root)
     _require(data_root.table("normalized_images", spec.id), "rois")
     out = data_root.table("rois", spec.id)
-    from medtrinity_assets.grounding.rois import REFERENCE_PREFIX
-
     origins: Counter = Counter()
     tally: Counter = Counter()
     with stage_tables(report, data_root, out, schemas.ROIS) as (writer, quarantine):
-        for record in stream_rows(_records_with_images(data_root, spec.id)):
-            report.inputs += 1
-            try:
-                display = _load_png(blobs, record["image_path"])
-                rois, problems = ground_record(record, display, record["scale"], blobs, spec, tally)
-                relate(rois)
-            except Exception as error:
-                quarantine.add(record["source_file"], f"cannot ground: {_describe_error(error)}", record["record_id"], kind="stage_error")
-                continue
+        def ground_and_relate(record: dict):
+            rois, problems = ground_record(record, _load_png(blobs, record["image_path"]), record["scale"], blobs, spec, tally)
+            relate(rois)
+            return rois, problems
+
+        rows = stream_rows(_records_with_images(data_root, spec.id))
+        for record, (rois, problems) in _each_record(rows, report, quarantine, "ground", ground_and_relate):
             # An annotation that yields no usable region is reported; the image keeps its
             # other ROIs (or its whole-image entry), so nothing else is lost. Publisher boxes
             # the cross-check could not match are reported as they are (nothing was dropped).
@@ -308,13 +310,8 @@ def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     by_provenance: Counter = Counter()
     by_state: Counter = Counter()
     with stage_tables(report, data_root, out, schemas.FACTS) as (writer, quarantine):
-        for record in stream_rows(_records_with_rois_and_images(data_root, spec.id)):
-            report.inputs += 1
-            try:
-                facts = build_facts(record, record["rois"], spec)
-            except Exception as error:
-                quarantine.add(record["source_file"], f"cannot build facts: {_describe_error(error)}", record["record_id"], kind="stage_error")
-                continue
+        rows = stream_rows(_records_with_rois_and_images(data_root, spec.id))
+        for record, facts in _each_record(rows, report, quarantine, "build facts", lambda r: build_facts(r, r["rois"], spec)):
             for fact in facts:
                 by_provenance[fact.provenance] += 1
                 if fact.attribute == "label_state":
@@ -341,13 +338,8 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     _require(data_root.table("rois", spec.id), "coarse_captions")
     out = data_root.table("coarse_captions", spec.id)
     with stage_tables(report, data_root, out, schemas.COARSE_CAPTIONS) as (writer, quarantine):
-        for record in stream_rows(_records_with_rois(data_root, spec.id)):
-            report.inputs += 1
-            try:
-                caption = coarse_caption(record, record["rois"], spec)
-            except Exception as error:
-                quarantine.add(record["source_file"], f"cannot caption: {_describe_error(error)}", record["record_id"], kind="stage_error")
-                continue
+        rows = stream_rows(_records_with_rois(data_root, spec.id))
+        for record, caption in _each_record(rows, report, quarantine, "caption", lambda r: coarse_caption(r, r["rois"], spec)):
             writer.write(
                 {
                     "record_id": record["record_id"],
@@ -453,7 +445,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
                 facts = parts.pop("facts")  # the record's facts plus the knowledge the text used
                 flags = verify(parts["description"], facts)
             except Exception as error:
-                quarantine.add(record["source_file"], f"cannot describe: {_describe_error(error)}", record["record_id"], kind="stage_error")
+                quarantine.add(record["source_file"], f"cannot describe: {describe_error(error)}", record["record_id"], kind="stage_error")
                 continue
             flagged += bool(flags)
             state = facts.record_value("label_state")
