@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,9 @@ class FaultCounts:
     """Calls and faults of one endpoint (or a sum of several): goes into Dagster metadata.
 
     ``calls`` counts ``complete`` calls (cache hits included), ``requests`` the HTTP requests
-    made, ``retries`` the requests after the first of a call. Tokens and ``cost_usd`` are those
-    of requests made in this run; cache hits cost nothing.
+    made, ``retries`` the requests after the first of a call, ``failures`` the calls that raised,
+    ``cache_errors`` the answers that could not be written to the cache (returned all the same).
+    Tokens and ``cost_usd`` are those of requests made in this run; cache hits cost nothing.
     """
 
     calls: int = 0
@@ -121,6 +122,7 @@ class FaultCounts:
     truncated: int = 0
     circuit_open: int = 0
     failures: int = 0
+    cache_errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -404,6 +406,15 @@ class ChatEndpoint:
             )
         return key
 
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ChatEndpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- counters -----------------------------------------------------------------------------
 
     @property
@@ -478,16 +489,17 @@ class ChatEndpoint:
             truncated=1 if finish_reason == "length" else 0,
         )
         if self.cache is not None:
-            self.cache.put(
-                key,
-                {
-                    "model": self.config.model,
-                    "params": sent,
-                    "text": text,
-                    "finish_reason": finish_reason,
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-                },
-            )
+            entry = {
+                "model": self.config.model,
+                "params": sent,
+                "text": text,
+                "finish_reason": finish_reason,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+            }
+            try:
+                self.cache.put(key, entry)
+            except OSError:
+                self._count(cache_errors=1)  # a paid answer is not thrown away for want of a cache
         return ChatResult(
             text=text,
             finish_reason=finish_reason,
