@@ -27,6 +27,16 @@ retry it (with more tokens, or ``attempt=1`` for a fresh sample) is the writer's
 stripped, the first balanced ``{...}`` that parses is returned; text with an object that never
 closes raises ``TruncatedOutputError``, text with none that parses ``MalformedOutputError``.
 
+Use::
+
+    config = EndpointConfig(base_url="http://127.0.0.1:8080/v1", model="smollm2", api_key_env=None,
+                            timeout_s=60, cache_dir=data_root / "llm_cache",
+                            prices={"gpt-4o-mini": Price(0.15, 0.60)})
+    with ChatEndpoint(config) as endpoint:
+        result = endpoint.complete(messages, max_tokens=512, response_format={"type": "json_object"})
+        parts = parse_json_object(result.text)      # TruncatedOutputError if result.truncated
+    metadata = endpoint.counts.as_metadata()         # calls, retries, http_429, ..., cost_usd
+
 Nothing here depends on Dagster or on the writers.
 """
 
