@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from fault_server import FaultServer, Step
+from generation.fault_server import FaultServer, Step
 
 from medtrinity_assets.generation import llm_client
 from medtrinity_assets.generation.llm_client import (
