@@ -145,11 +145,11 @@ def _tag_font(size: tuple[int, int]) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=max(16, max(size) // 24))
 
 
-def _place_tag(edge: np.ndarray, tag: tuple[int, int], taken: list[tuple[int, int, int, int]]) -> tuple[int, int]:
-    """Top-left corner for a ``tag`` (width, height) box touching the region's outline: above
+def _place_tag(edge: np.ndarray, tag: tuple[int, int], taken: list[tuple[int, int, int, int]], lines: np.ndarray) -> tuple[int, int]:
+    """Top-left corner for a ``tag`` (width, height) box beside the region's outline: above
     its topmost point, else left of its leftmost, below its lowest, right of its rightmost.
-    The first spot inside the image that overlaps no earlier tag wins; if none, the first one
-    that overlaps no earlier tag once clamped into the image, else the first, clamped."""
+    The first spot inside the image that covers no earlier tag and no drawn outline (``lines``)
+    wins; if none, the first that does so once clamped into the image, else the first, clamped."""
     height, width = edge.shape
     ys, xs = np.nonzero(edge)
     tag_w, tag_h = tag
@@ -165,6 +165,8 @@ def _place_tag(edge: np.ndarray, tag: tuple[int, int], taken: list[tuple[int, in
 
     def free(spot):
         x, y = spot
+        if lines[y : y + tag_h, x : x + tag_w].any():
+            return False
         return not any(x < bx1 and bx0 < x + tag_w and y < by1 and by0 < y + tag_h for bx0, by0, bx1, by1 in taken)
 
     for spot, wanted in zip(clamped, spots):
@@ -187,8 +189,11 @@ def draw_roi_outlines(image: np.ndarray, rois: Sequence[Mapping], data_root: Pat
     ]
     edges = [(number, edge) for number, edge in edges if edge.any()]
     # Every rim first, then every line: one region's rim never cuts through another's line.
+    lines = np.zeros(pixels.shape[:2], dtype=bool)
     for _, edge in edges:
-        pixels[thicken(edge, RIM_RADIUS)] = RIM_COLOUR
+        rim = thicken(edge, RIM_RADIUS)
+        pixels[rim] = RIM_COLOUR
+        lines |= rim
     for _, edge in edges:
         pixels[thicken(edge, LINE_RADIUS)] = OUTLINE_COLOUR
     canvas = Image.fromarray(pixels)
@@ -200,7 +205,7 @@ def draw_roi_outlines(image: np.ndarray, rois: Sequence[Mapping], data_root: Pat
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         pad = 3
         tag = (right - left + 2 * pad, bottom - top + 2 * pad)
-        x, y = _place_tag(edge, tag, taken)
+        x, y = _place_tag(edge, tag, taken, lines)
         taken.append((x, y, x + tag[0], y + tag[1]))
         draw.rectangle([x, y, x + tag[0] - 1, y + tag[1] - 1], fill=RIM_COLOUR, outline=OUTLINE_COLOUR)
         draw.text((x + pad - left, y + pad - top), text, fill=OUTLINE_COLOUR, font=font)
