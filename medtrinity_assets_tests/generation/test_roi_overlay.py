@@ -163,8 +163,9 @@ def test_box_only_roi_gives_a_rectangle_at_the_box(records):
 
 
 def test_numbers_follow_the_order_given(records):
-    """The tag beside a region reads the region's position in the list: swapping the two
-    regions swaps the two tags (the tag box is opaque, so its pixels are the digit's alone)."""
+    """The tag beside a region reads the region's position in the list: the first of two bears
+    the tag a region alone bears ("1"), and swapping the two swaps the tags (the tag box is
+    opaque, so its pixels are the digit's alone)."""
     data_root, image_path, rois = records["benign (4)"]
     assert len(rois) == 2
 
@@ -181,6 +182,8 @@ def test_numbers_follow_the_order_given(records):
     one = tag_near([first, second], first)
     two = tag_near([first, second], second)
     assert not np.array_equal(one, two)
+    # A region alone is region 1: the first of two carries the same tag.
+    assert np.array_equal(tag_near([first], first), one)
     assert np.array_equal(tag_near([second, first], second), one)
     assert np.array_equal(tag_near([second, first], first), two)
 
