@@ -259,3 +259,21 @@ def test_vlm_content_reaches_an_openai_compatible_server_as_an_image_part(record
     sent = body["messages"][0]["content"]
     assert json.loads(json.dumps(sent)) == content
     assert max(decode(sent[1]["image_url"]["url"]).shape[:2]) <= 256
+
+
+def test_preview_thumbnail_reads_no_mask_outside_the_data_root(records, tmp_path):
+    """The UI thumbnail draws with the same edge code and the same containment: a mask path
+    leaving the data root is not read, the ROI's box is drawn instead."""
+    from medtrinity_assets.preview import roi_thumbnail
+
+    data_root, image_path, rois = records[KVASIR]
+    outside = tmp_path / "outside_mask.png"
+    shutil.copyfile(data_root / rois[0]["mask_path"], outside)
+
+    def thumbnail(mask_path):
+        roi = {"roi_id": "r", "origin": "annotation:mask", "mask_path": mask_path, "box": [rois[0][k] for k in ("x0", "y0", "x1", "y1")]}
+        return roi_thumbnail(data_root, image_path, json.dumps([roi]), size=512)
+
+    boxed = thumbnail(None)
+    assert thumbnail(os.path.relpath(outside, data_root)) == boxed
+    assert thumbnail(rois[0]["mask_path"]) != boxed
