@@ -141,7 +141,8 @@ def _roi_edge(roi: Mapping, data_root: Path, source_size: tuple[int, int], size:
 
 
 def _tag_font(size: tuple[int, int]) -> ImageFont.FreeTypeFont:
-    # About 21 px digits on a 512 px image, 32 px at 768: legible at a model's high-detail tiles.
+    # A 21 px font on a 512 px image (digits about 15 px high), 32 px at 768: legible to a
+    # model at high detail, small beside most lesions.
     return ImageFont.load_default(size=max(16, max(size) // 24))
 
 
@@ -161,7 +162,7 @@ def _place_tag(edge: np.ndarray, tag: tuple[int, int], taken: list[tuple[int, in
         (int(xs[bottom]) - tag_w // 2, int(ys[bottom]) + gap + 1),
         (int(xs[right]) + gap + 1, int(ys[right]) - tag_h // 2),
     ]
-    clamped = [(min(max(x, 0), width - tag_w), min(max(y, 0), height - tag_h)) for x, y in spots]
+    clamped = [(max(min(x, width - tag_w), 0), max(min(y, height - tag_h), 0)) for x, y in spots]
 
     def free(spot):
         x, y = spot

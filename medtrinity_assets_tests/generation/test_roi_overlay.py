@@ -14,6 +14,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +207,14 @@ def test_same_input_same_bytes_and_digest(records):
     assert image_digest(first) == image_digest(second)
     assert image_digest(first) == hashlib.sha256(base64.b64decode(first.split(",", 1)[1])).hexdigest()
     assert image_digest(overlay_data_url(image_path, rois, data_root, max_side=300)) != image_digest(first)
+    # A rerun is another process: the response cache only hits if the bytes are the same there.
+    script = (
+        "import json, sys; from medtrinity_assets.generation.roi_overlay import image_digest, overlay_data_url; "
+        "a = json.loads(sys.argv[1]); print(image_digest(overlay_data_url(a['image'], a['rois'], a['root'])))"
+    )
+    argument = json.dumps({"image": image_path, "rois": rois, "root": str(data_root)}, default=str)
+    other = subprocess.run([sys.executable, "-c", script, argument], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
+    assert other.stdout.strip() == image_digest(first)
     with pytest.raises(ValueError, match="not a base64 data URL"):
         image_digest("https://example.org/x.png")
 
