@@ -1,0 +1,315 @@
+"""The model writer against a real OpenAI-compatible server that misbehaves on a script
+(fault_server.py), through the real openai client, the real verifier and real facts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import replace
+
+import pytest
+from generation.fault_server import FaultServer, Step
+from spec_factory import build_spec
+
+from medtrinity_assets.generation import model_writer
+from medtrinity_assets.generation.facts import Fact, FactSet
+from medtrinity_assets.generation.llm_client import LLMConfigError
+from medtrinity_assets.generation.model_writer import (
+    OUTPUT_SCHEMA,
+    PROMPT_HASH,
+    PROMPT_VERSION,
+    ModelWriter,
+    build_messages,
+    read_answer,
+)
+from medtrinity_assets.generation.verifier import verify
+from medtrinity_assets.generation.writers import PART_NAMES, DescribeJob, WriterConfig, make_writer
+
+SPEC = build_spec(id="ct_liver", name="CT liver", modality="ct", organs=["liver", "abdomen"])
+PASSAGE = ("On contrast CT a liver tumour is often a focal hypodense mass; hepatocellular carcinoma "
+           "enhances in the arterial phase and washes out later.")
+KNOWLEDGE = {
+    "knowledge_ids": ["liver_tumour.appearance.ct"],
+    "knowledge_texts": [PASSAGE],
+    "knowledge_sections": json.dumps([{"entry_id": "liver_tumour", "finding": "liver tumour", "appearance": PASSAGE}]),
+}
+
+
+def liver_facts(rid: str = "rec1") -> FactSet:
+    """A CT slice with one liver tumour on the patient's left (from geometry), upper left of the image."""
+    record = [
+        Fact(rid, None, "modality", "ct", "metadata"),
+        Fact(rid, None, "organ", "liver", "metadata"),
+        Fact(rid, None, "label_state", "finding", "annotation"),
+        Fact(rid, None, "finding", "liver tumour", "annotation"),
+        Fact(rid, None, "annotated_roi_count", "1", "annotation", number=1.0),
+        Fact(rid, None, "image_width_px", "500", "measurement"),
+        Fact(rid, None, "image_height_px", "400", "measurement"),
+    ]
+    roi = [
+        Fact(rid, "a", "label", "liver tumour", "annotation"),
+        Fact(rid, "a", "origin", "annotation:mask", "annotation"),
+        Fact(rid, "a", "rank_by_area", "1", "measurement", number=1.0),
+        Fact(rid, "a", "image_horizontal", "left", "measurement"),
+        Fact(rid, "a", "image_vertical", "upper", "measurement"),
+        Fact(rid, "a", "patient_side", "left", "geometry", detail="geometry"),
+        Fact(rid, "a", "size_class", "small", "measurement"),
+        Fact(rid, "a", "area_fraction", "0.0210", "measurement", number=0.021),
+        Fact(rid, "a", "count_same_label", "1", "annotation", number=1.0),
+        Fact(rid, "a", "shape", "oval", "measurement", confidence=0.8),
+        Fact(rid, "a", "margin", "ill-defined", "measurement", confidence=0.45),
+        Fact(rid, "a", "intensity", "lower", "measurement", detail="hypodense"),
+        Fact(rid, "a", "texture", "heterogeneous", "measurement"),
+    ]
+    return FactSet(record + roi)
+
+
+def job(rid: str = "rec1") -> DescribeJob:
+    return DescribeJob(record_id=rid, source_id="ct_liver", facts=liver_facts(rid), knowledge=KNOWLEDGE,
+                       coarse_caption="A CT image of the liver with a liver tumour.", spec=SPEC)
+
+
+GOOD = {
+    "part_modality": "This is a CT image. It measures 500 by 400 pixels.",  # the second says nothing checkable
+    "part_organ_tissue": "It shows the liver. The source labels it with the finding liver tumour.",
+    "part_roi_analysis": "The tumour lies in the upper left part of the image, on the patient's left side.",
+    "part_texture_colour": "The region is hypodense compared with the surrounding liver. Its texture is heterogeneous.",
+    "part_relations": "It is small and covers 2.1% of the image.",
+    "knowledge_ids": ["liver_tumour", "not_retrieved_entry"],
+}
+# The same answer with the modality and the patient side wrong.
+WRONG = {**GOOD, "part_modality": "This is an MRI image.",
+         "part_roi_analysis": "The tumour lies in the upper left part of the image. It is on the patient's right side."}
+
+
+def answer(parts: dict) -> Step:
+    return Step.ok(json.dumps(parts), prompt_tokens=900, completion_tokens=150)
+
+
+def config(server: FaultServer, **overrides) -> WriterConfig:
+    settings = dict(kind="llm", base_url=server.base_url, model="fault-model", api_key_env=None, max_tokens=400,
+                    max_retries=2, timeout_s=5.0, prices={"fault-model": (1.0, 4.0)})
+    settings.update(overrides)
+    return WriterConfig(**settings)
+
+
+def writer(server: FaultServer, **overrides) -> ModelWriter:
+    # Fast backoff, so the fault tests wait for Retry-After and not for the default 1 s steps.
+    endpoint = {k: overrides.pop(k) for k in ("max_attempts", "breaker_threshold", "breaker_cooldown_s") if k in overrides}
+    return ModelWriter(config(server, **overrides), backoff_base_s=0.01, backoff_max_s=0.05, **endpoint)
+
+
+def sent_messages(server: FaultServer, index: int) -> list[dict]:
+    return server.requests[index]["body"]["messages"]
+
+
+# --- kept ---------------------------------------------------------------------------------------
+
+
+def test_verified_answer_is_kept_and_unchecked_sentences_dropped():
+    with FaultServer(default=answer(GOOD)) as server, closing(writer(server)) as w:
+        written = w.write(job())
+    assert written.writer == "llm" and written.fallback_reason is None
+    assert written.verified and written.flags == [] == verify(written.description, written.facts)
+    # "It measures 500 by 400 pixels." carries no claim the verifier checks: not verified, so not kept.
+    assert written.parts["part_modality"] == "This is a CT image."
+    assert written.parts["part_relations"] == GOOD["part_relations"]
+    assert (written.sentences_written, written.sentences_dropped) == (8, 1)
+    assert written.description == "\n\n".join(written.parts[name] for name in PART_NAMES)
+    # Only retrieved ids are kept; the cited entry joins the facts the text rests on.
+    assert written.knowledge_ids == ["liver_tumour"]
+    assert [f.value for f in written.facts.record("knowledge")] == ["liver_tumour"]
+    assert (written.model, written.prompt_hash, written.prompt_version) == ("fault-model", PROMPT_HASH, PROMPT_VERSION)
+    assert (written.attempts, written.prompt_tokens, written.completion_tokens) == (1, 900, 150)
+    assert written.cost_usd == pytest.approx((900 * 1.0 + 150 * 4.0) / 1e6)
+    assert not written.cached and written.faults == {}
+    body = server.requests[0]["body"]
+    assert body["response_format"] == {"type": "json_object", "schema": OUTPUT_SCHEMA}
+    assert body["max_tokens"] == 400 and body["model"] == "fault-model"
+    user = body["messages"][1]["content"]
+    assert '{"roi": "a", "attribute": "patient_side", "value": "left", "provenance": "geometry"' in user
+    assert '"attribute": "margin", "value": "ill-defined", "provenance": "measurement", "confidence": 0.45' in user
+    assert "[liver_tumour] On contrast CT a liver tumour" in user and "never copy them" in user
+    assert "A CT image of the liver with a liver tumour." in user
+
+
+def test_tolerant_reading_of_key_spellings_and_sentence_lists():
+    variant = {
+        "Modality": ["This is a CT image"],
+        "Organ and tissue": "It shows the liver.",
+        "3. ROI analysis": ["The tumour lies in the upper left part of the image", "It is on the patient's left side."],
+        "texture_color": "The region is hypodense.",
+        "RELATIONS": "It covers 2.1% of the image.",
+        "knowledge": "liver_tumour",
+    }
+    read = read_answer("Here is the JSON:\n```json\n" + json.dumps({"description": variant}) + "\n```", ["liver_tumour"])
+    assert read.missing == [] and read.knowledge_ids == ["liver_tumour"]
+    assert read.parts["part_modality"] == "This is a CT image."
+    assert read.parts["part_roi_analysis"] == ("The tumour lies in the upper left part of the image. "
+                                               "It is on the patient's left side.")
+    with FaultServer(default=Step.ok(json.dumps(variant))) as server, closing(writer(server)) as w:
+        written = w.write(job())
+    assert written.writer == "llm" and written.verified and written.attempts == 1
+
+
+def test_response_format_follows_the_config():
+    with FaultServer(default=answer(GOOD)) as server:
+        with closing(writer(server, response_format="json_schema")) as w:
+            w.write(job())
+        with closing(writer(server, response_format="none")) as w:
+            w.write(job())
+    strict = server.requests[0]["body"]["response_format"]
+    assert strict["type"] == "json_schema" and strict["json_schema"]["strict"] is True
+    assert strict["json_schema"]["schema"]["required"] == [*PART_NAMES, "knowledge_ids"]
+    assert "response_format" not in server.requests[1]["body"]
+
+
+def test_rows_written_from_several_threads_are_all_kept():
+    with FaultServer(default=answer(GOOD)) as server, closing(writer(server, concurrency=4)) as w:
+        with ThreadPoolExecutor(4) as pool:
+            rows = list(pool.map(w.write, [job(f"rec{i}") for i in range(8)]))
+        counts = w.endpoint_counts()
+    assert [r.writer for r in rows] == ["llm"] * 8 and all(r.verified for r in rows)
+    assert {r.facts.facts[0].record_id for r in rows} == {f"rec{i}" for i in range(8)}
+    assert (counts.calls, counts.requests, counts.prompt_tokens) == (8, 8, 8 * 900)
+
+
+# --- the verifier's feedback -----------------------------------------------------------------------
+
+
+def test_contradiction_is_sent_back_and_the_correction_kept():
+    with FaultServer([answer(WRONG), answer(GOOD)]) as server, closing(writer(server)) as w:
+        written = w.write(job())
+    assert written.writer == "llm" and written.verified and written.attempts == 2
+    assert written.faults == {"unverified": 1}
+    assert written.parts["part_modality"] == "This is a CT image."
+    assert (written.prompt_tokens, written.completion_tokens) == (1800, 300)
+    follow_up = sent_messages(server, 1)
+    assert follow_up[:2] == sent_messages(server, 0)
+    assert follow_up[2] == {"role": "assistant", "content": json.dumps(WRONG)}
+    feedback = follow_up[3]["content"]
+    assert follow_up[3]["role"] == "user"
+    assert '"This is an MRI image." is wrong' in feedback and "the modality is ct" in feedback
+    assert "\"It is on the patient's right side.\" is wrong" in feedback and "is left" in feedback
+    assert "upper left part of the image. It" not in feedback  # the verified sentence is not flagged
+
+
+def test_still_wrong_after_retries_drops_the_sentence_or_falls_back():
+    # Only the side sentence is wrong; its part keeps a verified sentence.
+    side_wrong = {**GOOD, "part_roi_analysis": WRONG["part_roi_analysis"]}
+    with FaultServer(default=answer(side_wrong)) as server:
+        with closing(writer(server)) as w:
+            dropped = w.write(job())
+        assert server.request_count == 3  # the first answer and two retries, no more
+        with closing(writer(server, on_unverified="fallback")) as w:
+            fallen = w.write(job())
+    assert dropped.writer == "llm" and dropped.verified and dropped.attempts == 3
+    assert dropped.parts["part_roi_analysis"] == "The tumour lies in the upper left part of the image."
+    assert "right" not in dropped.description and dropped.faults == {"unverified": 3}
+    assert (dropped.sentences_written, dropped.sentences_dropped) == (9, 2)
+    assert fallen.writer == "grounded-v2" and fallen.model == "fault-model" and fallen.attempts == 3
+    assert fallen.fallback_reason == "unverified after 3 attempts: 1 sentence contradict or are not in the facts"
+    # The grounded text carries its own verdict.
+    assert fallen.flags == verify(fallen.description, fallen.facts) == []
+
+
+def test_a_part_left_without_a_verified_sentence_falls_back():
+    with FaultServer(default=answer(WRONG)) as server, closing(writer(server, max_retries=1)) as w:
+        written = w.write(job())
+    assert server.request_count == 2 and written.writer == "grounded-v2"
+    assert written.fallback_reason == "unverified after 2 attempts: no verified sentence left in part_modality"
+    assert written.faults == {"unverified": 2} and written.parts["part_modality"].startswith(("This", "The", "Modality", "We"))
+
+
+# --- faults ----------------------------------------------------------------------------------------
+
+
+def test_malformed_then_incomplete_then_good():
+    incomplete = {k: v for k, v in GOOD.items() if k != "part_relations"}
+    script = [Step.ok("I am sorry, I cannot write JSON."), answer(incomplete), answer(GOOD)]
+    with FaultServer(script) as server, closing(writer(server)) as w:
+        written = w.write(job())
+    assert written.writer == "llm" and written.verified and written.attempts == 3
+    assert written.faults == {"incomplete": 1, "malformed": 1}
+    # A bad answer is asked for again, not argued with: same messages, a fresh cache key.
+    assert sent_messages(server, 0) == sent_messages(server, 1) == sent_messages(server, 2)
+
+
+def test_cut_off_every_time_falls_back_and_is_counted():
+    with FaultServer(default=Step.cutoff()) as server, closing(writer(server)) as w:
+        written = w.write(job())
+        counts = w.endpoint_counts()
+    assert server.request_count == 3 and written.writer == "grounded-v2" and written.verified
+    assert written.fallback_reason == "truncated output after 3 attempts"
+    assert written.faults == {"truncated": 3} and counts.truncated == 3
+    assert written.attempts == 3 and written.completion_tokens == 3 * 16
+
+
+def test_server_errors_open_the_circuit_and_every_row_still_comes_back():
+    with FaultServer(default=Step.error(500)) as server, closing(
+        writer(server, max_attempts=2, breaker_threshold=3, breaker_cooldown_s=60.0)
+    ) as w:
+        rows = [w.write(job(f"rec{i}")) for i in range(3)]
+        counts = w.endpoint_counts()
+    assert [r.writer for r in rows] == ["grounded-v2"] * 3 and all(r.verified for r in rows)
+    assert rows[0].fallback_reason == "endpoint: http_5xx after 2 requests"
+    assert rows[0].faults == {"endpoint_error": 1}
+    # The third failure opens the circuit inside the second row; the third row sends nothing.
+    assert rows[1].fallback_reason == rows[2].fallback_reason == "endpoint: circuit open"
+    assert rows[2].faults == {"circuit_open": 1} and rows[2].attempts == 0
+    assert server.request_count == 3 and counts.http_5xx == 3 and counts.circuit_open == 2
+
+
+def test_429_waits_for_retry_after():
+    with FaultServer([Step.error(429, retry_after="1"), answer(GOOD)]) as server, closing(writer(server)) as w:
+        started = time.monotonic()
+        written = w.write(job())
+        waited = time.monotonic() - started
+        counts = w.endpoint_counts()
+    assert waited >= 1.0 and server.request_count == 2
+    assert written.writer == "llm" and written.attempts == 1  # one answer, reached on the second request
+    assert (counts.http_429, counts.retries, counts.requests) == (1, 1, 2)
+
+
+def test_rerun_with_the_cache_makes_no_request_and_writes_the_same(tmp_path):
+    with FaultServer([answer(WRONG), answer(GOOD)]) as server, closing(writer(server, cache_dir=tmp_path)) as w:
+        first = w.write(job())
+    with FaultServer(default=Step.error(500)) as server, closing(writer(server, cache_dir=tmp_path)) as w:
+        again = w.write(job())
+        counts = w.endpoint_counts()
+    assert server.request_count == 0 and counts.requests == 0 and counts.cache_hits == 2
+    assert first.writer == "llm" and not first.cached and again.cached
+    assert replace(again, cached=False) == first
+
+
+def test_missing_api_key_is_an_error_naming_the_variable(monkeypatch):
+    monkeypatch.delenv("MEDTRINITY_TEST_LLM_KEY", raising=False)
+    with FaultServer() as server:
+        with pytest.raises(LLMConfigError, match="MEDTRINITY_TEST_LLM_KEY"):
+            make_writer(config(server, api_key_env="MEDTRINITY_TEST_LLM_KEY"))
+        monkeypatch.setenv("MEDTRINITY_TEST_LLM_KEY", "sk-test")
+        with FaultServer(default=answer(GOOD)) as keyed, closing(make_writer(config(keyed, api_key_env="MEDTRINITY_TEST_LLM_KEY"))) as w:
+            assert w.write(job()).writer == "llm"
+        assert keyed.requests[0]["headers"]["Authorization"] == "Bearer sk-test"
+
+
+# --- the vision writer ------------------------------------------------------------------------------
+
+
+def test_vlm_messages_carry_the_image_as_a_content_part():
+    url = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake bytes").decode()
+    messages = build_messages(liver_facts(), KNOWLEDGE, "caption", SPEC, image_url=url)
+    assert model_writer.VLM_NOTE in messages[0]["content"]
+    text, image = messages[1]["content"]
+    assert text["type"] == "text" and "patient_side" in text["text"]
+    assert image == {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_vlm_without_an_image_writes_from_the_text_and_says_so():
+    with FaultServer(default=answer(GOOD)) as server, closing(writer(server, kind="vlm")) as w:
+        written = w.write(job())
+    assert written.writer == "llm" and written.faults == {"image_unavailable": 1} and written.verified
+    assert isinstance(server.requests[0]["body"]["messages"][1]["content"], str)
