@@ -382,7 +382,8 @@ class ModelWriter:
         image_url = self._image_url(job) if self.kind == "vlm" else None
         if self.kind == "vlm" and image_url is None:
             faults["image_unavailable"] += 1
-        messages = build_messages(job.facts, job.knowledge, job.coarse_caption, job.spec, image_url)
+        first = build_messages(job.facts, job.knowledge, job.coarse_caption, job.spec, image_url)
+        messages = first
         retrieved = [p["entry_id"] for p in knowledge_passages(dict(job.knowledge or {}))]
         params = {"response_format": self.response_format} if self.response_format else {}
 
@@ -435,7 +436,9 @@ class ModelWriter:
             if not judged.count("unsupported") and not judged.empty_parts:
                 break
             if attempt < self.config.max_retries:
-                messages = [*messages, {"role": "assistant", "content": result.text},
+                # Only the latest answer and its findings follow the first prompt: the request
+                # stays within a small model's context however many retries there are.
+                messages = [*first, {"role": "assistant", "content": result.text},
                             {"role": "user", "content": feedback(judged)}]
 
         usage = dict(

@@ -204,6 +204,8 @@ def test_still_wrong_after_retries_drops_the_sentence_or_falls_back():
         with closing(writer(server)) as w:
             dropped = w.write(job())
         assert server.request_count == 3  # the first answer and two retries, no more
+        # The last retry carries the first prompt, the latest answer and its findings only.
+        assert [m["role"] for m in sent_messages(server, 2)] == ["system", "user", "assistant", "user"]
         with closing(writer(server, on_unverified="fallback")) as w:
             fallen = w.write(job())
     assert dropped.writer == "llm" and dropped.verified and dropped.attempts == 3
