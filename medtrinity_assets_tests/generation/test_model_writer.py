@@ -315,3 +315,27 @@ def test_vlm_without_an_image_writes_from_the_text_and_says_so():
         written = w.write(job())
     assert written.writer == "llm" and written.faults == {"image_unavailable": 1} and written.verified
     assert isinstance(server.requests[0]["body"]["messages"][1]["content"], str)
+
+
+def test_vlm_sends_the_overlay_and_a_rerun_hits_the_cache(tmp_path):
+    pytest.importorskip("medtrinity_assets.generation.roi_overlay")
+    from PIL import Image
+
+    image = tmp_path / "images" / "rec1.png"
+    image.parent.mkdir()
+    Image.new("L", (96, 64), 90).save(image)
+    rois = ({"roi_id": "a", "label": "liver tumour", "origin": "annotation:box", "x0": 10, "y0": 8, "x1": 40, "y1": 30,
+             "mask_path": None},)
+    vision_job = replace(job(), image_path=image, rois=rois, data_root=tmp_path)
+    cache = tmp_path / "cache"
+    with FaultServer(default=answer(GOOD)) as server:
+        with closing(writer(server, kind="vlm", cache_dir=cache)) as w:
+            first = w.write(vision_job)
+        with closing(writer(server, kind="vlm", cache_dir=cache)) as w:
+            again = w.write(vision_job)
+    assert server.request_count == 1 and again.cached and replace(again, cached=False) == first
+    assert first.writer == "vlm" and first.verified and first.faults == {}
+    text, picture = server.requests[0]["body"]["messages"][1]["content"]
+    assert text["type"] == "text" and picture["type"] == "image_url"
+    png = base64.b64decode(picture["image_url"]["url"].removeprefix("data:image/png;base64,"))
+    assert png.startswith(b"\x89PNG")
