@@ -12,10 +12,9 @@ from dataclasses import replace
 
 import pytest
 from generation.fault_server import FaultServer, Step
-from spec_factory import build_spec
+from generation.writer_jobs import CT_LIVER, LIVER_KNOWLEDGE as KNOWLEDGE, liver_job
 
 from medtrinity_assets.generation import model_writer
-from medtrinity_assets.generation.facts import Fact, FactSet
 from medtrinity_assets.generation.llm_client import LLMConfigError
 from medtrinity_assets.generation.model_writer import (
     OUTPUT_SCHEMA,
@@ -26,51 +25,7 @@ from medtrinity_assets.generation.model_writer import (
     read_answer,
 )
 from medtrinity_assets.generation.verifier import verify
-from medtrinity_assets.generation.writers import PART_NAMES, DescribeJob, WriterConfig, make_writer
-
-SPEC = build_spec(id="ct_liver", name="CT liver", modality="ct", organs=["liver", "abdomen"])
-PASSAGE = ("On contrast CT a liver tumour is often a focal hypodense mass; hepatocellular carcinoma "
-           "enhances in the arterial phase and washes out later.")
-KNOWLEDGE = {
-    "knowledge_ids": ["liver_tumour.appearance.ct"],
-    "knowledge_texts": [PASSAGE],
-    "knowledge_sections": json.dumps([{"entry_id": "liver_tumour", "finding": "liver tumour", "appearance": PASSAGE}]),
-}
-
-
-def liver_facts(rid: str = "rec1") -> FactSet:
-    """A CT slice with one liver tumour on the patient's left (from geometry), upper left of the image."""
-    record = [
-        Fact(rid, None, "modality", "ct", "metadata"),
-        Fact(rid, None, "organ", "liver", "metadata"),
-        Fact(rid, None, "label_state", "finding", "annotation"),
-        Fact(rid, None, "finding", "liver tumour", "annotation"),
-        Fact(rid, None, "annotated_roi_count", "1", "annotation", number=1.0),
-        Fact(rid, None, "image_width_px", "500", "measurement"),
-        Fact(rid, None, "image_height_px", "400", "measurement"),
-    ]
-    roi = [
-        Fact(rid, "a", "label", "liver tumour", "annotation"),
-        Fact(rid, "a", "origin", "annotation:mask", "annotation"),
-        Fact(rid, "a", "rank_by_area", "1", "measurement", number=1.0),
-        Fact(rid, "a", "image_horizontal", "left", "measurement"),
-        Fact(rid, "a", "image_vertical", "upper", "measurement"),
-        Fact(rid, "a", "patient_side", "left", "geometry", detail="geometry"),
-        Fact(rid, "a", "size_class", "small", "measurement"),
-        Fact(rid, "a", "area_fraction", "0.0210", "measurement", number=0.021),
-        Fact(rid, "a", "count_same_label", "1", "annotation", number=1.0),
-        Fact(rid, "a", "shape", "oval", "measurement", confidence=0.8),
-        Fact(rid, "a", "margin", "ill-defined", "measurement", confidence=0.45),
-        Fact(rid, "a", "intensity", "lower", "measurement", detail="hypodense"),
-        Fact(rid, "a", "texture", "heterogeneous", "measurement"),
-    ]
-    return FactSet(record + roi)
-
-
-def job(rid: str = "rec1") -> DescribeJob:
-    return DescribeJob(record_id=rid, source_id="ct_liver", facts=liver_facts(rid), knowledge=KNOWLEDGE,
-                       coarse_caption="A CT image of the liver with a liver tumour.", spec=SPEC)
-
+from medtrinity_assets.generation.writers import PART_NAMES, WriterConfig, make_writer
 
 GOOD = {
     "part_modality": "This is a CT image. It measures 500 by 400 pixels.",  # the second says nothing checkable
@@ -111,7 +66,7 @@ def sent_messages(server: FaultServer, index: int) -> list[dict]:
 
 def test_verified_answer_is_kept_and_unchecked_sentences_dropped():
     with FaultServer(default=answer(GOOD)) as server, closing(writer(server)) as w:
-        written = w.write(job())
+        written = w.write(liver_job())
     assert written.writer == "llm" and written.fallback_reason is None
     assert written.verified and written.flags == [] == verify(written.description, written.facts)
     # "It measures 500 by 400 pixels." carries no claim the verifier checks: not verified, so not kept.
@@ -151,16 +106,16 @@ def test_tolerant_reading_of_key_spellings_and_sentence_lists():
     assert read.parts["part_roi_analysis"] == ("The tumour lies in the upper left part of the image. "
                                                "It is on the patient's left side.")
     with FaultServer(default=Step.ok(json.dumps(variant))) as server, closing(writer(server)) as w:
-        written = w.write(job())
+        written = w.write(liver_job())
     assert written.writer == "llm" and written.verified and written.attempts == 1
 
 
 def test_response_format_follows_the_config():
     with FaultServer(default=answer(GOOD)) as server:
         with closing(writer(server, response_format="json_schema")) as w:
-            w.write(job())
+            w.write(liver_job())
         with closing(writer(server, response_format="none")) as w:
-            w.write(job())
+            w.write(liver_job())
     strict = server.requests[0]["body"]["response_format"]
     assert strict["type"] == "json_schema" and strict["json_schema"]["strict"] is True
     assert strict["json_schema"]["schema"]["required"] == [*PART_NAMES, "knowledge_ids"]
@@ -170,7 +125,7 @@ def test_response_format_follows_the_config():
 def test_rows_written_from_several_threads_are_all_kept():
     with FaultServer(default=answer(GOOD)) as server, closing(writer(server, concurrency=4)) as w:
         with ThreadPoolExecutor(4) as pool:
-            rows = list(pool.map(w.write, [job(f"rec{i}") for i in range(8)]))
+            rows = list(pool.map(w.write, [liver_job(f"rec{i}") for i in range(8)]))
         counts = w.endpoint_counts()
     assert [r.writer for r in rows] == ["llm"] * 8 and all(r.verified for r in rows)
     assert {r.facts.facts[0].record_id for r in rows} == {f"rec{i}" for i in range(8)}
@@ -182,7 +137,7 @@ def test_rows_written_from_several_threads_are_all_kept():
 
 def test_contradiction_is_sent_back_and_the_correction_kept():
     with FaultServer([answer(WRONG), answer(GOOD)]) as server, closing(writer(server)) as w:
-        written = w.write(job())
+        written = w.write(liver_job())
     assert written.writer == "llm" and written.verified and written.attempts == 2
     assert written.faults == {"unverified": 1}
     assert written.parts["part_modality"] == "This is a CT image."
@@ -202,12 +157,12 @@ def test_still_wrong_after_retries_drops_the_sentence_or_falls_back():
     side_wrong = {**GOOD, "part_roi_analysis": WRONG["part_roi_analysis"]}
     with FaultServer(default=answer(side_wrong)) as server:
         with closing(writer(server)) as w:
-            dropped = w.write(job())
+            dropped = w.write(liver_job())
         assert server.request_count == 3  # the first answer and two retries, no more
         # The last retry carries the first prompt, the latest answer and its findings only.
         assert [m["role"] for m in sent_messages(server, 2)] == ["system", "user", "assistant", "user"]
         with closing(writer(server, on_unverified="fallback")) as w:
-            fallen = w.write(job())
+            fallen = w.write(liver_job())
     assert dropped.writer == "llm" and dropped.verified and dropped.attempts == 3
     assert dropped.parts["part_roi_analysis"] == "The tumour lies in the upper left part of the image."
     assert "right" not in dropped.description and dropped.faults == {"unverified": 3}
@@ -220,7 +175,7 @@ def test_still_wrong_after_retries_drops_the_sentence_or_falls_back():
 
 def test_a_part_left_without_a_verified_sentence_falls_back():
     with FaultServer(default=answer(WRONG)) as server, closing(writer(server, max_retries=1)) as w:
-        written = w.write(job())
+        written = w.write(liver_job())
     assert server.request_count == 2 and written.writer == "grounded-v2"
     assert written.fallback_reason == "unverified after 2 attempts: no verified sentence left in part_modality"
     assert written.faults == {"unverified": 2} and written.parts["part_modality"].startswith(("This", "The", "Modality", "We"))
@@ -233,7 +188,7 @@ def test_malformed_then_incomplete_then_good():
     incomplete = {k: v for k, v in GOOD.items() if k != "part_relations"}
     script = [Step.ok("I am sorry, I cannot write JSON."), answer(incomplete), answer(GOOD)]
     with FaultServer(script) as server, closing(writer(server)) as w:
-        written = w.write(job())
+        written = w.write(liver_job())
     assert written.writer == "llm" and written.verified and written.attempts == 3
     assert written.faults == {"incomplete": 1, "malformed": 1}
     # A bad answer is asked for again, not argued with: same messages, a fresh cache key.
@@ -242,7 +197,7 @@ def test_malformed_then_incomplete_then_good():
 
 def test_cut_off_every_time_falls_back_and_is_counted():
     with FaultServer(default=Step.cutoff()) as server, closing(writer(server)) as w:
-        written = w.write(job())
+        written = w.write(liver_job())
         counts = w.endpoint_counts()
     assert server.request_count == 3 and written.writer == "grounded-v2" and written.verified
     assert written.fallback_reason == "truncated output after 3 attempts"
@@ -254,7 +209,7 @@ def test_server_errors_open_the_circuit_and_every_row_still_comes_back():
     with FaultServer(default=Step.error(500)) as server, closing(
         writer(server, max_attempts=2, breaker_threshold=3, breaker_cooldown_s=60.0)
     ) as w:
-        rows = [w.write(job(f"rec{i}")) for i in range(3)]
+        rows = [w.write(liver_job(f"rec{i}")) for i in range(3)]
         counts = w.endpoint_counts()
     assert [r.writer for r in rows] == ["grounded-v2"] * 3 and all(r.verified for r in rows)
     assert rows[0].fallback_reason == "endpoint: http_5xx after 2 requests"
@@ -268,7 +223,7 @@ def test_server_errors_open_the_circuit_and_every_row_still_comes_back():
 def test_429_waits_for_retry_after():
     with FaultServer([Step.error(429, retry_after="1"), answer(GOOD)]) as server, closing(writer(server)) as w:
         started = time.monotonic()
-        written = w.write(job())
+        written = w.write(liver_job())
         waited = time.monotonic() - started
         counts = w.endpoint_counts()
     assert waited >= 1.0 and server.request_count == 2
@@ -278,9 +233,9 @@ def test_429_waits_for_retry_after():
 
 def test_rerun_with_the_cache_makes_no_request_and_writes_the_same(tmp_path):
     with FaultServer([answer(WRONG), answer(GOOD)]) as server, closing(writer(server, cache_dir=tmp_path)) as w:
-        first = w.write(job())
+        first = w.write(liver_job())
     with FaultServer(default=Step.error(500)) as server, closing(writer(server, cache_dir=tmp_path)) as w:
-        again = w.write(job())
+        again = w.write(liver_job())
         counts = w.endpoint_counts()
     assert server.request_count == 0 and counts.requests == 0 and counts.cache_hits == 2
     assert first.writer == "llm" and not first.cached and again.cached
@@ -294,7 +249,7 @@ def test_missing_api_key_is_an_error_naming_the_variable(monkeypatch):
             make_writer(config(server, api_key_env="MEDTRINITY_TEST_LLM_KEY"))
         monkeypatch.setenv("MEDTRINITY_TEST_LLM_KEY", "sk-test")
         with FaultServer(default=answer(GOOD)) as keyed, closing(make_writer(config(keyed, api_key_env="MEDTRINITY_TEST_LLM_KEY"))) as w:
-            assert w.write(job()).writer == "llm"
+            assert w.write(liver_job()).writer == "llm"
         assert keyed.requests[0]["headers"]["Authorization"] == "Bearer sk-test"
 
 
@@ -303,7 +258,7 @@ def test_missing_api_key_is_an_error_naming_the_variable(monkeypatch):
 
 def test_vlm_messages_carry_the_image_as_a_content_part():
     url = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake bytes").decode()
-    messages = build_messages(liver_facts(), KNOWLEDGE, "caption", SPEC, image_url=url)
+    messages = build_messages(liver_job().facts, KNOWLEDGE, "caption", CT_LIVER, image_url=url)
     assert model_writer.VLM_NOTE in messages[0]["content"]
     text, image = messages[1]["content"]
     assert text["type"] == "text" and "patient_side" in text["text"]
@@ -312,7 +267,7 @@ def test_vlm_messages_carry_the_image_as_a_content_part():
 
 def test_vlm_without_an_image_writes_from_the_text_and_says_so():
     with FaultServer(default=answer(GOOD)) as server, closing(writer(server, kind="vlm")) as w:
-        written = w.write(job())
+        written = w.write(liver_job())
     assert written.writer == "llm" and written.faults == {"image_unavailable": 1} and written.verified
     assert isinstance(server.requests[0]["body"]["messages"][1]["content"], str)
 
@@ -326,7 +281,7 @@ def test_vlm_sends_the_overlay_and_a_rerun_hits_the_cache(tmp_path):
     Image.new("L", (96, 64), 90).save(image)
     rois = ({"roi_id": "a", "label": "liver tumour", "origin": "annotation:box", "x0": 10, "y0": 8, "x1": 40, "y1": 30,
              "mask_path": None},)
-    vision_job = replace(job(), image_path=image, rois=rois, data_root=tmp_path)
+    vision_job = replace(liver_job(), image_path=image, rois=rois, data_root=tmp_path)
     cache = tmp_path / "cache"
     with FaultServer(default=answer(GOOD)) as server:
         with closing(writer(server, kind="vlm", cache_dir=cache)) as w:
