@@ -14,7 +14,8 @@ One row goes like this:
    record's facts plus the knowledge entries the model cited and retrieval actually returned.
    Each sentence is ``verified`` (it has claims and all are supported), ``unsupported`` (a claim
    contradicts or is not in the facts) or ``unchecked`` (the verifier reads no claim in it: it
-   is not verified, so it is never kept). Unsupported sentences, or a part with no verified
+   is not verified, so it is never kept); a supported "sentence" of under ``MIN_SENTENCE_WORDS``
+   words is a ``fragment`` and not kept either. Unsupported sentences, or a part with no verified
    sentence, send the findings back to the model in a follow-up turn, at most
    ``WriterConfig.max_retries`` times.
 4. After the last attempt only verified sentences are kept; under ``on_unverified="fallback"``
@@ -64,6 +65,9 @@ PROMPT_VERSION = "five-part-json-v1"
 MAX_PROMPT_ROIS = 6
 MAX_PASSAGES = 3
 MAX_PASSAGE_CHARS = 400
+# A kept sentence is a sentence: a small model answers "CT." or "liver." for a part, true words
+# that are no description.
+MIN_SENTENCE_WORDS = 4
 
 SYSTEM_PROMPT = """You describe one medical image for a training dataset, using only the facts you are given.
 Answer with one JSON object with exactly these keys:
@@ -252,7 +256,7 @@ class Judged:
     """An answer's sentences with the verifier's verdict on each."""
 
     sentences: dict[str, list[str]]  # part -> its sentences
-    status: dict[str, list[str]]  # part -> "verified" | "unsupported" | "unchecked", per sentence
+    status: dict[str, list[str]]  # part -> "verified" | "unsupported" | "unchecked" | "fragment", per sentence
     problems: dict[str, list[Verdict]]  # part -> unsupported verdicts, per sentence (empty if none)
 
     def count(self, status: str) -> int:
@@ -294,10 +298,17 @@ def judge(sentences: Mapping[str, list[str]], facts: FactSet) -> Judged:
         by_sentence.setdefault(verdict.claim.sentence, []).append(verdict)
     status = {name: [] for name in PART_NAMES}
     problems = {name: [] for name in PART_NAMES}
-    for index, (name, _) in enumerate(order):
+    for index, (name, position) in enumerate(order):
         verdicts = by_sentence.get(index, [])
         bad = [v for v in verdicts if not v.supported]
-        status[name].append("unchecked" if not verdicts else "unsupported" if bad else "verified")
+        if bad:
+            status[name].append("unsupported")
+        elif not verdicts:
+            status[name].append("unchecked")
+        elif len(sentences[name][position].split()) < MIN_SENTENCE_WORDS:
+            status[name].append("fragment")
+        else:
+            status[name].append("verified")
         problems[name].append(bad)
     return Judged({name: list(sentences[name]) for name in PART_NAMES}, status, problems)
 
@@ -324,7 +335,8 @@ def feedback(judged: Judged) -> str:
     for name in judged.empty_parts:
         if "unsupported" in judged.status[name]:
             continue  # already told above what is wrong there
-        lines.append(f"- {name}: no sentence states a fact from the list; state the facts for this part.")
+        lines.append(f"- {name}: no full sentence states a fact from the list; write one to three sentences "
+                     "stating the facts for this part.")
     return FEEDBACK_TEMPLATE.format(findings="\n".join(lines))
 
 
@@ -393,7 +405,10 @@ class ModelWriter:
         endpoint_reason = None
         for attempt in range(1 + self.config.max_retries):
             try:
-                result = self.endpoint.complete(messages, attempt=attempt, **params)
+                # A retry asks for a fresh sample: a server that samples with a fixed seed
+                # (llama.cpp) would otherwise repeat the same answer to the same messages.
+                seed = {"seed": attempt} if attempt else {}
+                result = self.endpoint.complete(messages, attempt=attempt, **params, **seed)
             except CircuitOpenError:
                 faults["circuit_open"] += 1
                 endpoint_reason = "endpoint: circuit open"

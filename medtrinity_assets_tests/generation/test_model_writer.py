@@ -143,6 +143,7 @@ def test_contradiction_is_sent_back_and_the_correction_kept():
     assert written.parts["part_modality"] == "This is a CT image."
     assert (written.prompt_tokens, written.completion_tokens) == (1800, 300)
     follow_up = sent_messages(server, 1)
+    assert "seed" not in server.requests[0]["body"] and server.requests[1]["body"]["seed"] == 1  # a fresh sample
     assert follow_up[:2] == sent_messages(server, 0)
     assert follow_up[2] == {"role": "assistant", "content": json.dumps(WRONG)}
     feedback = follow_up[3]["content"]
@@ -150,6 +151,15 @@ def test_contradiction_is_sent_back_and_the_correction_kept():
     assert '"This is an MRI image." is wrong' in feedback and "the modality is ct" in feedback
     assert "\"It is on the patient's right side.\" is wrong" in feedback and "is left" in feedback
     assert "upper left part of the image. It" not in feedback  # the verified sentence is not flagged
+
+
+def test_a_part_of_bare_words_is_no_sentence_and_is_asked_again():
+    terse = {**GOOD, "part_modality": "CT.", "part_organ_tissue": ["Liver", "It shows the liver."]}
+    with FaultServer([answer(terse), answer(GOOD)]) as server, closing(writer(server)) as w:
+        written = w.write(liver_job())
+    assert written.writer == "llm" and written.attempts == 2 and written.faults == {}
+    feedback = sent_messages(server, 1)[3]["content"]
+    assert "part_modality: no full sentence states a fact" in feedback and "part_organ_tissue" not in feedback
 
 
 def test_still_wrong_after_retries_drops_the_sentence_or_falls_back():
