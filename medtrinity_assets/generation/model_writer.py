@@ -415,7 +415,7 @@ class ModelWriter:
                 break
             except EndpointError as exc:
                 faults["endpoint_error"] += 1
-                endpoint_reason = f"endpoint: {exc.kind} after {exc.attempts} requests"
+                endpoint_reason = f"endpoint: {exc.kind} after {_counted(exc.attempts, 'request')}"
                 break
             except (LLMError, openai.OpenAIError) as exc:
                 faults["endpoint_error"] += 1
@@ -470,9 +470,9 @@ class ModelWriter:
         written_count, unverified = judged.written, judged.written - judged.count("verified")
         counted = dict(sentences_written=written_count, sentences_dropped=unverified)
         unsupported = judged.count("unsupported")
-        after = f"unverified after {calls} attempts" + (f" ({endpoint_reason})" if endpoint_reason else "")
+        after = f"unverified after {_counted(calls, 'attempt')}" + (f" ({endpoint_reason})" if endpoint_reason else "")
         if unsupported and self.config.on_unverified == "fallback":
-            return self._fall_back(job, f"{after}: {_sentences(unsupported)} contradict or are not in the facts",
+            return self._fall_back(job, f"{after}: {_counted(unsupported, 'sentence')} not supported by the facts",
                                    usage, **counted)
         try:
             final = keep_verified(judged, facts)
@@ -515,13 +515,13 @@ def _with_knowledge(facts: FactSet, cited: Sequence[str], knowledge: Mapping | N
                                   for entry_id in cited])
 
 
-def _sentences(count: int) -> str:
-    return f"{count} sentence" + ("" if count == 1 else "s")
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _no_answer_reason(faults: Mapping[str, int], calls: int) -> str:
     """'malformed output after 3 attempts', or the mix when the attempts failed differently."""
     kinds = {k: faults[k] for k in ("truncated", "malformed", "incomplete") if faults.get(k)}
     if len(kinds) == 1:
-        return f"{next(iter(kinds))} output after {calls} attempts"
-    return f"no usable answer after {calls} attempts: " + ", ".join(f"{n} {k}" for k, n in kinds.items())
+        return f"{next(iter(kinds))} output after {_counted(calls, 'attempt')}"
+    return f"no usable answer after {_counted(calls, 'attempt')}: " + ", ".join(f"{n} {k}" for k, n in kinds.items())

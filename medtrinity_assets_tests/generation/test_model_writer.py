@@ -178,7 +178,7 @@ def test_still_wrong_after_retries_drops_the_sentence_or_falls_back():
     assert "right" not in dropped.description and dropped.faults == {"unverified": 3}
     assert (dropped.sentences_written, dropped.sentences_dropped) == (9, 2)
     assert fallen.writer == "grounded-v2" and fallen.model == "fault-model" and fallen.attempts == 3
-    assert fallen.fallback_reason == "unverified after 3 attempts: 1 sentence contradict or are not in the facts"
+    assert fallen.fallback_reason == "unverified after 3 attempts: 1 sentence not supported by the facts"
     # The grounded text carries its own verdict.
     assert fallen.flags == verify(fallen.description, fallen.facts) == []
 
