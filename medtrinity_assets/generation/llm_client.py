@@ -669,7 +669,8 @@ def parse_json_object(text: str) -> dict[str, Any]:
     """The first JSON object in a model's text.
 
     Code fences are stripped (an unclosed fence too); each ``{`` is tried in turn, its balanced
-    ``{...}`` span (strings and escapes respected) parsed, a trailing comma tolerated. Raises
+    ``{...}`` span (strings and escapes respected) parsed, a trailing comma and raw control
+    characters inside strings tolerated. Raises
     ``TruncatedOutputError`` when an object opens and never closes, else
     ``MalformedOutputError`` when none parses.
     """
@@ -688,7 +689,7 @@ def parse_json_object(text: str) -> dict[str, Any]:
             span = candidate[start : end + 1]
             for attempt in (span, _TRAILING_COMMA.sub(r"\1", span)):
                 try:
-                    value = json.loads(attempt)
+                    value = json.loads(attempt, strict=False)  # a raw newline inside a string: a model habit
                 except ValueError:
                     continue
                 if isinstance(value, dict):

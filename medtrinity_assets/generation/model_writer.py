@@ -15,7 +15,8 @@ One row goes like this:
    Each sentence is ``verified`` (it has claims and all are supported), ``unsupported`` (a claim
    contradicts or is not in the facts) or ``unchecked`` (the verifier reads no claim in it: it
    is not verified, so it is never kept); a supported "sentence" of under ``MIN_SENTENCE_WORDS``
-   words is a ``fragment`` and not kept either. Unsupported sentences, or a part with no verified
+   words is a ``fragment``, one that repeats ``COPIED_WORDS`` words of a passage is ``copied``;
+   neither is kept. Unsupported sentences, or a part with no verified
    sentence, send the findings back to the model in a follow-up turn, at most
    ``WriterConfig.max_retries`` times.
 4. After the last attempt only verified sentences are kept; under ``on_unverified="fallback"``
@@ -68,6 +69,8 @@ MAX_PASSAGE_CHARS = 400
 # A kept sentence is a sentence: a small model answers "CT." or "liver." for a part, true words
 # that are no description.
 MIN_SENTENCE_WORDS = 4
+# A sentence sharing this many consecutive words with a retrieved passage copies it.
+COPIED_WORDS = 6
 
 SYSTEM_PROMPT = """You describe one medical image for a training dataset, using only the facts you are given.
 Answer with one JSON object with exactly these keys:
@@ -109,8 +112,22 @@ OUTPUT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+# For a server that turns the schema into a decoding grammar (llama.cpp, Ollama: the
+# "json_object" format) the schema also bounds the lengths: a part is at least a short sentence,
+# and a small model cannot loop inside one string or list until the token limit cuts it off.
+# Strict "json_schema" endpoints get OUTPUT_SCHEMA as it is (length keywords are not in every
+# provider's strict subset).
+BOUNDED_SCHEMA: dict[str, Any] = {
+    **OUTPUT_SCHEMA,
+    "properties": {
+        **{name: {"type": "string", "minLength": 20, "maxLength": 320} for name in PART_NAMES},
+        "knowledge_ids": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": MAX_PASSAGES},
+    },
+}
+
 PROMPT_HASH = hashlib.sha256(
-    "\x1e".join([SYSTEM_PROMPT, VLM_NOTE, USER_TEMPLATE, FEEDBACK_TEMPLATE, canonical_json(OUTPUT_SCHEMA)]).encode("utf-8")
+    "\x1e".join([SYSTEM_PROMPT, VLM_NOTE, USER_TEMPLATE, FEEDBACK_TEMPLATE, canonical_json(OUTPUT_SCHEMA),
+                 canonical_json(BOUNDED_SCHEMA)]).encode("utf-8")
 ).hexdigest()
 
 
@@ -118,7 +135,7 @@ def response_format(kind: str) -> dict[str, Any] | None:
     """The ``response_format`` request parameter: llama.cpp honours a schema inside
     ``json_object`` (and answers 500 to ``json_schema``); OpenAI and vLLM take ``json_schema``."""
     if kind == "json_object":
-        return {"type": "json_object", "schema": OUTPUT_SCHEMA}
+        return {"type": "json_object", "schema": BOUNDED_SCHEMA}
     if kind == "json_schema":
         return {"type": "json_schema", "json_schema": {"name": "five_part_description", "schema": OUTPUT_SCHEMA, "strict": True}}
     return None
@@ -256,7 +273,7 @@ class Judged:
     """An answer's sentences with the verifier's verdict on each."""
 
     sentences: dict[str, list[str]]  # part -> its sentences
-    status: dict[str, list[str]]  # part -> "verified" | "unsupported" | "unchecked" | "fragment", per sentence
+    status: dict[str, list[str]]  # part -> verified | unsupported | unchecked | fragment | copied, per sentence
     problems: dict[str, list[Verdict]]  # part -> unsupported verdicts, per sentence (empty if none)
 
     def count(self, status: str) -> int:
@@ -286,9 +303,15 @@ def join_parts(parts: Mapping[str, str]) -> str:
     return "\n\n".join(parts[name] for name in PART_NAMES)
 
 
-def judge(sentences: Mapping[str, list[str]], facts: FactSet) -> Judged:
+def word_runs(text: str, size: int = COPIED_WORDS) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+def judge(sentences: Mapping[str, list[str]], facts: FactSet, passage_runs: set[tuple[str, ...]] = frozenset()) -> Judged:
     """Each sentence's verdict from ``verify_claims`` on the joined text (``Claim.sentence``
-    indexes ``split_sentences`` of that text, which is each part's sentences in order)."""
+    indexes ``split_sentences`` of that text, which is each part's sentences in order). A
+    sentence sharing a run of words with a passage (``passage_runs``) is ``copied``."""
     order = [(name, i) for name in PART_NAMES for i in range(len(sentences[name]))]
     description = join_parts({name: " ".join(sentences[name]) for name in PART_NAMES})
     if split_sentences(description) != [sentences[name][i] for name, i in order]:
@@ -301,7 +324,9 @@ def judge(sentences: Mapping[str, list[str]], facts: FactSet) -> Judged:
     for index, (name, position) in enumerate(order):
         verdicts = by_sentence.get(index, [])
         bad = [v for v in verdicts if not v.supported]
-        if bad:
+        if word_runs(sentences[name][position]) & passage_runs:
+            status[name].append("copied")
+        elif bad:
             status[name].append("unsupported")
         elif not verdicts:
             status[name].append("unchecked")
@@ -313,14 +338,14 @@ def judge(sentences: Mapping[str, list[str]], facts: FactSet) -> Judged:
     return Judged({name: list(sentences[name]) for name in PART_NAMES}, status, problems)
 
 
-def keep_verified(judged: Judged, facts: FactSet) -> Judged:
+def keep_verified(judged: Judged, facts: FactSet, passage_runs: set[tuple[str, ...]] = frozenset()) -> Judged:
     """Only verified sentences, judged again until nothing more is dropped (removing a sentence
     can change which ROI a following "It ..." speaks of)."""
     while True:
         kept = judged.kept()
         if kept == judged.sentences:
             return judged
-        judged = judge(kept, facts)
+        judged = judge(kept, facts, passage_runs)
 
 
 def feedback(judged: Judged) -> str:
@@ -332,6 +357,9 @@ def feedback(judged: Judged) -> str:
             for verdict in bad:
                 lines.append(f'- {name}: "{sentence}" is wrong ({verdict.flag_type}: says '
                              f'"{verdict.claim.phrase.strip()}"; the facts say {verdict.facts_say}).')
+        for sentence, status in zip(judged.sentences[name], judged.status[name]):
+            if status == "copied":
+                lines.append(f'- {name}: "{sentence}" copies a background passage; cite its id in knowledge_ids instead.')
     for name in judged.empty_parts:
         if "unsupported" in judged.status[name]:
             continue  # already told above what is wrong there
@@ -396,7 +424,9 @@ class ModelWriter:
             faults["image_unavailable"] += 1
         first = build_messages(job.facts, job.knowledge, job.coarse_caption, job.spec, image_url)
         messages = first
-        retrieved = [p["entry_id"] for p in knowledge_passages(dict(job.knowledge or {}))]
+        passages = knowledge_passages(dict(job.knowledge or {}))
+        retrieved = [p["entry_id"] for p in passages]
+        passage_runs = set().union(*(word_runs(p["appearance"]) for p in passages))
         params = {"response_format": self.response_format} if self.response_format else {}
 
         calls = prompt_tokens = completion_tokens = 0
@@ -441,7 +471,7 @@ class ModelWriter:
                 continue
             facts = _with_knowledge(job.facts, answer.knowledge_ids, job.knowledge)
             try:
-                judged = judge({name: split_sentences(answer.parts[name]) for name in PART_NAMES}, facts)
+                judged = judge({name: split_sentences(answer.parts[name]) for name in PART_NAMES}, facts, passage_runs)
             except SentenceMismatch:
                 faults["malformed"] += 1
                 continue
@@ -475,7 +505,7 @@ class ModelWriter:
             return self._fall_back(job, f"{after}: {_counted(unsupported, 'sentence')} not supported by the facts",
                                    usage, **counted)
         try:
-            final = keep_verified(judged, facts)
+            final = keep_verified(judged, facts, passage_runs)
         except SentenceMismatch:
             return self._fall_back(job, f"{after}: sentences could not be mapped to parts", usage, **counted)
         if final.empty_parts:

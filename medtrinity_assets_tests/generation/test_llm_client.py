@@ -345,6 +345,7 @@ def test_fault_counts_add_and_metadata():
         ('{"a": [1, 2,],}', {"a": [1, 2]}),
         ("Use {placeholder} then {\"a\": 2}", {"a": 2}),
         ('```json\n{"a": 3}', {"a": 3}),
+        ('{"a": "view: PA }\n{", "b": "c"}', {"a": "view: PA }\n{", "b": "c"}),  # a raw newline in a string
     ],
 )
 def test_parse_json_object_tolerates_model_habits(text, expected):

@@ -17,7 +17,7 @@ from generation.writer_jobs import CT_LIVER, LIVER_KNOWLEDGE as KNOWLEDGE, liver
 from medtrinity_assets.generation import model_writer
 from medtrinity_assets.generation.llm_client import LLMConfigError
 from medtrinity_assets.generation.model_writer import (
-    OUTPUT_SCHEMA,
+    BOUNDED_SCHEMA,
     PROMPT_HASH,
     PROMPT_VERSION,
     ModelWriter,
@@ -82,7 +82,7 @@ def test_verified_answer_is_kept_and_unchecked_sentences_dropped():
     assert written.cost_usd == pytest.approx((900 * 1.0 + 150 * 4.0) / 1e6)
     assert not written.cached and written.faults == {}
     body = server.requests[0]["body"]
-    assert body["response_format"] == {"type": "json_object", "schema": OUTPUT_SCHEMA}
+    assert body["response_format"] == {"type": "json_object", "schema": BOUNDED_SCHEMA}
     assert body["max_tokens"] == 400 and body["model"] == "fault-model"
     user = body["messages"][1]["content"]
     assert '{"roi": "a", "attribute": "patient_side", "value": "left", "provenance": "geometry"' in user
@@ -110,6 +110,17 @@ def test_tolerant_reading_of_key_spellings_and_sentence_lists():
     assert written.writer == "llm" and written.verified and written.attempts == 1
 
 
+def test_a_sentence_copied_from_a_passage_is_not_kept():
+    copied = "On contrast CT a liver tumour is often a focal hypodense mass."
+    assert copied[:-1] in KNOWLEDGE["knowledge_texts"][0]
+    pasted = {**GOOD, "part_texture_colour": "The region is hypodense compared with the surrounding liver. " + copied}
+    with FaultServer(default=answer(pasted)) as server, closing(writer(server)) as w:
+        written = w.write(liver_job())
+    assert written.writer == "llm" and written.verified
+    assert written.parts["part_texture_colour"] == "The region is hypodense compared with the surrounding liver."
+    assert "focal hypodense mass" not in written.description
+
+
 def test_response_format_follows_the_config():
     with FaultServer(default=answer(GOOD)) as server:
         with closing(writer(server, response_format="json_schema")) as w:
@@ -118,6 +129,7 @@ def test_response_format_follows_the_config():
             w.write(liver_job())
     strict = server.requests[0]["body"]["response_format"]
     assert strict["type"] == "json_schema" and strict["json_schema"]["strict"] is True
+    assert strict["json_schema"]["schema"] == model_writer.OUTPUT_SCHEMA  # no length keywords for strict mode
     assert strict["json_schema"]["schema"]["required"] == [*PART_NAMES, "knowledge_ids"]
     assert "response_format" not in server.requests[1]["body"]
 
