@@ -82,7 +82,8 @@ Answer with one JSON object with exactly these keys:
 "knowledge_ids": the ids of the background passages you used, for example ["kb_entry"]; [] if none.
 Rules: each part is one to three short, plain sentences. Every sentence states facts from the list and nothing else. Never contradict a fact. Cite passages by id in knowledge_ids, never copy them. If no region facts are given, no region was annotated: describe no lesion."""
 
-VLM_NOTE = """The image is attached with the annotated regions outlined and numbered in the order their facts are listed. Use it only to phrase what the facts say; state nothing you see that the facts do not give."""
+VLM_NOTE = """The image is attached with the annotated regions outlined and numbered; the user message says which number is which roi. Use the image only to phrase what the facts say; state nothing you see that the facts do not give."""
+OUTLINE_LINE = "Outlined on the image: {numbers}"
 
 USER_TEMPLATE = """Source: {source}
 Coarse caption: {coarse}
@@ -126,7 +127,7 @@ BOUNDED_SCHEMA: dict[str, Any] = {
 }
 
 PROMPT_HASH = hashlib.sha256(
-    "\x1e".join([SYSTEM_PROMPT, VLM_NOTE, USER_TEMPLATE, FEEDBACK_TEMPLATE, canonical_json(OUTPUT_SCHEMA),
+    "\x1e".join([SYSTEM_PROMPT, VLM_NOTE, OUTLINE_LINE, USER_TEMPLATE, FEEDBACK_TEMPLATE, canonical_json(OUTPUT_SCHEMA),
                  canonical_json(BOUNDED_SCHEMA)]).encode("utf-8")
 ).hexdigest()
 
@@ -187,12 +188,21 @@ def user_prompt(facts: FactSet, knowledge: Mapping | None, coarse: str, spec) ->
     )
 
 
-def build_messages(facts: FactSet, knowledge: Mapping | None, coarse: str, spec, image_url: str | None = None) -> list[dict]:
-    """The first request's chat messages; with ``image_url`` (a data URL) the user message
-    carries the image as a content part, for a vision model."""
+def outline_numbers(rois: Sequence[Mapping]) -> str:
+    """Which number the overlay draws beside which ROI: ``roi_overlay`` numbers the ROIs 1, 2, ...
+    in the order given, and a whole-image entry keeps its number but has no outline."""
+    return ", ".join(f"{number} = roi {roi.get('roi_id')}" for number, roi in enumerate(rois, start=1)
+                     if roi.get("origin") != "whole_image") or "none"
+
+
+def build_messages(facts: FactSet, knowledge: Mapping | None, coarse: str, spec, image_url: str | None = None,
+                   rois: Sequence[Mapping] = ()) -> list[dict]:
+    """The first request's chat messages; with ``image_url`` (a data URL of the overlay drawn
+    from ``rois``) the user message carries the image as a content part, for a vision model."""
     text = user_prompt(facts, knowledge, coarse, spec)
     if image_url is None:
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+    text += "\n" + OUTLINE_LINE.format(numbers=outline_numbers(rois))
     return [
         {"role": "system", "content": SYSTEM_PROMPT + "\n" + VLM_NOTE},
         {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": image_url}}]},
@@ -422,7 +432,7 @@ class ModelWriter:
         image_url = self._image_url(job) if self.kind == "vlm" else None
         if self.kind == "vlm" and image_url is None:
             faults["image_unavailable"] += 1
-        first = build_messages(job.facts, job.knowledge, job.coarse_caption, job.spec, image_url)
+        first = build_messages(job.facts, job.knowledge, job.coarse_caption, job.spec, image_url, job.rois)
         messages = first
         passages = knowledge_passages(dict(job.knowledge or {}))
         retrieved = [p["entry_id"] for p in passages]

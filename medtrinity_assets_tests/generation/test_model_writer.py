@@ -280,10 +280,14 @@ def test_missing_api_key_is_an_error_naming_the_variable(monkeypatch):
 
 def test_vlm_messages_carry_the_image_as_a_content_part():
     url = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake bytes").decode()
-    messages = build_messages(liver_job().facts, KNOWLEDGE, "caption", CT_LIVER, image_url=url)
+    rois = [{"roi_id": "whole", "origin": "whole_image"}, {"roi_id": "b", "origin": "annotation:box"},
+            {"roi_id": "a", "origin": "annotation:mask"}]
+    messages = build_messages(liver_job().facts, KNOWLEDGE, "caption", CT_LIVER, image_url=url, rois=rois)
     assert model_writer.VLM_NOTE in messages[0]["content"]
     text, image = messages[1]["content"]
     assert text["type"] == "text" and "patient_side" in text["text"]
+    # The overlay's numbers follow the ROIs' order; the whole-image entry keeps its number, undrawn.
+    assert text["text"].endswith("Outlined on the image: 2 = roi b, 3 = roi a")
     assert image == {"type": "image_url", "image_url": {"url": url}}
 
 
@@ -314,5 +318,6 @@ def test_vlm_sends_the_overlay_and_a_rerun_hits_the_cache(tmp_path):
     assert first.writer == "vlm" and first.verified and first.faults == {}
     text, picture = server.requests[0]["body"]["messages"][1]["content"]
     assert text["type"] == "text" and picture["type"] == "image_url"
+    assert text["text"].endswith("Outlined on the image: 1 = roi a")
     png = base64.b64decode(picture["image_url"]["url"].removeprefix("data:image/png;base64,"))
     assert png.startswith(b"\x89PNG")
