@@ -15,7 +15,7 @@ One row goes like this:
    Each sentence is ``verified`` (it has claims and all are supported), ``unsupported`` (a claim
    contradicts or is not in the facts) or ``unchecked`` (the verifier reads no claim in it: it
    is not verified, so it is never kept); a supported "sentence" of under ``MIN_SENTENCE_WORDS``
-   words is a ``fragment``, one that repeats ``COPIED_WORDS`` words of a passage is ``copied``;
+   words or opening in lower case is a ``fragment``, one that repeats ``COPIED_WORDS`` words of a passage is ``copied``;
    neither is kept. Unsupported sentences, or a part with no verified
    sentence, send the findings back to the model in a follow-up turn, at most
    ``WriterConfig.max_retries`` times.
@@ -66,9 +66,11 @@ PROMPT_VERSION = "five-part-json-v1"
 MAX_PROMPT_ROIS = 6
 MAX_PASSAGES = 3
 MAX_PASSAGE_CHARS = 400
-# A kept sentence is a sentence: a small model answers "CT." or "liver." for a part, true words
-# that are no description.
+# A kept sentence is a sentence: four words or more, opening with a capital (or a digit or a
+# quote). A small model answers "CT." or "liver." for a part, or lower-case runs such as
+# "lobe 102.5, lobed rib lobe 3." whose one readable claim is true while the rest is invented.
 MIN_SENTENCE_WORDS = 4
+_SENTENCE_START = re.compile(r"[A-Z0-9\"'“(]")
 # A sentence sharing this many consecutive words with a retrieved passage copies it.
 COPIED_WORDS = 6
 
@@ -313,6 +315,10 @@ def join_parts(parts: Mapping[str, str]) -> str:
     return "\n\n".join(parts[name] for name in PART_NAMES)
 
 
+def is_sentence(text: str) -> bool:
+    return len(text.split()) >= MIN_SENTENCE_WORDS and bool(_SENTENCE_START.match(text))
+
+
 def word_runs(text: str, size: int = COPIED_WORDS) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
     return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
@@ -340,7 +346,7 @@ def judge(sentences: Mapping[str, list[str]], facts: FactSet, passage_runs: set[
             status[name].append("unsupported")
         elif not verdicts:
             status[name].append("unchecked")
-        elif len(sentences[name][position].split()) < MIN_SENTENCE_WORDS:
+        elif not is_sentence(sentences[name][position]):
             status[name].append("fragment")
         else:
             status[name].append("verified")

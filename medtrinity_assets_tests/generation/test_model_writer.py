@@ -166,12 +166,19 @@ def test_contradiction_is_sent_back_and_the_correction_kept():
 
 
 def test_a_part_of_bare_words_is_no_sentence_and_is_asked_again():
-    terse = {**GOOD, "part_modality": "CT.", "part_organ_tissue": ["Liver", "It shows the liver."]}
+    # As SmolLM2 answers: bare words, and a lower-case run whose readable claim (CT, liver) is true.
+    terse = {**GOOD, "part_modality": "CT.", "part_organ_tissue": ["ct liver, image caption: a CT of the liver",
+                                                                  "It shows the liver."]}
     with FaultServer([answer(terse), answer(GOOD)]) as server, closing(writer(server)) as w:
         written = w.write(liver_job())
     assert written.writer == "llm" and written.attempts == 2 and written.faults == {}
     feedback = sent_messages(server, 1)[3]["content"]
     assert "part_modality: no full sentence states a fact" in feedback and "part_organ_tissue" not in feedback
+    terse_parts = read_answer(json.dumps(terse), []).parts
+    judged = model_writer.judge({name: model_writer.split_sentences(terse_parts[name]) for name in PART_NAMES},
+                                liver_job().facts)
+    assert judged.status["part_modality"] == ["fragment"]
+    assert judged.status["part_organ_tissue"] == ["fragment", "verified"]
 
 
 def test_still_wrong_after_retries_drops_the_sentence_or_falls_back():
