@@ -130,7 +130,25 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
             check_results=_check_results(stage, settings.root(), partition),
         )
 
-    decorate = dg.asset(
+    # resource_defs is a beta parameter of dg.asset; dagster is pinned (requirements.lock).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        decorate = _asset_decorator(stage)
+    if stage.uses_writer:
+
+        def _writing_asset(context: dg.AssetExecutionContext, settings: PipelineSettings, writer: WriterSettings) -> dg.MaterializeResult:
+            return materialize(context, settings, writer)
+
+        return decorate(_writing_asset)
+
+    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+        return materialize(context, settings, None)
+
+    return decorate(_asset)
+
+
+def _asset_decorator(stage: Stage):
+    return dg.asset(
         name=stage.name,
         partitions_def=source_partitions if stage.partitioned else None,
         deps=list(stage.upstream),
@@ -144,17 +162,6 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
         # the MEDTRINITY_WRITER / MEDTRINITY_LLM_* environment says otherwise.
         resource_defs={WRITER_RESOURCE: WriterSettings()} if stage.uses_writer else None,
     )
-    if stage.uses_writer:
-
-        def _writing_asset(context: dg.AssetExecutionContext, settings: PipelineSettings, writer: WriterSettings) -> dg.MaterializeResult:
-            return materialize(context, settings, writer)
-
-        return decorate(_writing_asset)
-
-    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
-        return materialize(context, settings, None)
-
-    return decorate(_asset)
 
 
 def _triplet_thumbnails(settings: PipelineSettings, source_id: str) -> dict:

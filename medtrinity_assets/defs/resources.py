@@ -103,13 +103,9 @@ class WriterSettings(dg.ConfigurableResource):
                 ("response_format", str), ("timeout_s", float),
             )
         }
+        fields = {name: value for name, value in fields.items() if value is not None}
         api_key_env = self._value("api_key_env")
         if api_key_env is not None:
             fields["api_key_env"] = None if api_key_env.lower() == NO_API_KEY else api_key_env
         prices = {model: (float(pair[0]), float(pair[1])) for model, pair in self.prices.items()}
-        return WriterConfig(
-            kind=kind,
-            prices=prices,
-            cache_dir=data_root.llm_cache,
-            **{name: value for name, value in fields.items() if value is not None},
-        )
+        return WriterConfig(kind=kind, prices=prices, cache_dir=data_root.llm_cache, **fields)
