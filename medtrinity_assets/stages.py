@@ -473,6 +473,11 @@ def _description_jobs_sql(data_root: DataRoot, source_id: str, with_image: bool)
     """
 
 
+# Records handed to the pool ahead of the one written next, per worker: a slow row at the head
+# then does not leave the other workers idle, and memory stays bounded.
+LOOKAHEAD_PER_WORKER = 4
+
+
 def _ordered_in_flight(items: Iterator, work, concurrency: int) -> Iterator[tuple[object, object]]:
     """(item, outcome) in input order, with at most ``concurrency`` calls of ``work`` running at
     once; outcome is work's result or the exception it raised (for the caller to quarantine)."""
@@ -491,7 +496,7 @@ def _ordered_in_flight(items: Iterator, work, concurrency: int) -> Iterator[tupl
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="describe") as pool:
         for item in items:
             pending.append((item, pool.submit(guarded, item)))
-            if len(pending) >= concurrency:
+            if len(pending) >= concurrency * LOOKAHEAD_PER_WORKER:
                 head, future = pending.popleft()
                 yield head, future.result()
         while pending:
