@@ -568,6 +568,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot, writer: "WriterConfi
                 states[state] += 1
                 mix[written.writer] += 1
                 totals["fallbacks"] += written.fallback_reason is not None
+                totals["rows_from_cache"] += written.cached
                 for name in ("prompt_tokens", "completion_tokens", "cost_usd", "sentences_written", "sentences_dropped"):
                     totals[name] += getattr(written, name)
                 table.write(_description_row(written, record["record_id"], spec.id, state))
@@ -585,9 +586,13 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot, writer: "WriterConfi
     report.extra["writer_mix"] = dict(sorted(mix.items()))
     report.extra["fallbacks"] = int(totals["fallbacks"])
     report.extra["fallback_rate"] = round(totals["fallbacks"] / described, 4) if described else 0.0
-    report.extra["prompt_tokens"] = int(totals["prompt_tokens"])
-    report.extra["completion_tokens"] = int(totals["completion_tokens"])
-    report.extra["cost_usd"] = round(totals["cost_usd"], 6)
+    # Tokens and cost spent by this run: the endpoint's count (an answer from the response cache
+    # costs nothing now; its row still carries what it took to write).
+    spent = faults if faults is not None else totals
+    report.extra["prompt_tokens"] = int(spent["prompt_tokens"])
+    report.extra["completion_tokens"] = int(spent["completion_tokens"])
+    report.extra["cost_usd"] = round(spent["cost_usd"], 6)
+    report.extra["rows_from_cache"] = int(totals["rows_from_cache"])
     report.extra["sentences_written"] = int(totals["sentences_written"])
     report.extra["sentences_dropped"] = int(totals["sentences_dropped"])
     if faults is not None:

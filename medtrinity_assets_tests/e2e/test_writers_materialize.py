@@ -154,7 +154,8 @@ def test_llm_writer_through_the_asset(isolated_env, shared_knowledge, llama_serv
         assert metadata["writer_kind"] == "llm"
         assert metadata["fallbacks"] == sum(r["fallback_reason"] is not None for r in rows)
         assert metadata["fallback_rate"] == round(metadata["fallbacks"] / records, 4)
-        assert metadata["endpoint"]["requests"] >= records and metadata["prompt_tokens"] > 0
+        assert metadata["endpoint"]["requests"] >= records and metadata["rows_from_cache"] == 0
+        assert metadata["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows) > 0
         assert metadata["cost_usd"] > 0  # priced per million tokens by the run config
         assert 1 <= metadata["in_flight_max"] <= 2
         mix = {r["writer"] for r in rows}
@@ -168,6 +169,7 @@ def test_llm_writer_through_the_asset(isolated_env, shared_knowledge, llama_serv
         assert rerun.success
         again = _metadata(rerun)
         assert again["endpoint"]["requests"] == 0 and again["endpoint"]["cache_hits"] > 0
+        assert again["rows_from_cache"] == records and again["prompt_tokens"] == again["cost_usd"] == 0
         text = ("record_id", "description", "writer", "model", "prompt_hash", "verified", "verifier_flags")
         assert [{k: r[k] for k in text} for r in _rows(table)] == [{k: r[k] for k in text} for r in rows]
 
