@@ -124,6 +124,22 @@ def test_a_writer_that_raises_quarantines_only_that_record(isolated_env, shared_
     assert "a writer bug" in reason
 
 
+def test_vision_jobs_carry_the_normalized_image_and_every_roi(isolated_env, shared_knowledge):
+    from medtrinity_assets.duckdb_sql import stream_rows
+
+    root = _build_upstream(isolated_env, shared_knowledge, MODEL_SOURCE)
+    rois = _rows(root.table("rois", MODEL_SOURCE))
+    jobs = list(stream_rows(stages._description_jobs_sql(root, MODEL_SOURCE, with_image=True)))
+    assert len(jobs) == len(_rows(root.table("coarse_captions", MODEL_SOURCE))) == 4
+    box = ("roi_id", "label", "x0", "y0", "x1", "y1", "mask_path")
+    for job in jobs:
+        assert (root.root / job["image_path"]).is_file()
+        expected = sorted(({k: r[k] for k in box} for r in rois if r["record_id"] == job["record_id"]), key=lambda r: r["roi_id"])
+        assert expected and [dict(r) for r in job["rois"]] == expected
+    # A text model's jobs read neither.
+    assert "image_path" not in next(stream_rows(stages._description_jobs_sql(root, MODEL_SOURCE, with_image=False)))
+
+
 # --- model writers (ModelWriter, generation/model_writer.py) ----------------------------
 
 
