@@ -16,6 +16,7 @@ import random
 import shutil
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +65,10 @@ def _copy_kvasir(folder: Path) -> None:
     shutil.copyfile(REALDATA / "kvasir_seg" / "kavsir_bboxes.json", folder / "kavsir_bboxes.json")
 
 
-@pytest.fixture(scope="module")
-def records(tmp_path_factory) -> dict:
-    """name -> (data root, normalized image path relative to it, the record's ROIs), for the
-    images above grounded as the pipeline grounds them (masks in the blob store)."""
-    base = tmp_path_factory.mktemp("overlay")
+def ground_copies(base: Path) -> dict:
+    """name -> (data root, normalized image path relative to it, the record's ROIs, the record
+    joined with its image's size, its source spec), for the images above grounded as the pipeline
+    grounds them (masks in the blob store)."""
     data_root = base / "data"
     _copy_busi(base / "busi")
     _copy_kvasir(base / "kvasir")
@@ -80,10 +80,23 @@ def records(tmp_path_factory) -> dict:
             if rois is None:
                 continue
             _, image_path = blobs.put("images", encode_png(display), "png")
-            found[Path(record["source_file"]).stem] = (data_root, image_path, rois)
+            # The scale only turns pixel spacing into mm, and these sources publish none.
+            joined = {**record, "image_height": display.shape[0], "image_width": display.shape[1]}
+            found[Path(record["source_file"]).stem] = (data_root, image_path, rois, joined, spec)
     assert sorted(found) == ["benign (4)", KVASIR, "malignant (1)"]
-    assert all(roi["mask_path"] for _, _, rois in found.values() for roi in rois)
+    assert all(roi["mask_path"] for _, _, rois, _, _ in found.values() for roi in rois)
     return found
+
+
+@pytest.fixture(scope="module")
+def grounded_copies(tmp_path_factory) -> dict:
+    return ground_copies(tmp_path_factory.mktemp("overlay"))
+
+
+@pytest.fixture(scope="module")
+def records(grounded_copies) -> dict:
+    """name -> (data root, normalized image path relative to it, the record's ROIs)."""
+    return {name: found[:3] for name, found in grounded_copies.items()}
 
 
 def decode(png_or_url) -> np.ndarray:
@@ -287,3 +300,42 @@ def test_preview_thumbnail_reads_no_mask_outside_the_data_root(records, tmp_path
     boxed = thumbnail(None)
     assert thumbnail(os.path.relpath(outside, data_root)) == boxed
     assert thumbnail(rois[0]["mask_path"]) != boxed
+
+
+def test_vlm_writer_sends_the_overlay_of_the_jobs_rois_in_a_well_formed_request(grounded_copies, tmp_path):
+    """The vlm writer's request, recorded by an OpenAI-compatible server, for a real BUSI record
+    with two lesions (facts built by the pipeline's own fact builder): a system and a user
+    message, the user's content a text part then an image_url part whose data URL is exactly
+    this record's overlay, the prompt naming which number is which ROI in the overlay's order,
+    and the JSON response format asked for. The server answers the grounded writer's own parts,
+    so the row is the vlm writer's, verified."""
+    from medtrinity_assets.generation.fact_builder import build_facts
+    from medtrinity_assets.generation.grounded_writer import write_description
+    from medtrinity_assets.generation.writers import PART_NAMES, DescribeJob, WriterConfig, make_writer
+    from medtrinity_assets_tests.generation.fault_server import Step
+
+    data_root, image_path, rois, record, spec = grounded_copies["benign (4)"]
+    facts = build_facts(record, rois, spec)
+    knowledge = {"knowledge_ids": [], "knowledge_texts": [], "distances": []}
+    parts = write_description(facts, knowledge, spec)
+    answer = json.dumps({name: parts[name] for name in PART_NAMES})
+    job = DescribeJob(record["record_id"], spec.id, facts, knowledge, "caption", spec,
+                      image_path=Path(image_path), rois=tuple(rois), data_root=data_root)
+    with FaultServer(default=Step.ok(answer)) as server:
+        config = WriterConfig(kind="vlm", base_url=server.base_url, model="vision-model", api_key_env=None, max_retries=0, cache_dir=tmp_path)
+        with closing(make_writer(config)) as writer:
+            written = writer.write(job)
+        bodies = [request["body"] for request in server.requests]
+    assert len(bodies) == 1
+    body = bodies[0]
+    assert body["model"] == "vision-model" and body["response_format"]["type"] == "json_object"
+    system, user = body["messages"]
+    assert (system["role"], user["role"]) == ("system", "user") and isinstance(system["content"], str)
+    text, picture = user["content"]
+    assert text["type"] == "text" and picture["type"] == "image_url"
+    url = picture["image_url"]["url"]
+    assert image_digest(url) == image_digest(overlay_data_url(image_path, rois, data_root))
+    assert max(decode(url).shape[:2]) <= 768
+    first, second = (roi["roi_id"] for roi in rois)
+    assert f"1 = roi {first}, 2 = roi {second}" in text["text"]
+    assert (written.writer, written.verified, written.fallback_reason) == ("vlm", True, None)
