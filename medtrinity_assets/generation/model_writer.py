@@ -57,6 +57,7 @@ from medtrinity_assets.generation.llm_client import (
     canonical_json,
     parse_json_object,
 )
+from medtrinity_assets.generation.roi_overlay import overlay_data_url, vlm_user_content
 from medtrinity_assets.generation.verifier import Verdict, verify, verify_claims
 from medtrinity_assets.generation.writers import PART_NAMES, DescribeJob, GroundedWriter, Written, WriterConfig
 
@@ -207,7 +208,7 @@ def build_messages(facts: FactSet, knowledge: Mapping | None, coarse: str, spec,
     text += "\n" + OUTLINE_LINE.format(numbers=outline_numbers(rois))
     return [
         {"role": "system", "content": SYSTEM_PROMPT + "\n" + VLM_NOTE},
-        {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": image_url}}]},
+        {"role": "user", "content": vlm_user_content(text, image_url)},
     ]
 
 
@@ -426,8 +427,6 @@ class ModelWriter:
         from the text alone)."""
         if job.image_path is None or job.data_root is None:
             return None
-        from medtrinity_assets.generation.roi_overlay import overlay_data_url
-
         try:
             return overlay_data_url(job.image_path, job.rois, job.data_root)
         except (OSError, ValueError):  # OverlayError is a ValueError naming the file

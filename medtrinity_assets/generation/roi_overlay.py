@@ -29,7 +29,6 @@ same bytes (Pillow writes no time chunk; resampling and fonts are Pillow's bundl
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -232,15 +231,6 @@ def overlay_png(image_path: Path | str, rois: Sequence[Mapping], data_root: Path
 def overlay_data_url(image_path: Path | str, rois: Sequence[Mapping], data_root: Path, max_side: int = 768) -> str:
     """``overlay_png`` as a "data:image/png;base64,..." URL for an ``image_url`` content part."""
     return DATA_URL_PREFIX + base64.b64encode(overlay_png(image_path, rois, data_root, max_side)).decode("ascii")
-
-
-def image_digest(data_url: str) -> str:
-    """sha256 of the image bytes a data URL carries: what a response cache key holds in place
-    of the megabytes of the URL itself."""
-    header, sep, payload = data_url.partition(",")
-    if not (sep and header.startswith("data:") and header.endswith(";base64")):
-        raise ValueError(f"not a base64 data URL: {data_url[:40]!r}")
-    return hashlib.sha256(base64.b64decode(payload, validate=True)).hexdigest()
 
 
 def vlm_user_content(text: str, data_url: str) -> list[dict]:

@@ -295,7 +295,7 @@ def test_vlm_messages_carry_the_image_as_a_content_part():
     assert text["type"] == "text" and "patient_side" in text["text"]
     # The overlay's numbers follow the ROIs' order; the whole-image entry keeps its number, undrawn.
     assert text["text"].endswith("Outlined on the image: 2 = roi b, 3 = roi a")
-    assert image == {"type": "image_url", "image_url": {"url": url}}
+    assert image == {"type": "image_url", "image_url": {"url": url, "detail": "high"}}
 
 
 def test_vlm_without_an_image_writes_from_the_text_and_says_so():
