@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -190,6 +191,10 @@ def materialize_sources(source_ids: list[str], instance=None, writer: dict | Non
             tags=RUN_TAGS,
             run_config=run_config,
         )
+        if _interrupted(result):
+            # Dagster turns Ctrl-C into a failed step; without this the loop would go on.
+            print(f"  {label:<34} interrupted", flush=True)
+            raise KeyboardInterrupt
         failed_checks = [
             f"{e.asset_check_evaluation_data.asset_check_key.name}"
             for e in result.all_events
@@ -205,6 +210,14 @@ def materialize_sources(source_ids: list[str], instance=None, writer: dict | Non
         run(dg.AssetSelection.assets(*PARTITIONED_ASSETS), partition_key=source_id, label=f"{source_id}")
     run(dg.AssetSelection.assets(medtrinity_dataset, *SQL_ASSETS), label="medtrinity_dataset + SQL models")
     return ok
+
+
+def _interrupted(result) -> bool:
+    """Whether a run ended because the process was interrupted (Ctrl-C, or SIGTERM, see main)."""
+    return any(
+        getattr(getattr(event.event_specific_data, "error", None), "cls_name", None) == "DagsterExecutionInterruptedError"
+        for event in result.all_events
+    )
 
 
 def summary() -> str:
@@ -303,7 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--root", help="folder holding the files (default: the spec's root, else data/raw/<id>)")
     commands.add_parser("catalog-doc", help="regenerate docs/CATALOG.md from the specs")
     args = parser.parse_args(argv)
+    try:
+        return _command(args)
+    except KeyboardInterrupt:
+        print("interrupted: no further source was started", file=sys.stderr)
+        return 130
 
+
+def _command(args) -> int:
     if args.command == "catalog-doc":
         from medtrinity_assets.catalog import load_catalog
         from medtrinity_assets.catalog.document import catalog_markdown
@@ -352,4 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from medtrinity_assets.shutdown import exit_quietly
 
+    # SIGTERM stops a run as Ctrl-C does: the current step is interrupted, no further source
+    # starts, and context managers (the local model server) clean up on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     exit_quietly(main())
