@@ -457,7 +457,7 @@ def _description_jobs_sql(data_root: DataRoot, source_id: str, with_image: bool)
     if with_image:
         norm = read_parquet(data_root.table("normalized_images", source_id))
         rois = read_parquet(data_root.table("rois", source_id))
-        image_cols = ", n.image_path, ro.rois"
+        image_cols = ", n.image_path, coalesce(json_extract(n.burned_in, '$.present')::BOOLEAN, false) AS burned_in, ro.rois"
         image_joins = f"""
         LEFT JOIN {norm} n USING (record_id)
         LEFT JOIN (SELECT record_id, list(struct_pack(roi_id, label, x0, y0, x1, y1, mask_path) ORDER BY roi_id) AS rois
@@ -539,6 +539,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot, writer: "WriterConfi
             image_path=data_root.root / record["image_path"] if with_image and record.get("image_path") else None,
             rois=tuple(record.get("rois") or ()) if with_image else (),
             data_root=data_root.root,
+            image_withheld=bool(record.get("burned_in")),
         )
 
     out = data_root.table("descriptions", spec.id)

@@ -434,9 +434,9 @@ class ModelWriter:
 
     def write(self, job: DescribeJob) -> Written:
         faults: Counter[str] = Counter()
-        image_url = self._image_url(job) if self.kind == "vlm" else None
+        image_url = self._image_url(job) if self.kind == "vlm" and not job.image_withheld else None
         if self.kind == "vlm" and image_url is None:
-            faults["image_unavailable"] += 1
+            faults["image_withheld" if job.image_withheld else "image_unavailable"] += 1
         first = build_messages(job.facts, job.knowledge, job.coarse_caption, job.spec, image_url, job.rois)
         messages = first
         passages = knowledge_passages(dict(job.knowledge or {}))

@@ -44,6 +44,10 @@ class DescribeJob:
     image_path: Path | None = None
     rois: tuple[Mapping, ...] = ()
     data_root: Path | None = None
+    # Burned-in text or markers were found in the pixels (normalize stage): names, dates and ids
+    # may be written there, so the image is never sent to a model endpoint, whatever the
+    # source's burned_in_text policy for training; a vision writer writes from the text alone.
+    image_withheld: bool = False
 
 
 @dataclass

@@ -226,3 +226,30 @@ def test_endpoint_faults_lose_no_row_and_are_counted(isolated_env, shared_knowle
     assert report.extra["fallbacks"] == sum(r["fallback_reason"] is not None for r in rows) >= 1
     assert sum(report.extra["writer_mix"].values()) == records
     assert all(r["verified"] == (not r["verifier_flags"]) for r in rows)
+
+
+def test_an_image_with_burned_in_text_is_never_sent_to_a_vision_model(isolated_env, shared_knowledge, tmp_path):
+    """Burned-in text can be a name, a date or an id: such an image (flagged by the normalize
+    stage) is described from the text alone, whatever the spec's burned_in_text policy; the
+    other images of the partition are sent with their ROI outlines."""
+    import pyarrow as pa
+
+    from generation.fault_server import FaultServer, Step
+
+    root = _build_upstream(isolated_env, shared_knowledge, MODEL_SOURCE)
+    normalized = root.table("normalized_images", MODEL_SOURCE)
+    table = pq.read_table(normalized)
+    planted = table.column("record_id")[0].as_py()
+    flags = [json.dumps({"present": True, "kinds": ["text"]}) if rid == planted else value
+             for rid, value in zip(table.column("record_id").to_pylist(), table.column("burned_in").to_pylist())]
+    pq.write_table(table.set_column(table.schema.get_field_index("burned_in"), "burned_in", pa.array(flags, pa.string())), normalized)
+    records = len(_rows(root.table("coarse_captions", MODEL_SOURCE)))
+    with FaultServer(default=Step.ok(json.dumps({"part_modality": "x"}))) as server:
+        config = WriterConfig(kind="vlm", base_url=server.base_url, model="vision-model", api_key_env=None,
+                              max_retries=0, cache_dir=tmp_path / "cache")
+        report = stages.run_descriptions(load_catalog()[MODEL_SOURCE], root, config)
+        contents = [request["body"]["messages"][1]["content"] for request in server.requests]
+    assert report.rows == records
+    with_image = [c for c in contents if isinstance(c, list) and any(part["type"] == "image_url" for part in c)]
+    text_only = [c for c in contents if isinstance(c, str)]
+    assert len(contents) == records and len(with_image) == records - 1 and len(text_only) == 1
