@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast ui bench bench-ingest bench-verifier bench-retrieval bench-text bench-llm validate clean sources fetch check-source
+.PHONY: setup demo test test-fast ui bench bench-ingest bench-verifier bench-retrieval bench-text validate clean sources fetch check-source
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,5 +75,6 @@ bench-text: setup
 # The llm writer with the local model (SmolLM2-135M on llama.cpp) beside the grounded writer:
 # sentences kept by the verifier, fallbacks, 3-gram ratio, words; pipeline vs server-alone tokens/s
 # at concurrency 1 and 2; fault runs (rows in = rows out). ~10 min; writes var/bench/llm.json.
+.PHONY: bench-llm
 bench-llm: setup
 	$(BIN)/python -m medtrinity_assets.bench_llm $(if $(LIMIT),--limit $(LIMIT))

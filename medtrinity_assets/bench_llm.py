@@ -228,6 +228,7 @@ def replay(client, exchanges: list[Exchange], concurrency: int) -> dict:
 class StageRun:
     rows: list[dict]
     report: object  # stages.StageReport
+    started: float
     seconds: float
     exchanges: list[Exchange] = field(default_factory=list)
 
@@ -244,7 +245,7 @@ def describe(spec, root: DataRoot, writer=None) -> StageRun:
         else:
             report = stages.run_descriptions(spec, root, writer=replace(writer, cache_dir=Path(cache)))
         seconds = time.perf_counter() - started
-    return StageRun(read_descriptions(root, spec.id), report, seconds, list(exchanges))
+    return StageRun(read_descriptions(root, spec.id), report, started, seconds, list(exchanges))
 
 
 def quality_figures(rows: list[dict]) -> dict:
@@ -293,12 +294,11 @@ def run_throughput(root: DataRoot, spec, config, rows: int, concurrencies: list[
         run = describe(spec, root, replace(config, concurrency=concurrency))
         seen += run.exchanges
         tokens = int(run.report.extra.get("completion_tokens") or sum(e.completion_tokens for e in run.exchanges))
-        started = min((e.started for e in run.exchanges), default=0.0)
-        peak, mean = in_flight(run.exchanges, started, started + run.seconds)
+        peak, mean = in_flight(run.exchanges, run.started, run.started + run.seconds)
         pipeline = {"rows": len(run.rows), "requests": len(run.exchanges), "completion_tokens": tokens,
                     "seconds": round(run.seconds, 2), "tokens_per_s": round(tokens / run.seconds, 2) if run.seconds else 0.0,
                     "in_flight_max": peak, "in_flight_mean": round(mean, 2),
-                    "stage_in_flight": {k: v for k, v in run.report.extra.items() if "flight" in k}}
+                    "stage_rows_in_flight": {k: v for k, v in run.report.extra.items() if "flight" in k}}
         alone = replay(client, run.exchanges, concurrency)
         ratio = pipeline["tokens_per_s"] / alone["tokens_per_s"] if alone["tokens_per_s"] else None
         results.append({"concurrency": concurrency, "pipeline": pipeline, "server_alone": alone,
@@ -370,12 +370,12 @@ def run_faults(root: DataRoot, spec, config, rows: int, upstream_client, memo: d
             injected = dict(server.injected)
         report = run.report
         figures = quality_figures(run.rows)
-        endpoint = {k: v for k, v in report.extra.items() if isinstance(v, (int, float)) and k not in ("rows",)}
+        endpoint = dict(report.extra.get("endpoint") or {})
         results.append({
             "fault": kind, "rows_in": report.inputs, "rows_out": len(run.rows), "quarantined": report.quarantined,
             "requests": len(run.exchanges), "injected": injected, "fallbacks": figures["fallbacks"],
             "fallback_reasons": figures["fallback_reasons"], "verified_rows": figures["verified_rows"],
-            "seconds": round(run.seconds, 1), "stage_extra": endpoint,
+            "seconds": round(run.seconds, 1), "endpoint": endpoint,
         })
         print(f"  {kind}: rows in {report.inputs}, out {len(run.rows)}, injected {injected}, fallbacks {figures['fallbacks']}", flush=True)
     return results
@@ -418,7 +418,7 @@ def print_tables(result: dict) -> None:
               f"(timeout {FAULT_TIMEOUT_S:.0f} s), the model's answer otherwise")
         print(f"{'fault':10}{'rows in':>8}{'out':>5}{'requests':>9}{'fallbacks':>10}  injected / endpoint counts")
         for r in result["faults"]:
-            counts = {k: v for k, v in r["stage_extra"].items() if v and k in _FAULT_COUNT_KEYS}
+            counts = {k: v for k, v in r["endpoint"].items() if v and k in _FAULT_COUNT_KEYS}
             print(f"{r['fault']:10}{r['rows_in']:>8}{r['rows_out']:>5}{r['requests']:>9}{r['fallbacks']:>10}  {r['injected']} / {counts}")
 
 
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         memo: dict = {}
         if "quality" in parts:
             print("Quality (grounded and llm writers):", flush=True)
-            result["quality"] = run_quality(root, specs, replace(config, concurrency=1), args.limit)
+            result["quality"] = run_quality(root, specs, config, args.limit)
         if "throughput" in parts:
             print("Throughput:", flush=True)
             result["throughput"], seen = run_throughput(root, throughput_spec, config, args.throughput_rows, concurrencies, client)
