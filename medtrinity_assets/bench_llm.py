@@ -199,13 +199,21 @@ def in_flight(exchanges: list[Exchange], started: float, ended: float) -> tuple[
 
 def replay(client, exchanges: list[Exchange], concurrency: int) -> dict:
     """The recorded requests sent again, in order, from ``concurrency`` threads: the server alone."""
+    import openai
+
     requests = [{k: v for k, v in e.request.items() if v is not None} for e in sorted(exchanges, key=lambda e: e.started)]
     done: list[Exchange] = []
+    failed: Counter = Counter()
     lock = threading.Lock()
 
     def send(request: dict) -> None:
         began = time.perf_counter()
-        response = client.chat.completions.create(**request)
+        try:
+            response = client.chat.completions.create(**request)
+        except openai.OpenAIError as error:  # counted, as the pipeline's endpoint counts its faults
+            with lock:
+                failed[type(error).__name__] += 1
+            return
         exchange = Exchange(request, began, time.perf_counter())
         _read_answer(exchange, response)
         with lock:
@@ -217,7 +225,7 @@ def replay(client, exchanges: list[Exchange], concurrency: int) -> dict:
     seconds = time.perf_counter() - started
     peak, mean = in_flight(done, started, started + seconds)
     tokens = sum(e.completion_tokens for e in done)
-    return {"requests": len(done), "completion_tokens": tokens, "seconds": round(seconds, 2),
+    return {"requests": len(requests), "failed": dict(failed), "completion_tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0, "in_flight_max": peak, "in_flight_mean": round(mean, 2)}
 
 
@@ -391,7 +399,8 @@ def _pct(value) -> str:
 def print_tables(result: dict) -> None:
     w = result["workload"]
     print(f"\nWorkload: model {w['model']} ({w['server']}), max_tokens {w['max_tokens']}, temperature {w['temperature']}, "
-          f"response_format {w['response_format']}, {w['cpus']} CPUs (shared)")
+          f"response_format {w['response_format']}; {w['cpus']} CPUs, shared: load average {w['load_average_at_start']} at the start, "
+          f"{w.get('load_average_at_end', '-')} at the end; {w.get('seconds', '-')} s with the server up")
     if "quality" in result:
         q = result["quality"]
         print(f"\nQuality: first {w['limit']} captioned records per source; llm = {w['model']} gated by the verifier, "
@@ -459,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Upstream stages for {len(specs)} sources under {root.root}:", flush=True)
     prepare_upstream(root, specs if throughput_spec in specs else [*specs, throughput_spec])
 
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     with local_server.llama_server(BENCH_DIR / "llm_server.log") as server:
         config = WriterConfig(kind="llm", base_url=server.base_url, model=server.model, api_key_env=None,
                               response_format="json_object", concurrency=max(concurrencies))
@@ -466,31 +478,37 @@ def main(argv: list[str] | None = None) -> int:
             "model": server.model, "server": f"llama-cpp-python on 127.0.0.1, n_threads 2, {server.gguf.name}",
             "max_tokens": config.max_tokens, "temperature": config.temperature, "response_format": config.response_format,
             "max_retries": config.max_retries, "on_unverified": config.on_unverified, "cpus": os.cpu_count(),
+            "load_average_at_start": round(os.getloadavg()[0], 2),
             "limit": args.limit, "sources": [s.id for s in specs], "throughput_source": throughput_spec.id,
             "throughput_rows": args.throughput_rows, "concurrency": concurrencies,
         }}
-        client = server.client()
+        client = server.client(timeout=config.timeout_s)
         memo: dict = {}
         if "quality" in parts:
-            print("Quality (grounded and llm writers):", flush=True)
+            print(f"Quality (grounded and llm writers, concurrency {config.concurrency}):", flush=True)
             result["quality"] = run_quality(root, specs, config, args.limit)
+            _save(result, out)  # each part is kept as soon as it is measured
         if "throughput" in parts:
             print("Throughput:", flush=True)
             result["throughput"], seen = run_throughput(root, throughput_spec, config, args.throughput_rows, concurrencies, client)
             for exchange in seen:
                 if exchange.text is not None:
                     memo.setdefault(request_key(exchange.request), (exchange.text, exchange.prompt_tokens, exchange.completion_tokens))
+            _save(result, out)
         if "faults" in parts:
             print("Fault runs:", flush=True)
             result["faults"] = run_faults(root, throughput_spec, config, args.throughput_rows, client, memo)
         client.close()
+    result["workload"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    result["workload"]["seconds"] = round(time.perf_counter() - started)
     print_tables(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
+    _save(result, out)
     print(f"\nwritten to {out}")
     return 0
 
+
+def _save(result: dict, out: Path) -> None:
+    out.write_text(json.dumps(result, indent=2, default=str))
 
 if __name__ == "__main__":
     raise SystemExit(main())
