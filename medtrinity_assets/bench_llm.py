@@ -276,6 +276,15 @@ def quality_figures(rows: list[dict]) -> dict:
     }
 
 
+def _examples(run: StageRun, rows: int = 2) -> dict:
+    """What to read: a few rows as written (text, writer, why it fell back) and the model's first
+    raw answers in the run."""
+    answers = [e.text for e in sorted(run.exchanges, key=lambda e: e.started)]
+    return {"rows": [{k: r.get(k) for k in ("record_id", "writer", "fallback_reason", "sentences_written",
+                                             "sentences_dropped", "description")} for r in run.rows[:rows]],
+            "model_answers": answers[:rows]}
+
+
 def run_quality(root: DataRoot, specs: list, config, limit: int) -> dict:
     per_source, grounded_all, llm_all = [], [], []
     tokens = Counter()
@@ -288,7 +297,8 @@ def run_quality(root: DataRoot, specs: list, config, limit: int) -> dict:
         llm_all += llm.rows
         tokens.update({k: llm.report.extra.get(k, 0) for k in ("prompt_tokens", "completion_tokens")})
         per_source.append({"source": spec.id, "grounded": quality_figures(grounded.rows), "llm": quality_figures(llm.rows),
-                           "llm_seconds": round(llm.seconds, 1), "llm_requests": len(llm.exchanges)})
+                           "llm_seconds": round(llm.seconds, 1), "llm_requests": len(llm.exchanges),
+                           "examples": _examples(llm)})
         print(f"  {spec.id}: {len(llm.rows)} rows, {len(llm.exchanges)} model requests, {llm.seconds:.0f} s", flush=True)
     return {"sources": per_source, "total": {"grounded": quality_figures(grounded_all), "llm": quality_figures(llm_all),
                                              **{k: int(v) for k, v in tokens.items()}}}
