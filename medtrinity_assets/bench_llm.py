@@ -408,7 +408,8 @@ def _pct(value) -> str:
 
 def print_tables(result: dict) -> None:
     w = result["workload"]
-    print(f"\nWorkload: model {w['model']} ({w['server']}), max_tokens {w['max_tokens']}, temperature {w['temperature']}, "
+    print(f"\nWorkload: model {w['model']} ({w['server']}), max_tokens {w['max_tokens']}, max_retries {w['max_retries']}, "
+          f"on_unverified {w['on_unverified']}, temperature {w['temperature']}, "
           f"response_format {w['response_format']}; {w['cpus']} CPUs, shared: load average {w['load_average_at_start']} at the start, "
           f"{w.get('load_average_at_end', '-')} at the end; {w.get('seconds', '-')} s with the server up")
     if "quality" in result:
@@ -454,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-rows", type=int, default=6, help="records in the throughput and fault runs")
     parser.add_argument("--concurrency", default="1,2", help="comma-separated concurrencies of the throughput run")
     parser.add_argument("--parts", default="quality,throughput,faults")
+    parser.add_argument("--max-tokens", type=int, help="the writer's max_tokens (default: WriterConfig's)")
+    parser.add_argument("--max-retries", type=int, help="verifier-feedback retries per row, 0-2 (default: WriterConfig's)")
     parser.add_argument("--sources", default="", help="comma-separated source ids (default: the demo and real-data sources)")
     parser.add_argument("--fresh", action="store_true", help="materialize the upstream stages again")
     parser.add_argument("--out", default=str(BENCH_DIR / "llm.json"))
@@ -482,8 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with local_server.llama_server(BENCH_DIR / "llm_server.log") as server:
+        sampling = {k: v for k, v in (("max_tokens", args.max_tokens), ("max_retries", args.max_retries)) if v is not None}
         config = WriterConfig(kind="llm", base_url=server.base_url, model=server.model, api_key_env=None,
-                              response_format="json_object", concurrency=max(concurrencies))
+                              response_format="json_object", concurrency=max(concurrencies), **sampling)
         result: dict = {"workload": {
             "model": server.model, "server": f"llama-cpp-python on 127.0.0.1, n_threads 2, {server.gguf.name}",
             "max_tokens": config.max_tokens, "temperature": config.temperature, "response_format": config.response_format,
