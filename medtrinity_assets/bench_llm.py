@@ -186,15 +186,24 @@ def _read_answer(exchange: Exchange, response) -> None:
         pass
 
 
-def in_flight(exchanges: list[Exchange], started: float, ended: float) -> tuple[int, float]:
-    """Requests in flight: the most at once, and the mean over [started, ended]."""
+def in_flight(exchanges: list[Exchange], started: float, ended: float) -> tuple[int, float, float]:
+    """Requests in flight over [started, ended]: the most at once, the mean, and the share of the
+    time with at least one in flight (the server is never idle at 1.0)."""
     events = sorted([(e.started, 1) for e in exchanges] + [(e.ended, -1) for e in exchanges], key=lambda x: (x[0], x[1]))
     current = peak = 0
-    for _, step in events:
+    covered, since = 0.0, None
+    for at, step in events:
         current += step
         peak = max(peak, current)
-    busy = sum(e.ended - e.started for e in exchanges)
-    return peak, busy / (ended - started) if ended > started else 0.0
+        if current == 1 and step == 1:
+            since = at
+        elif current == 0 and since is not None:
+            covered += at - since
+            since = None
+    span = ended - started
+    if span <= 0:
+        return peak, 0.0, 0.0
+    return peak, sum(e.ended - e.started for e in exchanges) / span, covered / span
 
 
 def replay(client, exchanges: list[Exchange], concurrency: int) -> dict:
@@ -223,10 +232,11 @@ def replay(client, exchanges: list[Exchange], concurrency: int) -> dict:
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(send, requests))
     seconds = time.perf_counter() - started
-    peak, mean = in_flight(done, started, started + seconds)
+    peak, mean, busy = in_flight(done, started, started + seconds)
     tokens = sum(e.completion_tokens for e in done)
     return {"requests": len(requests), "failed": dict(failed), "completion_tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0, "in_flight_max": peak, "in_flight_mean": round(mean, 2)}
+            "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0, "in_flight_max": peak, "in_flight_mean": round(mean, 2),
+            "busy_share": round(busy, 3)}
 
 
 # --- running the stage -----------------------------------------------------------------------
@@ -312,10 +322,10 @@ def run_throughput(root: DataRoot, spec, config, rows: int, concurrencies: list[
         run = describe(spec, root, replace(config, concurrency=concurrency))
         seen += run.exchanges
         tokens = int(run.report.extra.get("completion_tokens") or sum(e.completion_tokens for e in run.exchanges))
-        peak, mean = in_flight(run.exchanges, run.started, run.started + run.seconds)
+        peak, mean, busy = in_flight(run.exchanges, run.started, run.started + run.seconds)
         pipeline = {"rows": len(run.rows), "requests": len(run.exchanges), "completion_tokens": tokens,
                     "seconds": round(run.seconds, 2), "tokens_per_s": round(tokens / run.seconds, 2) if run.seconds else 0.0,
-                    "in_flight_max": peak, "in_flight_mean": round(mean, 2),
+                    "in_flight_max": peak, "in_flight_mean": round(mean, 2), "busy_share": round(busy, 3),
                     "stage_rows_in_flight": {k: v for k, v in run.report.extra.items() if "flight" in k}}
         alone = replay(client, run.exchanges, concurrency)
         ratio = pipeline["tokens_per_s"] / alone["tokens_per_s"] if alone["tokens_per_s"] else None
@@ -393,6 +403,7 @@ def run_faults(root: DataRoot, spec, config, rows: int, upstream_client, memo: d
             "fault": kind, "rows_in": report.inputs, "rows_out": len(run.rows), "quarantined": report.quarantined,
             "requests": len(run.exchanges), "injected": injected, "fallbacks": figures["fallbacks"],
             "fallback_reasons": figures["fallback_reasons"], "verified_rows": figures["verified_rows"],
+            "endpoint_fallbacks": sum(1 for r in run.rows if (r.get("fallback_reason") or "").startswith("endpoint")),
             "seconds": round(run.seconds, 1), "endpoint": endpoint,
         })
         print(f"  {kind}: rows in {report.inputs}, out {len(run.rows)}, injected {injected}, fallbacks {figures['fallbacks']}", flush=True)
@@ -428,18 +439,22 @@ def print_tables(result: dict) -> None:
     if "throughput" in result:
         print(f"\nThroughput: {w['throughput_rows']} records of {w['throughput_source']}, fresh response cache; "
               "server alone = the same requests sent straight through the openai client")
-        print(f"{'concurrency':>11}{'requests':>9}{'pipeline tok/s':>15}{'alone tok/s':>12}{'ratio':>7}{'in flight max/mean':>20}{'alone max/mean':>16}")
+        print(f"{'concurrency':>11}{'requests':>9}{'pipeline tok/s':>15}{'alone tok/s':>12}{'ratio':>7}"
+              f"{'in flight max/mean/busy':>25}{'alone max/mean/busy':>21}")
         for r in result["throughput"]:
             p, a = r["pipeline"], r["server_alone"]
             print(f"{r['concurrency']:>11}{p['requests']:>9}{p['tokens_per_s']:>15.1f}{a['tokens_per_s']:>12.1f}{r['ratio'] or 0:>7.2f}"
-                  f"{p['in_flight_max']:>13}/{p['in_flight_mean']:<6.2f}{a['in_flight_max']:>9}/{a['in_flight_mean']:<6.2f}")
+                  f"{p['in_flight_max']:>13}/{p['in_flight_mean']:.2f}/{p['busy_share']:.2f}"
+                  f"{a['in_flight_max']:>10}/{a['in_flight_mean']:.2f}/{a['busy_share']:.2f}")
+        print("busy: share of the wall time with a request in flight (1.00: the server never waits for the pipeline)")
     if "faults" in result:
         print(f"\nFaults: {w['throughput_rows']} records of {w['throughput_source']}, a fault every {FAULT_EVERY}rd request "
               f"(timeout {FAULT_TIMEOUT_S:.0f} s), the model's answer otherwise")
-        print(f"{'fault':10}{'rows in':>8}{'out':>5}{'requests':>9}{'fallbacks':>10}  injected / endpoint counts")
+        print(f"{'fault':10}{'rows in':>8}{'out':>5}{'requests':>9}{'fallbacks':>10}{'(endpoint)':>11}  injected / endpoint counts")
         for r in result["faults"]:
             counts = {k: v for k, v in r["endpoint"].items() if v and k in _FAULT_COUNT_KEYS}
-            print(f"{r['fault']:10}{r['rows_in']:>8}{r['rows_out']:>5}{r['requests']:>9}{r['fallbacks']:>10}  {r['injected']} / {counts}")
+            print(f"{r['fault']:10}{r['rows_in']:>8}{r['rows_out']:>5}{r['requests']:>9}{r['fallbacks']:>10}{r['endpoint_fallbacks']:>11}"
+                  f"  {r['injected']} / {counts}")
 
 
 _FAULT_COUNT_KEYS = ("retries", "http_429", "http_5xx", "timeouts", "connection_errors", "malformed", "truncated",

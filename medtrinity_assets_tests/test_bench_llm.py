@@ -24,9 +24,10 @@ def _endpoint(base_url: str, **overrides) -> ChatEndpoint:
 
 def test_in_flight_counts_overlapping_requests():
     exchanges = [bench_llm.Exchange({}, 0.0, 4.0), bench_llm.Exchange({}, 1.0, 3.0), bench_llm.Exchange({}, 4.0, 6.0)]
-    peak, mean = bench_llm.in_flight(exchanges, 0.0, 8.0)
+    peak, mean, busy = bench_llm.in_flight(exchanges, 0.0, 8.0)
     assert peak == 2  # the third starts when the first ends: not three at once
     assert mean == pytest.approx((4 + 2 + 2) / 8)
+    assert busy == pytest.approx(6 / 8)  # idle from 6 to 8 only
 
 
 def test_recorded_requests_are_replayed_unchanged():
