@@ -159,13 +159,15 @@ def record_requests() -> Iterator[list[Exchange]]:
     lock = threading.Lock()
 
     def create(self, *args, **kwargs):
-        started = time.perf_counter()
-        response = original(self, *args, **kwargs)
-        exchange = Exchange({k: kwargs.get(k) for k in REQUEST_FIELDS}, started, time.perf_counter())
-        _read_answer(exchange, response)
-        with lock:
-            exchanges.append(exchange)
-        return response
+        exchange = Exchange({k: kwargs.get(k) for k in REQUEST_FIELDS}, time.perf_counter(), 0.0)
+        try:
+            response = original(self, *args, **kwargs)
+            _read_answer(exchange, response)
+            return response
+        finally:  # a request that failed was in flight too (its text stays None)
+            exchange.ended = time.perf_counter()
+            with lock:
+                exchanges.append(exchange)
 
     Completions.create = create
     try:
