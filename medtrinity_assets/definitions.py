@@ -19,5 +19,9 @@ defs = dg.Definitions(
     jobs=[source_pipeline_job],
     sensors=[raw_files_sensor],
     schedules=[refresh_sources_schedule],
+    # The descriptions asset's writer resource (defs/resources.py WriterSettings) is bound to
+    # that asset (defs/assets.py), not listed here: Dagster refuses the same key in both places,
+    # and bound to the asset it is there in every run, the CLI's and the tests' included. The
+    # launchpad configures it per run under resources.writer.
     resources={"settings": PipelineSettings()},
 )

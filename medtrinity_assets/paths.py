@@ -62,6 +62,11 @@ class DataRoot:
     def exports(self) -> Path:
         return self.root / "exports"
 
+    @property
+    def llm_cache(self) -> Path:
+        """The model writers' response cache (a rerun of a partition calls no endpoint)."""
+        return self.root / "llm_cache"
+
 
 @contextmanager
 def env_overrides(**values) -> Iterator[None]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from medtrinity_assets import schemas, stages
 from medtrinity_assets.catalog import SourceSpec
+from medtrinity_assets.generation.writers import WriterConfig
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.quality import checks as qc
 from medtrinity_assets.quality.checks import CheckDef, CheckOutcome, CheckTarget
@@ -32,6 +33,7 @@ class StageInputs:
     salt: str = ""
     knowledge_folder: Path | None = None
     source_ids: tuple[str, ...] = ()
+    writer: WriterConfig | None = None  # the descriptions stage's writer (None: grounded)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class Stage:
     kinds: frozenset[str] = field(default_factory=lambda: frozenset({"parquet", "duckdb"}))
     # The table on disk when it is not tables/<name> (the knowledge base's chunks).
     table_name: str | None = None
+    # Runs a writer (generation/writers.py): the asset gets the writer resource, and its Dagster
+    # concurrency pool bounds how many partitions call a model endpoint at once, across runs.
+    uses_writer: bool = False
+    pool: str | None = None
 
     def table(self, root: DataRoot, partition: str | None) -> Path:
         return root.table(self.table_name or self.name, partition)
@@ -132,7 +138,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "descriptions", schemas.DESCRIPTIONS, ("facts", "coarse_captions", "retrieved_knowledge"),
-        lambda i: stages.run_descriptions(i.spec, i.data_root),
+        lambda i: stages.run_descriptions(i.spec, i.data_root, i.writer),
         (
             qc.not_null(["record_id", "description", "verified", "writer"]),
             qc.unique_key(["record_id"]),
@@ -140,8 +146,10 @@ STAGES: tuple[Stage, ...] = (
             qc.contradiction_rate(),
             *qc.quarantine_checks(),
         ),
-        "Describe: MedTrinity's five-part description rendered from the facts by the grounded writer, "
+        "Describe: MedTrinity's five-part description written from the facts by the configured writer "
+        "(grounded templates, or a language / vision model through an OpenAI-compatible endpoint), "
         "then read back sentence by sentence by the verifier (unsupported claims flagged, never shipped for training).",
+        uses_writer=True, pool="llm",
     ),
     Stage(
         "triplets", schemas.TRIPLETS, ("descriptions",),

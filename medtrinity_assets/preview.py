@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from medtrinity_assets.dataset.exports import held_back_flags
+from medtrinity_assets.generation.roi_overlay import OverlayError, inner_edge, read_mask, thicken
 
 OUTLINE = (255, 64, 64)
 BURNED_IN_COLOUR = (255, 0, 0)
@@ -57,6 +58,17 @@ def mark_burned_in(image: Image.Image, burned_in_json: str | None) -> Image.Imag
     return image
 
 
+def _mask_or_none(data_root: Path, mask_path: str | None) -> np.ndarray | None:
+    """The ROI's mask when it is a readable file inside the data root; else None (the box is
+    drawn instead: a thumbnail is a glance, not a record)."""
+    if not mask_path:
+        return None
+    try:
+        return read_mask(data_root, mask_path)
+    except OverlayError:
+        return None
+
+
 def roi_thumbnail(
     data_root: Path, image_path: str, rois_json: str | None, size: int = 192, burned_in_json: str | None = None
 ) -> bytes:
@@ -67,19 +79,11 @@ def roi_thumbnail(
     for roi in json.loads(rois_json or "[]"):
         if roi.get("origin") == "whole_image":
             continue
-        mask_path = roi.get("mask_path")
-        if mask_path and (Path(data_root) / mask_path).exists():
-            with Image.open(Path(data_root) / mask_path) as mask_image:
-                mask = np.asarray(mask_image) > 0
-            # The outline is the mask minus its erosion: one-pixel edge, drawn thick after scaling.
-            interior = mask.copy()
-            interior[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
-            edge = mask & ~interior
+        mask = _mask_or_none(data_root, roi.get("mask_path"))
+        if mask is not None:
+            # One-pixel edge, drawn three pixels thick so it survives the thumbnail's shrinking.
             pixels = np.asarray(image).copy()
-            ys, xs = np.nonzero(edge)
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    pixels[np.clip(ys + dy, 0, pixels.shape[0] - 1), np.clip(xs + dx, 0, pixels.shape[1] - 1)] = OUTLINE
+            pixels[thicken(inner_edge(mask), 1)] = OUTLINE
             image = Image.fromarray(pixels)
         elif roi.get("box"):
             x0, y0, x1, y1 = roi["box"]

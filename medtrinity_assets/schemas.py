@@ -238,6 +238,18 @@ DESCRIPTIONS = pa.schema(
         ("verifier_flags", STR_LIST),  # one entry per contradiction found
         ("label_state", STR),  # finding | normal | unknown (the source's, never guessed)
         ("facts", STR),  # JSON list of the facts the description was written from (knowledge included)
+        # How the text was made (generation/writers.py Written): null model and prompt hash and
+        # zero counts for the grounded writer; fallback_reason set when a model writer's row
+        # was written by the grounded writer instead.
+        ("model", STR),
+        ("prompt_hash", STR),
+        ("attempts", INT),
+        ("prompt_tokens", INT),
+        ("completion_tokens", INT),
+        ("cost_usd", FLOAT),
+        ("fallback_reason", STR),
+        ("sentences_written", INT),
+        ("sentences_dropped", INT),
     ]
 )
 

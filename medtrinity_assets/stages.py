@@ -11,12 +11,14 @@ are written in batches (storage.TableWriter), so memory does not grow with a par
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from PIL import Image
@@ -26,7 +28,10 @@ from medtrinity_assets.catalog import SourceSpec, source_root
 from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.sources.base import describe_error
-from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, write_table
+from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, make_dirs, write_table
+
+if TYPE_CHECKING:
+    from medtrinity_assets.generation.writers import WriterConfig
 
 @dataclass
 class StageReport:
@@ -405,65 +410,224 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
 # --- Stage 6: describe and verify --------------------------------------------------------
 
 
-def run_descriptions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
-    from medtrinity_assets.generation.facts import Fact, FactSet
-    from medtrinity_assets.generation.grounded_writer import write_description
-    from medtrinity_assets.generation.verifier import verify
+class InFlightGauge:
+    """Requests in flight around ``writer.write``: the most at once and the time-weighted mean
+    over the span from the first call's start to the last call's end."""
 
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.current = self.max = 0
+        self._area = 0.0  # in-flight count integrated over time
+        self._first: float | None = None
+        self._last = 0.0
+
+    def _advance(self, now: float) -> None:
+        if self._first is None:
+            self._first = self._last = now
+        self._area += self.current * (now - self._last)
+        self._last = now
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        with self._lock:
+            self._advance(time.perf_counter())
+            self.current += 1
+            self.max = max(self.max, self.current)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._advance(time.perf_counter())
+                self.current -= 1
+
+    @property
+    def mean(self) -> float:
+        span = self._last - self._first if self._first is not None else 0.0
+        return self._area / span if span > 0 else float(self.max)
+
+
+def _description_jobs_sql(data_root: DataRoot, source_id: str, with_image: bool) -> str:
+    """One row per record to describe: its facts, knowledge and coarse caption; with the
+    normalized image path and the ROI boxes when a vision model will see the image. The caption
+    join keeps the records a caption was written for (facts exist only for records with ROIs)."""
+    raw = read_parquet(data_root.table("raw_records", source_id))
+    captions = read_parquet(data_root.table("coarse_captions", source_id))
+    retrieved = read_parquet(data_root.table("retrieved_knowledge", source_id))
+    image_cols = image_joins = ""
+    if with_image:
+        norm = read_parquet(data_root.table("normalized_images", source_id))
+        rois = read_parquet(data_root.table("rois", source_id))
+        image_cols = ", n.image_path, ro.rois"
+        image_joins = f"""
+        LEFT JOIN {norm} n USING (record_id)
+        LEFT JOIN (SELECT record_id, list(struct_pack(roi_id, label, x0, y0, x1, y1, mask_path) ORDER BY roi_id) AS rois
+                   FROM {rois} GROUP BY record_id) ro USING (record_id)"""
+    return f"""
+        SELECT rec.record_id, rec.source_file, c.coarse_caption, k.* EXCLUDE (record_id, source_id), fx.facts {image_cols}
+        FROM {raw} rec
+        JOIN (SELECT record_id, coarse_caption FROM {captions}) c USING (record_id)
+        JOIN {retrieved} k USING (record_id)
+        JOIN ({_facts_by_record(data_root, source_id)}) fx USING (record_id)
+        {image_joins}
+        ORDER BY rec.record_id
+    """
+
+
+# Records handed to the pool ahead of the one written next, per worker: a slow row at the head
+# then does not leave the other workers idle, and memory stays bounded.
+LOOKAHEAD_PER_WORKER = 4
+
+
+def _ordered_in_flight(items: Iterator, work, concurrency: int) -> Iterator[tuple[object, object]]:
+    """(item, outcome) in input order, with at most ``concurrency`` calls of ``work`` running at
+    once; outcome is work's result or the exception it raised (for the caller to quarantine)."""
+
+    def guarded(item):
+        try:
+            return work(item)
+        except Exception as error:
+            return error
+
+    if concurrency <= 1:
+        for item in items:
+            yield item, guarded(item)
+        return
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="describe") as pool:
+        for item in items:
+            pending.append((item, pool.submit(guarded, item)))
+            if len(pending) >= concurrency * LOOKAHEAD_PER_WORKER:
+                head, future = pending.popleft()
+                yield head, future.result()
+        while pending:
+            head, future = pending.popleft()
+            yield head, future.result()
+
+
+def run_descriptions(spec: SourceSpec, data_root: DataRoot, writer: "WriterConfig | None" = None) -> StageReport:
+    """Describe every record with the configured writer (None: the grounded writer) and the
+    verifier. ``writer.concurrency`` rows are in flight at once; rows are written in record order.
+    A writer never raises for a model fault (it falls back to the grounded writer and says so);
+    anything else it raises quarantines that record, and the partition goes on."""
+    from medtrinity_assets.generation.facts import Fact, FactSet
+    from medtrinity_assets.generation.writers import DescribeJob, WriterConfig, make_writer
+
+    config = writer or WriterConfig()
+    if config.kind != "grounded":
+        # The response cache lives with the data (a rerun of the partition makes no request).
+        config = replace(config, cache_dir=config.cache_dir or data_root.llm_cache)
+        make_dirs(config.cache_dir)
     report = StageReport("descriptions", spec.id)
     for upstream in ("facts", "coarse_captions", "retrieved_knowledge"):
         _require(data_root.table(upstream, spec.id), "descriptions")
-    raw = read_parquet(data_root.table("raw_records", spec.id))
-    captions = read_parquet(data_root.table("coarse_captions", spec.id))
-    retrieved = read_parquet(data_root.table("retrieved_knowledge", spec.id))
-    # The writer and the verifier read facts and knowledge only; the caption join keeps the
-    # records a caption was written for (facts exist only for records that have ROIs).
-    sql = f"""
-        SELECT rec.record_id, rec.source_file, k.* EXCLUDE (record_id, source_id), fx.facts
-        FROM {raw} rec
-        JOIN (SELECT record_id FROM {captions}) c USING (record_id)
-        JOIN {retrieved} k USING (record_id)
-        JOIN ({_facts_by_record(data_root, spec.id)}) fx USING (record_id)
-        ORDER BY rec.record_id
-    """
+    with_image = config.kind == "vlm"
     fact_fields = [name for name in schemas.FACTS.names if name != "source_id"]
-    out = data_root.table("descriptions", spec.id)
-    flagged = 0
-    states: Counter = Counter()
-    with stage_tables(report, data_root, out, schemas.DESCRIPTIONS) as (writer, quarantine):
-        for record in stream_rows(sql):
-            report.inputs += 1
-            knowledge = {
+
+    def job_for(record: dict) -> DescribeJob:
+        return DescribeJob(
+            record_id=record["record_id"],
+            source_id=spec.id,
+            facts=FactSet(Fact(**{k: f[k] for k in fact_fields}) for f in record["facts"]),
+            knowledge={
                 "knowledge_ids": record.get("knowledge_ids") or [],
                 "knowledge_texts": record.get("knowledge_texts") or [],
                 "distances": record.get("distances") or [],
                 "knowledge_sections": record.get("knowledge_sections"),
-            }
-            try:
-                facts = FactSet(Fact(**{k: f[k] for k in fact_fields}) for f in record["facts"])
-                parts = write_description(facts, knowledge, spec)
-                facts = parts.pop("facts")  # the record's facts plus the knowledge the text used
-                flags = verify(parts["description"], facts)
-            except Exception as error:
-                quarantine.add(record["source_file"], f"cannot describe: {describe_error(error)}", record["record_id"], kind="stage_error")
-                continue
-            flagged += bool(flags)
-            state = facts.record_value("label_state")
-            states[state] += 1
-            writer.write(
-                {
-                    **{name: parts[name] for name in schemas.DESCRIPTIONS.names if name in parts},
-                    "record_id": record["record_id"],
-                    "source_id": spec.id,
-                    "verified": not flags,
-                    "verifier_flags": list(flags),
-                    "label_state": state,
-                    "facts": facts.to_json(),
-                }
-            )
+            },
+            coarse_caption=record["coarse_caption"],
+            spec=spec,
+            image_path=data_root.root / record["image_path"] if with_image and record.get("image_path") else None,
+            rois=tuple(record.get("rois") or ()) if with_image else (),
+            data_root=data_root.root,
+        )
+
+    out = data_root.table("descriptions", spec.id)
+    flagged = 0
+    states: Counter = Counter()
+    mix: Counter = Counter()
+    totals: Counter = Counter()
+    gauge = InFlightGauge()
+    text_writer = make_writer(config)
+
+    def describe(record: dict):
+        job = job_for(record)
+        with gauge.track():
+            return text_writer.write(job)
+
+    started = time.perf_counter()
+    try:
+        with stage_tables(report, data_root, out, schemas.DESCRIPTIONS) as (table, quarantine):
+            rows = stream_rows(_description_jobs_sql(data_root, spec.id, with_image))
+            for record, written in _ordered_in_flight(rows, describe, config.concurrency):
+                report.inputs += 1
+                if isinstance(written, Exception):
+                    quarantine.add(record["source_file"], f"cannot describe: {describe_error(written)}", record["record_id"], kind="stage_error")
+                    continue
+                flagged += not written.verified
+                state = written.facts.record_value("label_state")
+                states[state] += 1
+                mix[written.writer] += 1
+                totals["fallbacks"] += written.fallback_reason is not None
+                totals["rows_from_cache"] += written.cached
+                for name in ("prompt_tokens", "completion_tokens", "cost_usd", "sentences_written", "sentences_dropped"):
+                    totals[name] += getattr(written, name)
+                table.write(_description_row(written, record["record_id"], spec.id, state))
+        endpoint_counts = getattr(text_writer, "endpoint_counts", None)
+        faults = endpoint_counts().as_metadata() if endpoint_counts else None
+    finally:
+        text_writer.close()
+    if config.cache_dir is not None:
+        apply_modes(config.cache_dir)  # the cache's entries are written by the endpoint client
+    elapsed = time.perf_counter() - started
+    described = sum(mix.values())
     report.extra["contradictions"] = flagged
     report.extra["rows_by_label_state"] = dict(states)
+    report.extra["writer_kind"] = config.kind
+    report.extra["writer_mix"] = dict(sorted(mix.items()))
+    report.extra["fallbacks"] = int(totals["fallbacks"])
+    report.extra["fallback_rate"] = round(totals["fallbacks"] / described, 4) if described else 0.0
+    # Tokens and cost spent by this run: the endpoint's count (an answer from the response cache
+    # costs nothing now; its row still carries what it took to write).
+    spent = faults if faults is not None else totals
+    report.extra["prompt_tokens"] = int(spent["prompt_tokens"])
+    report.extra["completion_tokens"] = int(spent["completion_tokens"])
+    report.extra["cost_usd"] = round(spent["cost_usd"], 6)
+    report.extra["rows_from_cache"] = int(totals["rows_from_cache"])
+    report.extra["sentences_written"] = int(totals["sentences_written"])
+    report.extra["sentences_dropped"] = int(totals["sentences_dropped"])
+    if faults is not None:
+        report.extra["endpoint"] = faults
+    report.extra["in_flight_max"] = gauge.max
+    report.extra["in_flight_mean"] = round(gauge.mean, 3)
+    report.extra["rows_per_second"] = round(report.inputs / elapsed, 3) if elapsed > 0 else 0.0
     return report
+
+
+def _description_row(written, record_id: str, source_id: str, state: str) -> dict:
+    from medtrinity_assets.generation.writers import PART_NAMES
+
+    return {
+        "record_id": record_id,
+        "source_id": source_id,
+        "description": written.description,
+        **{name: written.parts[name] for name in PART_NAMES},
+        "writer": written.writer,
+        "prompt_version": written.prompt_version,
+        "knowledge_ids": list(written.knowledge_ids),
+        "verified": written.verified,
+        "verifier_flags": list(written.flags),
+        "label_state": state,
+        "facts": written.facts.to_json(),
+        "model": written.model,
+        "prompt_hash": written.prompt_hash,
+        "attempts": written.attempts,
+        "prompt_tokens": written.prompt_tokens,
+        "completion_tokens": written.completion_tokens,
+        "cost_usd": float(written.cost_usd),
+        "fallback_reason": written.fallback_reason,
+        "sentences_written": written.sentences_written,
+        "sentences_dropped": written.sentences_dropped,
+    }
 
 
 # --- Stage 7: assemble -------------------------------------------------------------------

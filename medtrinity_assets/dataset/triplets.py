@@ -83,6 +83,8 @@ SELECT
         'intensity_method', n.intensity_method,
         'caption_version', c.caption_version,
         'writer', d.writer,
+        'model', d.model,
+        'prompt_hash', d.prompt_hash,
         'prompt_version', d.prompt_version,
         'knowledge_ids', d.knowledge_ids,
         'split_version', {literal(SPLIT_VERSION)},

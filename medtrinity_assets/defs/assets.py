@@ -15,7 +15,7 @@ import dagster as dg
 from medtrinity_assets import stages
 from medtrinity_assets.dataset.exports import held_back_sql
 from medtrinity_assets.defs.partitions import source_partitions
-from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.defs.resources import WRITER_RESOURCE, PipelineSettings, WriterSettings
 from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.preview import thumbnails_markdown
@@ -92,34 +92,37 @@ def _report_metadata(report: stages.StageReport) -> dict:
     return metadata
 
 
-def _inputs(stage: Stage, settings: PipelineSettings, partition: str | None) -> StageInputs:
+def _inputs(stage: Stage, settings: PipelineSettings, partition: str | None, writer: WriterSettings | None = None) -> StageInputs:
     root = settings.root()
     if stage.partitioned:
-        return StageInputs(root, spec=settings.spec(partition), salt=settings.salt())
+        config = writer.config_for(partition, root) if writer is not None else None
+        return StageInputs(root, spec=settings.spec(partition), salt=settings.salt(), writer=config)
     return StageInputs(root, knowledge_folder=settings.knowledge_folder(), source_ids=tuple(settings.specs()))
+
+
+def _writer_metadata(report: stages.StageReport) -> dict:
+    """What the UI shows per partition of a writing stage: the writer mix as a table."""
+    mix = report.extra.get("writer_mix") or {}
+    total = sum(mix.values())
+    lines = ["| writer | rows | share |", "|---|---|---|"]
+    lines += [f"| {writer} | {rows} | {rows / total:.1%} |" for writer, rows in sorted(mix.items(), key=lambda kv: -kv[1])]
+    return {"writer_mix": dg.MetadataValue.md("\n".join(lines) if mix else "No row described.")}
 
 
 def stage_asset(stage: Stage) -> dg.AssetsDefinition:
     """The asset of one registry entry: run the stage, publish its report and its checks."""
     extra_metadata = EXTRA_METADATA.get(stage.name)
 
-    @dg.asset(
-        name=stage.name,
-        partitions_def=source_partitions if stage.partitioned else None,
-        deps=list(stage.upstream),
-        check_specs=_check_specs(stage),
-        group_name=PIPELINE_GROUP,
-        description=stage.description,
-        kinds=set(stage.kinds),
-    )
-    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    def materialize(context: dg.AssetExecutionContext, settings: PipelineSettings, writer: WriterSettings | None) -> dg.MaterializeResult:
         partition = context.partition_key if stage.partitioned else None
-        report = stage.run(_inputs(stage, settings, partition))
+        report = stage.run(_inputs(stage, settings, partition, writer))
         context.log.info(
             f"{stage.name}[{partition or '-'}]: {report.rows} rows from {report.inputs} inputs, "
             f"{report.quarantined} quarantined, {report.seconds:.1f}s"
         )
         metadata = _report_metadata(report)
+        if stage.uses_writer:
+            metadata.update(_writer_metadata(report))
         if extra_metadata:
             metadata.update(extra_metadata(settings, partition))
         return dg.MaterializeResult(
@@ -127,7 +130,38 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
             check_results=_check_results(stage, settings.root(), partition),
         )
 
-    return _asset
+    # resource_defs is a beta parameter of dg.asset; dagster is pinned (requirements.lock).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        decorate = _asset_decorator(stage)
+    if stage.uses_writer:
+
+        def _writing_asset(context: dg.AssetExecutionContext, settings: PipelineSettings, writer: WriterSettings) -> dg.MaterializeResult:
+            return materialize(context, settings, writer)
+
+        return decorate(_writing_asset)
+
+    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+        return materialize(context, settings, None)
+
+    return decorate(_asset)
+
+
+def _asset_decorator(stage: Stage):
+    return dg.asset(
+        name=stage.name,
+        partitions_def=source_partitions if stage.partitioned else None,
+        deps=list(stage.upstream),
+        check_specs=_check_specs(stage),
+        group_name=PIPELINE_GROUP,
+        description=stage.description,
+        kinds=set(stage.kinds),
+        pool=stage.pool,
+        # Bound to the asset, not given in Definitions: every run that materializes it (the
+        # CLI, the UI, the tests) has the writer resource, grounded unless its run config or
+        # the MEDTRINITY_WRITER / MEDTRINITY_LLM_* environment says otherwise.
+        resource_defs={WRITER_RESOURCE: WriterSettings()} if stage.uses_writer else None,
+    )
 
 
 def _triplet_thumbnails(settings: PipelineSettings, source_id: str) -> dict:

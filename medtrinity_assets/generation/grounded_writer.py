@@ -19,8 +19,8 @@ sentence states facts of the record or of one ROI, in words the verifier reads b
 Sentences are varied by a hash of the record id (the same record always gets the same text),
 so the corpus is not one template repeated.
 
-``build_llm_prompt`` gives the same facts as OpenAI-style chat messages for an OpenAI-compatible
-writer (next issue); the image with the ROI drawn is attached by that writer.
+``build_llm_prompt`` gives the same facts as the chat messages of the model writer
+(``generation.model_writer``, which owns the prompt and attaches the image for a vision model).
 """
 
 from __future__ import annotations
@@ -556,33 +556,10 @@ def write_description(facts: FactSet, knowledge: dict, spec) -> dict:
 
 # --- the seam for an OpenAI-compatible writer ----------------------------------------------
 
-SYSTEM_PROMPT = """You write descriptions of medical images for a training dataset.
-Write exactly five labelled parts, in this order:
-1. Modality: the imaging modality (and view, sequence, plane, slice or frame when given).
-2. Organ and tissue: the organs and the source's label state. If label_state is "unknown", say
-   the source gives no diagnosis; never call the image normal unless label_state is "normal".
-3. ROI location and analysis: position in the image, size, count. Use patient-side words
-   (patient's left/right) only when a patient_side fact is given.
-4. Texture and colour: only the measured intensity, texture, margin, shape and colour facts.
-5. Region relations: the given relations between ROIs, and the ROI relative to the whole image.
-Rules: every statement must come from a fact below; do not copy the background passages, and
-never contradict a fact. If there are no ROI facts, no region was annotated: describe no lesion."""
-
 
 def build_llm_prompt(facts: FactSet, knowledge: dict, coarse: str, spec) -> list[dict]:
-    """OpenAI chat messages (text only) carrying the facts the grounded writer uses."""
-    rows = [
-        {k: v for k, v in (("roi", f.roi_id), ("attribute", f.attribute), ("value", f.value),
-                           ("provenance", f.provenance), ("confidence", f.confidence), ("detail", f.detail)) if v is not None}
-        for f in facts
-    ]
-    background = "\n".join(
-        f"[{p['entry_id']}] {p['appearance']}" for p in knowledge_passages(knowledge or {})
-    ) or "(none retrieved)"
-    user = (
-        f"Source: {spec.name}\nCoarse caption: {coarse}\n\n"
-        f"Facts (JSON, one per line):\n" + "\n".join(json.dumps(r, default=str) for r in rows) + "\n\n"
-        f"Background knowledge (for your judgement; do not copy it):\n{background}\n\n"
-        "Write the five-part description."
-    )
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    """OpenAI chat messages (text only) carrying the facts this writer uses: the model writer's
+    versioned prompt (``generation.model_writer``)."""
+    from medtrinity_assets.generation.model_writer import build_messages
+
+    return build_messages(facts, knowledge, coarse, spec)

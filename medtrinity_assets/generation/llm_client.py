@@ -12,7 +12,7 @@ pipeline needs from any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollam
   and never reach the server; after the cool-down one trial call is let through (half-open): a
   success closes the circuit, a failure opens it again;
 - a response cache on disk keyed by sha256 of (model, canonical JSON of messages and params,
-  attempt), holding the response text, finish reason and usage, written atomically (temp file
+  attempt; an image's data URL enters as its own sha256, not as megabytes), holding the response text, finish reason and usage, written atomically (temp file
   then rename), so a rerun of a partition makes no call;
 - ``FaultCounts``, every call and fault counted, with tokens and cost from an optional price
   table (per million input / output tokens), ready for Dagster materialization metadata.
@@ -280,10 +280,29 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _digest_data_urls(value: Any) -> Any:
+    """``value`` with every data URL (an image sent to a vision model) replaced by its sha256:
+    the key material stays small and still tells two images apart."""
+    if isinstance(value, str):
+        if value.startswith("data:"):
+            return "data-sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()
+        return value
+    if isinstance(value, Mapping):
+        return {k: _digest_data_urls(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_digest_data_urls(v) for v in value]
+    return value
+
+
+def cache_material(model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> str:
+    """What a cache key hashes: canonical JSON of the model, the messages (data URLs as their
+    digest) and the request parameters."""
+    return canonical_json({"model": model, "messages": _digest_data_urls(list(messages)), "params": dict(params)})
+
+
 def cache_key(model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> str:
-    """sha256 of the model, the messages and the request parameters, as canonical JSON."""
-    material = canonical_json({"model": model, "messages": list(messages), "params": dict(params)})
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+    """sha256 of ``cache_material``."""
+    return hashlib.sha256(cache_material(model, messages, params).encode("utf-8")).hexdigest()
 
 
 class ResponseCache:
@@ -650,7 +669,8 @@ def parse_json_object(text: str) -> dict[str, Any]:
     """The first JSON object in a model's text.
 
     Code fences are stripped (an unclosed fence too); each ``{`` is tried in turn, its balanced
-    ``{...}`` span (strings and escapes respected) parsed, a trailing comma tolerated. Raises
+    ``{...}`` span (strings and escapes respected) parsed, a trailing comma and raw control
+    characters inside strings tolerated. Raises
     ``TruncatedOutputError`` when an object opens and never closes, else
     ``MalformedOutputError`` when none parses.
     """
@@ -669,7 +689,7 @@ def parse_json_object(text: str) -> dict[str, Any]:
             span = candidate[start : end + 1]
             for attempt in (span, _TRAILING_COMMA.sub(r"\1", span)):
                 try:
-                    value = json.loads(attempt)
+                    value = json.loads(attempt, strict=False)  # a raw newline inside a string: a model habit
                 except ValueError:
                     continue
                 if isinstance(value, dict):
@@ -720,6 +740,7 @@ __all__ = [
     "ResponseCache",
     "TruncatedOutputError",
     "cache_key",
+    "cache_material",
     "parse_json_object",
     "price_for",
     "retry_after_seconds",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import random
 import threading
@@ -344,6 +345,7 @@ def test_fault_counts_add_and_metadata():
         ('{"a": [1, 2,],}', {"a": [1, 2]}),
         ("Use {placeholder} then {\"a\": 2}", {"a": 2}),
         ('```json\n{"a": 3}', {"a": 3}),
+        ('{"a": "view: PA }\n{", "b": "c"}', {"a": "view: PA }\n{", "b": "c"}),  # a raw newline in a string
     ],
 )
 def test_parse_json_object_tolerates_model_habits(text, expected):
@@ -367,3 +369,20 @@ def test_parse_json_object_raises_typed_errors(text, error):
         with pytest.raises(MalformedOutputError) as info:
             parse_json_object(text)
         assert not isinstance(info.value, TruncatedOutputError)
+
+
+def test_data_urls_enter_the_cache_key_as_their_digest():
+    def with_image(payload: bytes) -> list[dict]:
+        url = "data:image/png;base64," + base64.b64encode(payload).decode()
+        return [MESSAGES[0], {"role": "user", "content": [{"type": "text", "text": "Describe ROI 1."},
+                                                          {"type": "image_url", "image_url": {"url": url}}]}]
+
+    big = bytes(range(256)) * 4096  # 1 MiB of image
+    other = big[:-1] + b"\x00"
+    material = llm_client.cache_material("m", with_image(big), {"temperature": 0.0})
+    assert len(material) < 1000 and "data-sha256:" in material
+    key = llm_client.cache_key("m", with_image(big), {})
+    assert key == llm_client.cache_key("m", with_image(big), {})
+    assert key != llm_client.cache_key("m", with_image(other), {})
+    # Text-only messages keep the keys they had.
+    assert llm_client.cache_material("m", MESSAGES, {}) == llm_client.canonical_json({"model": "m", "messages": MESSAGES, "params": {}})
