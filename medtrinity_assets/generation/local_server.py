@@ -33,6 +33,9 @@ SERVER_EXTRAS = {"uvicorn": "llama-cpp-python[server]", "fastapi": "llama-cpp-py
                  "sse_starlette": "llama-cpp-python[server]", "pydantic_settings": "llama-cpp-python[server]"}
 
 MODEL_ALIAS = "smollm2-135m-instruct"
+# SmolLM2 was trained to 8192 tokens; 2048 cut off prompts carrying publisher notes (HTTP 400)
+# and a retry's feedback turn. 4096 holds them at a few MB more of KV cache.
+CONTEXT_TOKENS = 4096
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 
@@ -90,7 +93,7 @@ class LlamaServer:
         return _tail(self.log, chars)
 
 
-def server_command(gguf: Path, port: int, *, n_ctx: int = 2048, n_threads: int = 2) -> list[str]:
+def server_command(gguf: Path, port: int, *, n_ctx: int = CONTEXT_TOKENS, n_threads: int = 2) -> list[str]:
     """The command line of ``python -m llama_cpp.server``. No ``--chat_format``: the server then
     formats chats with the template in the GGUF's metadata (``tokenizer.chat_template``)."""
     return [
@@ -107,7 +110,7 @@ def server_command(gguf: Path, port: int, *, n_ctx: int = 2048, n_threads: int =
 
 
 @contextmanager
-def llama_server(log: Path, *, gguf: Path | None = None, n_ctx: int = 2048, n_threads: int = 2,
+def llama_server(log: Path, *, gguf: Path | None = None, n_ctx: int = CONTEXT_TOKENS, n_threads: int = 2,
                  startup_timeout: float = STARTUP_TIMEOUT_S) -> Iterator[LlamaServer]:
     """Start the server, wait until ``/v1/models`` answers with the model, yield it, stop it."""
     gguf = gguf or smollm2_gguf()

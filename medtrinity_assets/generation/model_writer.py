@@ -62,8 +62,9 @@ from medtrinity_assets.generation.verifier import Verdict, verify, verify_claims
 from medtrinity_assets.generation.writers import PART_NAMES, DescribeJob, GroundedWriter, Written, WriterConfig
 
 PROMPT_VERSION = "five-part-json-v1"
-# The 135M test model has a 2048-token context: the prompt names the largest ROIs only (the
-# grounded writer, too, names the primary ROI and five others) and shortens the passages.
+# A small local model has a short context (4096 tokens on the demo's server): the prompt names
+# the largest ROIs only (the grounded writer, too, names the primary ROI and five others) and
+# shortens the passages.
 MAX_PROMPT_ROIS = 6
 MAX_PASSAGES = 3
 MAX_PASSAGE_CHARS = 400
