@@ -144,6 +144,7 @@ STAGES: tuple[Stage, ...] = (
             qc.unique_key(["record_id"]),
             qc.five_parts(),
             qc.contradiction_rate(),
+            qc.fallback_rate(),
             *qc.quarantine_checks(),
         ),
         "Describe: MedTrinity's five-part description written from the facts by the configured writer "

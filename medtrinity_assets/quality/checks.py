@@ -33,6 +33,9 @@ from medtrinity_assets.sources.base import QUARANTINE_KINDS
 MAX_QUARANTINE_RATE = 0.2
 # Above this share of descriptions with a verifier contradiction, the writer needs attention.
 MAX_CONTRADICTION_RATE = 0.05
+# Above this share of a model writer's rows written by the grounded fallback, the model (or its
+# endpoint, or the prompt) is not doing the work it is paid for: worth a look, not a stop.
+MAX_FALLBACK_RATE = 0.5
 MIN_ROWS = 1
 MAX_EXAMPLES = 5
 
@@ -322,6 +325,32 @@ def check_contradiction_rate(
     return _guarded(name, severity, descriptions_path, body)
 
 
+def check_fallback_rate(
+    con, descriptions_path: PathLike, max_rate: float = MAX_FALLBACK_RATE, *, name: str = "model_fallback_rate", severity: str = "WARN"
+) -> CheckOutcome:
+    """Share of a model writer's rows (model not null) that fell back to the grounded writer,
+    with the reasons counted; a grounded-only partition passes."""
+
+    def body(rel: str) -> CheckOutcome:
+        total, fallen = _rows(con, f"SELECT count(*), count(fallback_reason) FROM {rel} WHERE model IS NOT NULL")[0]
+        if not total:
+            return CheckOutcome(name, True, severity, "no row was given to a model writer", {"model_rows": 0})
+        rate = fallen / total
+        # Reasons up to their first colon: "unverified after 3 attempts", "endpoint", ...
+        reasons = dict(_rows(con, f"""SELECT split_part(fallback_reason, ':', 1), count(*) FROM {rel}
+                                      WHERE fallback_reason IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20"""))
+        return CheckOutcome(
+            name,
+            rate <= max_rate,
+            severity,
+            f"{fallen} of {total} model rows fell back to the grounded writer ({rate:.1%}; limit {max_rate:.0%})",
+            {"model_rows": int(total), "fallbacks": int(fallen), "rate": round(rate, 4), "max_rate": max_rate,
+             "reasons": {k: int(v) for k, v in reasons.items()}},
+        )
+
+    return _guarded(name, severity, descriptions_path, body)
+
+
 def check_row_count(con, path: PathLike, min_rows: int = MIN_ROWS, *, name: str = "row_count", severity: str = "ERROR") -> CheckOutcome:
     def body(rel: str) -> CheckOutcome:
         rows = int(_rows(con, f"SELECT count(*) FROM {rel}")[0][0])
@@ -586,6 +615,13 @@ def contradiction_rate(max_rate: float = MAX_CONTRADICTION_RATE) -> CheckDef:
     return CheckDef(
         "contradiction_rate", f"At most {max_rate:.0%} of descriptions contradicted by the measured attributes.", "WARN",
         lambda con, t: check_contradiction_rate(con, t.table, max_rate),
+    )
+
+
+def fallback_rate(max_rate: float = MAX_FALLBACK_RATE) -> CheckDef:
+    return CheckDef(
+        "model_fallback_rate", f"At most {max_rate:.0%} of a model writer's rows fall back to the grounded writer.", "WARN",
+        lambda con, t: check_fallback_rate(con, t.table, max_rate),
     )
 
 

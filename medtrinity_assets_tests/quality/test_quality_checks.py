@@ -16,6 +16,7 @@ from medtrinity_assets.quality.checks import (
     MAX_CONTRADICTION_RATE,
     MAX_QUARANTINE_RATE,
     check_contradiction_rate,
+    check_fallback_rate,
     check_five_parts,
     check_not_null,
     check_patient_single_split,
@@ -215,6 +216,26 @@ def test_contradiction_rate(con, tmp_path):
     assert [e["record_id"] for e in outcome.metadata["examples"]] == ["rec000", "rec001", "rec002"]
 
 
+def test_model_fallback_rate_counts_only_model_rows_and_names_the_reasons(con, tmp_path):
+    grounded = [description(i) for i in range(4)]
+    outcome = check_fallback_rate(con, write(tmp_path / "grounded.parquet", schemas.DESCRIPTIONS, grounded))
+    assert outcome.passed and outcome.metadata["model_rows"] == 0
+
+    def model_row(i: int, reason: str | None) -> dict:
+        return {**description(i), "writer": "llm" if reason is None else "grounded-v2", "model": "m", "fallback_reason": reason}
+
+    # 2 of 4 model rows fell back (50%, at the limit); the grounded rows beside them do not count.
+    rows = grounded + [model_row(10, None), model_row(11, None), model_row(12, "endpoint: circuit open"),
+                       model_row(13, "unverified after 3 attempts: no verified sentence left in part_relations")]
+    outcome = check_fallback_rate(con, write(tmp_path / "half.parquet", schemas.DESCRIPTIONS, rows))
+    assert outcome.passed and outcome.metadata["model_rows"] == 4 and outcome.metadata["rate"] == 0.5
+    assert outcome.metadata["reasons"] == {"endpoint": 1, "unverified after 3 attempts": 1}
+
+    rows.append(model_row(14, "malformed output after 3 attempts"))
+    outcome = check_fallback_rate(con, write(tmp_path / "most.parquet", schemas.DESCRIPTIONS, rows))
+    assert not outcome.passed and outcome.severity == "WARN" and outcome.metadata["fallbacks"] == 3
+
+
 # --- quarantine ---------------------------------------------------------------------------
 
 
@@ -266,7 +287,7 @@ def test_registry_covers_every_stage_with_unique_names():
         assert len(names) == len(set(names)), asset  # Dagster needs unique check names per asset
         assert all(c.severity in {"ERROR", "WARN"} and c.description for c in checks)
     assert "rois_inside_image" in [c.name for c in checks_for("rois")]
-    assert {"five_parts", "contradiction_rate"} <= {c.name for c in checks_for("descriptions")}
+    assert {"five_parts", "contradiction_rate", "model_fallback_rate"} <= {c.name for c in checks_for("descriptions")}
     assert checks_for("no_such_asset") == []
 
 
