@@ -191,7 +191,7 @@ def materialize_sources(source_ids: list[str], instance=None, writer: dict | Non
             tags=RUN_TAGS,
             run_config=run_config,
         )
-        if _interrupted(result):
+        if _interrupted(result) or (STOP_SIGNALS is not None and STOP_SIGNALS.received()):
             # Dagster turns Ctrl-C into a failed step; without this the loop would go on.
             print(f"  {label:<34} interrupted", flush=True)
             raise KeyboardInterrupt
@@ -210,6 +210,38 @@ def materialize_sources(source_ids: list[str], instance=None, writer: dict | Non
         run(dg.AssetSelection.assets(*PARTITIONED_ASSETS), partition_key=source_id, label=f"{source_id}")
     run(dg.AssetSelection.assets(medtrinity_dataset, *SQL_ASSETS), label="medtrinity_dataset + SQL models")
     return ok
+
+
+class StopSignals:
+    """SIGINT and SIGTERM stop the command, however Dagster handled them.
+
+    During a run Dagster swaps in its own SIGINT/SIGTERM handlers, which raise an interruption
+    inside the step; raised inside a garbage-collector callback it is swallowed and the run goes
+    on, and after the run Dagster gives SIGTERM whatever SIGINT had (ignored, in a background job
+    of a non-interactive shell). So both signals are handled here, and every signal is also
+    written to a wakeup pipe that ``received`` reads after each run."""
+
+    def __init__(self):
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop)
+
+    @staticmethod
+    def _stop(_signo, _frame):
+        raise KeyboardInterrupt
+
+    def received(self) -> bool:
+        try:
+            data = os.read(self._read, 4096)
+        except BlockingIOError:
+            return False
+        return any(byte in (signal.SIGINT, signal.SIGTERM) for byte in data)
+
+
+STOP_SIGNALS: StopSignals | None = None  # installed when run as a command (not when tests call main)
 
 
 def _interrupted(result) -> bool:
@@ -372,7 +404,7 @@ def _command(args) -> int:
 if __name__ == "__main__":
     from medtrinity_assets.shutdown import exit_quietly
 
-    # SIGTERM stops a run as Ctrl-C does: the current step is interrupted, no further source
-    # starts, and context managers (the local model server) clean up on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    # SIGTERM stops a run as Ctrl-C does: no further source starts, and context managers (the
+    # local model server) clean up on the way out.
+    STOP_SIGNALS = StopSignals()
     exit_quietly(main())
