@@ -27,7 +27,7 @@ from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
 from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
 from medtrinity_assets.paths import DataRoot
-from medtrinity_assets.sources.base import describe_error
+from medtrinity_assets.sources.base import describe_error, until_reader_error
 from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, make_dirs, write_table
 
 if TYPE_CHECKING:
@@ -141,15 +141,9 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
                 source_file, reason = pseudonymous_quarantine(salt, ctx.root, source_file, reason)
             log.add(source_file, reason, record_id, kind=kind)
 
-        stream = read_source(ctx)
-        while True:
-            try:
-                item = next(stream)
-            except StopIteration:
-                break
-            except Exception as error:  # a reader bug must not lose the rows already read
-                quarantine_add(None, f"reader stopped early: {describe_error(error)}", kind="stage_error")
-                break
+        # A reader bug must not lose the rows already read.
+        stopped = lambda error: quarantine_add(None, f"reader stopped early: {describe_error(error)}", kind="stage_error")  # noqa: E731
+        for item in until_reader_error(read_source(ctx), stopped):
             report.inputs += 1
             if isinstance(item, Quarantined):
                 quarantine_add(item.source_file, item.reason, item.record_id, kind=item.kind)

@@ -12,7 +12,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.containment import contained_glob
@@ -73,6 +73,20 @@ IngestStream = Iterator[IngestItem]
 def describe_error(error: Exception) -> str:
     """An exception as a quarantine reason: its type and message, one line."""
     return f"{type(error).__name__}: {error}"
+
+
+def until_reader_error(stream: Iterator, on_error: Callable[[Exception], None]) -> Iterator:
+    """The items of a reader's stream; an exception raised by the reader ends the stream (the
+    items already read are kept) and is handed to ``on_error``."""
+    while True:
+        try:
+            item = next(stream)
+        except StopIteration:
+            return
+        except Exception as error:
+            on_error(error)
+            return
+        yield item
 
 
 def contained_path(*parts: str) -> str | None:

@@ -30,6 +30,7 @@ from medtrinity_assets.catalog.load import source_root
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.containment import walk_files
 from medtrinity_assets.sources import IngestContext, Quarantined, read_source
+from medtrinity_assets.sources.base import describe_error, until_reader_error
 from medtrinity_assets.storage import BlobStore
 
 EXAMPLES_SHOWN = 10
@@ -259,15 +260,9 @@ def check_source(spec: SourceSpec, root: Path | None = None) -> SpecCheckReport:
         ctx = IngestContext(spec=spec, root=root, blobs=BlobStore(Path(scratch)), salt="spec-check")
         opened = _start_watching()
         try:
-            stream = read_source(ctx)
-            while True:
-                try:
-                    item = next(stream)
-                except StopIteration:
-                    break
-                except Exception as error:  # as in ingest: a reader bug ends the read, not the check
-                    report.problems.append(f"reader stopped early: {type(error).__name__}: {error}")
-                    break
+            # As in ingest: a reader bug ends the read, not the check.
+            stopped = lambda error: report.problems.append(f"reader stopped early: {describe_error(error)}")  # noqa: E731
+            for item in until_reader_error(read_source(ctx), stopped):
                 if isinstance(item, Quarantined):
                     mentioned.add(item.source_file)
                     _classify(report, item, named_paths)
