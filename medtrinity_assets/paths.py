@@ -63,6 +63,12 @@ class DataRoot:
         return self.root / "exports"
 
     @property
+    def models(self) -> Path:
+        """Expert model weights, content-addressed per expert: models/<expert_id>/<sha256>.pt,
+        each with its manifest JSON, and models/<expert_id>/current.json naming the one in use."""
+        return self.root / "models"
+
+    @property
     def llm_cache(self) -> Path:
         """The model writers' response cache (a rerun of a partition calls no endpoint)."""
         return self.root / "llm_cache"
@@ -105,6 +111,11 @@ def allowed_source_roots() -> list[Path]:
 
 def knowledge_dir() -> Path:
     return _env_path("MEDTRINITY_KNOWLEDGE", REPO_ROOT / "data" / "knowledge")
+
+
+def experts_dir() -> Path:
+    """The expert specs (grounding/experts/spec.py): one YAML file per expert model."""
+    return _env_path("MEDTRINITY_EXPERTS", REPO_ROOT / "data" / "experts")
 
 
 def realdata_dir() -> Path:
