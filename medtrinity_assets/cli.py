@@ -155,22 +155,46 @@ def writer_config(args: argparse.Namespace) -> dict:
     return config
 
 
+# The stages an expert learns from: a source an expert trains on runs these first, then the
+# experts train, then the rest of its stages (model_rois applies the experts to it too).
+GROUNDING_STAGES = ("raw_records", "normalized_images", "rois")
+
+
+def expert_plan(source_ids: list[str], data_root: DataRoot) -> tuple[list[str], list[str]]:
+    """(experts to materialize, sources to ground before them). An expert is materialized when
+    it brings weights or when one of its training sources is among ``source_ids`` or was
+    grounded before (its rois table exists); the others are left as they are."""
+    from medtrinity_assets.defs.experts import EXPERT_SPECS, EXPERT_TRAINING
+
+    experts, grounded_first = [], []
+    for expert_id, spec in sorted(EXPERT_SPECS.items()):
+        sources = EXPERT_TRAINING.get(expert_id, [])
+        requested = [s for s in sources if s in source_ids]
+        if spec.brings_weights or requested or any(data_root.table("rois", s).exists() for s in sources):
+            experts.append(expert_id)
+            grounded_first += [s for s in requested if s not in grounded_first]
+    return experts, grounded_first
+
+
 def materialize_sources(source_ids: list[str], instance=None, writer: dict | None = None) -> bool:
-    """Knowledge base, then every per-source stage for each source, then the dataset and SQL models.
+    """Knowledge base; the sources experts learn from up to their ROIs, then the experts; every
+    per-source stage for each source; then the dataset and SQL models.
     ``writer``: run config of the descriptions asset's writer resource (WriterSettings fields)."""
     import dagster as dg
 
     from medtrinity_assets.defs.assets import (
         ASSETS,
+        ASSETS_BY_NAME,
         PARTITIONED_ASSETS,
         knowledge_base,
         medtrinity_dataset,
     )
+    from medtrinity_assets.defs.experts import EXPERT_ASSETS_BY_ID
     from medtrinity_assets.defs.resources import WRITER_RESOURCE, PipelineSettings
     from medtrinity_assets.defs.sql_models import SQL_ASSETS
 
     instance = instance or _instance()
-    everything = [*ASSETS, *SQL_ASSETS]
+    everything = [*ASSETS, *EXPERT_ASSETS_BY_ID.values(), *SQL_ASSETS]
     resources = {"settings": PipelineSettings()}
     ok = True
 
@@ -204,12 +228,37 @@ def materialize_sources(source_ids: list[str], instance=None, writer: dict | Non
         ok = ok and result.success
         extra = f"; failed checks: {', '.join(failed_checks)}" if failed_checks else ""
         print(f"  {label:<34} {status} in {time.perf_counter() - started:5.1f}s{extra}", flush=True)
+        return result
 
     run(dg.AssetSelection.assets(knowledge_base), label="knowledge_base")
+    experts, grounded_first = expert_plan(source_ids, resources["settings"].root())
+    grounding = [ASSETS_BY_NAME[name] for name in GROUNDING_STAGES]
+    for source_id in grounded_first:
+        run(dg.AssetSelection.assets(*grounding), partition_key=source_id, label=f"{source_id} (grounding)")
+    for expert_id in experts:
+        result = run(dg.AssetSelection.assets(EXPERT_ASSETS_BY_ID[expert_id]), label=f"expert_{expert_id}")
+        _print_expert(result)
+    rest = [asset for asset in PARTITIONED_ASSETS if asset not in grounding]
     for source_id in source_ids:
-        run(dg.AssetSelection.assets(*PARTITIONED_ASSETS), partition_key=source_id, label=f"{source_id}")
+        selection = rest if source_id in grounded_first else PARTITIONED_ASSETS
+        run(dg.AssetSelection.assets(*selection), partition_key=source_id, label=f"{source_id}")
     run(dg.AssetSelection.assets(medtrinity_dataset, *SQL_ASSETS), label="medtrinity_dataset + SQL models")
     return ok
+
+
+def _print_expert(result) -> None:
+    """One line under an expert's run: its validation figures and whether it trained."""
+    for event in result.all_events:
+        if event.event_type_value != "ASSET_MATERIALIZATION":
+            continue
+        meta = {key: getattr(value, "value", value) for key, value in event.event_specific_data.materialization.metadata.items()}
+        how = "reused (training data unchanged)" if meta.get("reused") else meta.get("provenance", "")
+        print(
+            f"    {how}: dice {meta.get('dice', 0):.3f}, box IoU {meta.get('box_iou', 0):.3f} on "
+            f"{meta.get('val_records', 0)} validation images; {meta.get('epochs_run', 0)} epochs in "
+            f"{meta.get('seconds', 0):.1f}s on {meta.get('device', '?')}",
+            flush=True,
+        )
 
 
 class StopSignals:

@@ -1,4 +1,4 @@
-"""The one Definitions object: assets, checks, SQL models, sensor, schedule and resources."""
+"""The one Definitions object: assets, expert models, checks, SQL models, sensors, schedule and resources."""
 
 
 import dagster as dg
@@ -10,14 +10,15 @@ from medtrinity_assets.defs.automation import (
     source_pipeline_job,
 )
 from medtrinity_assets.defs.catalog import every_spec_loads, source_catalog
+from medtrinity_assets.defs.experts import EXPERT_ASSETS, expert_training_sensor
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
 
 defs = dg.Definitions(
-    assets=[*ASSETS, quarantine, source_catalog, *SQL_ASSETS],
+    assets=[*ASSETS, *EXPERT_ASSETS, quarantine, source_catalog, *SQL_ASSETS],
     asset_checks=[every_spec_loads],
     jobs=[source_pipeline_job],
-    sensors=[raw_files_sensor],
+    sensors=[raw_files_sensor, expert_training_sensor],
     schedules=[refresh_sources_schedule],
     # The descriptions asset's writer resource (defs/resources.py WriterSettings) is bound to
     # that asset (defs/assets.py), not listed here: Dagster refuses the same key in both places,

@@ -14,6 +14,7 @@ import dagster as dg
 
 from medtrinity_assets import stages
 from medtrinity_assets.dataset.exports import held_back_sql
+from medtrinity_assets.defs.experts import EXPERT_KEYS
 from medtrinity_assets.defs.partitions import source_partitions
 from medtrinity_assets.defs.resources import WRITER_RESOURCE, PipelineSettings, WriterSettings
 from medtrinity_assets.duckdb_sql import connect, read_parquet
@@ -147,11 +148,17 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
     return decorate(_asset)
 
 
+# Upstream assets that are no stage: the expert models (defs/experts.py) feed the stage that
+# applies them, so materializing everything trains the experts before their ROIs are made, and
+# new weights mark those ROIs stale in the UI.
+EXTRA_DEPS: dict[str, list[dg.AssetKey]] = {"model_rois": EXPERT_KEYS}
+
+
 def _asset_decorator(stage: Stage):
     return dg.asset(
         name=stage.name,
         partitions_def=source_partitions if stage.partitioned else None,
-        deps=list(stage.upstream),
+        deps=[*stage.upstream, *EXTRA_DEPS.get(stage.name, [])],
         check_specs=_check_specs(stage),
         group_name=PIPELINE_GROUP,
         description=stage.description,

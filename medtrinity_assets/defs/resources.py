@@ -10,7 +10,7 @@ import dagster as dg
 
 from medtrinity_assets.catalog import SourceSpec, load_catalog
 from medtrinity_assets.generation.writers import WriterConfig
-from medtrinity_assets.paths import DataRoot, catalog_dir, knowledge_dir
+from medtrinity_assets.paths import DataRoot, catalog_dir, experts_dir, knowledge_dir
 from medtrinity_assets.settings import load_or_create_salt
 
 
@@ -20,11 +20,13 @@ def _cached_catalog(folder: str) -> dict[str, SourceSpec]:
 
 
 class PipelineSettings(dg.ConfigurableResource):
-    """Paths of the data root, the catalog and the knowledge corpus (defaults from the environment)."""
+    """Paths of the data root, the catalog, the knowledge corpus and the expert specs (defaults
+    from the environment)."""
 
     data_root: str = ""
     catalog: str = ""
     knowledge: str = ""
+    experts: str = ""  # folder of expert specs (grounding/experts/spec.py); default MEDTRINITY_EXPERTS
 
     def root(self) -> DataRoot:
         return DataRoot(Path(self.data_root)) if self.data_root else DataRoot.from_env()
@@ -37,6 +39,9 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def knowledge_folder(self) -> Path:
         return Path(self.knowledge) if self.knowledge else knowledge_dir()
+
+    def experts_folder(self) -> Path:
+        return Path(self.experts) if self.experts else experts_dir()
 
     def salt(self) -> str:
         return load_or_create_salt(self.root().root)
