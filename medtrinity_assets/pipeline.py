@@ -16,7 +16,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from medtrinity_assets import schemas, stages
+from medtrinity_assets import paths, schemas, stages
 from medtrinity_assets.catalog import SourceSpec
 from medtrinity_assets.generation.writers import WriterConfig
 from medtrinity_assets.paths import DataRoot
@@ -34,6 +34,14 @@ class StageInputs:
     knowledge_folder: Path | None = None
     source_ids: tuple[str, ...] = ()
     writer: WriterConfig | None = None  # the descriptions stage's writer (None: grounded)
+    experts_folder: Path | None = None  # the expert specs (None: paths.experts_dir())
+
+
+def _run_model_rois(inputs: StageInputs) -> stages.StageReport:
+    from medtrinity_assets.grounding.experts.spec import load_experts
+
+    folder = inputs.experts_folder or paths.experts_dir()
+    return stages.run_model_rois(inputs.spec, inputs.data_root, load_experts(folder), folder)
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,25 @@ STAGES: tuple[Stage, ...] = (
         "(position, size, shape, intensity, texture, margin, colour, count) and relations.",
     ),
     Stage(
-        "facts", schemas.FACTS, ("rois",),
+        "model_rois", schemas.MODEL_ROIS, ("normalized_images", "rois"),
+        _run_model_rois,
+        (
+            qc.not_null(["roi_id", "record_id", "origin", "expert_id", "x0", "y0", "x1", "y1", "image_width", "image_height"]),
+            qc.unique_key(["roi_id"]),
+            qc.model_rois_well_formed(),
+            qc.model_iou_on_annotated(),
+            # Not quarantine_rate: this table has rows only for records where a model found
+            # something, so it is no count of the stage's inputs (the report's inputs is).
+            qc.quarantine_kinds(),
+        ),
+        "Expert models' ROIs: every expert that applies to the source (data/experts/) run on each "
+        "normalized image; the ROIs are measured like annotation ROIs and used for records without "
+        "annotation (origin model:<expert>, confidence = score); on annotated records their IoU "
+        "against the annotation is the drift check.",
+        kinds=frozenset({"parquet", "duckdb", "pytorch"}),
+    ),
+    Stage(
+        "facts", schemas.FACTS, ("rois", "model_rois"),
         lambda i: stages.run_facts(i.spec, i.data_root),
         (
             qc.not_null(["record_id", "attribute", "value", "provenance", "confidence"]),
@@ -112,7 +138,7 @@ STAGES: tuple[Stage, ...] = (
         "row per fact with its provenance and confidence.",
     ),
     Stage(
-        "coarse_captions", schemas.COARSE_CAPTIONS, ("rois",),
+        "coarse_captions", schemas.COARSE_CAPTIONS, ("rois", "model_rois"),
         lambda i: stages.run_coarse_captions(i.spec, i.data_root),
         (
             qc.not_null(["record_id", "coarse_caption", "caption_version"]),

@@ -271,10 +271,200 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     return report
 
 
-def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:
-    """Each record with its ROIs as a list of structs, ordered by record id."""
-    raw = read_parquet(data_root.table("raw_records", source_id))
+# --- Stage 3a: expert models' ROIs ---------------------------------------------------------
+
+# Images handed to an expert at once: enough to fill a batch on the device, few enough that the
+# decoded images of one batch (and the stream's record batch) bound the memory.
+MODEL_BATCH = 8
+
+
+def _records_for_experts(data_root: DataRoot, source_id: str) -> str:
+    """Each record with its normalized image and its annotation ROIs (label, mask)."""
     rois = read_parquet(data_root.table("rois", source_id))
+    return f"""
+        WITH images AS ({_records_with_images(data_root, source_id)}),
+        annotated AS (
+            SELECT record_id, list(struct_pack(roi_id, label, origin, mask_path) ORDER BY roi_id) AS annotation_rois
+            FROM {rois} WHERE origin LIKE 'annotation:%' GROUP BY record_id
+        )
+        SELECT i.*, a.annotation_rois FROM images i LEFT JOIN annotated a USING (record_id)
+        ORDER BY i.record_id
+    """
+
+
+def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_folder: Path | None, report: StageReport):
+    """(loaded experts, {expert_id: why it was skipped}) for the experts that apply to ``spec``.
+
+    An expert without weights (not trained yet, or a brought file missing or unusable) is
+    skipped with its reason; the partition still gets its table, so the rest of the pipeline
+    runs on the annotation ROIs alone."""
+    if not experts:
+        return [], {}
+    from medtrinity_assets.grounding.experts import apply
+    from medtrinity_assets.grounding.experts.base import ExpertError, WeightsError
+
+    loaded, skipped = [], {}
+    for expert in apply.applicable_experts(experts, spec):
+        try:
+            loaded.append(apply.load_for_inference(expert, data_root, spec_folder))
+        except WeightsError as error:  # names the file (a missing or incompatible brought file)
+            skipped[expert.id] = f"weights error: {error}"
+        except ExpertError as error:  # e.g. not trained yet: materialize expert_<id>
+            skipped[expert.id] = str(error)
+    return loaded, skipped
+
+
+def run_model_rois(
+    spec: SourceSpec,
+    data_root: DataRoot,
+    experts: dict | None,
+    spec_folder: Path | None = None,
+    batch: int = MODEL_BATCH,
+) -> StageReport:
+    """ROIs from every expert that applies to this source, on every normalized image.
+
+    Each applicable expert is loaded once; images stream through in batches of ``batch``. A
+    record whose image an expert cannot take is quarantined and the partition goes on. An
+    expert that cannot be loaded is skipped: ``extra["experts_skipped"]`` says which and why
+    (a missing brought file is named there). Images with burned-in text are processed too:
+    nothing leaves the machine. Reruns write the same rows (ordered records, stable roi ids,
+    rounded scores)."""
+    from medtrinity_assets.grounding.model_rois import ExpertRun, model_roi_rows
+
+    report = StageReport("model_rois", spec.id)
+    blobs = BlobStore(data_root.root)
+    for upstream in ("normalized_images", "rois"):
+        _require(data_root.table(upstream, spec.id), "model_rois")
+    loaded, skipped = _load_experts(experts or {}, spec, data_root, spec_folder, report)
+    runs = [ExpertRun.of(expert.spec, expert.manifest) for expert in loaded]
+    per_expert = {run.expert_id: Counter() for run in runs}
+    out = data_root.table("model_rois", spec.id)
+    load_mask = lambda rel: _load_png(blobs, rel)  # noqa: E731
+
+    with stage_tables(report, data_root, out, schemas.MODEL_ROIS) as (writer, quarantine):
+        if not loaded:
+            report.inputs = 0
+        else:
+            from medtrinity_assets.grounding.experts.apply import find_rois
+
+            def apply_batch(records: list[dict]) -> None:
+                images = []
+                for record in records:
+                    try:
+                        images.append(_load_png(blobs, record["image_path"]))
+                    except Exception as error:
+                        quarantine.add(record["source_file"], f"cannot read the normalized image: {describe_error(error)}", record["record_id"], kind="stage_error")
+                        images.append(None)
+                kept = [(r, im) for r, im in zip(records, images) if im is not None]
+                found_by_expert = []
+                for expert, run in zip(loaded, runs):
+                    try:
+                        found_by_expert.append(find_rois(expert, [im for _, im in kept]))
+                    except Exception:
+                        # One bad image must not cost the batch: apply image by image.
+                        found_by_expert.append([_find_one(find_rois, expert, im) for _, im in kept])
+                for index, (record, image) in enumerate(kept):
+                    found = []
+                    failed = None
+                    for run, results in zip(runs, found_by_expert):
+                        result = results[index]
+                        if isinstance(result, Exception):
+                            failed = f"expert {run.expert_id} cannot apply: {describe_error(result)}"
+                            break
+                        found.append((run, result))
+                    try:
+                        if failed:
+                            raise RuntimeError(failed)
+                        rows = model_roi_rows(record, image, found, blobs, load_mask)
+                    except Exception as error:
+                        quarantine.add(record["source_file"], f"cannot find model ROIs: {describe_error(error)}", record["record_id"], kind="stage_error")
+                        continue
+                    for row in rows:
+                        stats = per_expert[row["expert_id"]]
+                        stats["rois"] += 1
+                        stats["applied_rois"] += row["applied"]
+                        if row["iou_vs_annotation"] is not None:
+                            stats["iou_rois"] += 1
+                        writer.write(row)
+                    for run in runs:
+                        stats = per_expert[run.expert_id]
+                        mine = [r for r in rows if r["expert_id"] == run.expert_id]
+                        stats["records_with_rois"] += bool(mine)
+                        if record.get("annotation_rois"):
+                            stats["annotated_records"] += 1
+                            best = max((r["iou_vs_annotation"] for r in mine if r["iou_vs_annotation"] is not None), default=None)
+                            if best is not None:
+                                stats["iou_sum"] += best
+                                stats["iou_records"] += 1
+                        else:
+                            stats["unannotated_records"] += 1
+                            stats["unannotated_records_with_rois"] += bool(mine)
+
+            pending: list[dict] = []
+            for record in stream_rows(_records_for_experts(data_root, spec.id), batch_rows=max(batch, 16)):
+                report.inputs += 1
+                pending.append(record)
+                if len(pending) >= batch:
+                    apply_batch(pending)
+                    pending = []
+            if pending:
+                apply_batch(pending)
+    report.extra["experts_applied"] = {
+        run.expert_id: {
+            "weights_sha256": run.weights_sha256,
+            "provenance": run.provenance,
+            "rois": int(per_expert[run.expert_id]["rois"]),
+            "applied_rois": int(per_expert[run.expert_id]["applied_rois"]),
+            "unannotated_records": int(per_expert[run.expert_id]["unannotated_records"]),
+            "unannotated_records_with_rois": int(per_expert[run.expert_id]["unannotated_records_with_rois"]),
+            "annotated_records": int(per_expert[run.expert_id]["annotated_records"]),
+            "mean_best_iou_where_found": (
+                round(per_expert[run.expert_id]["iou_sum"] / per_expert[run.expert_id]["iou_records"], 4)
+                if per_expert[run.expert_id]["iou_records"] else None
+            ),
+        }
+        for run in runs
+    }
+    report.extra["experts_skipped"] = skipped
+    return report
+
+
+def _find_one(find_rois, expert, image):
+    try:
+        return find_rois(expert, [image])[0]
+    except Exception as error:
+        return error
+
+
+# The columns of a model ROI that only the model_rois table has (the drift check's inputs).
+_MODEL_ONLY_COLUMNS = ("annotated", "applied", "iou_vs_annotation", "target_labels", "iou_floor")
+
+
+def grounded_rois_sql(data_root: DataRoot, source_id: str) -> str:
+    """The ROIs downstream stages describe: the annotation ROIs, and for a record without any,
+    the expert models' ROIs in place of its whole_image entry.
+
+    Rows have the ROIS columns plus expert_id, weights_sha256 and model_provenance (null for
+    annotation rows). A data root without a model_rois table for the source (written before
+    experts existed) gives the rois table alone."""
+    rois = read_parquet(data_root.table("rois", source_id))
+    model_path = data_root.table("model_rois", source_id)
+    if not model_path.exists():
+        return f"""SELECT *, NULL::VARCHAR AS expert_id, NULL::VARCHAR AS weights_sha256,
+                          NULL::VARCHAR AS model_provenance FROM {rois}"""
+    model = read_parquet(model_path)
+    return f"""
+        SELECT * FROM {rois}
+        WHERE NOT (origin = 'whole_image' AND record_id IN (SELECT record_id FROM {model} WHERE applied))
+        UNION ALL BY NAME
+        SELECT * EXCLUDE ({", ".join(_MODEL_ONLY_COLUMNS)}) FROM {model} WHERE applied
+    """
+
+
+def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:
+    """Each record with its ROIs (stages.grounded_rois_sql) as a list of structs, ordered by record id."""
+    raw = read_parquet(data_root.table("raw_records", source_id))
+    rois = f"({grounded_rois_sql(data_root, source_id)})"
     return f"""
         WITH grouped AS (
             SELECT record_id, list(r ORDER BY roi_id) AS rois
@@ -450,7 +640,7 @@ def _description_jobs_sql(data_root: DataRoot, source_id: str, with_image: bool)
     image_cols = image_joins = ""
     if with_image:
         norm = read_parquet(data_root.table("normalized_images", source_id))
-        rois = read_parquet(data_root.table("rois", source_id))
+        rois = f"({grounded_rois_sql(data_root, source_id)})"
         image_cols = ", n.image_path, coalesce(json_extract(n.burned_in, '$.present')::BOOLEAN, false) AS burned_in, ro.rois"
         image_joins = f"""
         LEFT JOIN {norm} n USING (record_id)
