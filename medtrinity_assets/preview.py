@@ -17,12 +17,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from medtrinity_assets.dataset.exports import held_back_flags
 from medtrinity_assets.generation.roi_overlay import OverlayError, inner_edge, read_mask, thicken
+from medtrinity_assets.vocabulary import MODEL_ORIGIN_PREFIX, is_model_origin
 
 OUTLINE = (255, 64, 64)
 # An expert model's ROI (origin "model:<expert_id>") is a finding of a network, not an
 # annotation: another colour, dashed, with "model" and its confidence written beside it.
 MODEL_OUTLINE = (64, 200, 255)
-MODEL_ORIGIN_PREFIX = "model:"
 BURNED_IN_COLOUR = (255, 0, 0)
 BURNED_IN_CAPTION = "burned-in text"
 
@@ -74,13 +74,16 @@ def _mask_or_none(data_root: Path, mask_path: str | None) -> np.ndarray | None:
 
 
 def is_model_roi(roi: dict) -> bool:
-    return str(roi.get("origin") or "").startswith(MODEL_ORIGIN_PREFIX)
+    return is_model_origin(roi.get("origin"))
 
 
-def _dashed_edge(mask: np.ndarray, period: int = 8) -> np.ndarray:
-    """The mask's edge with every other run of ``period`` pixels (along x + y) left out: a dashed
-    outline that reads apart from the solid annotation outline at any thumbnail size."""
-    edge = thicken(inner_edge(mask), 1)
+def _dashed_edge(mask: np.ndarray, size: int) -> np.ndarray:
+    """The mask's edge, thick enough to survive shrinking to ``size`` px, with every other run
+    of pixels (along x + y) left out: a dashed outline that reads apart from the solid
+    annotation outline."""
+    shrink = max(mask.shape) / size
+    edge = thicken(inner_edge(mask), max(1, round(shrink)))
+    period = max(8, round(8 * shrink))
     ys, xs = np.indices(mask.shape)
     return edge & (((xs + ys) // period) % 2 == 0)
 
@@ -124,12 +127,13 @@ def roi_thumbnail(
                 mask = np.kron(mask, np.ones((scale, scale), dtype=bool))
             # One-pixel edge, drawn three pixels thick so it survives the thumbnail's shrinking.
             pixels = np.asarray(image).copy()
-            pixels[_dashed_edge(mask) if model else thicken(inner_edge(mask), 1)] = colour
+            pixels[_dashed_edge(mask, size) if model else thicken(inner_edge(mask), 1)] = colour
             image = Image.fromarray(pixels)
         elif roi.get("box"):
             x0, y0, x1, y1 = (int(v) * scale for v in roi["box"])
             if model:
-                _dashed_rectangle(ImageDraw.Draw(image), (x0, y0, x1 - 1, y1 - 1), colour, width=3)
+                width = max(3, round(3 * max(image.size) / size))
+                _dashed_rectangle(ImageDraw.Draw(image), (x0, y0, x1 - 1, y1 - 1), colour, width=width, dash=4 * width)
             else:
                 ImageDraw.Draw(image).rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=3)
         if model:
@@ -150,7 +154,7 @@ def model_roi_caption(rois_json: str | None) -> str:
     found = [roi for roi in json.loads(rois_json or "[]") if is_model_roi(roi)]
     parts = []
     for roi in found:
-        expert = str(roi["origin"])[len(MODEL_ORIGIN_PREFIX):]
+        expert = roi.get("expert_id") or str(roi["origin"])[len(MODEL_ORIGIN_PREFIX):]
         confidence = roi.get("confidence")
         score = "" if confidence is None else f" {float(confidence):.2f}"
         parts.append(f"{roi.get('label') or 'region'} (model {expert}, confidence{score})")

@@ -22,6 +22,7 @@ from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.preview import thumbnails_markdown
 from medtrinity_assets.pipeline import STAGES, Stage, StageInputs
 from medtrinity_assets.quality.checks import run_check_set
+from medtrinity_assets.vocabulary import MODEL_ORIGIN_PREFIX
 
 PIPELINE_GROUP = "pipeline"
 
@@ -97,7 +98,9 @@ def _inputs(stage: Stage, settings: PipelineSettings, partition: str | None, wri
     root = settings.root()
     if stage.partitioned:
         config = writer.config_for(partition, root) if writer is not None else None
-        return StageInputs(root, spec=settings.spec(partition), salt=settings.salt(), writer=config)
+        return StageInputs(
+            root, spec=settings.spec(partition), salt=settings.salt(), writer=config, experts_folder=settings.experts_folder()
+        )
     return StageInputs(root, knowledge_folder=settings.knowledge_folder(), source_ids=tuple(settings.specs()))
 
 
@@ -177,15 +180,21 @@ def _triplet_thumbnails(settings: PipelineSettings, source_id: str) -> dict:
         return {}
     con = connect()
     try:
-        # Annotated images first: they show what grounding found; then the rest.
+        # Annotated images and images with an expert model's ROIs take turns (annotated first),
+        # then the rest: the four shown include what grounding found and what a model found.
         # The normalized table's burned_in column lets the thumbnail mark burned-in text (of
         # images the spec keeps). Held-back images are left out, so the four shown can be shown.
         normalized = settings.root().table("normalized_images", source_id)
         rows = con.sql(
-            f"""SELECT t.*, n.burned_in FROM {read_parquet(path)} t
-                LEFT JOIN {read_parquet(normalized)} n USING (record_id)
-                WHERE NOT {held_back_sql('t.flags')}
-                ORDER BY (t.rois LIKE '%annotation:%') DESC, t.record_id LIMIT 4"""
+            f"""WITH shown AS (
+                    SELECT t.*, n.burned_in,
+                           CASE WHEN t.rois LIKE '%"origin":"annotation:%' THEN 0
+                                WHEN t.rois LIKE '%"origin":"{MODEL_ORIGIN_PREFIX}%' THEN 1 ELSE 2 END AS kind
+                    FROM {read_parquet(path)} t
+                    LEFT JOIN {read_parquet(normalized)} n USING (record_id)
+                    WHERE NOT {held_back_sql('t.flags')})
+                SELECT * EXCLUDE (kind) FROM shown
+                ORDER BY kind = 2, row_number() OVER (PARTITION BY kind ORDER BY record_id), kind LIMIT 4"""
         ).to_arrow_table().to_pylist()
     finally:
         con.close()

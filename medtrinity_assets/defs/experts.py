@@ -98,10 +98,8 @@ def expert_metadata(spec: ExpertSpec, outcome, data_root: DataRoot, curve_path: 
         "validation_images": int(_number(metrics.get("images")) or 0),
         "train_records": int(manifest.train_records),
         "val_records": int(manifest.val_records),
-        "train_patients": int(counts.get("train_patients", 0)),
-        "val_patients": int(counts.get("val_patients", 0)),
         "training_sources": dg.MetadataValue.json(list(manifest.train_sources)),
-        "split": manifest.split,
+        "split": _metadata_value(manifest.split),
         "device": manifest.device,
         "seconds": round(float(manifest.seconds), 2),
         "epochs_run": len(manifest.history or []),
@@ -122,9 +120,16 @@ def expert_metadata(spec: ExpertSpec, outcome, data_root: DataRoot, curve_path: 
             f"![training curve of {spec.id}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
         )
         metadata["training_curve_path"] = dg.MetadataValue.path(str(curve_path))
+    # Patients (or records, for a record-level split) per side, and what sample reading counted;
+    # only when samples were read this time (reused weights keep the earlier materialization's).
+    for key in ("train_patients", "val_patients"):
+        if key in counts:
+            metadata[key] = int(counts[key])
     for key, value in counts.items():
         if key not in ("train_patients", "val_patients"):
             metadata[f"counts/{key}"] = _metadata_value(value)
+    if info.get("note"):
+        metadata["note"] = str(info["note"])
     return metadata
 
 

@@ -28,6 +28,7 @@ from medtrinity_assets.paths import REPO_ROOT, DataRoot, catalog_dir
 # The modules that read the catalog when they load, in import order.
 DEFS_MODULES = (
     "medtrinity_assets.defs.partitions",
+    "medtrinity_assets.defs.experts",
     "medtrinity_assets.defs.assets",
     "medtrinity_assets.defs.automation",
     "medtrinity_assets.defs.catalog",
