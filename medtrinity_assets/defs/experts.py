@@ -7,7 +7,6 @@ fingerprint as the asset's data version, so the UI shows an expert whose trainin
 changed as stale. ``expert_training_sensor`` requests the retraining.
 """
 
-from __future__ import annotations
 
 import base64
 import logging
@@ -61,13 +60,16 @@ def asset_key(expert_id: str) -> dg.AssetKey:
 
 
 def training_partitions(spec: ExpertSpec, catalog: dict[str, SourceSpec], data_root: DataRoot) -> list[str]:
-    """The source partitions the expert learns from (none for brought weights), as partitions of
-    this code location: lineage is drawn to them."""
-    if spec.brings_weights:
-        return []
+    """The source partitions the expert learns from (for brought weights: is evaluated on), as
+    partitions of this code location: lineage is drawn to them."""
     from medtrinity_assets.grounding.experts.samples import train_source_ids
 
-    return [source_id for source_id in train_source_ids(spec, catalog, data_root) if source_id in CATALOG]
+    try:
+        sources = train_source_ids(spec, catalog, data_root)
+    except ExpertError as error:  # e.g. train_sources naming a source not in the catalog
+        log.warning("expert %s: %s", spec.id, error)
+        return []
+    return [source_id for source_id in sources if source_id in CATALOG]
 
 
 def _metadata_value(value):
@@ -91,7 +93,7 @@ def expert_metadata(spec: ExpertSpec, outcome, data_root: DataRoot, curve_path: 
     info = outcome.info or {}
     counts = info.get("counts") or {}
     metrics = manifest.metrics or {}
-    weights = data_root.root / manifest.path
+    weights = manifest.weights_file(data_root)
     metadata = {
         # Floats every time (NaN-free): Dagster plots a numeric key across materializations.
         **{key: float(_number(metrics.get(key)) or 0.0) for key in METRIC_KEYS},
@@ -138,7 +140,7 @@ def write_curve(data_root: DataRoot, spec: ExpertSpec, manifest) -> Path | None:
     is no history (brought weights)."""
     if not manifest.history:
         return None
-    path = (data_root.root / manifest.path).with_name(f"{manifest.sha256}.curve.png")
+    path = manifest.weights_file(data_root).with_name(f"{manifest.sha256}.curve.png")
     if not path.exists():  # content of the same weights never changes
         write_bytes_atomic(path, training_curve_png(manifest.history, title=f"{spec.id} ({manifest.architecture})"))
     return path
@@ -160,7 +162,8 @@ def expert_asset(spec: ExpertSpec, partitions: list[str]) -> dg.AssetsDefinition
         for name in TRAINING_INPUTS
     ] if partitions else []
     how = (
-        f"Brings its own weights ({spec.weights}): validated and evaluated here, never trained."
+        f"Brings its own weights ({spec.weights}): validated here and evaluated on "
+        f"{', '.join(partitions) or 'no annotated partition yet'}, never trained."
         if spec.brings_weights
         else f"Trained on {', '.join(partitions) or 'no partition yet'} with a {spec.split}-level split."
     )
