@@ -77,3 +77,28 @@ def test_dagster_cli_validates_the_workspace():
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_each_expert_spec_is_an_asset_learning_from_its_partitions():
+    """data/experts/demo_grey_matter_mri.yaml: an unpartitioned asset in group experts, downstream
+    of exactly the rois and normalized_images partitions it trains on, upstream of model_rois;
+    its code version is the spec's training hash."""
+    from medtrinity_assets.defs.experts import EXPERT_SPECS
+    from medtrinity_assets.grounding.experts.spec import load_expert
+    from medtrinity_assets.paths import experts_dir
+
+    spec = load_expert(experts_dir() / "demo_grey_matter_mri.yaml")
+    assert EXPERT_SPECS["demo_grey_matter_mri"] == spec
+    key = dg.AssetKey("expert_demo_grey_matter_mri")
+    graph = _graph()
+    node = graph.get(key)
+    assert node.partitions_def is None and node.group_name == "experts"
+    assert node.code_version == spec.training_hash()[:16]
+    assert {"pytorch", "monai"} <= set(node.kinds)
+    assert {k.to_user_string() for k in node.parent_keys} == {"rois", "normalized_images"}
+    for parent in ("rois", "normalized_images"):
+        mapping = graph.get_partition_mapping(key, dg.AssetKey(parent))
+        assert isinstance(mapping, dg.SpecificPartitionsPartitionMapping)
+        assert list(mapping.partition_keys) == ["demo_mri_brain_mni"]
+    assert key in graph.get(dg.AssetKey("model_rois")).parent_keys
+    assert defs.resolve_sensor_def("expert_training_sensor")
