@@ -26,6 +26,7 @@ from PIL import Image
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
 from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
+from medtrinity_assets.grounding.grounded_view import grounded_rois_sql  # the ROIs downstream stages read
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.sources.base import describe_error, until_reader_error
 from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, make_dirs, write_table
@@ -434,31 +435,6 @@ def _find_one(find_rois, expert, image):
         return find_rois(expert, [image])[0]
     except Exception as error:
         return error
-
-
-# The columns of a model ROI that only the model_rois table has (the drift check's inputs).
-_MODEL_ONLY_COLUMNS = ("annotated", "applied", "iou_vs_annotation", "target_labels", "iou_floor")
-
-
-def grounded_rois_sql(data_root: DataRoot, source_id: str) -> str:
-    """The ROIs downstream stages describe: the annotation ROIs, and for a record without any,
-    the expert models' ROIs in place of its whole_image entry.
-
-    Rows have the ROIS columns plus expert_id, weights_sha256 and model_provenance (null for
-    annotation rows). A data root without a model_rois table for the source (written before
-    experts existed) gives the rois table alone."""
-    rois = read_parquet(data_root.table("rois", source_id))
-    model_path = data_root.table("model_rois", source_id)
-    if not model_path.exists():
-        return f"""SELECT *, NULL::VARCHAR AS expert_id, NULL::VARCHAR AS weights_sha256,
-                          NULL::VARCHAR AS model_provenance FROM {rois}"""
-    model = read_parquet(model_path)
-    return f"""
-        SELECT * FROM {rois}
-        WHERE NOT (origin = 'whole_image' AND record_id IN (SELECT record_id FROM {model} WHERE applied))
-        UNION ALL BY NAME
-        SELECT * EXCLUDE ({", ".join(_MODEL_ONLY_COLUMNS)}) FROM {model} WHERE applied
-    """
 
 
 def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:
