@@ -293,8 +293,9 @@ def _records_for_experts(data_root: DataRoot, source_id: str) -> str:
     """
 
 
-def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_folder: Path | None, report: StageReport):
-    """(loaded experts, {expert_id: why it was skipped}) for the experts that apply to ``spec``.
+def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_folder: Path | None):
+    """([(loaded expert, the sha256 of the weights it runs)], {expert_id: why it was skipped})
+    for the experts that apply to ``spec``.
 
     An expert without weights (not trained yet, or a brought file missing or unusable) is
     skipped with its reason; the partition still gets its table, so the rest of the pipeline
@@ -303,11 +304,16 @@ def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_fol
         return [], {}
     from medtrinity_assets.grounding.experts import apply
     from medtrinity_assets.grounding.experts.base import ExpertError, WeightsError
+    from medtrinity_assets.grounding.experts.weights import brought_weights, sha256_tree
 
+    folder = Path(spec_folder) if spec_folder is not None else Path(".")
     loaded, skipped = [], {}
     for expert in apply.applicable_experts(experts, spec):
         try:
-            loaded.append(apply.load_for_inference(expert, data_root, spec_folder))
+            model = apply.load_for_inference(expert, data_root, folder)
+            # A brought file is hashed as it is now (its manifest may predate an edit of it).
+            sha = sha256_tree(brought_weights(expert, folder)) if expert.brings_weights else model.manifest.sha256
+            loaded.append((model, sha))
         except WeightsError as error:  # names the file (a missing or incompatible brought file)
             skipped[expert.id] = f"weights error: {error}"
         except ExpertError as error:  # e.g. not trained yet: materialize expert_<id>
@@ -336,8 +342,9 @@ def run_model_rois(
     blobs = BlobStore(data_root.root)
     for upstream in ("normalized_images", "rois"):
         _require(data_root.table(upstream, spec.id), "model_rois")
-    loaded, skipped = _load_experts(experts or {}, spec, data_root, spec_folder, report)
-    runs = [ExpertRun.of(expert.spec, expert.manifest) for expert in loaded]
+    pairs, skipped = _load_experts(experts or {}, spec, data_root, spec_folder)
+    loaded = [model for model, _ in pairs]
+    runs = [ExpertRun.of(model.spec, sha) for model, sha in pairs]
     per_expert = {run.expert_id: Counter() for run in runs}
     out = data_root.table("model_rois", spec.id)
     load_mask = lambda rel: _load_png(blobs, rel)  # noqa: E731
