@@ -172,3 +172,18 @@ def test_downstream_describes_model_rois_as_model_findings(built):
         else:
             assert "expert model" not in text and "possible" not in captions[record]
             assert json.loads(triplets[record][0])[0]["origin"] == "whole_image"
+
+
+def test_an_image_that_cannot_be_read_is_quarantined_and_the_rest_go_on(built, tmp_path):
+    root, _, bare, spec, folder, _ = built
+    copy = DataRoot(tmp_path / "var")
+    shutil.copytree(root.root, copy.root)
+    images = pq.read_table(copy.table("normalized_images", UNANNOTATED)).to_pylist()
+    (copy.root / images[0]["image_path"]).unlink()  # content-addressed: gone for this record only if unique
+    lost = {r["record_id"] for r in images if r["image_path"] == images[0]["image_path"]}
+    report = stages.run_model_rois(bare, copy, {spec.id: spec}, folder)
+    assert report.quarantined == len(lost) and report.kinds == {"stage_error": len(lost)}
+    reasons = pq.read_table(copy.quarantine("model_rois", UNANNOTATED)).to_pylist()
+    assert {r["record_id"] for r in reasons} == lost and all("cannot read the normalized image" in r["reason"] for r in reasons)
+    assert report.extra["experts_applied"]["polyp_test"]["unannotated_records"] == len(KVASIR_IDS) - len(lost)
+    assert not lost & {r["record_id"] for r in rows_of(copy.table("model_rois", UNANNOTATED))}
