@@ -318,6 +318,8 @@ def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_fol
             skipped[expert.id] = f"weights error: {error}"
         except ExpertError as error:  # e.g. not trained yet: materialize expert_<id>
             skipped[expert.id] = str(error)
+        except Exception as error:  # e.g. a family whose package is missing: this expert only
+            skipped[expert.id] = f"cannot load expert {expert.id}: {describe_error(error)}"
     return loaded, skipped
 
 

@@ -187,3 +187,24 @@ def test_an_image_that_cannot_be_read_is_quarantined_and_the_rest_go_on(built, t
     assert {r["record_id"] for r in reasons} == lost and all("cannot read the normalized image" in r["reason"] for r in reasons)
     assert report.extra["experts_applied"]["polyp_test"]["unannotated_records"] == len(KVASIR_IDS) - len(lost)
     assert not lost & {r["record_id"] for r in rows_of(copy.table("model_rois", UNANNOTATED))}
+
+
+def test_brought_torchscript_expert_is_applied_with_its_file_hash(built, tmp_path):
+    """Bring your own weights: the trained network saved as TorchScript by the test and named in
+    a spec; its ROIs carry provenance brought and the sha256 of that file."""
+    import hashlib
+
+    from medtrinity_assets.grounding.experts.apply import load_for_inference
+
+    root, _, bare, spec, folder, _ = built
+    model = load_for_inference(spec, root, folder).model  # the MONAI family's wrapper
+    torch.jit.trace(model.net.eval(), torch.zeros(1, model.in_channels, spec.input_size, spec.input_size)).save(str(tmp_path / "polyp.ts"))
+    brought = expert_spec(id="polyp_brought", weights="polyp.ts", **EXPERT)
+    copy = DataRoot(tmp_path / "var")
+    shutil.copytree(root.root, copy.root)
+    report = stages.run_model_rois(bare, copy, {brought.id: brought}, tmp_path)
+    sha = hashlib.sha256((tmp_path / "polyp.ts").read_bytes()).hexdigest()
+    assert report.extra["experts_skipped"] == {} and report.extra["experts_applied"]["polyp_brought"]["weights_sha256"] == sha
+    rows = rows_of(copy.table("model_rois", UNANNOTATED))
+    assert rows and {(r["origin"], r["model_provenance"], r["weights_sha256"]) for r in rows} == {("model:polyp_brought", "brought", sha)}
+    assert all(o.passed for o in run_checks("model_rois", copy, UNANNOTATED))
