@@ -114,8 +114,9 @@ STAGES: tuple[Stage, ...] = (
             qc.unique_key(["roi_id"]),
             qc.model_rois_well_formed(),
             qc.model_iou_on_annotated(),
-            # Not quarantine_rate: this table has rows only for records where a model found
-            # something, so it is no count of the stage's inputs (the report's inputs is).
+            # The rate over the normalized images: this table has rows only where a model found
+            # something, so it is no count of the stage's inputs.
+            qc.quarantine_rate(records_table="normalized_images"),
             qc.quarantine_kinds(),
         ),
         "Expert models' ROIs: every expert that applies to the source (data/experts/) run on each "

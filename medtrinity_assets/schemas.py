@@ -288,7 +288,9 @@ TRIPLETS = pa.schema(
         ("modality", STR),
         ("organs", STR_LIST),
         ("labels", STR_LIST),
-        ("rois", STR),  # JSON list of {roi_id, label, box, mask_path, origin}
+        # JSON list of {roi_id, label, origin, box, mask_path, confidence, expert_id, weights_sha256}
+        # (the last two name the model and weights behind a model ROI; null for annotation ROIs)
+        ("rois", STR),
         ("primary_roi_id", STR),
         ("coarse_caption", STR),
         ("description", STR),
@@ -303,7 +305,7 @@ TRIPLETS = pa.schema(
         ("patient_hash", STR),
         ("split", STR),  # train | val | test, by patient
         ("license", STR),
-        ("provenance", STR),  # JSON: source file, slice, stage versions, knowledge ids
+        ("provenance", STR),  # JSON: source file, slice, stage versions, knowledge ids, experts (model ROIs' expert and weights)
         ("label_state", STR),  # finding | normal | unknown
         ("facts", STR),  # JSON list of facts (attribute, value, provenance, confidence, ...)
     ]

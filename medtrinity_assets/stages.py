@@ -26,6 +26,7 @@ from PIL import Image
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
 from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
+from medtrinity_assets.grounding.grounded_view import grounded_rois_sql  # the ROIs downstream stages read
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.sources.base import describe_error, until_reader_error
 from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, make_dirs, write_table
@@ -292,8 +293,9 @@ def _records_for_experts(data_root: DataRoot, source_id: str) -> str:
     """
 
 
-def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_folder: Path | None, report: StageReport):
-    """(loaded experts, {expert_id: why it was skipped}) for the experts that apply to ``spec``.
+def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_folder: Path | None):
+    """([(loaded expert, the sha256 of the weights it runs)], {expert_id: why it was skipped})
+    for the experts that apply to ``spec``.
 
     An expert without weights (not trained yet, or a brought file missing or unusable) is
     skipped with its reason; the partition still gets its table, so the rest of the pipeline
@@ -302,16 +304,72 @@ def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_fol
         return [], {}
     from medtrinity_assets.grounding.experts import apply
     from medtrinity_assets.grounding.experts.base import ExpertError, WeightsError
+    from medtrinity_assets.grounding.experts.weights import brought_weights, sha256_tree
 
+    folder = Path(spec_folder) if spec_folder is not None else Path(".")
     loaded, skipped = [], {}
     for expert in apply.applicable_experts(experts, spec):
         try:
-            loaded.append(apply.load_for_inference(expert, data_root, spec_folder))
+            model = apply.load_for_inference(expert, data_root, folder)
+            # A brought file is hashed as it is now (its manifest may predate an edit of it).
+            sha = sha256_tree(brought_weights(expert, folder)) if expert.brings_weights else model.manifest.sha256
+            loaded.append((model, sha))
         except WeightsError as error:  # names the file (a missing or incompatible brought file)
             skipped[expert.id] = f"weights error: {error}"
         except ExpertError as error:  # e.g. not trained yet: materialize expert_<id>
             skipped[expert.id] = str(error)
+        except Exception as error:  # e.g. a family whose package is missing: this expert only
+            skipped[expert.id] = f"cannot load expert {expert.id}: {describe_error(error)}"
     return loaded, skipped
+
+
+class _ExpertTally:
+    """One expert's counts over a partition, for the stage report (Dagster metadata)."""
+
+    def __init__(self, run):
+        self.run = run
+        self.counts: Counter = Counter()
+        self.iou_sum = 0.0
+        self.seconds = 0.0
+
+    def add(self, annotated: bool, rows: list[dict]) -> None:
+        mine = [r for r in rows if r["expert_id"] == self.run.expert_id]
+        self.counts["rois"] += len(mine)
+        self.counts["applied_rois"] += sum(r["applied"] for r in mine)
+        if annotated:
+            self.counts["annotated_records"] += 1
+            best = max((r["iou_vs_annotation"] for r in mine if r["iou_vs_annotation"] is not None), default=None)
+            if best is not None:
+                self.iou_sum += best
+                self.counts["annotated_records_with_rois"] += 1
+        else:
+            self.counts["unannotated_records"] += 1
+            self.counts["unannotated_records_with_rois"] += bool(mine)
+
+    def as_metadata(self) -> dict:
+        images = self.counts["annotated_records"] + self.counts["unannotated_records"]
+        found = self.counts["annotated_records_with_rois"]
+        return {
+            "weights_sha256": self.run.weights_sha256,
+            "provenance": self.run.provenance,
+            **{k: int(self.counts[k]) for k in ("rois", "applied_rois", "unannotated_records", "unannotated_records_with_rois",
+                                                "annotated_records", "annotated_records_with_rois")},
+            # The drift check's figure counts misses as 0; this one is over the records where it found something.
+            "mean_best_iou_where_found": round(self.iou_sum / found, 4) if found else None,
+            "inference_seconds": round(self.seconds, 3),
+            "images_per_second": round(images / self.seconds, 2) if self.seconds > 0 else None,
+        }
+
+
+def _find_each(find_rois, expert, images) -> list:
+    """find_rois image by image: each image's instances, or the exception it raised."""
+    out = []
+    for image in images:
+        try:
+            out.append(find_rois(expert, [image])[0])
+        except Exception as error:
+            out.append(error)
+    return out
 
 
 def run_model_rois(
@@ -335,130 +393,61 @@ def run_model_rois(
     blobs = BlobStore(data_root.root)
     for upstream in ("normalized_images", "rois"):
         _require(data_root.table(upstream, spec.id), "model_rois")
-    loaded, skipped = _load_experts(experts or {}, spec, data_root, spec_folder, report)
-    runs = [ExpertRun.of(expert.spec, expert.manifest) for expert in loaded]
-    per_expert = {run.expert_id: Counter() for run in runs}
+    pairs, skipped = _load_experts(experts or {}, spec, data_root, spec_folder)
+    runs = [(model, ExpertRun.of(model.spec, sha)) for model, sha in pairs]
+    tallies = {run.expert_id: _ExpertTally(run) for _, run in runs}
     out = data_root.table("model_rois", spec.id)
-    load_mask = lambda rel: _load_png(blobs, rel)  # noqa: E731
+
+    def load_mask(rel: str) -> np.ndarray:
+        return _load_png(blobs, rel)
+
+    def apply_batch(records: list[dict], writer: TableWriter, quarantine: _QuarantineLog) -> None:
+        from medtrinity_assets.grounding.experts.apply import find_rois
+
+        kept = []
+        for record in records:
+            try:
+                kept.append((record, _load_png(blobs, record["image_path"])))
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot read the normalized image: {describe_error(error)}", record["record_id"], kind="stage_error")
+        images = [image for _, image in kept]
+        found_by_expert = []
+        for model, run in runs:
+            started = time.perf_counter()
+            try:
+                found_by_expert.append(find_rois(model, images))
+            except Exception:  # one bad image must not cost the batch: apply image by image
+                found_by_expert.append(_find_each(find_rois, model, images))
+            tallies[run.expert_id].seconds += time.perf_counter() - started
+        for index, (record, image) in enumerate(kept):
+            try:
+                found = []
+                for (_, run), results in zip(runs, found_by_expert):
+                    if isinstance(results[index], Exception):
+                        raise RuntimeError(f"expert {run.expert_id}: {describe_error(results[index])}")
+                    found.append((run, results[index]))
+                rows = model_roi_rows(record, image, found, blobs, load_mask)
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot find model ROIs: {describe_error(error)}", record["record_id"], kind="stage_error")
+                continue
+            writer.write_all(rows)
+            for tally in tallies.values():
+                tally.add(bool(record.get("annotation_rois")), rows)
 
     with stage_tables(report, data_root, out, schemas.MODEL_ROIS) as (writer, quarantine):
-        if not loaded:
-            report.inputs = 0
-        else:
-            from medtrinity_assets.grounding.experts.apply import find_rois
-
-            def apply_batch(records: list[dict]) -> None:
-                images = []
-                for record in records:
-                    try:
-                        images.append(_load_png(blobs, record["image_path"]))
-                    except Exception as error:
-                        quarantine.add(record["source_file"], f"cannot read the normalized image: {describe_error(error)}", record["record_id"], kind="stage_error")
-                        images.append(None)
-                kept = [(r, im) for r, im in zip(records, images) if im is not None]
-                found_by_expert = []
-                for expert, run in zip(loaded, runs):
-                    try:
-                        found_by_expert.append(find_rois(expert, [im for _, im in kept]))
-                    except Exception:
-                        # One bad image must not cost the batch: apply image by image.
-                        found_by_expert.append([_find_one(find_rois, expert, im) for _, im in kept])
-                for index, (record, image) in enumerate(kept):
-                    found = []
-                    failed = None
-                    for run, results in zip(runs, found_by_expert):
-                        result = results[index]
-                        if isinstance(result, Exception):
-                            failed = f"expert {run.expert_id} cannot apply: {describe_error(result)}"
-                            break
-                        found.append((run, result))
-                    try:
-                        if failed:
-                            raise RuntimeError(failed)
-                        rows = model_roi_rows(record, image, found, blobs, load_mask)
-                    except Exception as error:
-                        quarantine.add(record["source_file"], f"cannot find model ROIs: {describe_error(error)}", record["record_id"], kind="stage_error")
-                        continue
-                    for row in rows:
-                        stats = per_expert[row["expert_id"]]
-                        stats["rois"] += 1
-                        stats["applied_rois"] += row["applied"]
-                        if row["iou_vs_annotation"] is not None:
-                            stats["iou_rois"] += 1
-                        writer.write(row)
-                    for run in runs:
-                        stats = per_expert[run.expert_id]
-                        mine = [r for r in rows if r["expert_id"] == run.expert_id]
-                        stats["records_with_rois"] += bool(mine)
-                        if record.get("annotation_rois"):
-                            stats["annotated_records"] += 1
-                            best = max((r["iou_vs_annotation"] for r in mine if r["iou_vs_annotation"] is not None), default=None)
-                            if best is not None:
-                                stats["iou_sum"] += best
-                                stats["iou_records"] += 1
-                        else:
-                            stats["unannotated_records"] += 1
-                            stats["unannotated_records_with_rois"] += bool(mine)
-
+        if runs:  # no expert to run: an empty table, and no model framework imported
             pending: list[dict] = []
             for record in stream_rows(_records_for_experts(data_root, spec.id), batch_rows=max(batch, 16)):
                 report.inputs += 1
                 pending.append(record)
                 if len(pending) >= batch:
-                    apply_batch(pending)
+                    apply_batch(pending, writer, quarantine)
                     pending = []
             if pending:
-                apply_batch(pending)
-    report.extra["experts_applied"] = {
-        run.expert_id: {
-            "weights_sha256": run.weights_sha256,
-            "provenance": run.provenance,
-            "rois": int(per_expert[run.expert_id]["rois"]),
-            "applied_rois": int(per_expert[run.expert_id]["applied_rois"]),
-            "unannotated_records": int(per_expert[run.expert_id]["unannotated_records"]),
-            "unannotated_records_with_rois": int(per_expert[run.expert_id]["unannotated_records_with_rois"]),
-            "annotated_records": int(per_expert[run.expert_id]["annotated_records"]),
-            "mean_best_iou_where_found": (
-                round(per_expert[run.expert_id]["iou_sum"] / per_expert[run.expert_id]["iou_records"], 4)
-                if per_expert[run.expert_id]["iou_records"] else None
-            ),
-        }
-        for run in runs
-    }
+                apply_batch(pending, writer, quarantine)
+    report.extra["experts_applied"] = {expert_id: tally.as_metadata() for expert_id, tally in tallies.items()}
     report.extra["experts_skipped"] = skipped
     return report
-
-
-def _find_one(find_rois, expert, image):
-    try:
-        return find_rois(expert, [image])[0]
-    except Exception as error:
-        return error
-
-
-# The columns of a model ROI that only the model_rois table has (the drift check's inputs).
-_MODEL_ONLY_COLUMNS = ("annotated", "applied", "iou_vs_annotation", "target_labels", "iou_floor")
-
-
-def grounded_rois_sql(data_root: DataRoot, source_id: str) -> str:
-    """The ROIs downstream stages describe: the annotation ROIs, and for a record without any,
-    the expert models' ROIs in place of its whole_image entry.
-
-    Rows have the ROIS columns plus expert_id, weights_sha256 and model_provenance (null for
-    annotation rows). A data root without a model_rois table for the source (written before
-    experts existed) gives the rois table alone."""
-    rois = read_parquet(data_root.table("rois", source_id))
-    model_path = data_root.table("model_rois", source_id)
-    if not model_path.exists():
-        return f"""SELECT *, NULL::VARCHAR AS expert_id, NULL::VARCHAR AS weights_sha256,
-                          NULL::VARCHAR AS model_provenance FROM {rois}"""
-    model = read_parquet(model_path)
-    return f"""
-        SELECT * FROM {rois}
-        WHERE NOT (origin = 'whole_image' AND record_id IN (SELECT record_id FROM {model} WHERE applied))
-        UNION ALL BY NAME
-        SELECT * EXCLUDE ({", ".join(_MODEL_ONLY_COLUMNS)}) FROM {model} WHERE applied
-    """
 
 
 def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:

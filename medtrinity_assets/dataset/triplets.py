@@ -16,6 +16,7 @@ from pathlib import Path
 from medtrinity_assets import __version__ as PIPELINE_VERSION
 from medtrinity_assets.dataset.splits import SPLIT_VERSION, split_sql
 from medtrinity_assets.duckdb_sql import connect, literal, read_parquet
+from medtrinity_assets.grounding.grounded_view import grounded_rois_sql
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.storage import atomic_path
 
@@ -134,8 +135,6 @@ def assemble_triplets(
         if not path.exists():
             raise FileNotFoundError(f"triplets for '{source_id}' need the {name} table, missing: {path}")
     out_path = Path(out_path)
-    from medtrinity_assets.stages import grounded_rois_sql
-
     query = triplets_query(inputs, source_id, spec.license, spec.burned_in_text, grounded_rois_sql(data_root, source_id))
     con = connect(memory_limit=memory_limit, threads=2)
     try:

@@ -53,7 +53,7 @@ def _model_clause(rois: list[dict]) -> str:
     expert = roi.get("expert_id") or str(roi["origin"])[len(MODEL_ORIGIN_PREFIX):]
     where = position_phrase(roi)
     place = f" in {where}" if where else ""
-    more = f" (and {len(marked) - 1} more)" if len(marked) > 1 else ""
+    more = f" ({len(marked) - 1} more region{'s' if len(marked) > 2 else ''} marked)" if len(marked) > 1 else ""
     return (f"; an expert model ({expert}) marks a possible {display_label(roi.get('label') or 'region')}{place}, "
             f"confidence {float(roi.get('confidence') or 0.0):.2f}{more}")
 

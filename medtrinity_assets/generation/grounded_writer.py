@@ -386,20 +386,20 @@ def _model_roi_analysis(facts: FactSet, rid: str, roi_ids: list[str]) -> str:
     size = _size_sentence(facts, primary, rid)
     if size:
         sentences.append(size)
-    others = roi_ids[1 : 1 + MAX_OTHER_ROIS]
+    others = [(roi_id, model_roi(facts, roi_id)) for roi_id in roi_ids[1 : 1 + MAX_OTHER_ROIS]]
+    others = [(roi_id, other) for roi_id, other in others if other is not None]
     if others:
+        same = all(other["expert_id"] == model["expert_id"] for _, other in others)
         listed = []
-        for roi_id in others:
-            other = model_roi(facts, roi_id)
-            if other is None:
-                continue
+        for roi_id, other in others:
             other_label = display_label(facts.roi_value(roi_id, "label") or "region")
             other_where = _position_words(facts, roi_id) or "an unrecorded part of the image"
             size_class = facts.roi_value(roi_id, "size_class")
+            by = "" if same else f"{other['expert_id']}, "
             listed.append(f"a {SIZE_WORD.get(size_class, 'unmeasured')} possible {other_label} in {other_where} "
-                          f"({other['expert_id']}, confidence {other['confidence']:.2f})")
-        if listed:
-            sentences.append("The expert models also mark " + "; ".join(listed) + ".")
+                          f"({by}confidence {other['confidence']:.2f})")
+        subject = "The same model also marks " if same else "Other expert models also mark "
+        sentences.append(subject + "; ".join(listed) + ".")
     sentences.append(_variant(rid, "model-caveat", [
         "These are a model's suggestions, not the source's findings.",
         "A model's mark is a suggestion to check, not a diagnosis.",

@@ -51,13 +51,13 @@ class ExpertRun:
     iou_floor: float
 
     @classmethod
-    def of(cls, spec, manifest) -> "ExpertRun":
+    def of(cls, spec, weights_sha256: str) -> "ExpertRun":
         return cls(
             expert_id=spec.id,
             target=spec.target,
             task=spec.task,
-            weights_sha256=str(getattr(manifest, "sha256", "") or ""),
-            provenance=str(getattr(manifest, "provenance", None) or ("brought" if spec.brings_weights else "trained")),
+            weights_sha256=weights_sha256,
+            provenance="brought" if spec.brings_weights else "trained",
             target_labels=tuple(sorted({normalize_label(label) for label in spec.train_labels})),
             iou_floor=float(spec.min_iou_on_annotated),
         )

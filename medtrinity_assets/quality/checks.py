@@ -648,12 +648,18 @@ def row_count(min_rows: int = MIN_ROWS) -> CheckDef:
     )
 
 
-def quarantine_rate(max_rate: float = MAX_QUARANTINE_RATE) -> CheckDef:
+def quarantine_rate(max_rate: float = MAX_QUARANTINE_RATE, records_table: str | None = None) -> CheckDef:
+    """``records_table``: count the inputs in that stage's table of the same partition instead of
+    this stage's own (for a table that has rows only for some of its inputs)."""
+
+    def records(t: CheckTarget) -> Path:
+        return t.root.table(records_table, t.table.stem) if records_table else t.table
+
     return CheckDef(
         "quarantine_rate",
         f"At most {max_rate:.0%} of this stage's inputs quarantined, grouped by kind.",
         "WARN",
-        lambda con, t: check_quarantine_rate(con, [t.quarantine] if t.quarantine else [], t.table, max_rate, name="quarantine_rate"),
+        lambda con, t: check_quarantine_rate(con, [t.quarantine] if t.quarantine else [], records(t), max_rate, name="quarantine_rate"),
     )
 
 

@@ -15,6 +15,7 @@ epoch costs only augmentation and the network.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import tempfile
 import time
@@ -412,8 +413,12 @@ class MonaiFamily:
         if "network" not in model.info:
             raise ExpertError(f"expert {spec.id}: a {model.info.get('format')} model is not saved again; it is loaded from its file")
         state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
+        buffer = io.BytesIO()
+        # Into memory, not to ``path``: torch.save names the archive's folder after the file, and
+        # the caller's temporary name would make equal weights hash differently.
         torch.save({"format": SAVED_FORMAT, "architecture": model.info["architecture"], "network": model.info["network"],
-                    "in_channels": model.in_channels, "input_size": model.input_size, "state_dict": state}, path)
+                    "in_channels": model.in_channels, "input_size": model.input_size, "state_dict": state}, buffer)
+        Path(path).write_bytes(buffer.getvalue())
 
     def load(self, spec: ExpertSpec, path: Path, device: str) -> MonaiModel:
         path = Path(path)

@@ -150,8 +150,9 @@ def _source_samples(spec: ExpertSpec, root: DataRoot, source_id: str, counts: di
     return out
 
 
-def training_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[Sample], list[Sample], dict]:
-    """(train, val, info) for an expert. info: sources, split (rule and version), counts."""
+def annotated_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[Sample], list[Sample], dict]:
+    """(train, val, info) like training_samples, without requiring both sides to be non-empty
+    (a brought expert is evaluated on whatever annotated images there are)."""
     root = _root(data_root)
     sources = train_source_ids(spec, catalog, root)
     if not sources:
@@ -173,11 +174,18 @@ def training_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[S
     )
     info = {"sources": sources, "split": {"by": spec.split, "rule": SPLIT_VERSION, "train": "train", "val": ["val", "test"]},
             "counts": dict(counts)}
+    return train, val, info
+
+
+def training_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[Sample], list[Sample], dict]:
+    """(train, val, info) for an expert. info: sources, split (rule and version), counts."""
+    train, val, info = annotated_samples(spec, data_root, catalog)
     if not train or not val:
+        counts = info["counts"]
         unit = "patients" if spec.split == "patient" else "records"
         raise ExpertError(
             f"expert {spec.id}: the {spec.split} split left {len(train)} training and {len(val)} validation images "
-            f"({counts['train_patients']} + {counts['val_patients']} {unit}) from {sources}: an expert needs both; "
+            f"({counts['train_patients']} + {counts['val_patients']} {unit}) from {info['sources']}: an expert needs both; "
             "add annotated partitions (about 80% of patients train, 20% validate)"
         )
     return train, val, info

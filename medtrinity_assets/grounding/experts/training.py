@@ -19,7 +19,7 @@ from medtrinity_assets.grounding.experts.base import ExpertError
 from medtrinity_assets.grounding.experts.device import pick_device
 from medtrinity_assets.grounding.experts.families import family as family_named
 from medtrinity_assets.grounding.experts.metrics import evaluate
-from medtrinity_assets.grounding.experts.samples import train_source_ids, training_samples
+from medtrinity_assets.grounding.experts.samples import annotated_samples, train_source_ids, training_samples
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.weights import (
     Manifest, brought_weights, current_manifest, data_fingerprint, record_brought, save_weights, sha256_tree,
@@ -85,9 +85,13 @@ def _bring(spec: ExpertSpec, root: DataRoot, catalog: dict, spec_folder: Path, f
     model = impl.load(spec, path, device)  # WeightsError naming the file when it does not fit
     info: dict = {"sources": sources}
     metrics: dict = {}
-    train = val = []
+    val: list = []
     if sources:
-        train, val, info = training_samples(spec, root, catalog)
+        # The validation split a trained expert of the same spec would be measured on; every
+        # annotated image when that split is empty (a brought model learned none of them here).
+        train, val, info = annotated_samples(spec, root, catalog)
+        if not val:
+            val, info["note"] = train, "validation split empty: evaluated on every annotated image"
         metrics = evaluate(impl, model, spec, val, device)
     else:
         info["note"] = f"no annotated partition of modality {spec.modality}: the brought weights are not evaluated here"

@@ -18,6 +18,7 @@ from expert_fixtures import KVASIR, BUSI, busi_source, expert_spec, ground, kvas
 from medtrinity_assets.grounding.experts.apply import applicable_experts, find_rois, load_for_inference
 from medtrinity_assets.grounding.experts.base import ExpertError, WeightsError
 from medtrinity_assets.grounding.experts.families import family
+from medtrinity_assets.grounding.experts.metrics import evaluate
 from medtrinity_assets.grounding.experts.monai_family import build_network, network_args
 from medtrinity_assets.grounding.experts.samples import train_source_ids, training_samples
 from medtrinity_assets.grounding.experts.training import train_expert
@@ -82,6 +83,12 @@ def test_normal_images_join_as_empty_negatives(tmp_path):
     samples = train + val
     assert info["counts"]["negatives"] == 3 and info["counts"]["positives"] == 6
     assert sum(not s.mask.any() and not s.boxes for s in samples) == 3
+    assert all(s.image.ndim == 2 for s in samples)  # grey ultrasound: repeated to three channels
+    if train and val:
+        impl = family("monai")
+        result = impl.train(spec, train, val, "cpu", tmp_path)
+        metrics = evaluate(impl, result.model, spec, val, "cpu")
+        assert metrics["images"] == len(val) and 0.0 <= metrics["dice"] <= 1.0
     # train_labels narrows the target: malignant only; benign images are neither target nor normal.
     only = expert_spec(id="lesion_test", modality="ultrasound", target="lesion", split="record",
                        train_labels=["malignant breast tumor"])
@@ -235,3 +242,18 @@ def test_applicable_experts_by_modality_sources_and_organs(kvasir_root):
     assert family("monai").name == "monai"
     with pytest.raises(ExpertError, match="unknown expert family"):
         family("sam")
+
+
+def test_segresnet_stops_at_the_time_limit_and_training_is_reproducible(kvasir_root, tmp_path):
+    root, catalog = fresh_copy(kvasir_root, tmp_path)
+    spec = expert_spec(architecture="segresnet", network={"init_filters": 8}, epochs=3, max_train_minutes=1e-4)
+    first = train_expert(spec, root, catalog, tmp_path)
+    assert len(first.manifest.history) == 1  # the first epoch crossed the limit
+    # Same spec, same data, same seed: the same bytes, so the same content-addressed file.
+    again = train_expert(spec, root, catalog, tmp_path, force=True)
+    assert not again.reused and again.manifest.sha256 == first.manifest.sha256
+    expert = load_for_inference(spec, root, tmp_path)
+    assert expert.model.info["architecture"] == "segresnet"
+    # A unet spec cannot load a segresnet file.
+    with pytest.raises(WeightsError, match="holds a MONAI segresnet"):
+        family("monai").load(expert_spec(), root.root / first.manifest.path, "cpu")
