@@ -331,6 +331,9 @@ class MonaiFamily:
         set_determinism(seed=spec.seed)
         started = time.perf_counter()
         args = network_args(spec)
+        if args["out_channels"] != 1 or args["in_channels"] != IN_CHANNELS:
+            raise ExpertError(f"expert {spec.id}: a MONAI expert trained here has in_channels {IN_CHANNELS} and out_channels 1 "
+                              f"(one sigmoid foreground); network: sets {args['in_channels']} and {args['out_channels']}")
         info = {"architecture": spec.architecture, "network": args}
         multiple = _strides_product(info)
         if spec.input_size % multiple:
