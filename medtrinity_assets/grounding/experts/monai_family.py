@@ -175,6 +175,8 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and format errors alike: the file is not a torch state
+        if "ultralytics" in str(error):
+            raise _not_fitting(path, "is an ultralytics checkpoint: bring it to an expert with family: yolo") from None
         raise _not_fitting(path, f"is not a torch weights file torch.load can read safely ({type(error).__name__}: {str(error)[:200]})") from None
 
 
