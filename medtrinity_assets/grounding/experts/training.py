@@ -60,14 +60,15 @@ def train_expert(spec: ExpertSpec, data_root, catalog: dict, spec_folder: Path, 
     train, val, info = training_samples(spec, root, catalog)
     impl = family_named(spec.family)
     device = pick_device(spec)
+    # The work folder (a family's checkpoints, ultralytics' run folder) lives until the model is saved.
     with tempfile.TemporaryDirectory(prefix=f"expert-{spec.id}-") as workdir:
         result = impl.train(spec, train, val, device, Path(workdir))
-    metrics = evaluate(impl, result.model, spec, val, device)
-    manifest = save_weights(
-        root, spec, impl, result.model,
-        data_fingerprint=fingerprint, train_sources=info["sources"], train_records=len(train), val_records=len(val),
-        metrics=metrics, history=result.history, device=result.device, seconds=round(result.seconds, 2), split=info["split"],
-    )
+        metrics = evaluate(impl, result.model, spec, val, device)
+        manifest = save_weights(
+            root, spec, impl, result.model,
+            data_fingerprint=fingerprint, train_sources=info["sources"], train_records=len(train), val_records=len(val),
+            metrics=metrics, history=result.history, device=result.device, seconds=round(result.seconds, 2), split=info["split"],
+        )
     return TrainingOutcome(manifest, False, info)
 
 
