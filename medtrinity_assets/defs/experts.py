@@ -18,7 +18,7 @@ import dagster as dg
 from medtrinity_assets.catalog import SourceSpec
 from medtrinity_assets.defs.partitions import CATALOG
 from medtrinity_assets.defs.resources import PipelineSettings
-from medtrinity_assets.grounding.experts.base import ExpertError, WeightsError
+from medtrinity_assets.grounding.experts.base import ExpertError
 from medtrinity_assets.grounding.experts.spec import ExpertSpec, load_expert
 from medtrinity_assets.paths import DataRoot, experts_dir
 from medtrinity_assets.preview import training_curve_markdown, training_curve_png
@@ -186,11 +186,11 @@ def expert_asset(spec: ExpertSpec, partitions: list[str]) -> dg.AssetsDefinition
         root = settings.root()
         try:
             outcome = train_expert(current, root, settings.specs(), folder)
-        except WeightsError as error:
-            # The message names the file; a stack trace would only hide it.
-            raise dg.Failure(description=str(error), metadata={"expert": spec.id}) from error
         except ExpertError as error:
-            raise dg.Failure(description=str(error), metadata={"expert": spec.id}) from error
+            # The message says what to fix (a WeightsError names the file): it leads the failure
+            # in the UI instead of the last line of a stack trace.
+            metadata = {"expert": spec.id, "weights": current.weights or "-"}
+            raise dg.Failure(description=str(error), metadata=metadata) from error
         manifest = outcome.manifest
         curve = write_curve(root, current, manifest)
         context.log.info(

@@ -13,7 +13,6 @@ and evaluated; the missing one fails the asset with its path.
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
