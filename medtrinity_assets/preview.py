@@ -216,7 +216,8 @@ def training_curve_png(history: list[dict], title: str = "training curve") -> by
     # A bare Figure renders with Agg and touches no display or pyplot global state.
     from matplotlib.figure import Figure
 
-    columns = [c for c in _history_columns(history) if c not in ("epoch", "seconds")]
+    # Losses and validation scores; timings and the learning rate stay in the table.
+    columns = [c for c in _history_columns(history) if "loss" in c or c.startswith("val_")]
     epochs = [entry.get("epoch", i + 1) for i, entry in enumerate(history)]
     figure = Figure(figsize=(5.0, 3.0), dpi=100)
     loss_axis = figure.add_subplot()

@@ -115,12 +115,13 @@ def tiny_world(tmp_path, isolated_env, shared_knowledge, monkeypatch):
 
 
 @contextmanager
-def reloaded_definitions():
+def reloaded_definitions(monkeypatch):
     """The Dagster layer loaded from the test's catalog and experts (a code-location reload);
-    afterwards loaded again so later tests see the project's own."""
+    afterwards, with the environment restored, loaded again so later tests see the project's own."""
     try:
         yield {name.rsplit(".", 1)[-1]: importlib.reload(importlib.import_module(name)) for name in DEFS_MODULES}
     finally:
+        monkeypatch.undo()
         for name in DEFS_MODULES:
             importlib.reload(importlib.import_module(name))
 
@@ -137,8 +138,8 @@ def _metadata(result, key: str) -> dict:
     raise AssertionError(f"{key} was not materialized")
 
 
-def test_experts_train_apply_and_retrain_through_dagster(tiny_world):
-    with reloaded_definitions() as mods, dg.instance_for_test() as instance:
+def test_experts_train_apply_and_retrain_through_dagster(tiny_world, monkeypatch):
+    with reloaded_definitions(monkeypatch) as mods, dg.instance_for_test() as instance:
         assets, experts_mod, definitions = mods["assets"], mods["experts"], mods["definitions"].defs
         everything = [*assets.ASSETS, *experts_mod.EXPERT_ASSETS]
         settings = PipelineSettings()
