@@ -84,7 +84,7 @@ def test_readme_example_becomes_a_partition_the_sensor_runs_and_ingest_reads(cat
     source_id = catalog_with_example["id"]
     assert cli.main(["check-source", source_id]) == 0
 
-    with reloaded_definitions() as (_partitions, assets, automation, _catalog, definitions):
+    with reloaded_definitions() as (_partitions, _experts, assets, automation, _catalog, definitions):
         graph = definitions.defs.resolve_asset_graph()
         keys = graph.get(dg.AssetKey("raw_records")).partitions_def.get_partition_keys()
         assert source_id in keys and "busi" in keys  # added beside the existing sources
