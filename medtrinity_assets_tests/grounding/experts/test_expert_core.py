@@ -74,6 +74,7 @@ def test_samples_join_images_and_masks_and_split_by_patient(kvasir_root):
         training_samples(expert_spec(train_labels=["tumour"]), root, catalog)
 
 
+@pytest.mark.slow  # its own BUSI data root and a training run: about 6-12 s here
 def test_normal_images_join_as_empty_negatives(tmp_path):
     source = busi_source(tmp_path / "busi", {"benign": 4, "malignant": 2, "normal": 3})
     root = DataRoot(tmp_path / "var")
