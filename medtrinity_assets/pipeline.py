@@ -37,6 +37,13 @@ class StageInputs:
     experts_folder: Path | None = None  # the expert specs (None: paths.experts_dir())
 
 
+def _expert_asset_keys() -> tuple[str, ...]:
+    """The expert model assets (expert_<id>, one per spec under paths.experts_dir())."""
+    from medtrinity_assets.grounding.experts.spec import load_experts
+
+    return tuple(f"expert_{expert_id}" for expert_id in sorted(load_experts(paths.experts_dir())))
+
+
 def _run_model_rois(inputs: StageInputs) -> stages.StageReport:
     from medtrinity_assets.grounding.experts.spec import load_experts
 
@@ -61,6 +68,9 @@ class Stage:
     # concurrency pool bounds how many partitions call a model endpoint at once, across runs.
     uses_writer: bool = False
     pool: str | None = None
+    # Asset keys the stage also reads that are not stages, known when the definitions load
+    # (model_rois: one expert_<id> asset per expert spec). None: only ``upstream``.
+    extra_deps: Callable[[], tuple[str, ...]] | None = None
 
     def table(self, root: DataRoot, partition: str | None) -> Path:
         return root.table(self.table_name or self.name, partition)
@@ -123,7 +133,7 @@ STAGES: tuple[Stage, ...] = (
         "normalized image; the ROIs are measured like annotation ROIs and used for records without "
         "annotation (origin model:<expert>, confidence = score); on annotated records their IoU "
         "against the annotation is the drift check.",
-        kinds=frozenset({"parquet", "duckdb", "pytorch"}),
+        kinds=frozenset({"parquet", "duckdb", "pytorch"}), extra_deps=_expert_asset_keys,
     ),
     Stage(
         "facts", schemas.FACTS, ("rois", "model_rois"),

@@ -551,7 +551,9 @@ def _part_relations(facts: FactSet, rid: str) -> str:
     ]
     sentences = []
     if phrases:
-        others = "the other regions the models mark" if marked else "the other annotated regions"
+        experts = {(model_roi(facts, roi_id) or {}).get("expert_id") for roi_id in roi_ids}
+        others = ("the other regions the model marks" if len(experts) == 1 else "the other regions the models mark") \
+            if marked else "the other annotated regions"
         sentences.append(f"Relative to {others}, the main region " + "; ".join(phrases) + ".")
     elif len(roi_ids) > 1:
         sentences.append("No relation between the main region and the others was recorded.")

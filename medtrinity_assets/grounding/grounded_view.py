@@ -27,9 +27,13 @@ def grounded_rois_sql(data_root: DataRoot, source_id: str) -> str:
         return f"""SELECT *, NULL::VARCHAR AS expert_id, NULL::VARCHAR AS weights_sha256,
                           NULL::VARCHAR AS model_provenance FROM {rois}"""
     model = read_parquet(model_path)
+    # "applied" was decided when model_rois ran; a record annotated since (rois rematerialized
+    # first) keeps its annotation alone.
+    applied = f"""SELECT * FROM {model} WHERE applied
+                  AND record_id NOT IN (SELECT record_id FROM {rois} WHERE origin <> 'whole_image')"""
     return f"""
         SELECT * FROM {rois}
-        WHERE NOT (origin = 'whole_image' AND record_id IN (SELECT record_id FROM {model} WHERE applied))
+        WHERE NOT (origin = 'whole_image' AND record_id IN (SELECT record_id FROM ({applied})))
         UNION ALL BY NAME
-        SELECT * EXCLUDE ({", ".join(_MODEL_ONLY_COLUMNS)}) FROM {model} WHERE applied
+        SELECT * EXCLUDE ({", ".join(_MODEL_ONLY_COLUMNS)}) FROM ({applied})
     """

@@ -86,6 +86,11 @@ def test_view_replaces_whole_image_of_unannotated_records_only(tmp_path):
     model_rows = [r for r in rows if r["record_id"] == "bare"]
     assert {r["weights_sha256"] for r in model_rows} == {SHA} and {r["model_provenance"] for r in model_rows} == {"trained"}
     assert sorted(r["confidence"] for r in model_rows) == [0.6, 0.9]
+    # A stale model_rois table (the record was annotated since): the annotation alone.
+    write_table(root.table("rois", SOURCE), schemas.ROIS, [
+        _roi("annotated", "annotation:mask"), _roi("bare", "annotation:box"), _roi("empty", "whole_image")])
+    assert [(r["record_id"], r["origin"]) for r in _view(root)] == [
+        ("annotated", "annotation:mask"), ("bare", "annotation:box"), ("empty", "whole_image")]
     # One shape downstream: the ROIS columns plus the three naming the model; the drift-check
     # columns stay in model_rois.
     assert set(rows[0]) == set(schemas.ROIS.names) | {"expert_id", "weights_sha256", "model_provenance"}
@@ -151,3 +156,15 @@ def test_rows_from_instances_on_a_real_image(tmp_path):
     assert box_row["shape"] is None and box_row["margin"] is None and box_row["model_provenance"] == "brought"
     with pytest.raises(ValueError, match="mask for a"):
         model_roi_rows(bare, display, [(run, [Instance(np.ones((5, 5), bool), 0.9, (0, 0, 5, 5))])], blobs, load_mask)
+
+
+def test_model_rois_stage_names_the_expert_assets_it_reads(tmp_path, monkeypatch):
+    from medtrinity_assets.pipeline import STAGE
+
+    (tmp_path / "polyp_unet.yaml").write_text(
+        "id: polyp_unet\nmodality: endoscopy\ntarget: polyp\nfamily: monai\narchitecture: unet\n", encoding="utf-8")
+    monkeypatch.setenv("MEDTRINITY_EXPERTS", str(tmp_path))
+    stage = STAGE["model_rois"]
+    assert stage.upstream == ("normalized_images", "rois") and stage.extra_deps() == ("expert_polyp_unet",)
+    monkeypatch.setenv("MEDTRINITY_EXPERTS", str(tmp_path / "none"))
+    assert stage.extra_deps() == ()

@@ -82,6 +82,11 @@ def split_of(spec: ExpertSpec, patient_hash: str | None, record_id: str) -> str:
     return "train" if patient_split(key) == "train" else "val"
 
 
+def dataset_split(spec: ExpertSpec, sample: Sample) -> str:
+    """The dataset's own split name of a sample ('train', 'val' or 'test')."""
+    return patient_split(sample.patient_hash if spec.split == "patient" else sample.record_id)
+
+
 def _png(root: DataRoot, rel: str) -> np.ndarray:
     with Image.open(root.root / rel) as image:
         return np.asarray(image)

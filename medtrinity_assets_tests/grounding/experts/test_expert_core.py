@@ -74,6 +74,7 @@ def test_samples_join_images_and_masks_and_split_by_patient(kvasir_root):
         training_samples(expert_spec(train_labels=["tumour"]), root, catalog)
 
 
+@pytest.mark.slow  # its own BUSI data root and a training run: about 6-12 s here
 def test_normal_images_join_as_empty_negatives(tmp_path):
     source = busi_source(tmp_path / "busi", {"benign": 4, "malignant": 2, "normal": 3})
     root = DataRoot(tmp_path / "var")
@@ -117,6 +118,10 @@ def test_train_save_load_predict_round_trip_and_reuse(kvasir_root, tmp_path):
     assert set(manifest.history[0]) >= {"train_loss", "val_dice", "seconds", "lr"}
     assert set(manifest.metrics) >= {"dice", "box_iou", "map50", "precision", "recall", "images", "seconds"}
     assert manifest.train_records + manifest.val_records == 12
+    # The best epoch was chosen on the 'val' patients; the 'test' patients are measured apart.
+    counts = outcome.info["counts"]
+    assert counts["selection_images"] + counts["test_images"] == manifest.val_records
+    assert counts["test_images"] > 0 and manifest.metrics["test"]["images"] == counts["test_images"]
 
     _, val, _ = training_samples(spec, root, catalog)
     images = [s.image for s in val]
