@@ -434,6 +434,7 @@ class MonaiFamily:
             raise _not_fitting(path, f"weights_format ultralytics belongs to the yolo family; expert {spec.id} is MONAI")
         if fmt == "auto":
             fmt = detect_format(path)
+        limit_torch_threads()  # inference too: MEDTRINITY_TORCH_THREADS holds for the stage's process
         loader = {"state_dict": _from_torch_file, "torchscript": _from_torchscript, "monai_bundle": _from_bundle}[fmt]
         model = loader(spec, path)
         model.net.to(device)

@@ -10,6 +10,7 @@ import shutil
 import zipfile
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -123,16 +124,21 @@ def test_train_save_load_predict_round_trip_and_reuse(kvasir_root, tmp_path):
     assert counts["selection_images"] + counts["test_images"] == manifest.val_records
     assert counts["test_images"] > 0 and manifest.metrics["test"]["images"] == counts["test_images"]
 
-    _, val, _ = training_samples(spec, root, catalog)
+    train, val, _ = training_samples(spec, root, catalog)
     images = [s.image for s in val]
+    # The model in memory and the one read back from its file predict the same.
+    impl = family("monai")
+    trained = impl.train(spec, train, val, "cpu", tmp_path).model
+    impl.save(trained, spec, tmp_path / "saved.pt")
+    loaded = impl.load(spec, tmp_path / "saved.pt", "cpu")
+    before = impl.predict(trained, spec, images, "cpu")
+    after = impl.predict(loaded, spec, images, "cpu")
+    for one, two, image in zip(before, after, images):
+        assert one.probability.shape == image.shape[:2]
+        assert np.array_equal(one.probability, two.probability)
+        assert [i.box for i in one.instances] == [i.box for i in two.instances]
+        assert [i.score for i in one.instances] == [i.score for i in two.instances]
     first = load_for_inference(spec, root, tmp_path)
-    second = load_for_inference(spec, root, tmp_path)
-    a = first.family.predict(first.model, spec, images, "cpu")
-    b = second.family.predict(second.model, spec, images, "cpu")
-    for pa, pb, image in zip(a, b, images):
-        assert pa.probability.shape == image.shape[:2]
-        assert np.array_equal(pa.probability, pb.probability)
-        assert [i.box for i in pa.instances] == [i.box for i in pb.instances]
     rois = find_rois(first, images)
     assert len(rois) == len(images) and all(len(r) <= spec.max_rois for r in rois)
     assert all(i.score >= spec.confidence_threshold for r in rois for i in r)
@@ -274,3 +280,30 @@ def test_segresnet_stops_at_the_time_limit_and_training_is_reproducible(kvasir_r
     # A unet spec cannot load a segresnet file.
     with pytest.raises(WeightsError, match="holds a MONAI segresnet"):
         family("monai").load(expert_spec(), root.root / first.manifest.path, "cpu")
+
+
+def test_an_empty_validation_side_is_a_clear_error(kvasir_root, tmp_path):
+    root, catalog = fresh_copy(kvasir_root, tmp_path)
+    spec = expert_spec()
+    _, val, _ = training_samples(spec, root, catalog)
+    # Drop the validation patients' annotations: their images become unknown, not negatives.
+    table = root.table("rois", "kvasir_seg")
+    rois = pq.read_table(table)
+    dropped = {s.record_id for s in val}
+    kept = [r for r in rois.to_pylist() if r["record_id"] not in dropped]
+    pq.write_table(pa.Table.from_pylist(kept, rois.schema), table)
+    with pytest.raises(ExpertError, match=r"left \d+ training and 0 validation images \(\d+ \+ 0 patients\)"):
+        train_expert(spec, root, catalog, tmp_path)
+
+
+def test_brought_weights_without_annotated_partitions_are_recorded_unevaluated(kvasir_root, tmp_path):
+    _, catalog = kvasir_root
+    root = DataRoot(tmp_path / "var")  # nothing grounded here
+    spec = expert_spec()
+    torch.save(_reference(spec).state_dict(), tmp_path / "mine.pt")
+    outcome = train_expert(expert_spec(weights="mine.pt"), root, catalog, tmp_path)
+    assert outcome.manifest.provenance == "brought" and outcome.manifest.metrics == {}
+    assert "not evaluated" in outcome.info["note"]
+    assert outcome.manifest.path == str((tmp_path / "mine.pt").resolve())
+    expert = load_for_inference(expert_spec(weights="mine.pt"), root, tmp_path)
+    assert expert.manifest.sha256 == outcome.manifest.sha256
