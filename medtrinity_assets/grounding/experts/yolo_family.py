@@ -29,7 +29,11 @@ from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.ultralytics_env import ensure_ready
 
 PREDICT_BATCH = 32  # images per predictor call: memory stays flat whatever the partition size
-PREDICT_CONF = 0.01  # keep nearly everything; postprocess applies spec.confidence_threshold
+# Keep nearly everything (ultralytics validates at 0.001 too): the shared postprocess applies
+# spec.confidence_threshold, and mAP needs the low-confidence tail. max_det bounds the full-size
+# masks made per image.
+PREDICT_CONF = 0.001
+MIN_MAX_DET = 20
 
 # Train arguments the family sets itself; spec.network may set any other ultralytics train argument.
 OWN_ARGS = frozenset({"data", "project", "name", "exist_ok", "device", "model", "resume", "pretrained", "task", "mode"})
@@ -261,7 +265,7 @@ class YoloFamily:
         for start in range(0, len(images), PREDICT_BATCH):
             chunk = images[start:start + PREDICT_BATCH]
             results = model.predict([_to_bgr(image) for image in chunk], imgsz=spec.input_size, conf=PREDICT_CONF,
-                                    retina_masks=True, verbose=False, device=ultralytics_device(device))
+                                    max_det=max(MIN_MAX_DET, 4 * spec.max_rois), retina_masks=True, verbose=False, device=ultralytics_device(device))
             predictions.extend(_prediction(result, image.shape[:2], target_class) for result, image in zip(results, chunk))
         return predictions
 
