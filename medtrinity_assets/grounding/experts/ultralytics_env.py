@@ -16,6 +16,7 @@ been removed since.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -71,6 +72,13 @@ def ensure_ready():
         _set_switches()
         # The font goes in before the import so even an import-time font lookup finds it.
         _place_fonts(Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics")
+        # Ultralytics sets OMP_NUM_THREADS=1 when it is unset; torch imported after that would
+        # train on one core. Import torch first and take the variable back.
+        importlib.import_module("torch")
+        omp = os.environ.get("OMP_NUM_THREADS")
+        importlib.import_module("ultralytics")
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
     import ultralytics
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 

@@ -30,10 +30,12 @@ from medtrinity_assets.grounding.experts.ultralytics_env import ensure_ready
 
 PREDICT_BATCH = 32  # images per predictor call: memory stays flat whatever the partition size
 # Keep nearly everything (ultralytics validates at 0.001 too): the shared postprocess applies
-# spec.confidence_threshold, and mAP needs the low-confidence tail. max_det bounds the full-size
-# masks made per image.
+# spec.confidence_threshold, and mAP needs the low-confidence tail. The number kept per image is
+# bounded instead: each is a full-size mask, and at 20 per image making them took longer than the
+# network itself (Kvasir, 512 px, CPU); postprocess keeps at most max_rois, so twice that leaves
+# room for what its area cut drops.
 PREDICT_CONF = 0.001
-MIN_MAX_DET = 20
+MAX_DET_PER_ROI = 2
 
 # Train arguments the family sets itself; spec.network may set any other ultralytics train argument.
 OWN_ARGS = frozenset({"data", "project", "name", "exist_ok", "device", "model", "resume", "pretrained", "task", "mode"})
@@ -206,7 +208,7 @@ class YoloFamily:
         )
         if not spec.augment:
             args.update(NO_AUGMENT)
-        extra = {k: v for k, v in spec.network.items()}
+        extra = dict(spec.network)  # any other ultralytics train argument, e.g. mosaic, optimizer
         clash = sorted(OWN_ARGS & extra.keys())
         if clash:
             raise ExpertError(f"expert {spec.id}: network may not set {clash}; the yolo family sets them")
@@ -214,7 +216,8 @@ class YoloFamily:
 
         model = YOLO(spec.architecture)
         if model.task != spec.task:
-            raise ExpertError(f"expert {spec.id}: {spec.architecture} builds a {model.task} model, the spec says task {spec.task}")
+            raise ExpertError(f"expert {spec.id}: {spec.architecture} builds a {model.task} model, "
+                              f"the spec says task {spec.task}")
         if spec.max_train_minutes:
             model.add_callback("on_fit_epoch_end", _time_limit(spec.max_train_minutes * 60))
         start = time.perf_counter()
@@ -255,7 +258,8 @@ class YoloFamily:
             raise WeightsError(f"expert {spec.id}: {path} holds a {model.task} model; the spec asks for task {spec.task}")
         names = dict(getattr(model, "names", None) or {})
         if len(names) > 1 and spec.target not in names.values():
-            raise WeightsError(f"expert {spec.id}: {path} predicts classes {sorted(names.values())}, none of them the target {spec.target!r}")
+            raise WeightsError(f"expert {spec.id}: {path} predicts classes {sorted(names.values())}, "
+                               f"none of them the target {spec.target!r}")
         return model
 
     def predict(self, model: object, spec: ExpertSpec, images: list[np.ndarray], device: str) -> list[Prediction]:
@@ -265,7 +269,8 @@ class YoloFamily:
         for start in range(0, len(images), PREDICT_BATCH):
             chunk = images[start:start + PREDICT_BATCH]
             results = model.predict([_to_bgr(image) for image in chunk], imgsz=spec.input_size, conf=PREDICT_CONF,
-                                    max_det=max(MIN_MAX_DET, 4 * spec.max_rois), retina_masks=True, verbose=False, device=ultralytics_device(device))
+                                    max_det=MAX_DET_PER_ROI * spec.max_rois, retina_masks=True, verbose=False,
+                                    device=ultralytics_device(device))
             predictions.extend(_prediction(result, image.shape[:2], target_class) for result, image in zip(results, chunk))
         return predictions
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from medtrinity_assets.grounding.experts.base import Prediction, Sample, WeightsError
+from medtrinity_assets.grounding.experts.base import ExpertError, Prediction, Sample, WeightsError
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.yolo_family import (
     YoloFamily,
@@ -312,3 +312,16 @@ def test_training_reaches_no_network_and_writes_no_home_config(tmp_path):
     assert settings["sync"] is False and settings["runs_dir"].startswith(str(config))
     assert not (home / ".config" / "Ultralytics").exists()
     assert not any(home.rglob("*")) or all("Ultralytics" not in str(p) for p in home.rglob("*"))
+
+
+@needs_kvasir
+def test_network_arguments_are_checked_before_training(samples, data_root, tmp_path):
+    """spec.network passes ultralytics train arguments through; one the family sets itself, or
+    one ultralytics does not know, is an ExpertError naming the expert."""
+    family = YoloFamily()
+    with pytest.raises(ExpertError, match=r"polyp_segment: network may not set \['data'\]"):
+        family.train(yolo_spec(network={"data": "elsewhere.yaml"}), samples[:2], samples[2:3], "cpu", tmp_path / "a")
+    with pytest.raises(ExpertError, match="polyp_segment: ultralytics rejected.*bogus_option"):
+        family.train(yolo_spec(network={"bogus_option": 1}), samples[:2], samples[2:3], "cpu", tmp_path / "b")
+    with pytest.raises(ExpertError, match="builds a detect model"):
+        family.train(yolo_spec(architecture="yolo11n.yaml"), samples[:2], samples[2:3], "cpu", tmp_path / "c")
