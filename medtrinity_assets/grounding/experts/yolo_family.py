@@ -28,6 +28,7 @@ from medtrinity_assets.grounding.experts.base import (
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.ultralytics_env import ensure_ready
 
+CHECKPOINT_ATTR = "medtrinity_checkpoint"  # a trained model carries its best.pt bytes for save
 PREDICT_BATCH = 32  # images per predictor call: memory stays flat whatever the partition size
 # Keep nearly everything (ultralytics validates at 0.001 too): the shared postprocess applies
 # spec.confidence_threshold, and mAP needs the low-confidence tail. The number kept per image is
@@ -186,6 +187,7 @@ class YoloFamily:
     """Ultralytics YOLO, detect or segment; stateless like every family."""
 
     name = "yolo"
+    weights_ext = "pt"  # ultralytics loads checkpoints by this suffix (weights.save_weights names files with it)
 
     def train(self, spec: ExpertSpec, train: list[Sample], val: list[Sample], device: str, workdir: Path) -> TrainResult:
         if not train:
@@ -228,20 +230,25 @@ class YoloFamily:
             raise ExpertError(f"expert {spec.id}: ultralytics rejected the training arguments: {error}") from error
         seconds = time.perf_counter() - start
         trainer = model.trainer
-        run_dir = Path(trainer.save_dir)
-        return TrainResult(model=model, history=read_history(run_dir / "results.csv"), device=device, seconds=seconds)
+        best = next((Path(p) for p in (trainer.best, trainer.last) if p and Path(p).is_file()), None)
+        if best is None:
+            raise ExpertError(f"expert {spec.id}: ultralytics wrote no best.pt or last.pt under {trainer.save_dir}")
+        # The bytes save writes: the caller may remove workdir before saving, and the model in
+        # memory is fused (and so changed) by the first predict; best.pt is what was validated.
+        setattr(model, CHECKPOINT_ATTR, best.read_bytes())
+        history = read_history(Path(trainer.save_dir) / "results.csv")
+        return TrainResult(model=model, history=history, device=device, seconds=seconds)
 
     def save(self, model: object, spec: ExpertSpec, path: Path) -> None:
-        """Copy the run's best.pt (last.pt when no epoch improved) to ``path``; a loaded model is
-        written with ultralytics' own save."""
-        trainer = getattr(model, "trainer", None)
-        candidates = [Path(p) for p in (getattr(trainer, "best", None), getattr(trainer, "last", None)) if p]
-        for candidate in candidates:
-            if candidate.is_file():
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(candidate, path)
-                return
-        model.save(str(path))
+        """Write the run's best.pt (last.pt when no epoch improved) to ``path``, byte for byte; a
+        model that was loaded, not trained here, is written with ultralytics' own save."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = getattr(model, CHECKPOINT_ATTR, None)
+        if checkpoint is not None:
+            path.write_bytes(checkpoint)
+        else:
+            model.save(str(path))
 
     def load(self, spec: ExpertSpec, path: Path, device: str) -> object:
         path = Path(path)
@@ -273,6 +280,10 @@ class YoloFamily:
                                     device=ultralytics_device(device))
             predictions.extend(_prediction(result, image.shape[:2], target_class) for result, image in zip(results, chunk))
         return predictions
+
+    def prepare_batch(self, model: object, spec: ExpertSpec, images: list[np.ndarray], device: str):
+        """The network's input tensor for ``images`` (what forward_floor is timed on)."""
+        return floor_batch(spec, images, device)
 
     def forward_floor(self, model: object, spec: ExpertSpec, batch: object, device: str) -> None:
         import torch

@@ -21,7 +21,6 @@ from medtrinity_assets.grounding.experts.base import ExpertError, Prediction, Sa
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.yolo_family import (
     YoloFamily,
-    floor_batch,
     label_lines,
     write_dataset,
 )
@@ -183,7 +182,7 @@ def test_forward_floor_runs_the_predicting_network(trained_segment, samples):
     family = YoloFamily()
     images = [s.image for s in samples]
     before = family.predict(result.model, spec, images, "cpu")
-    batch = floor_batch(spec, images, "cpu")
+    batch = family.prepare_batch(result.model, spec, images, "cpu")
     assert tuple(batch.shape) == (len(images), 3, SIZE, SIZE) and float(batch.max()) <= 1.0
     assert family.forward_floor(result.model, spec, batch, "cpu") is None
     assert same_predictions(before, family.predict(result.model, spec, images, "cpu"))
@@ -195,14 +194,19 @@ def test_forward_floor_runs_the_predicting_network(trained_segment, samples):
 @needs_kvasir
 @pytest.mark.slow
 def test_detect_stops_at_the_time_limit_and_fills_boxes(trained_detect, samples, tmp_path):
-    spec, result, _ = trained_detect
+    spec, result, workdir = trained_detect
     assert [row["epoch"] for row in result.history] == [1]  # epochs=2, but the limit was crossed
     assert "val_mask_map50" not in result.history[0]
     family = YoloFamily()
+    # As train_expert does: the run folder is gone and the model has predicted (evaluation)
+    # before it is saved; the saved file still gives the same predictions.
+    shutil.rmtree(workdir)
+    images = [s.image for s in samples]
+    in_memory = family.predict(result.model, spec, images, "cpu")
     path = tmp_path / "det.pt"
     family.save(result.model, spec, path)
-    images = [s.image for s in samples]
     predictions = family.predict(family.load(spec, path, "cpu"), spec, images, "cpu")
+    assert same_predictions(predictions, in_memory)
     check_predictions(predictions, images)
     instances = [i for p in predictions for i in p.instances]
     assert instances
@@ -216,17 +220,19 @@ def test_detect_stops_at_the_time_limit_and_fills_boxes(trained_detect, samples,
 def test_brought_checkpoints_load_or_fail_naming_the_file(trained_segment, trained_detect, samples, tmp_path):
     family = YoloFamily()
     seg_spec, seg_result, seg_workdir = trained_segment
-    # The run's own best.pt, named by a spec the way a user brings weights.
-    best = next(seg_workdir.rglob("best.pt"))
+    # The run's own best.pt (save writes it byte for byte), named by a spec the way a user brings weights.
     folder = tmp_path / "experts"
     folder.mkdir()
-    shutil.copy(best, folder / "my_polyps.pt")
+    family.save(seg_result.model, seg_spec, folder / "my_polyps.pt")
+    assert (folder / "my_polyps.pt").read_bytes() == next(seg_workdir.rglob("best.pt")).read_bytes()
     brought = yolo_spec("segment", weights="my_polyps.pt")
     model = family.load(brought, brought.weights_path(folder), "cpu")
     check_predictions(family.predict(model, brought, [samples[0].image], "cpu"), [samples[0].image])
 
     # A detector's checkpoint for a segmenting spec.
-    detect_best = next(trained_detect[2].rglob("best.pt"))
+    detect_spec, detect_result, _ = trained_detect
+    detect_best = tmp_path / "detector_best.pt"
+    family.save(detect_result.model, detect_spec, detect_best)
     with pytest.raises(WeightsError, match="detect") as error:
         family.load(seg_spec, detect_best, "cpu")
     assert str(detect_best) in str(error.value)
