@@ -81,10 +81,11 @@ def outer_polygon(mask: np.ndarray) -> np.ndarray | None:
 
 
 def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    # Row and column projections, not np.nonzero: this runs on every predicted full-size mask.
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
         return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def label_lines(sample: Sample, task: str) -> list[str]:
