@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from medtrinity_assets.paths import DataRoot
 
@@ -100,3 +103,47 @@ def user_config_dir() -> Path:
     from ultralytics.utils import USER_CONFIG_DIR
 
     return Path(USER_CONFIG_DIR)
+
+
+@contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Run an ultralytics call without it changing the process for everything after it.
+
+    Its select_device sets torch's CPU threads to cpu_count - 1 (at most 8) on every train and
+    first predict: the call runs with the caller's thread count instead. Deterministic training
+    switches torch into deterministic mode, sets CUBLAS_WORKSPACE_CONFIG and PYTHONHASHSEED and
+    reseeds the global RNGs: all are put back afterwards, so a MONAI expert or any other code in
+    the same process (a Dagster run, the test session) is unaffected.
+    """
+    ensure_ready()
+    import numpy as np
+    import torch
+    from ultralytics.utils import torch_utils
+
+    threads = torch.get_num_threads()
+    det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    env = {key: os.environ.get(key) for key in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")}
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    library_threads = torch_utils.NUM_THREADS
+    torch_utils.NUM_THREADS = threads  # what select_device sets
+    try:
+        yield
+    finally:
+        torch_utils.NUM_THREADS = library_threads
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)

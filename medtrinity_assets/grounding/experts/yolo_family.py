@@ -26,7 +26,7 @@ from medtrinity_assets.grounding.experts.base import (
     WeightsError,
 )
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
-from medtrinity_assets.grounding.experts.ultralytics_env import ensure_ready
+from medtrinity_assets.grounding.experts.ultralytics_env import ensure_ready, process_state_kept
 
 CHECKPOINT_ATTR = "medtrinity_checkpoint"  # a trained model carries its best.pt bytes for save
 PREDICT_BATCH = 32  # images per predictor call: memory stays flat whatever the partition size
@@ -217,18 +217,19 @@ class YoloFamily:
             raise ExpertError(f"expert {spec.id}: network may not set {clash}; the yolo family sets them")
         args.update(extra)
 
-        model = YOLO(spec.architecture)
-        if model.task != spec.task:
-            raise ExpertError(f"expert {spec.id}: {spec.architecture} builds a {model.task} model, "
-                              f"the spec says task {spec.task}")
-        if spec.max_train_minutes:
-            model.add_callback("on_fit_epoch_end", _time_limit(spec.max_train_minutes * 60))
         start = time.perf_counter()
-        try:
-            model.train(data=str(data_yaml), project=str(workdir / "runs"), name=spec.id, device=ultralytics_device(device),
-                        pretrained=False, **args)
-        except SyntaxError as error:  # ultralytics' answer to an unknown or ill-typed train argument
-            raise ExpertError(f"expert {spec.id}: ultralytics rejected the training arguments: {error}") from error
+        with process_state_kept():  # building the network draws from the global RNG too
+            model = YOLO(spec.architecture)
+            if model.task != spec.task:
+                raise ExpertError(f"expert {spec.id}: {spec.architecture} builds a {model.task} model, "
+                                  f"the spec says task {spec.task}")
+            if spec.max_train_minutes:
+                model.add_callback("on_fit_epoch_end", _time_limit(spec.max_train_minutes * 60))
+            try:
+                model.train(data=str(data_yaml), project=str(workdir / "runs"), name=spec.id,
+                            device=ultralytics_device(device), pretrained=False, **args)
+            except SyntaxError as error:  # ultralytics' answer to an unknown or ill-typed train argument
+                raise ExpertError(f"expert {spec.id}: ultralytics rejected the training arguments: {error}") from error
         seconds = time.perf_counter() - start
         trainer = model.trainer
         best = next((Path(p) for p in (trainer.best, trainer.last) if p and Path(p).is_file()), None)
@@ -276,9 +277,10 @@ class YoloFamily:
         predictions = []
         for start in range(0, len(images), PREDICT_BATCH):
             chunk = images[start:start + PREDICT_BATCH]
-            results = model.predict([_to_bgr(image) for image in chunk], imgsz=spec.input_size, conf=PREDICT_CONF,
-                                    max_det=MAX_DET_PER_ROI * spec.max_rois, retina_masks=True, verbose=False,
-                                    device=ultralytics_device(device))
+            with process_state_kept():
+                results = model.predict([_to_bgr(image) for image in chunk], imgsz=spec.input_size, conf=PREDICT_CONF,
+                                        max_det=MAX_DET_PER_ROI * spec.max_rois, retina_masks=True, verbose=False,
+                                        device=ultralytics_device(device))
             predictions.extend(_prediction(result, image.shape[:2], target_class) for result, image in zip(results, chunk))
         return predictions
 

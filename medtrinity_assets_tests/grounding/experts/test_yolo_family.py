@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -81,14 +82,32 @@ def trained_segment(samples, data_root, tmp_path_factory):
     return spec, result, workdir
 
 
+def process_state() -> tuple:
+    """What ultralytics would change for the rest of the process if let (threads, determinism,
+    environment, the global RNGs)."""
+    return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"), os.environ.get("PYTHONHASHSEED"),
+            random.getstate(), np.random.get_state()[1].tobytes(), torch.get_rng_state().numpy().tobytes())
+
+
+def caller_threads() -> int:
+    """A thread count other than the one ultralytics' select_device would set (cpu_count - 1, at most 8)."""
+    library = min(8, max(1, (os.cpu_count() or 1) - 1))
+    return 2 if library != 2 else 3
+
+
 @pytest.fixture(scope="module")
 def trained_detect(samples, data_root, tmp_path_factory):
-    torch.set_num_threads(1)
+    torch.set_num_threads(caller_threads())
+    random.seed(5)
+    before = process_state()
     # Two epochs asked, a time limit crossed by the first: training stops after epoch 1.
     spec = yolo_spec("detect", epochs=2, max_train_minutes=1e-4)
     workdir = tmp_path_factory.mktemp("yolo_detect")
     result = YoloFamily().train(spec, samples[:6], samples[6:], "cpu", workdir)
-    return spec, result, workdir
+    after = process_state()
+    torch.set_num_threads(1)
+    return spec, result, workdir, (before, after)
 
 
 def check_predictions(predictions: list[Prediction], images: list[np.ndarray]) -> None:
@@ -193,8 +212,27 @@ def test_forward_floor_runs_the_predicting_network(trained_segment, samples):
 
 @needs_kvasir
 @pytest.mark.slow
+def test_training_and_prediction_leave_the_process_as_they_found_it(trained_detect, samples, tmp_path):
+    """Ultralytics sets torch's threads, deterministic mode and the global seeds for itself; a
+    MONAI expert or a test running after it in the same process must not inherit them."""
+    spec, result, _, (before, after) = trained_detect
+    assert after == before
+    family = YoloFamily()
+    path = tmp_path / "det.pt"
+    family.save(result.model, spec, path)
+    fresh = family.load(spec, path, "cpu")  # a new predictor: select_device runs again
+    torch.set_num_threads(caller_threads())
+    before = process_state()
+    family.predict(fresh, spec, [s.image for s in samples[:2]], "cpu")
+    assert process_state() == before
+    torch.set_num_threads(1)
+
+
+
+@needs_kvasir
+@pytest.mark.slow
 def test_detect_stops_at_the_time_limit_and_fills_boxes(trained_detect, samples, tmp_path):
-    spec, result, workdir = trained_detect
+    spec, result, workdir, _ = trained_detect
     assert [row["epoch"] for row in result.history] == [1]  # epochs=2, but the limit was crossed
     assert "val_mask_map50" not in result.history[0]
     family = YoloFamily()
@@ -230,7 +268,7 @@ def test_brought_checkpoints_load_or_fail_naming_the_file(trained_segment, train
     check_predictions(family.predict(model, brought, [samples[0].image], "cpu"), [samples[0].image])
 
     # A detector's checkpoint for a segmenting spec.
-    detect_spec, detect_result, _ = trained_detect
+    detect_spec, detect_result, _, _ = trained_detect
     detect_best = tmp_path / "detector_best.pt"
     family.save(detect_result.model, detect_spec, detect_best)
     with pytest.raises(WeightsError, match="detect") as error:
