@@ -16,7 +16,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from medtrinity_assets import schemas, stages
+from medtrinity_assets import paths, schemas, stages
 from medtrinity_assets.catalog import SourceSpec
 from medtrinity_assets.generation.writers import WriterConfig
 from medtrinity_assets.paths import DataRoot
@@ -34,6 +34,21 @@ class StageInputs:
     knowledge_folder: Path | None = None
     source_ids: tuple[str, ...] = ()
     writer: WriterConfig | None = None  # the descriptions stage's writer (None: grounded)
+    experts_folder: Path | None = None  # the expert specs (None: paths.experts_dir())
+
+
+def _expert_asset_keys() -> tuple[str, ...]:
+    """The expert model assets (expert_<id>, one per spec under paths.experts_dir())."""
+    from medtrinity_assets.grounding.experts.spec import load_experts
+
+    return tuple(f"expert_{expert_id}" for expert_id in sorted(load_experts(paths.experts_dir())))
+
+
+def _run_model_rois(inputs: StageInputs) -> stages.StageReport:
+    from medtrinity_assets.grounding.experts.spec import load_experts
+
+    folder = inputs.experts_folder or paths.experts_dir()
+    return stages.run_model_rois(inputs.spec, inputs.data_root, load_experts(folder), folder)
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,9 @@ class Stage:
     # concurrency pool bounds how many partitions call a model endpoint at once, across runs.
     uses_writer: bool = False
     pool: str | None = None
+    # Asset keys the stage also reads that are not stages, known when the definitions load
+    # (model_rois: one expert_<id> asset per expert spec). None: only ``upstream``.
+    extra_deps: Callable[[], tuple[str, ...]] | None = None
 
     def table(self, root: DataRoot, partition: str | None) -> Path:
         return root.table(self.table_name or self.name, partition)
@@ -99,7 +117,26 @@ STAGES: tuple[Stage, ...] = (
         "(position, size, shape, intensity, texture, margin, colour, count) and relations.",
     ),
     Stage(
-        "facts", schemas.FACTS, ("rois",),
+        "model_rois", schemas.MODEL_ROIS, ("normalized_images", "rois"),
+        _run_model_rois,
+        (
+            qc.not_null(["roi_id", "record_id", "origin", "expert_id", "x0", "y0", "x1", "y1", "image_width", "image_height"]),
+            qc.unique_key(["roi_id"]),
+            qc.model_rois_well_formed(),
+            qc.model_iou_on_annotated(),
+            # The rate over the normalized images: this table has rows only where a model found
+            # something, so it is no count of the stage's inputs.
+            qc.quarantine_rate(records_table="normalized_images"),
+            qc.quarantine_kinds(),
+        ),
+        "Expert models' ROIs: every expert that applies to the source (data/experts/) run on each "
+        "normalized image; the ROIs are measured like annotation ROIs and used for records without "
+        "annotation (origin model:<expert>, confidence = score); on annotated records their IoU "
+        "against the annotation is the drift check.",
+        kinds=frozenset({"parquet", "duckdb", "pytorch"}), extra_deps=_expert_asset_keys,
+    ),
+    Stage(
+        "facts", schemas.FACTS, ("rois", "model_rois"),
         lambda i: stages.run_facts(i.spec, i.data_root),
         (
             qc.not_null(["record_id", "attribute", "value", "provenance", "confidence"]),
@@ -112,7 +149,7 @@ STAGES: tuple[Stage, ...] = (
         "row per fact with its provenance and confidence.",
     ),
     Stage(
-        "coarse_captions", schemas.COARSE_CAPTIONS, ("rois",),
+        "coarse_captions", schemas.COARSE_CAPTIONS, ("rois", "model_rois"),
         lambda i: stages.run_coarse_captions(i.spec, i.data_root),
         (
             qc.not_null(["record_id", "coarse_caption", "caption_version"]),

@@ -161,6 +161,28 @@ ROIS = pa.schema(
     ]
 )
 
+# Stage 3a — expert models' ROIs (grounding/model_rois.py): the ROIS columns, so downstream
+# reads one shape, plus where the ROI came from and how it compares with the annotation. Model
+# ROIs are computed on every record of a partition an expert applies to; ``applied`` ones (the
+# record has no annotation ROI) replace the record's whole_image entry downstream
+# (stages.grounded_rois_sql); on annotated records they only feed the drift check.
+MODEL_ROIS = pa.schema(
+    list(ROIS)
+    + [
+        pa.field("expert_id", STR),
+        pa.field("weights_sha256", STR),  # the weight file the ROI came from
+        pa.field("model_provenance", STR),  # trained (here, from annotated partitions) | brought
+        pa.field("annotated", BOOL),  # the record has annotation ROIs
+        pa.field("applied", BOOL),  # used as the record's ROI downstream (= not annotated)
+        # Best IoU of this ROI's mask against the record's annotation of the expert's labels (each
+        # annotated region or their union); null on an unannotated record.
+        pa.field("iou_vs_annotation", FLOAT),
+        # The annotation labels the IoU is taken against (normalized; empty: every label).
+        pa.field("target_labels", STR_LIST),
+        pa.field("iou_floor", FLOAT),  # the expert spec's min_iou_on_annotated (the drift check's floor)
+    ]
+)
+
 # Stage 3b — facts: everything a writer may say about a record or one of its ROIs, with its
 # provenance (generation/facts.py). One row per fact; ``roi_id`` null for record-level facts.
 FACTS = pa.schema(
@@ -266,7 +288,9 @@ TRIPLETS = pa.schema(
         ("modality", STR),
         ("organs", STR_LIST),
         ("labels", STR_LIST),
-        ("rois", STR),  # JSON list of {roi_id, label, box, mask_path, origin}
+        # JSON list of {roi_id, label, origin, box, mask_path, confidence, expert_id, weights_sha256}
+        # (the last two name the model and weights behind a model ROI; null for annotation ROIs)
+        ("rois", STR),
         ("primary_roi_id", STR),
         ("coarse_caption", STR),
         ("description", STR),
@@ -281,7 +305,7 @@ TRIPLETS = pa.schema(
         ("patient_hash", STR),
         ("split", STR),  # train | val | test, by patient
         ("license", STR),
-        ("provenance", STR),  # JSON: source file, slice, stage versions, knowledge ids
+        ("provenance", STR),  # JSON: source file, slice, stage versions, knowledge ids, experts (model ROIs' expert and weights)
         ("label_state", STR),  # finding | normal | unknown
         ("facts", STR),  # JSON list of facts (attribute, value, provenance, confidence, ...)
     ]

@@ -26,6 +26,7 @@ from PIL import Image
 from medtrinity_assets import schemas
 from medtrinity_assets.catalog import SourceSpec, source_root
 from medtrinity_assets.duckdb_sql import read_parquet, stream_rows
+from medtrinity_assets.grounding.grounded_view import grounded_rois_sql  # the ROIs downstream stages read
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.sources.base import describe_error, until_reader_error
 from medtrinity_assets.storage import BlobStore, TableWriter, apply_modes, make_dirs, write_table
@@ -271,10 +272,188 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     return report
 
 
-def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:
-    """Each record with its ROIs as a list of structs, ordered by record id."""
-    raw = read_parquet(data_root.table("raw_records", source_id))
+# --- Stage 3a: expert models' ROIs ---------------------------------------------------------
+
+# Images handed to an expert at once: enough to fill a batch on the device, few enough that the
+# decoded images of one batch (and the stream's record batch) bound the memory.
+MODEL_BATCH = 8
+
+
+def _records_for_experts(data_root: DataRoot, source_id: str) -> str:
+    """Each record with its normalized image and its annotation ROIs (label, mask)."""
     rois = read_parquet(data_root.table("rois", source_id))
+    return f"""
+        WITH images AS ({_records_with_images(data_root, source_id)}),
+        annotated AS (
+            SELECT record_id, list(struct_pack(roi_id, label, origin, mask_path) ORDER BY roi_id) AS annotation_rois
+            FROM {rois} WHERE origin LIKE 'annotation:%' GROUP BY record_id
+        )
+        SELECT i.*, a.annotation_rois FROM images i LEFT JOIN annotated a USING (record_id)
+        ORDER BY i.record_id
+    """
+
+
+def _load_experts(experts: dict, spec: SourceSpec, data_root: DataRoot, spec_folder: Path | None):
+    """([(loaded expert, the sha256 of the weights it runs)], {expert_id: why it was skipped})
+    for the experts that apply to ``spec``.
+
+    An expert without weights (not trained yet, or a brought file missing or unusable) is
+    skipped with its reason; the partition still gets its table, so the rest of the pipeline
+    runs on the annotation ROIs alone."""
+    if not experts:
+        return [], {}
+    from medtrinity_assets.grounding.experts import apply
+    from medtrinity_assets.grounding.experts.base import ExpertError, WeightsError
+    from medtrinity_assets.grounding.experts.weights import brought_weights, sha256_tree
+
+    folder = Path(spec_folder) if spec_folder is not None else Path(".")
+    loaded, skipped = [], {}
+    for expert in apply.applicable_experts(experts, spec):
+        try:
+            model = apply.load_for_inference(expert, data_root, folder)
+            # A brought file is hashed as it is now (its manifest may predate an edit of it).
+            sha = sha256_tree(brought_weights(expert, folder)) if expert.brings_weights else model.manifest.sha256
+            loaded.append((model, sha))
+        except WeightsError as error:  # names the file (a missing or incompatible brought file)
+            skipped[expert.id] = f"weights error: {error}"
+        except ExpertError as error:  # e.g. not trained yet: materialize expert_<id>
+            skipped[expert.id] = str(error)
+        except Exception as error:  # e.g. a family whose package is missing: this expert only
+            skipped[expert.id] = f"cannot load expert {expert.id}: {describe_error(error)}"
+    return loaded, skipped
+
+
+class _ExpertTally:
+    """One expert's counts over a partition, for the stage report (Dagster metadata)."""
+
+    def __init__(self, run):
+        self.run = run
+        self.counts: Counter = Counter()
+        self.iou_sum = 0.0
+        self.seconds = 0.0
+
+    def add(self, annotated: bool, rows: list[dict]) -> None:
+        mine = [r for r in rows if r["expert_id"] == self.run.expert_id]
+        self.counts["rois"] += len(mine)
+        self.counts["applied_rois"] += sum(r["applied"] for r in mine)
+        if annotated:
+            self.counts["annotated_records"] += 1
+            best = max((r["iou_vs_annotation"] for r in mine if r["iou_vs_annotation"] is not None), default=None)
+            if best is not None:
+                self.iou_sum += best
+                self.counts["annotated_records_with_rois"] += 1
+        else:
+            self.counts["unannotated_records"] += 1
+            self.counts["unannotated_records_with_rois"] += bool(mine)
+
+    def as_metadata(self) -> dict:
+        images = self.counts["annotated_records"] + self.counts["unannotated_records"]
+        found = self.counts["annotated_records_with_rois"]
+        return {
+            "weights_sha256": self.run.weights_sha256,
+            "provenance": self.run.provenance,
+            **{k: int(self.counts[k]) for k in ("rois", "applied_rois", "unannotated_records", "unannotated_records_with_rois",
+                                                "annotated_records", "annotated_records_with_rois")},
+            # The drift check's figure counts misses as 0; this one is over the records where it found something.
+            "mean_best_iou_where_found": round(self.iou_sum / found, 4) if found else None,
+            "inference_seconds": round(self.seconds, 3),
+            "images_per_second": round(images / self.seconds, 2) if self.seconds > 0 else None,
+        }
+
+
+def _find_each(find_rois, expert, images) -> list:
+    """find_rois image by image: each image's instances, or the exception it raised."""
+    out = []
+    for image in images:
+        try:
+            out.append(find_rois(expert, [image])[0])
+        except Exception as error:
+            out.append(error)
+    return out
+
+
+def run_model_rois(
+    spec: SourceSpec,
+    data_root: DataRoot,
+    experts: dict | None,
+    spec_folder: Path | None = None,
+    batch: int = MODEL_BATCH,
+) -> StageReport:
+    """ROIs from every expert that applies to this source, on every normalized image.
+
+    Each applicable expert is loaded once; images stream through in batches of ``batch``. A
+    record whose image an expert cannot take is quarantined and the partition goes on. An
+    expert that cannot be loaded is skipped: ``extra["experts_skipped"]`` says which and why
+    (a missing brought file is named there). Images with burned-in text are processed too:
+    nothing leaves the machine. Reruns write the same rows (ordered records, stable roi ids,
+    rounded scores)."""
+    from medtrinity_assets.grounding.model_rois import ExpertRun, model_roi_rows
+
+    report = StageReport("model_rois", spec.id)
+    blobs = BlobStore(data_root.root)
+    for upstream in ("normalized_images", "rois"):
+        _require(data_root.table(upstream, spec.id), "model_rois")
+    pairs, skipped = _load_experts(experts or {}, spec, data_root, spec_folder)
+    runs = [(model, ExpertRun.of(model.spec, sha)) for model, sha in pairs]
+    tallies = {run.expert_id: _ExpertTally(run) for _, run in runs}
+    out = data_root.table("model_rois", spec.id)
+
+    def load_mask(rel: str) -> np.ndarray:
+        return _load_png(blobs, rel)
+
+    def apply_batch(records: list[dict], writer: TableWriter, quarantine: _QuarantineLog) -> None:
+        from medtrinity_assets.grounding.experts.apply import find_rois
+
+        kept = []
+        for record in records:
+            try:
+                kept.append((record, _load_png(blobs, record["image_path"])))
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot read the normalized image: {describe_error(error)}", record["record_id"], kind="stage_error")
+        images = [image for _, image in kept]
+        found_by_expert = []
+        for model, run in runs:
+            started = time.perf_counter()
+            try:
+                found_by_expert.append(find_rois(model, images))
+            except Exception:  # one bad image must not cost the batch: apply image by image
+                found_by_expert.append(_find_each(find_rois, model, images))
+            tallies[run.expert_id].seconds += time.perf_counter() - started
+        for index, (record, image) in enumerate(kept):
+            try:
+                found = []
+                for (_, run), results in zip(runs, found_by_expert):
+                    if isinstance(results[index], Exception):
+                        raise RuntimeError(f"expert {run.expert_id}: {describe_error(results[index])}")
+                    found.append((run, results[index]))
+                rows = model_roi_rows(record, image, found, blobs, load_mask)
+            except Exception as error:
+                quarantine.add(record["source_file"], f"cannot find model ROIs: {describe_error(error)}", record["record_id"], kind="stage_error")
+                continue
+            writer.write_all(rows)
+            for tally in tallies.values():
+                tally.add(bool(record.get("annotation_rois")), rows)
+
+    with stage_tables(report, data_root, out, schemas.MODEL_ROIS) as (writer, quarantine):
+        if runs:  # no expert to run: an empty table, and no model framework imported
+            pending: list[dict] = []
+            for record in stream_rows(_records_for_experts(data_root, spec.id), batch_rows=max(batch, 16)):
+                report.inputs += 1
+                pending.append(record)
+                if len(pending) >= batch:
+                    apply_batch(pending, writer, quarantine)
+                    pending = []
+            if pending:
+                apply_batch(pending, writer, quarantine)
+    report.extra["experts_applied"] = {expert_id: tally.as_metadata() for expert_id, tally in tallies.items()}
+    report.extra["experts_skipped"] = skipped
+    return report
+
+
+def _records_with_rois(data_root: DataRoot, source_id: str, extra_joins: str = "", extra_cols: str = "") -> str:
+    """Each record with its ROIs (stages.grounded_rois_sql) as a list of structs, ordered by record id."""
+    raw = read_parquet(data_root.table("raw_records", source_id))
+    rois = f"({grounded_rois_sql(data_root, source_id)})"
     return f"""
         WITH grouped AS (
             SELECT record_id, list(r ORDER BY roi_id) AS rois
@@ -450,7 +629,7 @@ def _description_jobs_sql(data_root: DataRoot, source_id: str, with_image: bool)
     image_cols = image_joins = ""
     if with_image:
         norm = read_parquet(data_root.table("normalized_images", source_id))
-        rois = read_parquet(data_root.table("rois", source_id))
+        rois = f"({grounded_rois_sql(data_root, source_id)})"
         image_cols = ", n.image_path, coalesce(json_extract(n.burned_in, '$.present')::BOOLEAN, false) AS burned_in, ro.rois"
         image_joins = f"""
         LEFT JOIN {norm} n USING (record_id)

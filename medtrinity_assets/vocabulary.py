@@ -135,6 +135,14 @@ def as_list(value) -> list:
     return list(value)
 
 
+# An expert model's ROI (grounding/model_rois.py): origin "model:<expert_id>".
+MODEL_ORIGIN_PREFIX = "model:"
+
+
+def is_model_origin(origin: str | None) -> bool:
+    return str(origin or "").startswith(MODEL_ORIGIN_PREFIX)
+
+
 def is_annotated(roi: dict) -> bool:
     return roi.get("origin") not in WHOLE_IMAGE_ORIGINS
 

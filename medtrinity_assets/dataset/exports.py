@@ -137,6 +137,10 @@ def llava_record(row: dict, include_coarse_caption: bool = False) -> dict:
             {"from": "gpt", "value": row["description"]},
         ],
         "roi": box,
+        # whole_image, annotation:<kind>, or model:<expert_id>: a model's ROI stays in the
+        # training files (its description words it as the model's possible finding), and a
+        # user who wants annotation-only ROIs filters on this.
+        "roi_origin": origin,
         "source_id": row["source_id"],
         "source_text": parsed_source_text(row),
         # What the description was written from, each with its provenance (generation/facts.py).

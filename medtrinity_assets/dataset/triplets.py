@@ -16,6 +16,7 @@ from pathlib import Path
 from medtrinity_assets import __version__ as PIPELINE_VERSION
 from medtrinity_assets.dataset.splits import SPLIT_VERSION, split_sql
 from medtrinity_assets.duckdb_sql import connect, literal, read_parquet
+from medtrinity_assets.grounding.grounded_view import grounded_rois_sql
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.storage import atomic_path
 
@@ -33,9 +34,17 @@ def burned_in_flag(policy: str) -> str:
     return "burned_in_text" if policy == "hold_back" else "burned_in_text_kept"
 
 
-def triplets_query(inputs: dict[str, Path], source_id: str, license: str, burned_in_policy: str = "hold_back") -> str:
-    """The SELECT producing exactly ``schemas.TRIPLETS`` columns for one source."""
+def triplets_query(
+    inputs: dict[str, Path], source_id: str, license: str, burned_in_policy: str = "hold_back", rois_sql: str | None = None
+) -> str:
+    """The SELECT producing exactly ``schemas.TRIPLETS`` columns for one source. ``rois_sql`` is
+    the ROI relation to use (stages.grounded_rois_sql: annotation ROIs, and the expert models'
+    ROIs of unannotated records); by default the rois table alone."""
     read = {name: read_parquet(path) for name, path in inputs.items()}
+    if rois_sql is not None:
+        read["rois"] = f"({rois_sql})"
+    else:
+        read["rois"] = f"(SELECT *, NULL::VARCHAR AS expert_id, NULL::VARCHAR AS weights_sha256, NULL::VARCHAR AS model_provenance FROM {read['rois']})"
     source = literal(source_id)
     split = split_sql("coalesce(nullif(r.patient_hash, ''), r.record_id)")
     return f"""
@@ -44,8 +53,13 @@ WITH roi_lists AS (
         record_id,
         list(struct_pack(
             roi_id := roi_id, label := label, origin := origin,
-            box := [x0, y0, x1, y1], mask_path := mask_path, confidence := confidence
-        ) ORDER BY {ROI_ORDER}) AS roi_list
+            box := [x0, y0, x1, y1], mask_path := mask_path, confidence := confidence,
+            expert_id := expert_id, weights_sha256 := weights_sha256
+        ) ORDER BY {ROI_ORDER}) AS roi_list,
+        -- The expert models (and their weights) behind the record's model ROIs, for provenance.
+        list(DISTINCT struct_pack(expert_id := expert_id, weights_sha256 := weights_sha256, provenance := model_provenance)
+                 ORDER BY struct_pack(expert_id := expert_id, weights_sha256 := weights_sha256, provenance := model_provenance))
+            FILTER (WHERE expert_id IS NOT NULL) AS experts
     FROM {read['rois']}
     WHERE source_id = {source}
     GROUP BY record_id
@@ -87,6 +101,7 @@ SELECT
         'prompt_hash', d.prompt_hash,
         'prompt_version', d.prompt_version,
         'knowledge_ids', d.knowledge_ids,
+        'experts', l.experts,
         'split_version', {literal(SPLIT_VERSION)},
         'pipeline_version', {literal(PIPELINE_VERSION)}
     )::VARCHAR AS provenance,
@@ -120,7 +135,7 @@ def assemble_triplets(
         if not path.exists():
             raise FileNotFoundError(f"triplets for '{source_id}' need the {name} table, missing: {path}")
     out_path = Path(out_path)
-    query = triplets_query(inputs, source_id, spec.license, spec.burned_in_text)
+    query = triplets_query(inputs, source_id, spec.license, spec.burned_in_text, grounded_rois_sql(data_root, source_id))
     con = connect(memory_limit=memory_limit, threads=2)
     try:
         with atomic_path(out_path) as tmp:

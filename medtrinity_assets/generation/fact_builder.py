@@ -11,13 +11,18 @@ about what may be said lives here:
 - sizes are given in the exported (normalized) frame, and in millimetres only where the pixel
   spacing is known;
 - margin and shape carry the confidence grounding measured, so a writer can hedge or omit them;
-- a whole-image ROI (nothing annotated) contributes no region facts at all.
+- a whole-image ROI (nothing annotated) contributes no region facts at all;
+- an expert model's ROI (origin ``model:<expert_id>``, used only where nothing is annotated)
+  gives region facts whose label and origin have provenance ``model`` and the model's score as
+  confidence; it never changes the label state (unknown stays unknown) nor adds a finding.
 
 Columns added by later grounding/ingest work are read with ``.get`` so tables written before
 them still build (without the facts those columns would give).
 """
 
 from __future__ import annotations
+
+import json
 
 from medtrinity_assets.generation.facts import Fact, FactSet
 from medtrinity_assets.generation.publisher_findings import publisher_text_facts
@@ -26,6 +31,8 @@ from medtrinity_assets.imaging.geometry import anatomical_plane, decode_axes
 from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.vocabulary import (
     INTENSITY_DIRECTION,
+    MODEL_ORIGIN_PREFIX,
+    is_model_origin,
     as_list,
     normalize_label,
     parse_relations,
@@ -111,8 +118,20 @@ def _roi_facts(roi: dict, rank: int, add) -> None:
 
     origin = str(roi.get("origin") or "")
     from_annotation = origin.startswith("annotation")
-    put("label", normalize_label(roi["label"]) if roi.get("label") else None, "annotation" if from_annotation else "model")
-    put("origin", origin, "annotation" if from_annotation else "model", confidence=_number(roi.get("confidence")) or 1.0)
+    # An expert model's ROI: its label and origin are the model's, with its score as the
+    # confidence; the expert and its weights ride in the origin's detail (for the writer and
+    # the provenance). Measurements of the marked region stay measurements of that region.
+    from_model = is_model_origin(origin)
+    score = _number(roi.get("confidence"))
+    source = "annotation" if from_annotation else "model"
+    label_confidence = (score if score is not None else 0.0) if from_model else 1.0
+    detail = None
+    if from_model:
+        detail = json.dumps({"expert_id": roi.get("expert_id") or origin[len(MODEL_ORIGIN_PREFIX):],
+                             "weights_sha256": roi.get("weights_sha256"), "provenance": roi.get("model_provenance")},
+                            sort_keys=True)
+    put("label", normalize_label(roi["label"]) if roi.get("label") else None, source, confidence=label_confidence)
+    put("origin", origin, source, confidence=(score if from_model and score is not None else score or 1.0), detail=detail)
     put("rank_by_area", str(rank), "measurement", number=float(rank))
     put("image_horizontal", roi.get("horizontal"), "measurement")
     put("image_vertical", roi.get("vertical"), "measurement")
@@ -136,12 +155,15 @@ def _roi_facts(roi: dict, rank: int, add) -> None:
             put(attribute, f"{value:.1f}", "geometry", number=value, unit="mm2" if column == "area_mm2" else "mm")
     count = roi.get("count_same_label")
     if count:
-        put("count_same_label", str(int(count)), "annotation", number=float(count))
+        put("count_same_label", str(int(count)), source, number=float(count))
     if from_annotation or roi.get("shape"):
+        # A model's outline is only as sure as the model: its score caps the shape and margin
+        # confidence, so the writer hedges or leaves them out for a doubtful region.
+        cap = min(1.0, score) if from_model and score is not None else 1.0
         shape_confidence = _number(roi.get("shape_confidence"))
-        put("shape", roi.get("shape"), "measurement", confidence=1.0 if shape_confidence is None else shape_confidence)
+        put("shape", roi.get("shape"), "measurement", confidence=cap * (1.0 if shape_confidence is None else shape_confidence))
         margin_confidence = _number(roi.get("margin_confidence"))
-        put("margin", roi.get("margin"), "measurement", confidence=1.0 if margin_confidence is None else margin_confidence)
+        put("margin", roi.get("margin"), "measurement", confidence=cap * (1.0 if margin_confidence is None else margin_confidence))
     word = roi.get("intensity_word")
     if word in INTENSITY_DIRECTION:
         put("intensity", INTENSITY_DIRECTION[word], "measurement", number=_number(roi.get("intensity_contrast")), detail=word)
@@ -163,7 +185,9 @@ def build_facts(record: dict, rois: list[dict], spec) -> FactSet:
         facts.append(Fact(record_id, roi_id, attribute, str(value), provenance, float(confidence), number, unit, detail))
 
     ranked = rois_by_area(rois)
-    _record_facts(record, ranked, spec, add)
+    # A model's ROIs are regions to describe, never annotation: the label state, the finding
+    # provenance and the annotated count come from the annotation ROIs alone.
+    _record_facts(record, [r for r in ranked if not is_model_origin(r.get("origin"))], spec, add)
     # The publisher's finding statements (de-identified at ingest), view, sex and age band.
     facts.extend(publisher_text_facts(record))
     for rank, roi in enumerate(ranked, start=1):

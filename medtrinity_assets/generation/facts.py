@@ -11,7 +11,8 @@ the ROI (or the record) it speaks of. A fact is one (attribute, value) about a r
 - ``publisher_text``: a caption, report or clinical note after free-text de-identification;
 - ``measurement``: computed from the pixels by a stated rule (size class, shape, margin, ...);
 - ``knowledge``: a retrieved knowledge entry (only ever background, never about this image);
-- ``model``: an expert model's output (later issues).
+- ``model``: an expert model's output (grounding/model_rois.py): the label and origin of a
+  region a model marked, with its score as confidence; never a finding or a label state.
 
 ``ATTRIBUTES`` is the closed list of attribute names and, where the attribute is a word, the
 words it may take. A value outside it is a programming error, caught when the fact is made.

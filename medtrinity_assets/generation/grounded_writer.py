@@ -11,6 +11,9 @@ sentence states facts of the record or of one ROI, in words the verifier reads b
 - Patient-side words appear only where a fact with geometry or declared-view provenance gives
   them; otherwise positions are image-frame words ("the upper left part of the image").
 - Weak measurements (margin, shape) are hedged or left out according to their confidence.
+- A region an expert model marked (the source annotated none) is the model's possible finding,
+  named with the expert and its confidence ("an expert model (kvasir_polyp) marks a possible
+  polyp in ..., confidence 0.87"), never the image's finding; the label state stays the source's.
 - Knowledge is never pasted: the retrieved entry's typical features for this modality are
   compared with the measured ones and only agreement or difference is stated in the writer's own
   words; the entry ids go to the ``knowledge_ids`` column and to the facts (provenance
@@ -111,6 +114,30 @@ def _side_clause(facts: FactSet, roi_id: str) -> str | None:
     if fact.value == "midline":
         return f"near the patient's midline ({how})"
     return f"on the patient's {fact.value} side ({how})"
+
+
+def model_roi(facts: FactSet, roi_id: str) -> dict | None:
+    """{expert_id, confidence, weights_sha256} when an expert model, not the source, marked
+    the ROI (its origin fact has provenance ``model``), else None."""
+    origin = facts.roi(roi_id, "origin")
+    if origin is None or origin.provenance != "model" or not origin.value.startswith("model:"):
+        return None
+    try:
+        detail = json.loads(origin.detail or "{}")
+    except json.JSONDecodeError:
+        detail = {}
+    return {"expert_id": detail.get("expert_id") or origin.value[len("model:"):], "confidence": origin.confidence,
+            "weights_sha256": detail.get("weights_sha256")}
+
+
+def model_finding_phrase(expert_id: str, label: str, where: str | None, confidence: float, rid: str, slot: str = "model") -> str:
+    """A model's ROI in words that say whose finding it is: never the source's, never certain."""
+    place = f" in {where}" if where else ""
+    return _variant(rid, slot, [
+        f"an expert model ({expert_id}) marks a possible {label}{place}, confidence {confidence:.2f}",
+        f"an expert model ({expert_id}) flags a possible {label}{place} (model confidence {confidence:.2f})",
+        f"a possible {label}{place} is marked by an expert model ({expert_id}), with confidence {confidence:.2f}",
+    ])
 
 
 # --- part 1: modality ----------------------------------------------------------------------
@@ -294,6 +321,8 @@ def _part_roi_analysis(facts: FactSet, rid: str) -> str:
             "region position, size and count are therefore not given.",
         ])
     primary = roi_ids[0]
+    if model_roi(facts, primary) is not None:
+        return _model_roi_analysis(facts, rid, roi_ids)
     label = display_label(facts.roi_value(primary, "label") or "unlabelled")
     origin = _ORIGIN_WORDS.get(facts.roi_value(primary, "origin") or "", "found by a model")
     where = _position_words(facts, primary) or "an unrecorded part of the image"
@@ -334,6 +363,47 @@ def _part_roi_analysis(facts: FactSet, rid: str) -> str:
         others.append(text + (f", {other_side}" if other_side else ""))
     if others:
         sentences.append("The other annotated regions: " + "; ".join(others) + ".")
+    return " ".join(sentences)
+
+
+def _model_roi_analysis(facts: FactSet, rid: str, roi_ids: list[str]) -> str:
+    """Part 3 when the regions come from expert models (the source annotated none): each is the
+    model's possible finding, with its confidence, never the image's finding."""
+    primary = roi_ids[0]
+    model = model_roi(facts, primary)
+    label = display_label(facts.roi_value(primary, "label") or "region")
+    where = _position_words(facts, primary)
+    side = _side_clause(facts, primary)
+    sentences = [
+        _variant(rid, "model-none", [
+            "The source annotates no region in this image.",
+            "No region is annotated by the source.",
+            "The source outlines nothing in this image.",
+        ]),
+        _cap(model_finding_phrase(model["expert_id"], label, where, model["confidence"], rid))
+        + (f", {side}" if side else "") + ".",
+    ]
+    size = _size_sentence(facts, primary, rid)
+    if size:
+        sentences.append(size)
+    others = [(roi_id, model_roi(facts, roi_id)) for roi_id in roi_ids[1 : 1 + MAX_OTHER_ROIS]]
+    others = [(roi_id, other) for roi_id, other in others if other is not None]
+    if others:
+        same = all(other["expert_id"] == model["expert_id"] for _, other in others)
+        listed = []
+        for roi_id, other in others:
+            other_label = display_label(facts.roi_value(roi_id, "label") or "region")
+            other_where = _position_words(facts, roi_id) or "an unrecorded part of the image"
+            size_class = facts.roi_value(roi_id, "size_class")
+            by = "" if same else f"{other['expert_id']}, "
+            listed.append(f"a {SIZE_WORD.get(size_class, 'unmeasured')} possible {other_label} in {other_where} "
+                          f"({by}confidence {other['confidence']:.2f})")
+        subject = "The same model also marks " if same else "Other expert models also mark "
+        sentences.append(subject + "; ".join(listed) + ".")
+    sentences.append(_variant(rid, "model-caveat", [
+        "These are a model's suggestions, not the source's findings.",
+        "A model's mark is a suggestion to check, not a diagnosis.",
+    ]))
     return " ".join(sentences)
 
 
@@ -473,13 +543,18 @@ def _part_relations(facts: FactSet, rid: str) -> str:
         other_label = display_label(facts.roi_value(fact.detail or "", "label") or "unlabelled")
         verb = RELATION_VERBS.get(fact.value, fact.value.replace("_", " "))
         grouped[(verb, other_label)] = grouped.get((verb, other_label), 0) + 1
+    marked = model_roi(facts, primary) is not None
+    possible = "possible " if marked else ""  # a model's region stays a possible one
     phrases = [
-        f"{verb} the {label} region" if count == 1 else f"{verb} {count} of the {label} regions"
+        f"{verb} the {possible}{label} region" if count == 1 else f"{verb} {count} of the {possible}{label} regions"
         for (verb, label), count in grouped.items()
     ]
     sentences = []
     if phrases:
-        sentences.append("Relative to the other annotated regions, the main region " + "; ".join(phrases) + ".")
+        experts = {(model_roi(facts, roi_id) or {}).get("expert_id") for roi_id in roi_ids}
+        others = ("the other regions the model marks" if len(experts) == 1 else "the other regions the models mark") \
+            if marked else "the other annotated regions"
+        sentences.append(f"Relative to {others}, the main region " + "; ".join(phrases) + ".")
     elif len(roi_ids) > 1:
         sentences.append("No relation between the main region and the others was recorded.")
     fraction = facts.roi(primary, "area_fraction")

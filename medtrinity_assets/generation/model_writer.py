@@ -61,7 +61,7 @@ from medtrinity_assets.generation.roi_overlay import overlay_data_url, vlm_user_
 from medtrinity_assets.generation.verifier import Verdict, verify, verify_claims
 from medtrinity_assets.generation.writers import PART_NAMES, DescribeJob, GroundedWriter, Written, WriterConfig
 
-PROMPT_VERSION = "five-part-json-v1"
+PROMPT_VERSION = "five-part-json-v2"  # v2: expert-model facts worded as the model's possible findings
 # A small local model has a short context (4096 tokens on the demo's server): the prompt names
 # the largest ROIs only (the grounded writer, too, names the primary ROI and five others) and
 # shortens the passages.
@@ -84,6 +84,7 @@ Answer with one JSON object with exactly these keys:
 "part_texture_colour": only the measured intensity, texture, margin, shape and colour of the main region.
 "part_relations": the given relations between regions, and the main region against the whole image.
 "knowledge_ids": the ids of the background passages you used, for example ["kb_entry"]; [] if none.
+A fact with provenance "model" comes from an expert model, not from the source: write its region as the model's possible finding, e.g. "An expert model (kvasir_polyp) marks a possible polyp in the lower left part of the image, confidence 0.87" (the expert id is in the origin value after "model:"), and never state its label as a finding of the image.
 Rules: each part is one to three short, plain sentences. Every sentence states facts from the list and nothing else. Never contradict a fact. Cite passages by id in knowledge_ids, never copy them. If no region facts are given, no region was annotated: describe no lesion."""
 
 VLM_NOTE = """The image is attached with the annotated regions outlined and numbered; the user message says which number is which roi. Use the image only to phrase what the facts say; state nothing you see that the facts do not give."""
@@ -150,8 +151,11 @@ def response_format(kind: str) -> dict[str, Any] | None:
 
 
 def _fact_line(fact: Fact) -> str:
+    # A model origin's detail (expert id, weights sha256) is provenance, not something to write:
+    # the origin value "model:<expert_id>" already names the expert, in fewer tokens.
+    detail = None if fact.provenance == "model" and fact.attribute == "origin" else fact.detail
     row = {"roi": fact.roi_id, "attribute": fact.attribute, "value": fact.value, "provenance": fact.provenance,
-           "confidence": fact.confidence if fact.confidence < 1.0 else None, "detail": fact.detail}
+           "confidence": fact.confidence if fact.confidence < 1.0 else None, "detail": detail}
     return json.dumps({k: v for k, v in row.items() if v is not None}, default=str)
 
 

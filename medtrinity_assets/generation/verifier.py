@@ -16,6 +16,11 @@ speaks of and checked against those facts only:
 - the publisher's text (facts of provenance publisher_text) supports the findings it states, the
   findings it denies ("no effusion"), and their sides and zones; a note about another modality
   (a CT finding in a radiograph's note) supports only a sentence that reports the notes;
+- a region an expert model marked (origin fact with provenance ``model``) is described like an
+  annotated one, but its label is no finding of the record: a finding or lesion claim that only
+  a model ROI supports is accepted only in a sentence that names the model and a possibility
+  ("an expert model (kvasir_polyp) marks a possible polyp"); stated plainly ("There is a
+  polyp") it is flagged ``model_as_finding``;
 - neighbouring anatomy of the imaged region, hybrid modality names whose one part is the
   record's modality, and marked background sentences are allowed.
 
@@ -80,6 +85,10 @@ _FURTHER = re.compile(r"\b(?:other|additional|further|another|second|more|separa
 # A general statement about a disease ("X typically appears ...") that does not speak of this image.
 _HEDGE = re.compile(r"\b(?:typically|usually|generally|often|commonly|classically|tends? to|in general|frequently)\b", re.I)
 _THIS_IMAGE = re.compile(r"\b(?:this|here|it|its|the (?:image|lesion|region|mass|roi|finding|nodule|polyp|tumou?r|area))\b", re.I)
+# A sentence that gives a finding as an expert model's, and as uncertain: it names the model
+# and a word of possibility ("an expert model (kvasir_polyp) marks a possible polyp").
+_MODEL_ATTRIBUTION = re.compile(r"\b(?:expert|model|models|detector|segmenter)\b", re.I)
+_MODEL_POSSIBILITY = re.compile(r"\b(?:possible|possibly|may|might|suspected|suspicious|candidate|probable|probably|likely)\b", re.I)
 _COMPARATIVE_KNOWLEDGE = re.compile(r"\b(?:usually|typical(?:ly)?|characteristic|commonly|often|classically)\b", re.I)
 
 
@@ -105,10 +114,14 @@ class _Record:
         self.vocabulary = vocabulary
         self.roi_ids = facts.roi_ids()
         self.labels = {rid: _norm(self.fact(rid, "label").value) if self.fact(rid, "label") else "" for rid in self.roi_ids}
+        # ROIs an expert model marked: regions to describe, never the image's finding.
+        self.model_rois = {rid: self.fact(rid, "origin") for rid in self.roi_ids
+                           if self.fact(rid, "origin") is not None and self.fact(rid, "origin").provenance == "model"}
         self.modality = facts.record_value("modality")
         self.organs = [_norm(o) for o in facts.record_values("organ")]
         self.state = facts.record_value("label_state") or "unknown"
-        self.findings = [_norm(v) for v in facts.record_values("finding")] + [l for l in self.labels.values() if l]
+        self.findings = [_norm(v) for v in facts.record_values("finding")] + [
+            l for rid, l in self.labels.items() if l and rid not in self.model_rois]
         self.knowledge = [_norm(f.detail or f.value) for f in facts.record("knowledge")]
         self.finding_entries = set()
         for text in self.findings:
@@ -116,7 +129,7 @@ class _Record:
         names = [vocabulary.finding_names.get(e, "") for e in self.finding_entries]
         self.finding_strings = [s for s in self.findings + names if s]
         self.laterality = facts.record_value("laterality")
-        self.annotated = len(self.roi_ids)
+        self.annotated = len(self.roi_ids) - len(self.model_rois)
         notes = facts.record("publisher_text")
         # In a sentence attributed to the notes, all they say; elsewhere, only what they say
         # about this image's modality.
@@ -126,6 +139,23 @@ class _Record:
     def fact(self, roi_id: str | None, attribute: str):
         """The ROI's fact (a multi-ROI image is checked ROI by ROI)."""
         return self.facts.roi(roi_id, attribute)
+
+    def model_marks(self, claim: Claim) -> list[str]:
+        """The model ROIs a finding or lesion claim could speak of: those whose label it names
+        (or names it), any of them for a generic lesion noun."""
+        term = _norm(claim.value)
+        hits = []
+        for rid in self.model_rois:
+            label = self.labels.get(rid) or ""
+            if claim.kind == "lesion" or (label and (_mentions(term, label) or _mentions(label, term))):
+                hits.append(rid)
+        return hits
+
+    def model_words(self, roi_ids: list[str]) -> str:
+        experts = sorted({self.model_rois[rid].value[len("model:"):] for rid in roi_ids})
+        labels = sorted({self.labels.get(rid) or "region" for rid in roi_ids})
+        best = max(self.model_rois[rid].confidence for rid in roi_ids)
+        return f"only an expert model ({', '.join(experts)}) marks a possible {'/'.join(labels)} (confidence {best:.2f})"
 
     def label_count(self, label: str) -> int:
         return sum(1 for l in self.labels.values() if l == label)
@@ -544,6 +574,10 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
     last_sentence = -1
     clauses = read_clauses(description)
     attributed = {c.sentence for c in clauses if _ATTRIBUTED.search(c.raw)}
+    by_sentence: dict[int, str] = {}
+    for c in clauses:
+        by_sentence[c.sentence] = by_sentence.get(c.sentence, "") + " " + c.raw
+    hedged = {n for n, text in by_sentence.items() if _MODEL_ATTRIBUTION.search(text) and _MODEL_POSSIBILITY.search(text)}
     for clause in clauses:
         if clause.background:
             continue
@@ -576,7 +610,15 @@ def verify_claims(description: str, facts: FactSet, *, vocabulary: FindingVocabu
             verdicts.extend(best or [])
         for claim in other_claims:
             ok, said = _record_claim(claim, candidates, record, clause, view, clause.sentence in attributed)
-            verdicts.append(Verdict(claim, ok, _flag_type(claim), said))
+            kind = _flag_type(claim)
+            if not ok and not claim.negated and claim.kind in ("finding", "lesion") and record.model_rois:
+                marks = record.model_marks(claim)
+                if marks and clause.sentence in hedged:
+                    ok, said = True, record.model_words(marks).replace("only ", "", 1) + ", stated as the model's"
+                elif marks:
+                    # "There is a polyp" where only a model marks one: a model's output stated as fact.
+                    kind, said = "model_as_finding", record.model_words(marks) + "; say it is the model's possible finding"
+            verdicts.append(Verdict(claim, ok, kind, said))
     return verdicts
 
 

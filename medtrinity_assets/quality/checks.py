@@ -519,6 +519,98 @@ def check_cross_patient_duplicates(
     return _guarded(name, severity, pairs_path, body)
 
 
+def check_model_rois_well_formed(con, path: PathLike, *, name: str = "model_rois_well_formed", severity: str = "ERROR") -> CheckOutcome:
+    """Every expert-model ROI names its expert and weights, has a score in [0, 1] and a box with
+    area inside its image; ``applied`` is exactly "not annotated"; an IoU only on annotated records."""
+    problem = """CASE
+        WHEN origin IS NULL OR NOT starts_with(origin, 'model:') THEN 'origin does not start with model:'
+        WHEN expert_id IS NULL OR origin <> 'model:' || expert_id THEN 'origin does not name the expert_id'
+        WHEN confidence IS NULL OR confidence < 0 OR confidence > 1 OR isnan(confidence) THEN 'confidence outside [0, 1]'
+        WHEN x0 IS NULL OR y0 IS NULL OR x1 IS NULL OR y1 IS NULL OR image_width IS NULL OR image_height IS NULL THEN 'box or image size missing'
+        WHEN x0 < 0 OR y0 < 0 OR x1 > image_width OR y1 > image_height THEN 'box outside the image'
+        WHEN x0 >= x1 OR y0 >= y1 OR coalesce(area_px, 0) <= 0 THEN 'box or mask has no area'
+        WHEN coalesce(weights_sha256, '') = '' THEN 'weights sha256 missing'
+        WHEN coalesce(model_provenance, '') NOT IN ('trained', 'brought') THEN 'model provenance missing (trained | brought)'
+        WHEN annotated IS NULL OR applied IS NULL OR applied = annotated THEN 'applied must be exactly: not annotated'
+        WHEN NOT annotated AND iou_vs_annotation IS NOT NULL THEN 'IoU on an unannotated record'
+        WHEN iou_vs_annotation < 0 OR iou_vs_annotation > 1 THEN 'IoU outside [0, 1]'
+    END"""
+
+    def body(rel: str) -> CheckOutcome:
+        bad = f"SELECT *, {problem} AS problem FROM {rel}"
+        total, n_bad = _rows(con, f"SELECT count(*), count(problem) FROM ({bad})")[0]
+        by_problem = dict(_rows(con, f"SELECT problem, count(*) FROM ({bad}) WHERE problem IS NOT NULL GROUP BY 1 ORDER BY 2 DESC"))
+        examples = _dicts(
+            con,
+            f"""SELECT roi_id, record_id, origin, expert_id, confidence, x0, y0, x1, y1, image_width, image_height,
+                       weights_sha256, model_provenance, annotated, applied, iou_vs_annotation, problem
+                FROM ({bad}) WHERE problem IS NOT NULL ORDER BY roi_id LIMIT {MAX_EXAMPLES}""",
+        ) if n_bad else []
+        by_expert = dict(_rows(con, f"SELECT expert_id, count(*) FROM {rel} GROUP BY 1 ORDER BY 1"))
+        return CheckOutcome(
+            name, n_bad == 0, severity,
+            (f"{total} model ROIs well formed" if total else "no model ROI (no expert applied, or none found anything)")
+            if n_bad == 0 else f"{n_bad} of {total} model ROIs malformed",
+            {"rois": int(total), "failing": int(n_bad), "rois_by_expert": {str(k): int(v) for k, v in by_expert.items()},
+             "by_problem": {k: int(v) for k, v in by_problem.items()}, "examples": examples},
+        )
+
+    return _guarded(name, severity, path, body)
+
+
+# normalize_label (vocabulary) in SQL: lower case, "_" and "-" as spaces, single spaces.
+def _normalized_label_sql(column: str) -> str:
+    return f"trim(regexp_replace(replace(replace(lower({column}), '_', ' '), '-', ' '), '\\s+', ' ', 'g'))"
+
+
+def check_model_iou_on_annotated(
+    con, model_path: PathLike, rois_path: PathLike, *, name: str = "model_iou_on_annotated", severity: str = "WARN"
+) -> CheckOutcome:
+    """Per expert: the mean, over the partition's records annotated with the expert's labels, of
+    the best IoU of its ROIs against the annotation (0 where it found nothing) is at least the
+    expert's floor (``iou_floor``, the spec's min_iou_on_annotated). An expert with no ROI at all
+    in the partition is not in the table and so not measured here (the stage report lists it)."""
+    rois_files = _existing(rois_path)
+
+    def body(rel: str) -> CheckOutcome:
+        experts = f"""SELECT expert_id, max(iou_floor) AS floor, any_value(target_labels) AS labels
+                      FROM {rel} GROUP BY expert_id"""
+        best = f"""SELECT expert_id, record_id, max(iou_vs_annotation) AS iou
+                   FROM {rel} WHERE annotated AND iou_vs_annotation IS NOT NULL GROUP BY ALL"""
+        if rois_files:
+            annotated = f"""SELECT DISTINCT record_id, {_normalized_label_sql('label')} AS label
+                            FROM {_relation(rois_files)} WHERE origin LIKE 'annotation:%'"""
+            targets = f"""SELECT DISTINCT e.expert_id, a.record_id FROM ({experts}) e JOIN ({annotated}) a
+                          ON len(coalesce(e.labels, [])) = 0 OR list_contains(e.labels, a.label)"""
+        else:  # no rois table to count misses from: the records where the expert found something
+            targets = f"SELECT DISTINCT expert_id, record_id FROM ({best})"
+        per_expert = _dicts(
+            con,
+            f"""SELECT e.expert_id, e.floor, count(t.record_id) AS records_compared, count(b.iou) AS records_with_model_roi,
+                       round(avg(coalesce(b.iou, 0)) FILTER (t.record_id IS NOT NULL), 4) AS mean_iou
+                FROM ({experts}) e LEFT JOIN ({targets}) t USING (expert_id)
+                LEFT JOIN ({best}) b ON b.expert_id = t.expert_id AND b.record_id = t.record_id
+                GROUP BY ALL ORDER BY e.expert_id""",
+        )
+        below = [e for e in per_expert if e["records_compared"] and e["mean_iou"] is not None and e["mean_iou"] < e["floor"]]
+        compared = [e for e in per_expert if e["records_compared"]]
+        if not per_expert:
+            text = "no model ROI in this partition: nothing to compare"
+        elif not compared:
+            text = "no annotated record to compare the experts with"
+        elif below:
+            text = "; ".join(f"{e['expert_id']} mean IoU {e['mean_iou']:.3f} < {e['floor']:.2f} over {e['records_compared']} records" for e in below)
+        else:
+            text = "; ".join(f"{e['expert_id']} mean IoU {e['mean_iou']:.3f} >= {e['floor']:.2f} over {e['records_compared']} records" for e in compared)
+        return CheckOutcome(
+            name, not below, severity, text,
+            {"experts": {e["expert_id"]: {k: v for k, v in e.items() if k != "expert_id"} for e in per_expert},
+             "rois_table": str(rois_files[0]) if rois_files else None},
+        )
+
+    return _guarded(name, severity, model_path, body)
+
+
 # --- check sets ------------------------------------------------------------------------
 #
 # The constructors below build the checks a stage lists in its registry entry
@@ -556,12 +648,18 @@ def row_count(min_rows: int = MIN_ROWS) -> CheckDef:
     )
 
 
-def quarantine_rate(max_rate: float = MAX_QUARANTINE_RATE) -> CheckDef:
+def quarantine_rate(max_rate: float = MAX_QUARANTINE_RATE, records_table: str | None = None) -> CheckDef:
+    """``records_table``: count the inputs in that stage's table of the same partition instead of
+    this stage's own (for a table that has rows only for some of its inputs)."""
+
+    def records(t: CheckTarget) -> Path:
+        return t.root.table(records_table, t.table.stem) if records_table else t.table
+
     return CheckDef(
         "quarantine_rate",
         f"At most {max_rate:.0%} of this stage's inputs quarantined, grouped by kind.",
         "WARN",
-        lambda con, t: check_quarantine_rate(con, [t.quarantine] if t.quarantine else [], t.table, max_rate, name="quarantine_rate"),
+        lambda con, t: check_quarantine_rate(con, [t.quarantine] if t.quarantine else [], records(t), max_rate, name="quarantine_rate"),
     )
 
 
@@ -657,6 +755,27 @@ def duplicate_cross_patient() -> CheckDef:
         "duplicate_cross_patient",
         "No image is a confirmed duplicate of another patient's image in the same source (examples listed).", "WARN",
         lambda con, t: check_cross_patient_duplicates(con, t.root.table(DUPLICATE_PAIRS_TABLE)),
+    )
+
+
+def model_rois_well_formed() -> CheckDef:
+    return CheckDef(
+        "model_rois_well_formed",
+        "Expert-model ROIs: origin model:<expert_id>, confidence in [0, 1], box with area inside the image, "
+        "weights sha256 and provenance present, applied exactly on unannotated records.",
+        "ERROR",
+        lambda con, t: check_model_rois_well_formed(con, t.table),
+    )
+
+
+def model_iou_on_annotated() -> CheckDef:
+    """Drift: reads the partition's rois table beside the model_rois table (records the expert missed count as 0)."""
+    return CheckDef(
+        "model_iou_on_annotated",
+        "Per expert, the mean best IoU against the annotation over annotated records is at least the "
+        "expert's min_iou_on_annotated (0 where it found nothing).",
+        "WARN",
+        lambda con, t: check_model_iou_on_annotated(con, t.table, t.root.table("rois", t.table.stem)),
     )
 
 

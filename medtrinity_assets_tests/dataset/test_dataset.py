@@ -264,7 +264,9 @@ def test_assemble_triplets_joins_stages_and_orders_rois(two_sources):
     rois = json.loads(rows["kv01"]["rois"])
     assert [r["origin"] for r in rois] == ["annotation:mask", "annotation:mask", "whole_image"]
     assert rois[0]["box"] == [100, 80, 180, 170]  # the larger annotated polyp leads
-    assert set(rois[0]) == {"roi_id", "label", "origin", "box", "mask_path", "confidence"}
+    # expert_id and weights_sha256 name the model behind a model ROI (null for annotation ROIs).
+    assert set(rois[0]) == {"roi_id", "label", "origin", "box", "mask_path", "confidence", "expert_id", "weights_sha256"}
+    assert rois[0]["expert_id"] is None
     assert rows["kv01"]["primary_roi_id"] == rois[0]["roi_id"] == "kv01-roi2"
 
     kv01 = rows["kv01"]

@@ -47,7 +47,8 @@ def test_lineage_follows_the_pipeline():
     graph = _graph()
     parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
     assert parents("normalized_images") == {"raw_records"}
-    assert parents("facts") == {"rois"}
+    assert parents("facts") == {"rois", "model_rois"}
+    assert parents("model_rois") >= {"normalized_images", "rois"}  # plus the expert models it applies
     assert parents("retrieved_knowledge") == {"facts", "knowledge_base"}
     assert parents("descriptions") == {"facts", "coarse_captions", "retrieved_knowledge"}
     assert parents("medtrinity_dataset") == {"triplets"}
