@@ -42,7 +42,7 @@ from medtrinity_assets.dataset.dedup import (
     find_duplicates,
     volume_group,
 )
-from medtrinity_assets.dataset.splits import SPLIT_NAMES, SPLIT_VERSION
+from medtrinity_assets.splits import SPLIT_NAMES, SPLIT_VERSION
 from medtrinity_assets.duckdb_sql import connect, literal, read_parquet
 from medtrinity_assets.storage import atomic_path, write_table
 

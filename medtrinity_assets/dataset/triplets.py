@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtrinity_assets import __version__ as PIPELINE_VERSION
-from medtrinity_assets.dataset.splits import SPLIT_VERSION, split_sql
+from medtrinity_assets.splits import SPLIT_VERSION, split_sql
 from medtrinity_assets.duckdb_sql import connect, literal, read_parquet
 from medtrinity_assets.grounding.grounded_view import grounded_rois_sql
 from medtrinity_assets.paths import DataRoot

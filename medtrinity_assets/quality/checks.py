@@ -22,7 +22,7 @@ import duckdb
 
 from medtrinity_assets import schemas
 from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE
-from medtrinity_assets.dataset.splits import SPLIT_NAMES
+from medtrinity_assets.splits import SPLIT_NAMES
 from medtrinity_assets.generation.facts import PROVENANCES
 from medtrinity_assets.generation.verifier import SIDE_PROVENANCES
 from medtrinity_assets.duckdb_sql import connect, identifier, literal, read_parquet

@@ -28,7 +28,7 @@ from medtrinity_assets.dataset.exports import (
     build_dataset,
     llava_file,
 )
-from medtrinity_assets.dataset.splits import (
+from medtrinity_assets.splits import (
     SPLIT_NAMES,
     patient_split,
     split_bucket,

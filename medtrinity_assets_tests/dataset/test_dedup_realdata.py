@@ -30,7 +30,7 @@ from medtrinity_assets import schemas, stages
 from medtrinity_assets.catalog import load_catalog
 from medtrinity_assets.dataset.dedup import MIN_SSIM, compare_images
 from medtrinity_assets.dataset.exports import CONFLICTS_FILE, DUPLICATE_PAIRS_TABLE, build_dataset, llava_file
-from medtrinity_assets.dataset.splits import SPLIT_NAMES, patient_split
+from medtrinity_assets.splits import SPLIT_NAMES, patient_split
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.pipeline import run_checks
 from medtrinity_assets.storage import write_table

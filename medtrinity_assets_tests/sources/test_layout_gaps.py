@@ -271,7 +271,7 @@ CLINICDB_PATIENT = {
 def _splits_by_sequence(records) -> dict[int, set[str]]:
     import duckdb
 
-    from medtrinity_assets.dataset.splits import split_sql
+    from medtrinity_assets.splits import split_sql
 
     # The split as the triplets table computes it, from the patient hash.
     rows = duckdb.sql(

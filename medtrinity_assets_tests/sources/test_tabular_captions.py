@@ -28,7 +28,7 @@ from medtrinity_assets.dataset.exports import (
     build_dataset,
     llava_file,
 )
-from medtrinity_assets.dataset.splits import SPLIT_NAMES
+from medtrinity_assets.splits import SPLIT_NAMES
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.pipeline import run_checks
 from medtrinity_assets.quality.checks import check_source_text_kept_apart

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medtrinity_assets.dataset.splits import SPLIT_VERSION, patient_split
+from medtrinity_assets.splits import SPLIT_VERSION, patient_split
 from medtrinity_assets.duckdb_sql import connect, literal as sql_literal, read_parquet
 from medtrinity_assets.grounding.experts.base import ExpertError, Sample
 from medtrinity_assets.grounding.experts.spec import ExpertSpec

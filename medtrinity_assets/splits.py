@@ -1,5 +1,8 @@
 """Patient-level train / val / test split, decided by the patient hash alone.
 
+The dataset's splits and the expert models' validation patients share this rule, so it sits
+below both layers.
+
 The split is a pure function of the (salted) patient hash, so every image of one patient lands
 in the same split, on every rerun and in every source partition, without any shared state. The
 same rule is written once more in SQL (``split_sql``) so DuckDB can assign splits while it
