@@ -98,6 +98,9 @@ def expert_metadata(spec: ExpertSpec, outcome, data_root: DataRoot, curve_path: 
         # Floats every time (NaN-free): Dagster plots a numeric key across materializations.
         **{key: float(_number(metrics.get(key)) or 0.0) for key in METRIC_KEYS},
         "validation_images": int(_number(metrics.get("images")) or 0),
+        # The held-out 'test' patients alone (the best epoch was chosen on the 'val' ones).
+        **{f"test_{key}": float(_number(metrics["test"].get(key)) or 0.0)
+           for key in METRIC_KEYS if isinstance(metrics.get("test"), dict)},
         "train_records": int(manifest.train_records),
         "val_records": int(manifest.val_records),
         "training_sources": dg.MetadataValue.json(list(manifest.train_sources)),

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from conftest import REALDATA
 
-from medtrinity_assets.dataset.splits import patient_split
+from medtrinity_assets.splits import patient_split
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.sources.base import record_id_for
