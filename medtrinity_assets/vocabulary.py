@@ -143,6 +143,13 @@ def is_model_origin(origin: str | None) -> bool:
     return str(origin or "").startswith(MODEL_ORIGIN_PREFIX)
 
 
+def possible_region(label: str | None) -> str:
+    """A model's region in words that stay grammatical for a lesion and for a tissue:
+    "possible polyp region", "possible grey matter region" ("possible region" unlabelled)."""
+    label = (label or "").strip()
+    return f"possible {label} region" if label and label != "region" else "possible region"
+
+
 def is_annotated(roi: dict) -> bool:
     return roi.get("origin") not in WHOLE_IMAGE_ORIGINS
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from medtrinity_assets.sources.label_state import label_state_of
 from medtrinity_assets.vocabulary import (
+    possible_region,
     MODALITY_IMAGE_NOUN,
     MODEL_ORIGIN_PREFIX,
     annotated_rois,
@@ -44,7 +45,7 @@ def _image_phrase(record: dict, spec) -> str:
 
 
 def _model_clause(rois: list[dict]) -> str:
-    """'; an expert model (kvasir_polyp) marks a possible polyp in the lower left part of the
+    """'; an expert model (kvasir_polyp) marks a possible polyp region in the lower left part of the
     image, confidence 0.87' for the largest model ROI, or ''."""
     marked = rois_by_area([r for r in rois if is_model_origin(r.get("origin"))])
     if not marked:
@@ -54,7 +55,7 @@ def _model_clause(rois: list[dict]) -> str:
     where = position_phrase(roi)
     place = f" in {where}" if where else ""
     more = f" ({len(marked) - 1} more region{'s' if len(marked) > 2 else ''} marked)" if len(marked) > 1 else ""
-    return (f"; an expert model ({expert}) marks a possible {display_label(roi.get('label') or 'region')}{place}, "
+    return (f"; an expert model ({expert}) marks a {possible_region(display_label(roi.get('label') or ''))}{place}, "
             f"confidence {float(roi.get('confidence') or 0.0):.2f}{more}")
 
 

@@ -13,7 +13,7 @@ sentence states facts of the record or of one ROI, in words the verifier reads b
 - Weak measurements (margin, shape) are hedged or left out according to their confidence.
 - A region an expert model marked (the source annotated none) is the model's possible finding,
   named with the expert and its confidence ("an expert model (kvasir_polyp) marks a possible
-  polyp in ..., confidence 0.87"), never the image's finding; the label state stays the source's.
+  polyp region in ..., confidence 0.87"), never the image's finding; the label state stays the source's.
 - Knowledge is never pasted: the retrieved entry's typical features for this modality are
   compared with the measured ones and only agreement or difference is stated in the writer's own
   words; the entry ids go to the ``knowledge_ids`` column and to the facts (provenance
@@ -34,6 +34,7 @@ import re
 
 from medtrinity_assets.generation.facts import Fact, FactSet
 from medtrinity_assets.vocabulary import (
+    possible_region,
     MODALITY_IMAGE_NOUN,
     MODALITY_NAME,
     SIZE_WORD,
@@ -133,10 +134,11 @@ def model_roi(facts: FactSet, roi_id: str) -> dict | None:
 def model_finding_phrase(expert_id: str, label: str, where: str | None, confidence: float, rid: str, slot: str = "model") -> str:
     """A model's ROI in words that say whose finding it is: never the source's, never certain."""
     place = f" in {where}" if where else ""
+    region = possible_region(label)
     return _variant(rid, slot, [
-        f"an expert model ({expert_id}) marks a possible {label}{place}, confidence {confidence:.2f}",
-        f"an expert model ({expert_id}) flags a possible {label}{place} (model confidence {confidence:.2f})",
-        f"a possible {label}{place} is marked by an expert model ({expert_id}), with confidence {confidence:.2f}",
+        f"an expert model ({expert_id}) marks a {region}{place}, confidence {confidence:.2f}",
+        f"an expert model ({expert_id}) flags a {region}{place} (model confidence {confidence:.2f})",
+        f"a {region}{place} is marked by an expert model ({expert_id}), with confidence {confidence:.2f}",
     ])
 
 
@@ -396,7 +398,7 @@ def _model_roi_analysis(facts: FactSet, rid: str, roi_ids: list[str]) -> str:
             other_where = _position_words(facts, roi_id) or "an unrecorded part of the image"
             size_class = facts.roi_value(roi_id, "size_class")
             by = "" if same else f"{other['expert_id']}, "
-            listed.append(f"a {SIZE_WORD.get(size_class, 'unmeasured')} possible {other_label} in {other_where} "
+            listed.append(f"a {SIZE_WORD.get(size_class, 'unmeasured')} {possible_region(other_label)} in {other_where} "
                           f"({by}confidence {other['confidence']:.2f})")
         subject = "The same model also marks " if same else "Other expert models also mark "
         sentences.append(subject + "; ".join(listed) + ".")

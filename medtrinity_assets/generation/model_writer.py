@@ -84,7 +84,7 @@ Answer with one JSON object with exactly these keys:
 "part_texture_colour": only the measured intensity, texture, margin, shape and colour of the main region.
 "part_relations": the given relations between regions, and the main region against the whole image.
 "knowledge_ids": the ids of the background passages you used, for example ["kb_entry"]; [] if none.
-A fact with provenance "model" comes from an expert model, not from the source: write its region as the model's possible finding, e.g. "An expert model (kvasir_polyp) marks a possible polyp in the lower left part of the image, confidence 0.87" (the expert id is in the origin value after "model:"), and never state its label as a finding of the image.
+A fact with provenance "model" comes from an expert model, not from the source: write its region as the model's possible finding, e.g. "An expert model (kvasir_polyp) marks a possible polyp region in the lower left part of the image, confidence 0.87" (the expert id is in the origin value after "model:"), and never state its label as a finding of the image.
 Rules: each part is one to three short, plain sentences. Every sentence states facts from the list and nothing else. Never contradict a fact. Cite passages by id in knowledge_ids, never copy them. If no region facts are given, no region was annotated: describe no lesion."""
 
 VLM_NOTE = """The image is attached with the annotated regions outlined and numbered; the user message says which number is which roi. Use the image only to phrase what the facts say; state nothing you see that the facts do not give."""

@@ -19,7 +19,7 @@ speaks of and checked against those facts only:
 - a region an expert model marked (origin fact with provenance ``model``) is described like an
   annotated one, but its label is no finding of the record: a finding or lesion claim that only
   a model ROI supports is accepted only in a sentence that names the model and a possibility
-  ("an expert model (kvasir_polyp) marks a possible polyp"); stated plainly ("There is a
+  ("an expert model (kvasir_polyp) marks a possible polyp region"); stated plainly ("There is a
   polyp") it is flagged ``model_as_finding``;
 - neighbouring anatomy of the imaged region, hybrid modality names whose one part is the
   record's modality, and marked background sentences are allowed.
@@ -52,7 +52,7 @@ from medtrinity_assets.generation.claims import (
     read_clauses,
 )
 from medtrinity_assets.generation.facts import FactSet
-from medtrinity_assets.vocabulary import COMPATIBLE_MODALITIES
+from medtrinity_assets.vocabulary import COMPATIBLE_MODALITIES, possible_region
 
 # Provenances that may give a patient side or the side of an imaged part.
 SIDE_PROVENANCES = {"geometry", "metadata", "publisher_text"}
@@ -86,7 +86,7 @@ _FURTHER = re.compile(r"\b(?:other|additional|further|another|second|more|separa
 _HEDGE = re.compile(r"\b(?:typically|usually|generally|often|commonly|classically|tends? to|in general|frequently)\b", re.I)
 _THIS_IMAGE = re.compile(r"\b(?:this|here|it|its|the (?:image|lesion|region|mass|roi|finding|nodule|polyp|tumou?r|area))\b", re.I)
 # A sentence that gives a finding as an expert model's, and as uncertain: it names the model
-# and a word of possibility ("an expert model (kvasir_polyp) marks a possible polyp").
+# and a word of possibility ("an expert model (kvasir_polyp) marks a possible polyp region").
 _MODEL_ATTRIBUTION = re.compile(r"\b(?:expert|model|models|detector|segmenter)\b", re.I)
 _MODEL_POSSIBILITY = re.compile(r"\b(?:possible|possibly|may|might|suspected|suspicious|candidate|probable|probably|likely)\b", re.I)
 _COMPARATIVE_KNOWLEDGE = re.compile(r"\b(?:usually|typical(?:ly)?|characteristic|commonly|often|classically)\b", re.I)
@@ -155,7 +155,7 @@ class _Record:
         experts = sorted({self.model_rois[rid].value[len("model:"):] for rid in roi_ids})
         labels = sorted({self.labels.get(rid) or "region" for rid in roi_ids})
         best = max(self.model_rois[rid].confidence for rid in roi_ids)
-        return f"only an expert model ({', '.join(experts)}) marks a possible {'/'.join(labels)} (confidence {best:.2f})"
+        return f"only an expert model ({', '.join(experts)}) marks a {possible_region('/'.join(labels))} (confidence {best:.2f})"
 
     def label_count(self, label: str) -> int:
         return sum(1 for l in self.labels.values() if l == label)

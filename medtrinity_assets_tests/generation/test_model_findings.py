@@ -67,8 +67,8 @@ def test_grounded_writer_and_caption_word_model_rois_as_model_findings():
     facts = build_facts(record(), ROIS, SPEC)
     written = write_description(facts, {}, SPEC)
     roi_part = written["part_roi_analysis"]
-    assert "expert model (kvasir_polyp)" in roi_part and "possible polyp in the lower left part of the image" in roi_part
-    assert "0.87" in roi_part and "The same model also marks a medium-sized possible polyp in the upper right part of the image (confidence 0.55)" in roi_part
+    assert "expert model (kvasir_polyp)" in roi_part and "possible polyp region in the lower left part of the image" in roi_part
+    assert "0.87" in roi_part and "The same model also marks a medium-sized possible polyp region in the upper right part of the image (confidence 0.55)" in roi_part
     assert "annotated region" not in written["description"]  # the source annotated nothing
     assert "No diagnostic label" in written["part_organ_tissue"] or "no diagnosis" in written["part_organ_tissue"]
     assert "possible polyp region" in written["part_relations"]
@@ -76,14 +76,14 @@ def test_grounded_writer_and_caption_word_model_rois_as_model_findings():
 
     caption = coarse_caption(record(), ROIS, SPEC)
     assert caption == ("An endoscopic image of the colon, with no diagnosis given by the source; an expert model "
-                       "(kvasir_polyp) marks a possible polyp in the lower left part of the image, confidence 0.87 (1 more region marked).")
+                       "(kvasir_polyp) marks a possible polyp region in the lower left part of the image, confidence 0.87 (1 more region marked).")
 
 
 @pytest.mark.parametrize("sentence, flag", [
     ("There is a polyp in the lower left part of the image.", "model_as_finding"),
     ("The image shows two polyps.", "model_as_finding"),
     ("A model finds a polyp in the lower left part of the image.", "model_as_finding"),  # attributed, not hedged
-    ("An expert model (kvasir_polyp) marks a possible polyp in the lower left part of the image, confidence 0.87.", None),
+    ("An expert model (kvasir_polyp) marks a possible polyp region in the lower left part of the image, confidence 0.87.", None),
     ("The detector suggests a possible lesion in the lower left part of the image.", None),
     # Hedged, but where no model region lies: the position is checked as for any region.
     ("An expert model marks a possible polyp in the lower right part of the image.", "side"),
@@ -122,6 +122,6 @@ def test_regions_of_two_experts_name_each_expert():
     second = model_roi("c", 0.66, horizontal="center", vertical="middle", area=2000, origin="model:polyp_yolo", expert_id="polyp_yolo")
     facts = build_facts(record(), ROIS[:1] + [second], SPEC)
     written = write_description(facts, {}, SPEC)
-    assert "Other expert models also mark a medium-sized possible polyp in the central part of the image (polyp_yolo, confidence 0.66)" \
+    assert "Other expert models also mark a medium-sized possible polyp region in the central part of the image (polyp_yolo, confidence 0.66)" \
         in written["part_roi_analysis"]
     assert verify(written["description"], written["facts"]) == []

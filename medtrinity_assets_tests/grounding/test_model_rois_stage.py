@@ -165,7 +165,7 @@ def test_downstream_describes_model_rois_as_model_findings(built):
         assert verified
         if record in model_records:
             assert "expert model (polyp_test)" in text and "possible polyp" in text
-            assert "expert model (polyp_test) marks a possible polyp" in captions[record]
+            assert "expert model (polyp_test) marks a possible polyp region" in captions[record]
             rois, provenance, primary = triplets[record]
             assert json.loads(rois)[0]["origin"] == "model:polyp_test" and json.loads(rois)[0]["roi_id"] == primary
             assert json.loads(provenance)["experts"] == [{"expert_id": "polyp_test", "weights_sha256": manifest.sha256, "provenance": "trained"}]
