@@ -132,6 +132,8 @@ def bench_experts(names: list[str], quick: bool) -> dict:
 
 
 def train(spec, root: DataRoot, catalog: dict, device: str, retrain: bool) -> dict:
+    import torch
+
     from medtrinity_assets.grounding.experts.training import train_expert
     from medtrinity_assets.grounding.experts.weights import current_manifest
 
@@ -140,8 +142,11 @@ def train(spec, root: DataRoot, catalog: dict, device: str, retrain: bool) -> di
     # The fingerprint does not hold the device: training on another one than the current
     # expert's is forced, or the GPU expert would be "reused" as the CPU one.
     force = retrain or (current is not None and device != "auto" and current.device != device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     outcome = train_expert(spec, root, catalog, experts_dir(), force=force)
+    # CPU seconds of this process (all its threads): on a shared machine the wall time says
+    # how busy the others were; CPU time / cores is the wall time the run would take alone.
+    cpu_minutes = (time.process_time() - cpu_started) / 60
     m = outcome.manifest
     history = m.history or []
     best = max(history, key=lambda h: h.get("val_dice", -1)) if history else {}
@@ -153,6 +158,7 @@ def train(spec, root: DataRoot, catalog: dict, device: str, retrain: bool) -> di
         "train_patients": counts.get("train_patients"), "val_patients": counts.get("val_patients"),
         "epochs": len(history), "best_epoch": best.get("epoch"), "training_minutes": round(m.seconds / 60, 2),
         "wall_minutes_this_run": round((time.perf_counter() - started) / 60, 2),
+        "cpu_minutes_this_run": None if outcome.reused else round(cpu_minutes, 2), "threads": torch.get_num_threads(),
         "metrics": m.metrics, "sha256": m.sha256, "load_after_training": _load(),
     }
 
@@ -287,8 +293,11 @@ def report(result: dict) -> str:
                      f"{str(t['train_patients']) + '/' + str(t['val_patients']):>11}{t['epochs']:>8}{str(t['best_epoch']):>6}"
                      f"{t['training_minutes']:>9.1f}{_fmt(m.get('dice')):>8}{_fmt(m.get('box_iou')):>9}{_fmt(m.get('map50')):>8}"
                      f"{_fmt(m.get('precision'), 2):>7}{_fmt(m.get('recall'), 2):>8}")
+        cpu = "" if t.get("cpu_minutes_this_run") is None else (
+            f"; process CPU time {t['cpu_minutes_this_run']:.1f} min on {t['threads']} threads "
+            f"(= {t['cpu_minutes_this_run'] / t['threads']:.1f} min of wall time with {t['threads']} cores to itself)")
         lines.append(f"  {t['family']} {t['architecture']} at {t['input_size']} px, trained on {', '.join(t['train_sources'])}"
-                     f"{' (reused: trained by an earlier run, same data fingerprint)' if t['reused'] else ''}; {t['load_after_training']}")
+                     f"{' (reused: trained by an earlier run, same data fingerprint)' if t['reused'] else ''}{cpu}; {t['load_after_training']}")
     for expert_id, check in result["checks"].items():
         if check is None:
             continue
@@ -308,7 +317,7 @@ def report(result: dict) -> str:
     lines.append("\nPeak RSS applying the expert in a fresh process (PNG decode + find_rois, one batch at a time):")
     for expert_id, mem in result["memory"].items():
         sizes = [k for k in mem if isinstance(k, int)]
-        parts = [f"{n} images: {mem[n]['peak_rss_mib']} MiB ({mem[n]['images_s_with_decode']} img/s with decode)" for n in sorted(sizes)]
+        parts = [f"{mem[n]['images']} images: {mem[n]['peak_rss_mib']} MiB ({mem[n]['images_s_with_decode']} img/s with decode)" for n in sorted(sizes)]
         lines.append(f"  {expert_id:<26} on {mem['source']}: {'   '.join(parts)}   growth {mem['growth_percent']:+.1f}%"
                      f"  (after imports {mem[sizes[0]]['rss_after_imports_mib']} MiB, after loading {mem[sizes[0]]['rss_after_load_mib']} MiB)")
     return "\n".join(lines)
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = bench_catalog(args.quick)
     names = [n for n in args.experts.split(",") if n]
     experts = bench_experts(names, args.quick)
-    n_apply = args.apply_images or (8 if args.quick else 100)
+    n_apply = args.apply_images or (3 if args.quick else 100)
     started = time.perf_counter()
     prepared = prepare(root, catalog)
     for p in prepared:
