@@ -15,6 +15,7 @@ from medtrinity_assets.grounding.experts.base import ExpertError, Instance
 from medtrinity_assets.grounding.experts.device import pick_device
 from medtrinity_assets.grounding.experts.families import family as family_named
 from medtrinity_assets.grounding.experts.postprocess import to_rois
+from medtrinity_assets.grounding.experts.samples import source_modalities
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.weights import Manifest, brought_weights, current_manifest
 from medtrinity_assets.paths import DataRoot
@@ -30,11 +31,12 @@ class LoadedExpert:
 
 
 def applicable_experts(experts: dict[str, ExpertSpec], source) -> list[ExpertSpec]:
-    """Experts for a source: same modality, and the source in ``apply_to`` when the expert names
+    """Experts for a source: same modality (one of the source's, when it mixes them: apply only to
+    the records of the expert's modality), and the source in ``apply_to`` when the expert names
     sources, else an organ in common when the expert names organs. Sorted by id."""
     out = []
     for spec in experts.values():
-        if spec.modality != source.modality:
+        if spec.modality not in source_modalities(source):
             continue
         if spec.apply_to:
             if source.id not in spec.apply_to:
@@ -66,5 +68,11 @@ def load_for_inference(spec: ExpertSpec, data_root, spec_folder: Path) -> Loaded
 
 def find_rois(expert: LoadedExpert, images: list[np.ndarray]) -> list[list[Instance]]:
     """ROI candidates per image (at the image's size), after the spec's threshold, min area and max count."""
-    predictions = expert.family.predict(expert.model, expert.spec, images, expert.device)
-    return [to_rois(p, expert.spec, np.asarray(im).shape[:2]) for p, im in zip(predictions, images)]
+    out: list[list[Instance]] = []
+    step = max(1, expert.spec.batch_size)
+    # A batch at a time: predictions hold a full-size probability map per image, ROIs do not.
+    for start in range(0, len(images), step):
+        chunk = images[start:start + step]
+        predictions = expert.family.predict(expert.model, expert.spec, chunk, expert.device)
+        out += [to_rois(p, expert.spec, np.asarray(im).shape[:2]) for p, im in zip(predictions, chunk)]
+    return out

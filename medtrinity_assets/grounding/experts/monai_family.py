@@ -15,6 +15,7 @@ epoch costs only augmentation and the network.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import tempfile
 import time
@@ -174,6 +175,8 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and format errors alike: the file is not a torch state
+        if "ultralytics" in str(error):
+            raise _not_fitting(path, "is an ultralytics checkpoint: bring it to an expert with family: yolo") from None
         raise _not_fitting(path, f"is not a torch weights file torch.load can read safely ({type(error).__name__}: {str(error)[:200]})") from None
 
 
@@ -330,6 +333,9 @@ class MonaiFamily:
         set_determinism(seed=spec.seed)
         started = time.perf_counter()
         args = network_args(spec)
+        if args["out_channels"] != 1 or args["in_channels"] != IN_CHANNELS:
+            raise ExpertError(f"expert {spec.id}: a MONAI expert trained here has in_channels {IN_CHANNELS} and out_channels 1 "
+                              f"(one sigmoid foreground); network: sets {args['in_channels']} and {args['out_channels']}")
         info = {"architecture": spec.architecture, "network": args}
         multiple = _strides_product(info)
         if spec.input_size % multiple:
@@ -412,8 +418,12 @@ class MonaiFamily:
         if "network" not in model.info:
             raise ExpertError(f"expert {spec.id}: a {model.info.get('format')} model is not saved again; it is loaded from its file")
         state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
+        buffer = io.BytesIO()
+        # Into memory, not to ``path``: torch.save names the archive's folder after the file, and
+        # the caller's temporary name would make equal weights hash differently.
         torch.save({"format": SAVED_FORMAT, "architecture": model.info["architecture"], "network": model.info["network"],
-                    "in_channels": model.in_channels, "input_size": model.input_size, "state_dict": state}, path)
+                    "in_channels": model.in_channels, "input_size": model.input_size, "state_dict": state}, buffer)
+        Path(path).write_bytes(buffer.getvalue())
 
     def load(self, spec: ExpertSpec, path: Path, device: str) -> MonaiModel:
         path = Path(path)

@@ -55,7 +55,7 @@ def train_source_ids(spec: ExpertSpec, catalog: dict, data_root) -> list[str]:
     found = []
     con = connect()
     for source_id in sorted(catalog):
-        if catalog[source_id].modality != spec.modality:
+        if spec.modality not in source_modalities(catalog[source_id]):
             continue
         table = root.table("rois", source_id)
         if not table.exists():
@@ -68,6 +68,11 @@ def train_source_ids(spec: ExpertSpec, catalog: dict, data_root) -> list[str]:
     return found
 
 
+def source_modalities(source) -> set[str]:
+    """Every modality a source's records may have (its own, and its per-file rules')."""
+    return {source.modality, *getattr(source, "modality_by_path", {}).values()}
+
+
 def split_of(spec: ExpertSpec, patient_hash: str | None, record_id: str) -> str:
     """'train' or 'val' by the dataset's patient rule ('val' and 'test' both validate here);
     ``split: record`` applies the same rule to the record id."""
@@ -75,6 +80,11 @@ def split_of(spec: ExpertSpec, patient_hash: str | None, record_id: str) -> str:
     if not key:
         raise ExpertError(f"expert {spec.id}: record {record_id} has no patient hash; use split: record for a one-subject source")
     return "train" if patient_split(key) == "train" else "val"
+
+
+def dataset_split(spec: ExpertSpec, sample: Sample) -> str:
+    """The dataset's own split name of a sample ('train', 'val' or 'test')."""
+    return patient_split(sample.patient_hash if spec.split == "patient" else sample.record_id)
 
 
 def _png(root: DataRoot, rel: str) -> np.ndarray:
@@ -101,6 +111,8 @@ def _source_samples(spec: ExpertSpec, root: DataRoot, source_id: str, counts: di
         SELECT n.record_id, n.image_path, n.height, n.width, r.patient_hash, r.label_state
         FROM {lit['normalized_images']} n
         JOIN {lit['raw_records']} r USING (record_id)
+        -- a source mixing modalities (modality_by_path) trains each expert on its own images only
+        WHERE coalesce(r.modality, {sql_literal(spec.modality)}) = {sql_literal(spec.modality)}
         ORDER BY n.record_id
         """,
     )
@@ -150,8 +162,9 @@ def _source_samples(spec: ExpertSpec, root: DataRoot, source_id: str, counts: di
     return out
 
 
-def training_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[Sample], list[Sample], dict]:
-    """(train, val, info) for an expert. info: sources, split (rule and version), counts."""
+def annotated_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[Sample], list[Sample], dict]:
+    """(train, val, info) like training_samples, without requiring both sides to be non-empty
+    (a brought expert is evaluated on whatever annotated images there are)."""
     root = _root(data_root)
     sources = train_source_ids(spec, catalog, root)
     if not sources:
@@ -173,11 +186,18 @@ def training_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[S
     )
     info = {"sources": sources, "split": {"by": spec.split, "rule": SPLIT_VERSION, "train": "train", "val": ["val", "test"]},
             "counts": dict(counts)}
+    return train, val, info
+
+
+def training_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[Sample], list[Sample], dict]:
+    """(train, val, info) for an expert. info: sources, split (rule and version), counts."""
+    train, val, info = annotated_samples(spec, data_root, catalog)
     if not train or not val:
+        counts = info["counts"]
         unit = "patients" if spec.split == "patient" else "records"
         raise ExpertError(
             f"expert {spec.id}: the {spec.split} split left {len(train)} training and {len(val)} validation images "
-            f"({counts['train_patients']} + {counts['val_patients']} {unit}) from {sources}: an expert needs both; "
+            f"({counts['train_patients']} + {counts['val_patients']} {unit}) from {info['sources']}: an expert needs both; "
             "add annotated partitions (about 80% of patients train, 20% validate)"
         )
     return train, val, info

@@ -19,7 +19,7 @@ from medtrinity_assets.grounding.experts.base import ExpertError
 from medtrinity_assets.grounding.experts.device import pick_device
 from medtrinity_assets.grounding.experts.families import family as family_named
 from medtrinity_assets.grounding.experts.metrics import evaluate
-from medtrinity_assets.grounding.experts.samples import train_source_ids, training_samples
+from medtrinity_assets.grounding.experts.samples import annotated_samples, dataset_split, train_source_ids, training_samples
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.weights import (
     Manifest, brought_weights, current_manifest, data_fingerprint, record_brought, save_weights, sha256_tree,
@@ -60,14 +60,25 @@ def train_expert(spec: ExpertSpec, data_root, catalog: dict, spec_folder: Path, 
     train, val, info = training_samples(spec, root, catalog)
     impl = family_named(spec.family)
     device = pick_device(spec)
+    # The work folder (a family's checkpoints, ultralytics' run folder) lives until the model is saved.
     with tempfile.TemporaryDirectory(prefix=f"expert-{spec.id}-") as workdir:
-        result = impl.train(spec, train, val, device, Path(workdir))
-    metrics = evaluate(impl, result.model, spec, val, device)
-    manifest = save_weights(
-        root, spec, impl, result.model,
-        data_fingerprint=fingerprint, train_sources=info["sources"], train_records=len(train), val_records=len(val),
-        metrics=metrics, history=result.history, device=result.device, seconds=round(result.seconds, 2), split=info["split"],
-    )
+        # The best epoch is chosen on the 'val' patients only, so the 'test' patients stay a
+        # clean held-out set: metrics["test"] is measured on them alone. The top-level metrics
+        # cover every validation image (val and test), as the contract says.
+        selection = [s for s in val if dataset_split(spec, s) == "val"]
+        held_out = [s for s in val if dataset_split(spec, s) == "test"]
+        if not selection or not held_out:
+            selection, held_out = val, []
+        result = impl.train(spec, train, selection, device, Path(workdir))
+        metrics = evaluate(impl, result.model, spec, val, device)
+        if held_out:
+            metrics["test"] = evaluate(impl, result.model, spec, held_out, device)
+        info["counts"].update(selection_images=len(selection), test_images=len(held_out))
+        manifest = save_weights(
+            root, spec, impl, result.model,
+            data_fingerprint=fingerprint, train_sources=info["sources"], train_records=len(train), val_records=len(val),
+            metrics=metrics, history=result.history, device=result.device, seconds=round(result.seconds, 2), split=info["split"],
+        )
     return TrainingOutcome(manifest, False, info)
 
 
@@ -85,9 +96,13 @@ def _bring(spec: ExpertSpec, root: DataRoot, catalog: dict, spec_folder: Path, f
     model = impl.load(spec, path, device)  # WeightsError naming the file when it does not fit
     info: dict = {"sources": sources}
     metrics: dict = {}
-    train = val = []
+    val: list = []
     if sources:
-        train, val, info = training_samples(spec, root, catalog)
+        # The validation split a trained expert of the same spec would be measured on; every
+        # annotated image when that split is empty (a brought model learned none of them here).
+        train, val, info = annotated_samples(spec, root, catalog)
+        if not val:
+            val, info["note"] = train, "validation split empty: evaluated on every annotated image"
         metrics = evaluate(impl, model, spec, val, device)
     else:
         info["note"] = f"no annotated partition of modality {spec.modality}: the brought weights are not evaluated here"

@@ -18,6 +18,7 @@ from expert_fixtures import KVASIR, BUSI, busi_source, expert_spec, ground, kvas
 from medtrinity_assets.grounding.experts.apply import applicable_experts, find_rois, load_for_inference
 from medtrinity_assets.grounding.experts.base import ExpertError, WeightsError
 from medtrinity_assets.grounding.experts.families import family
+from medtrinity_assets.grounding.experts.metrics import evaluate
 from medtrinity_assets.grounding.experts.monai_family import build_network, network_args
 from medtrinity_assets.grounding.experts.samples import train_source_ids, training_samples
 from medtrinity_assets.grounding.experts.training import train_expert
@@ -73,6 +74,7 @@ def test_samples_join_images_and_masks_and_split_by_patient(kvasir_root):
         training_samples(expert_spec(train_labels=["tumour"]), root, catalog)
 
 
+@pytest.mark.slow  # its own BUSI data root and a training run: about 6-12 s here
 def test_normal_images_join_as_empty_negatives(tmp_path):
     source = busi_source(tmp_path / "busi", {"benign": 4, "malignant": 2, "normal": 3})
     root = DataRoot(tmp_path / "var")
@@ -82,6 +84,12 @@ def test_normal_images_join_as_empty_negatives(tmp_path):
     samples = train + val
     assert info["counts"]["negatives"] == 3 and info["counts"]["positives"] == 6
     assert sum(not s.mask.any() and not s.boxes for s in samples) == 3
+    assert all(s.image.ndim == 2 for s in samples)  # grey ultrasound: repeated to three channels
+    if train and val:
+        impl = family("monai")
+        result = impl.train(spec, train, val, "cpu", tmp_path)
+        metrics = evaluate(impl, result.model, spec, val, "cpu")
+        assert metrics["images"] == len(val) and 0.0 <= metrics["dice"] <= 1.0
     # train_labels narrows the target: malignant only; benign images are neither target nor normal.
     only = expert_spec(id="lesion_test", modality="ultrasound", target="lesion", split="record",
                        train_labels=["malignant breast tumor"])
@@ -110,6 +118,10 @@ def test_train_save_load_predict_round_trip_and_reuse(kvasir_root, tmp_path):
     assert set(manifest.history[0]) >= {"train_loss", "val_dice", "seconds", "lr"}
     assert set(manifest.metrics) >= {"dice", "box_iou", "map50", "precision", "recall", "images", "seconds"}
     assert manifest.train_records + manifest.val_records == 12
+    # The best epoch was chosen on the 'val' patients; the 'test' patients are measured apart.
+    counts = outcome.info["counts"]
+    assert counts["selection_images"] + counts["test_images"] == manifest.val_records
+    assert counts["test_images"] > 0 and manifest.metrics["test"]["images"] == counts["test_images"]
 
     _, val, _ = training_samples(spec, root, catalog)
     images = [s.image for s in val]
@@ -128,6 +140,9 @@ def test_train_save_load_predict_round_trip_and_reuse(kvasir_root, tmp_path):
     # Unchanged data and spec: reused, no training.
     again = train_expert(spec, root, catalog, tmp_path)
     assert again.reused and again.manifest.sha256 == manifest.sha256
+    # The upstream stages rerun on the same files write the same bytes: still reused.
+    ground(catalog["kvasir_seg"], root)
+    assert train_expert(spec, root, catalog, tmp_path).reused
     # The rois partition changes (one ROI row fewer): retrained, new manifest in use.
     table = root.table("rois", "kvasir_seg")
     rows = pq.read_table(table)
@@ -147,16 +162,24 @@ def _reference(spec):
     return net
 
 
-def _bundle(folder, spec, net):
+def _bundle(folder, spec, net, yaml_config=False, script=False):
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
     args = network_args(spec)
     config = {"network_def": {"_target_": "monai.networks.nets.UNet", **args}}
-    (folder / "configs" / "inference.json").write_text(json.dumps(config))
-    torch.save(net.state_dict(), folder / "models" / "model.pt")
+    if yaml_config:
+        import yaml
+
+        (folder / "configs" / "inference.yaml").write_text(yaml.safe_dump(config))
+    else:
+        (folder / "configs" / "inference.json").write_text(json.dumps(config))
+    if script:
+        torch.jit.trace(net, torch.zeros(1, 3, 64, 64)).save(str(folder / "models" / "model.ts"))
+    else:
+        torch.save(net.state_dict(), folder / "models" / "model.pt")
 
 
-@pytest.mark.parametrize("kind", ["state_dict", "torchscript", "bundle_folder", "bundle_zip"])
+@pytest.mark.parametrize("kind", ["state_dict", "torchscript", "bundle_folder", "bundle_zip", "bundle_ts"])
 def test_brought_weights_load_and_predict(kvasir_root, tmp_path, kind):
     root, catalog = fresh_copy(kvasir_root, tmp_path)
     spec = expert_spec()
@@ -168,7 +191,8 @@ def test_brought_weights_load_and_predict(kvasir_root, tmp_path, kind):
         name = "mine.ts"
         torch.jit.trace(net, torch.zeros(1, 3, 64, 64)).save(str(tmp_path / name))
     else:
-        _bundle(tmp_path / "bundle", spec, net)
+        # A folder with a JSON config and a state dict; a zip with a YAML config; a TorchScript model.ts.
+        _bundle(tmp_path / "bundle", spec, net, yaml_config=kind == "bundle_zip", script=kind == "bundle_ts")
         name = "bundle"
         if kind == "bundle_zip":
             with zipfile.ZipFile(tmp_path / "bundle.zip", "w") as archive:
@@ -235,3 +259,18 @@ def test_applicable_experts_by_modality_sources_and_organs(kvasir_root):
     assert family("monai").name == "monai"
     with pytest.raises(ExpertError, match="unknown expert family"):
         family("sam")
+
+
+def test_segresnet_stops_at_the_time_limit_and_training_is_reproducible(kvasir_root, tmp_path):
+    root, catalog = fresh_copy(kvasir_root, tmp_path)
+    spec = expert_spec(architecture="segresnet", network={"init_filters": 8}, epochs=3, max_train_minutes=1e-4)
+    first = train_expert(spec, root, catalog, tmp_path)
+    assert len(first.manifest.history) == 1  # the first epoch crossed the limit
+    # Same spec, same data, same seed: the same bytes, so the same content-addressed file.
+    again = train_expert(spec, root, catalog, tmp_path, force=True)
+    assert not again.reused and again.manifest.sha256 == first.manifest.sha256
+    expert = load_for_inference(spec, root, tmp_path)
+    assert expert.model.info["architecture"] == "segresnet"
+    # A unet spec cannot load a segresnet file.
+    with pytest.raises(WeightsError, match="holds a MONAI segresnet"):
+        family("monai").load(expert_spec(), root.root / first.manifest.path, "cpu")
