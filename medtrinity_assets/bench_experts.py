@@ -15,7 +15,9 @@ Each expert of ``data/experts/`` named by --experts is trained through ``trainin
 (the patient split of the dataset rule: about 80% train, 20% validate) and the bench prints:
 
 1. **quality**: Dice, box IoU, mAP50, precision, recall on the held-out validation split
-   (``metrics.evaluate``), train / validation images and patients, epochs run, best epoch,
+   (``metrics.evaluate``; the best epoch is chosen on the split's 'val' patients, and the
+   'test' patients, never used for that choice, are reported apart), train / validation images
+   and patients, epochs run, best epoch,
    training minutes, the device; the BUSI expert also on ``busi`` (never seen);
 2. **speed**: images/s of ``apply.find_rois`` on decoded uint8 arrays (timed: resize to the
    network input, the forward pass, the probability map resized back to the image, connected
@@ -301,9 +303,13 @@ def report(result: dict) -> str:
                      f"{str(t['train_patients']) + '/' + str(t['val_patients']):>11}{t['epochs']:>8}{str(t['best_epoch']):>6}"
                      f"{t['training_minutes']:>9.1f}{_fmt(m.get('dice')):>8}{_fmt(m.get('box_iou')):>9}{_fmt(m.get('map50')):>8}"
                      f"{_fmt(m.get('precision'), 2):>7}{_fmt(m.get('recall'), 2):>8}")
+        test = m.get("test")
+        if test:
+            lines.append(f"  of which the 'test' patients ({test['images']} images, not used to choose the best epoch): "
+                         f"Dice {_fmt(test.get('dice'))}, box IoU {_fmt(test.get('box_iou'))}, mAP50 {_fmt(test.get('map50'))}")
         cpu = "" if t.get("cpu_minutes_this_run") is None else (
-            f"; process CPU time {t['cpu_minutes_this_run']:.1f} min on {t['threads']} threads "
-            f"(= {t['cpu_minutes_this_run'] / t['threads']:.1f} min of wall time with {t['threads']} cores to itself)")
+            f"; process CPU time {t['cpu_minutes_this_run']:.1f} min on {t['threads']} torch thread(s) "
+            f"(= {t['cpu_minutes_this_run'] / t['threads']:.1f} min of wall time with {t['threads']} core(s) to itself)")
         lines.append(f"  {t['family']} {t['architecture']} at {t['input_size']} px, trained on {', '.join(t['train_sources'])}"
                      f"{' (reused: trained by an earlier run, same data fingerprint)' if t['reused'] else ''}{cpu}; {t['load_after_training']}")
     for expert_id, check in result["checks"].items():

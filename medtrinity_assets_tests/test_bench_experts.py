@@ -59,7 +59,7 @@ def _result(cuda: bool, checks: dict) -> dict:
 def test_report_states_the_device_the_unmeasured_colonoscopy_check_and_the_ratio():
     text = bench_experts.report(_result(cuda=False, checks={"polyp_endoscopy": None}))
     assert "CUDA available: False (no GPU here" in text
-    assert "0.812" in text and "45.0 min of wall time with 2 cores" in text
+    assert "0.812" in text and "45.0 min of wall time with 2 core(s)" in text
     assert "unseen colonoscopy dataset: not measured" in text
     assert "100 images: 1000 MiB" in text and "400 images: 1010 MiB" in text and "+1.0%" in text
     measured = {"polyp_endoscopy": {"sources": ["cvc_clinicdb"], "counts": {}, "metrics": {"dice": 0.7, "box_iou": 0.6, "map50": 0.5, "images": 612}}}
