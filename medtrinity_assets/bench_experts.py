@@ -66,6 +66,15 @@ QUICK_TRAINING = {"input_size": 64, "epochs": 2, "batch_size": 4, "max_train_min
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec,
+    so a child started by the bench (which holds the training images) would report the
+    parent's size instead of its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
