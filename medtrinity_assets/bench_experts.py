@@ -309,7 +309,7 @@ def report(result: dict) -> str:
     for t in result["training"]:
         m = t["metrics"]
         lines.append(f"{t['expert']:<26}{t['device']:>7}{t['train_images']:>8}/{t['val_images']:<6}"
-                     f"{str(t['train_patients']) + '/' + str(t['val_patients']):>11}{t['epochs']:>8}{str(t['best_epoch']):>6}"
+                     f"{(str(t['train_patients']) + '/' + str(t['val_patients'])) if t['train_patients'] is not None else 'n/a':>11}{t['epochs']:>8}{str(t['best_epoch']):>6}"
                      f"{t['training_minutes']:>9.1f}{_fmt(m.get('dice')):>8}{_fmt(m.get('box_iou')):>9}{_fmt(m.get('map50')):>8}"
                      f"{_fmt(m.get('precision'), 2):>7}{_fmt(m.get('recall'), 2):>8}")
         test = m.get("test")
@@ -394,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         result["checks"][name] = check_set(spec, root, catalog, checks)
         source = spec.train_sources[0]
         result["speed"].append({"expert": name, **speed(spec, root, source, n_apply)})
-        result["memory"][name] = memory(name, root, source, n_apply, args.quick)
+        # N and 4N both inside the partition (BUSI's 180 images: 45 and 180).
+        n_memory = max(1, min(n_apply, len(_partition_images(root, source, 4 * n_apply)) // 4))
+        result["memory"][name] = memory(name, root, source, n_memory, args.quick)
     result["seconds"] = round(time.perf_counter() - started, 1)
     text = report(result)
     print(text)
