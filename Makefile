@@ -54,7 +54,7 @@ bench: setup
 
 # The expert models (issue 10) on Kvasir-SEG and BUSI from ../shared/realdata: held-out Dice, box
 # IoU, mAP50, training minutes, find_rois vs the bare forward pass, peak memory at N and 4N images.
-# About 75 min on 2 CPU cores (the trained experts are reused on a rerun); QUICK=1: the path in ~3 min.
+# About 45 min on one free CPU core (the trained experts are reused on a rerun); QUICK=1: the path in ~2 min.
 .PHONY: bench-experts
 bench-experts: setup
 	$(BIN)/python -m medtrinity_assets.bench_experts $(if $(QUICK),--quick)
