@@ -23,7 +23,7 @@ from medtrinity_assets.grounding.relations import relate
 from medtrinity_assets.grounding.rois import _axis_scales, outline
 from medtrinity_assets.imaging.normalize import encode_png
 from medtrinity_assets.storage import BlobStore
-from medtrinity_assets.vocabulary import MODEL_ORIGIN_PREFIX, is_model_origin, normalize_label
+from medtrinity_assets.vocabulary import MODEL_ORIGIN_PREFIX, normalize_label
 
 # Scores are rounded so a rerun on another BLAS build writes the same rows.
 SCORE_DIGITS = 4

@@ -8,7 +8,6 @@ raw-files sensor requests its run, and materializing its ingest partition gives 
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -24,16 +23,8 @@ from PIL import Image
 
 from medtrinity_assets import cli
 from medtrinity_assets.paths import REPO_ROOT, DataRoot, catalog_dir
+from medtrinity_assets_tests.defs_reload import reload_definitions
 
-# The modules that read the catalog when they load, in import order.
-DEFS_MODULES = (
-    "medtrinity_assets.defs.partitions",
-    "medtrinity_assets.defs.experts",
-    "medtrinity_assets.defs.assets",
-    "medtrinity_assets.defs.automation",
-    "medtrinity_assets.defs.catalog",
-    "medtrinity_assets.definitions",
-)
 # The README example's frames: <patient>_<frame>; the mask beside each under masks/.
 FRAMES = {"p01_frame1": (20, 30), "p01_frame2": (40, 60), "p02_frame1": (70, 90)}
 
@@ -74,10 +65,9 @@ def reloaded_definitions():
     """Load the Dagster layer again from the current catalog, as a code-location reload does;
     afterwards load it again so later tests see the project's own catalog."""
     try:
-        yield [importlib.reload(importlib.import_module(name)) for name in DEFS_MODULES]
+        yield reload_definitions()
     finally:
-        for name in DEFS_MODULES:
-            importlib.reload(importlib.import_module(name))
+        reload_definitions()
 
 
 def test_readme_example_becomes_a_partition_the_sensor_runs_and_ingest_reads(catalog_with_example, monkeypatch):

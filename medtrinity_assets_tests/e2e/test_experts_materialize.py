@@ -12,7 +12,6 @@ and evaluated; the missing one fails the asset with its path.
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from medtrinity_assets.splits import patient_split
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.sources.base import record_id_for
+from medtrinity_assets_tests.defs_reload import DEFS_MODULES, reload_definitions
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,15 +36,6 @@ pytestmark = [
 KVASIR = REALDATA / "kvasir_seg"
 ANNOTATED, UNANNOTATED = "kvasir_tiny", "kvasir_tiny_unannotated"
 EXPERT, BROUGHT, MISSING = "polyp_tiny", "polyp_brought", "polyp_missing"
-# The modules that read the catalog or the expert folder when they load, in import order.
-DEFS_MODULES = (
-    "medtrinity_assets.defs.partitions",
-    "medtrinity_assets.defs.experts",
-    "medtrinity_assets.defs.assets",
-    "medtrinity_assets.defs.automation",
-    "medtrinity_assets.defs.catalog",
-    "medtrinity_assets.definitions",
-)
 SOURCE = {
     "name": "Kvasir-SEG frames (test extract)", "description": "written by a test", "homepage": "https://datasets.simula.no/kvasir-seg/",
     "license": "CC BY 4.0", "citation": "Jha et al. 2020", "access": "open", "modality": "endoscopy", "organs": ["colon"],
@@ -119,11 +110,10 @@ def reloaded_definitions(monkeypatch):
     """The Dagster layer loaded from the test's catalog and experts (a code-location reload);
     afterwards, with the environment restored, loaded again so later tests see the project's own."""
     try:
-        yield {name.rsplit(".", 1)[-1]: importlib.reload(importlib.import_module(name)) for name in DEFS_MODULES}
+        yield {name.rsplit(".", 1)[-1]: module for name, module in zip(DEFS_MODULES, reload_definitions())}
     finally:
         monkeypatch.undo()
-        for name in DEFS_MODULES:
-            importlib.reload(importlib.import_module(name))
+        reload_definitions()
 
 
 def _events(result, kind: str) -> list:

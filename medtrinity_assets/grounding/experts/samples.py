@@ -162,17 +162,23 @@ def _source_samples(spec: ExpertSpec, root: DataRoot, source_id: str, counts: di
     return out
 
 
-def annotated_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[Sample], list[Sample], dict]:
-    """(train, val, info) like training_samples, without requiring both sides to be non-empty
-    (a brought expert is evaluated on whatever annotated images there are)."""
-    root = _root(data_root)
-    sources = train_source_ids(spec, catalog, root)
+def required_train_sources(spec: ExpertSpec, catalog: dict, data_root) -> list[str]:
+    """train_source_ids, or ExpertError saying what to materialize when there is none."""
+    sources = train_source_ids(spec, catalog, _root(data_root))
     if not sources:
         labels = f" labelled {spec.train_labels}" if spec.train_labels else ""
         raise ExpertError(
             f"expert {spec.id}: no partition of modality {spec.modality} has mask, contour or box ROIs{labels}: "
             "materialize rois for an annotated source of that modality, or name train_sources"
         )
+    return sources
+
+
+def annotated_samples(spec: ExpertSpec, data_root, catalog: dict) -> tuple[list[Sample], list[Sample], dict]:
+    """(train, val, info) like training_samples, without requiring both sides to be non-empty
+    (a brought expert is evaluated on whatever annotated images there are)."""
+    root = _root(data_root)
+    sources = required_train_sources(spec, catalog, root)
     counts: dict = defaultdict(int)
     train: list[Sample] = []
     val: list[Sample] = []

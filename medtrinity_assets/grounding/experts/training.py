@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtrinity_assets.grounding.experts.base import ExpertError
 from medtrinity_assets.grounding.experts.device import pick_device
 from medtrinity_assets.grounding.experts.families import family as family_named
 from medtrinity_assets.grounding.experts.metrics import evaluate
-from medtrinity_assets.grounding.experts.samples import annotated_samples, dataset_split, train_source_ids, training_samples
+from medtrinity_assets.grounding.experts.samples import (
+    annotated_samples, dataset_split, required_train_sources, train_source_ids, training_samples,
+)
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.weights import (
     Manifest, brought_weights, current_manifest, data_fingerprint, record_brought, save_weights, sha256_tree,
@@ -46,13 +47,7 @@ def train_expert(spec: ExpertSpec, data_root, catalog: dict, spec_folder: Path, 
     root = _root(data_root)
     if spec.brings_weights:
         return _bring(spec, root, catalog, Path(spec_folder), force)
-    sources = train_source_ids(spec, catalog, root)
-    if not sources:
-        labels = f" labelled {spec.train_labels}" if spec.train_labels else ""
-        raise ExpertError(
-            f"expert {spec.id}: no partition of modality {spec.modality} has mask, contour or box ROIs{labels}: "
-            "materialize rois for an annotated source of that modality, or name train_sources"
-        )
+    sources = required_train_sources(spec, catalog, root)
     fingerprint = data_fingerprint(spec, root, sources)
     current = current_manifest(root, spec.id)
     if not force and _reusable(current, fingerprint, root):
