@@ -77,9 +77,16 @@ def ensure_ready():
         _place_fonts(Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics")
         # Ultralytics sets OMP_NUM_THREADS=1 when it is unset; torch imported after that would
         # train on one core. Import torch first and take the variable back.
-        importlib.import_module("torch")
+        torch = importlib.import_module("torch")
         omp = os.environ.get("OMP_NUM_THREADS")
+        # Importing ultralytics also replaces PIL.Image.open (an unreadable file then raises
+        # ModuleNotFoundError for pi_heif instead of UnidentifiedImageError, so ingest would lose
+        # its quarantine reason) and torch.save, for the whole process: both are put back.
+        from PIL import Image
+
+        pil_open, torch_save = Image.open, torch.save
         importlib.import_module("ultralytics")
+        Image.open, torch.save = pil_open, torch_save
         if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)
     import ultralytics

@@ -369,3 +369,24 @@ def test_network_arguments_are_checked_before_training(samples, data_root, tmp_p
         family.train(yolo_spec(network={"bogus_option": 1}), samples[:2], samples[2:3], "cpu", tmp_path / "b")
     with pytest.raises(ExpertError, match="builds a detect model"):
         family.train(yolo_spec(architecture="yolo11n.yaml"), samples[:2], samples[2:3], "cpu", tmp_path / "c")
+
+
+def test_importing_ultralytics_leaves_pillow_and_torch_save_alone(tmp_path):
+    """Ultralytics replaces PIL.Image.open and torch.save when imported; an unreadable image
+    would then raise ModuleNotFoundError (pi_heif) and ingest would lose its quarantine reason.
+    A fresh interpreter: in this one ultralytics may be imported already."""
+    code = textwrap.dedent("""
+        import io, torch
+        from PIL import Image
+        before = (Image.open, torch.save)
+        from medtrinity_assets.grounding.experts.ultralytics_env import ensure_ready
+        ensure_ready()
+        assert (Image.open, torch.save) == before, "patched"
+        try:
+            Image.open(io.BytesIO(b"this is a text file"))
+        except Image.UnidentifiedImageError:
+            print("unidentified")
+    """)
+    env = {**os.environ, "MEDTRINITY_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "unidentified", done.stdout + done.stderr
