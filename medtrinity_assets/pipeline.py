@@ -39,16 +39,20 @@ class StageInputs:
 
 def _expert_asset_keys() -> tuple[str, ...]:
     """The expert model assets (expert_<id>, one per spec under paths.experts_dir())."""
-    from medtrinity_assets.grounding.experts.spec import load_experts
+    from medtrinity_assets.grounding.experts.spec import load_experts_each
 
-    return tuple(f"expert_{expert_id}" for expert_id in sorted(load_experts(paths.experts_dir())))
+    return tuple(f"expert_{expert_id}" for expert_id in sorted(load_experts_each(paths.experts_dir())[0]))
 
 
 def _run_model_rois(inputs: StageInputs) -> stages.StageReport:
-    from medtrinity_assets.grounding.experts.spec import load_experts
+    from medtrinity_assets.grounding.experts.spec import load_experts_each
 
     folder = inputs.experts_folder or paths.experts_dir()
-    return stages.run_model_rois(inputs.spec, inputs.data_root, load_experts(folder), folder)
+    experts, broken = load_experts_each(folder)
+    report = stages.run_model_rois(inputs.spec, inputs.data_root, experts, folder)
+    if broken:  # shown in the asset's metadata; the partition still gets its table
+        report.extra["expert_specs_left_out"] = broken
+    return report
 
 
 @dataclass(frozen=True)

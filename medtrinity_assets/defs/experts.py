@@ -19,7 +19,7 @@ from medtrinity_assets.catalog import SourceSpec
 from medtrinity_assets.defs.partitions import CATALOG
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.grounding.experts.base import ExpertError
-from medtrinity_assets.grounding.experts.spec import ExpertSpec, load_expert
+from medtrinity_assets.grounding.experts.spec import ExpertSpec, load_expert, load_experts_each
 from medtrinity_assets.paths import DataRoot, experts_dir
 from medtrinity_assets.preview import training_curve_markdown, training_curve_png
 from medtrinity_assets.storage import write_bytes_atomic
@@ -42,17 +42,8 @@ class ExpertProblem:
 def load_expert_folder(folder: Path) -> tuple[dict[str, ExpertSpec], list[ExpertProblem]]:
     """Every expert spec of ``folder``, each loaded on its own: a broken file is left out and
     reported (as a broken source spec is), instead of stopping the code location."""
-    specs, problems = {}, []
-    if not folder.is_dir():
-        return specs, problems
-    for path in sorted(folder.glob("*.yaml")):
-        try:
-            spec = load_expert(path)
-        except Exception as error:  # pydantic ValidationError, YAML errors, ValueError
-            problems.append(ExpertProblem(path, f"{path}: {error}"))
-            continue
-        specs[spec.id] = spec
-    return specs, problems
+    specs, problems = load_experts_each(folder)
+    return specs, [ExpertProblem(Path(file), message) for file, message in problems.items()]
 
 
 def asset_key(expert_id: str) -> dg.AssetKey:

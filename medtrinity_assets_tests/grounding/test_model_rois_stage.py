@@ -208,3 +208,16 @@ def test_brought_torchscript_expert_is_applied_with_its_file_hash(built, tmp_pat
     rows = rows_of(copy.table("model_rois", UNANNOTATED))
     assert rows and {(r["origin"], r["model_provenance"], r["weights_sha256"]) for r in rows} == {("model:polyp_brought", "brought", sha)}
     assert all(o.passed for o in run_checks("model_rois", copy, UNANNOTATED))
+
+
+def test_a_broken_expert_spec_is_left_out_and_the_partition_finishes(built, tmp_path):
+    from medtrinity_assets.pipeline import STAGE, StageInputs
+
+    root, _, bare, _, _, _ = built
+    broken = tmp_path / "broken_expert.yaml"
+    broken.write_text("id: broken_expert\nmodality: endoscopy\ntarget: polyp\nfamily: tensorflow\narchitecture: unet\n",
+                      encoding="utf-8")
+    report = STAGE["model_rois"].run(StageInputs(root, spec=bare, experts_folder=tmp_path))
+    assert list(report.extra["expert_specs_left_out"]) == [str(broken)]
+    assert "family" in report.extra["expert_specs_left_out"][str(broken)]
+    assert pq.read_table(root.table("model_rois", UNANNOTATED)).schema.names == schemas.MODEL_ROIS.names

@@ -116,3 +116,19 @@ def load_experts(folder: Path) -> dict[str, ExpertSpec]:
     if not folder.is_dir():
         return {}
     return {spec.id: spec for spec in (load_expert(p) for p in sorted(folder.glob("*.yaml")))}
+
+
+def load_experts_each(folder: Path) -> tuple[dict[str, ExpertSpec], dict[str, str]]:
+    """(specs by id, {file: why it was left out}): each file on its own, so one broken expert
+    YAML neither stops the code location nor fails every partition's model_rois."""
+    specs, problems = {}, {}
+    if not folder.is_dir():
+        return specs, problems
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            spec = load_expert(path)
+        except Exception as error:  # pydantic ValidationError, YAML errors, ValueError, OSError
+            problems[str(path)] = f"{path}: {error}"
+            continue
+        specs[spec.id] = spec
+    return specs, problems
