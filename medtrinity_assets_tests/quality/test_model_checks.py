@@ -4,8 +4,6 @@ expert missed counts 0) against the expert's floor."""
 
 from __future__ import annotations
 
-import duckdb
-import pytest
 
 from medtrinity_assets import schemas
 from medtrinity_assets.paths import DataRoot
@@ -14,13 +12,6 @@ from medtrinity_assets.quality.checks import check_model_iou_on_annotated, check
 from medtrinity_assets.storage import write_table
 
 SOURCE = "kv"
-
-
-@pytest.fixture
-def con():
-    connection = duckdb.connect()
-    yield connection
-    connection.close()
 
 
 def model(roi_id, record_id, annotated, iou=None, expert="polyp_unet", floor=0.5, labels=(), **changes) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import pytest
 
 from medtrinity_assets import schemas
@@ -29,13 +28,6 @@ from medtrinity_assets.pipeline import checks_for, run_checks
 from medtrinity_assets.storage import write_table
 
 SOURCE = "busi"
-
-
-@pytest.fixture
-def con():
-    connection = duckdb.connect()
-    yield connection
-    connection.close()
 
 
 def raw_row(i: int, **over) -> dict:
