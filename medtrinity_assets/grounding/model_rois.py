@@ -24,6 +24,7 @@ from medtrinity_assets.grounding.rois import _axis_scales, outline
 from medtrinity_assets.imaging.normalize import encode_png
 from medtrinity_assets.storage import BlobStore
 from medtrinity_assets.vocabulary import MODEL_ORIGIN_PREFIX, normalize_label
+from medtrinity_assets.sources.label_state import label_state_of
 
 # Scores are rounded so a rerun on another BLAS build writes the same rows.
 SCORE_DIGITS = 4
@@ -115,6 +116,9 @@ def model_roi_rows(
     modality = record.get("modality")
     annotation_rois = [r for r in (record.get("annotation_rois") or []) if str(r.get("origin") or "").startswith("annotation")]
     annotated = bool(annotation_rois)
+    # An image the source labels normal keeps the source's word: a model's regions there are
+    # recorded (for review) but never replace its description, which would contradict the label.
+    applied = not annotated and label_state_of(record) != "normal"
     scale = float(record.get("scale") or 1.0)
     axis_scales = _axis_scales(record, display, scale)
     background = background_mask(display, modality)
@@ -155,7 +159,7 @@ def model_roi_rows(
                 "weights_sha256": run.weights_sha256,
                 "model_provenance": run.provenance,
                 "annotated": annotated,
-                "applied": not annotated,
+                "applied": applied,
                 "iou_vs_annotation": round(best_iou(mask, compared), SCORE_DIGITS) if compared else None,
                 "target_labels": list(run.target_labels),
                 "iou_floor": run.iou_floor,

@@ -146,6 +146,9 @@ def test_rows_from_instances_on_a_real_image(tmp_path):
     assert {k: v for k, v in applied[0].items() if k not in ("roi_id", "record_id", "annotated", "applied", "iou_vs_annotation", "relations")} == \
         {k: v for k, v in first.items() if k not in ("roi_id", "record_id", "annotated", "applied", "iou_vs_annotation", "relations")}
     assert model_roi_rows(bare, display, [(run, instances)], blobs, load_mask) == applied
+    # An image the source labels normal keeps its label: the model's regions are recorded only.
+    labelled_normal = model_roi_rows({**bare, "label_state": "normal"}, display, [(run, instances)], blobs, load_mask)
+    assert [r["applied"] for r in labelled_normal] == [False, False]
 
     # An expert compared only with other labels has nothing to be compared with on this record.
     other = ExpertRun("kvasir_polyp", "polyp", "segment", SHA, "trained", ("instrument",), 0.6)
