@@ -86,6 +86,18 @@ def llama_server(tmp_path_factory):
         yield server
 
 
+@pytest.fixture
+def con():
+    """An in-memory DuckDB connection for one test (the quality tests). It lives here, not in
+    quality/conftest.py: tests import this file as the module ``conftest``, and a second
+    conftest.py would shadow it for every test collected after it."""
+    import duckdb
+
+    connection = duckdb.connect()
+    yield connection
+    connection.close()
+
+
 _exit_status = {"code": 0}
 
 
