@@ -824,19 +824,28 @@ def run_triplets(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 def run_dataset(data_root: DataRoot, source_ids: list[str]) -> StageReport:
     from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE, build_dataset
+    from medtrinity_assets.dataset.parts import PARTS_FOLDER, part_order
 
     report = StageReport("medtrinity_dataset", None)
     started = time.perf_counter()
-    paths = [data_root.table("triplets", s) for s in sorted(source_ids) if data_root.table("triplets", s).exists()]
+    # Every triplets file of a catalog source is one part: a whole source, or one of its shards.
+    folder = data_root.table("triplets", "_").parent
+    wanted = set(source_ids)
+    paths = sorted(
+        (p for p in folder.glob("*.parquet") if part_order(p.stem)[0] in wanted),
+        key=lambda p: part_order(p.stem),
+    ) if folder.is_dir() else []
     out = data_root.table("medtrinity_dataset")
     stats = build_dataset(
-        paths, out, data_root.exports, images_root=data_root.root, pairs_path=data_root.table(DUPLICATE_PAIRS_TABLE)
+        paths, out, data_root.exports, images_root=data_root.root, pairs_path=data_root.table(DUPLICATE_PAIRS_TABLE),
+        parts_dir=data_root.table(PARTS_FOLDER, "_").parent,
     )
     report.rows = int(stats.get("rows", 0))
     report.inputs = len(paths)
     report.seconds = time.perf_counter() - started
     report.output = str(out)
     report.extra.update({k: v for k, v in stats.items() if k != "rows"})
-    report.extra["sources"] = [p.stem for p in paths]
+    report.extra["sources"] = sorted({part_order(p.stem)[0] for p in paths})
+    report.extra["partitions"] = [p.stem for p in paths]
     return report
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from medtrinity_assets import schemas
 from medtrinity_assets.dataset.dedup import (
@@ -41,6 +43,20 @@ from medtrinity_assets.dataset.dedup import (
     ImageComparer,
     find_duplicates,
     volume_group,
+)
+from medtrinity_assets.dataset.parts import (
+    BATCH_ROWS,
+    PART_SCHEMA,
+    PARTS_FOLDER,
+    PartSettings,
+    image_prefix,
+    sync_parts,
+)
+from medtrinity_assets.dataset.training_files import (
+    HF_FOLDER,
+    SHARD_BYTES,
+    WEBDATASET_FOLDER,
+    TrainingFiles,
 )
 from medtrinity_assets.splits import SPLIT_NAMES, SPLIT_VERSION
 from medtrinity_assets.duckdb_sql import connect, literal, read_parquet
@@ -127,11 +143,13 @@ def instruction_for(row: dict, box: list | None, origin: str | None, include_coa
     return text
 
 
-def llava_record(row: dict, include_coarse_caption: bool = False) -> dict:
+def llava_record(row: dict, include_coarse_caption: bool = False, image: str | None = None) -> dict:
+    """One LLaVA conversation. ``image``: the image path as the reader of the file resolves it
+    (relative to the exports folder, dataset/parts.py); the data-root path when not given."""
     box, origin = _box_of(row.get("rois"), row.get("primary_roi_id"))
     return {
         "id": row["record_id"],
-        "image": row["image_path"],
+        "image": image if image is not None else row["image_path"],
         "conversations": [
             {"from": "human", "value": instruction_for(row, box, origin, include_coarse_caption)},
             {"from": "gpt", "value": row["description"]},
@@ -149,11 +167,12 @@ def llava_record(row: dict, include_coarse_caption: bool = False) -> dict:
     }
 
 
-def _rejected_record(row: dict) -> dict:
+def review_record(row: dict, image: str | None = None) -> dict:
+    """A row kept out of training, as the reviewer files list it (``image`` as in llava_record)."""
     box, _ = _box_of(row.get("rois"), row.get("primary_roi_id"))
     return {
         "id": row["record_id"],
-        "image": row["image_path"],
+        "image": image if image is not None else row["image_path"],
         "source_id": row["source_id"],
         "split": row["split"],
         "roi": box,
@@ -164,20 +183,17 @@ def _rejected_record(row: dict) -> dict:
     }
 
 
-def _empty_triplets_relation(con) -> str:
-    """A zero-row relation with the TRIPLETS columns, for a dataset built from no source."""
-    con.register("_no_triplets", schemas.TRIPLETS.empty_table())
-    return "_no_triplets"
+def _empty_parts_relation(con) -> str:
+    """A zero-row relation with the part columns, for a dataset built from no source."""
+    con.register("_no_parts", PART_SCHEMA.empty_table())
+    return "_no_parts"
 
 
 def _dedup_rows(con, relation: str) -> tuple[list[DedupRow], dict[str, str]]:
-    """The rows the dedup pass reads, and each record's split."""
-    label_state = "label_state" if "label_state" in {c[0] for c in con.execute(f"DESCRIBE {relation}").fetchall()} else "NULL"
+    """The rows the dedup pass reads (the parts carry them ready), and each record's split."""
     keys = con.execute(
         f"""SELECT source_id, record_id, image_sha256, phash, split, image_path, patient_hash, labels,
-                   {label_state}::VARCHAR AS label_state,
-                   json_extract_string(provenance, '$.source_file') AS source_file,
-                   TRY_CAST(json_extract(provenance, '$.slice_index') AS BIGINT) AS slice_index
+                   label_state, source_file, slice_index
             FROM {relation} ORDER BY source_id, record_id"""
     ).fetchall()
     rows, split_of = [], {}
@@ -226,6 +242,7 @@ def _mark_duplicates(con, relation: str, max_hamming: int, images_root: Path, pa
         schema=_DUPLICATES_SCHEMA,
     )
     con.register("_duplicates", table)
+    marks = {row["record_id"]: row for row in table.to_pylist()}
     write_table(pairs_path, schemas.DUPLICATE_PAIRS, (_pair_record(pair) for pair in result.pairs))
     verdicts = {verdict: sum(1 for p in result.pairs if p.verdict == verdict) for verdict in VERDICTS}
     return {
@@ -239,10 +256,22 @@ def _mark_duplicates(con, relation: str, max_hamming: int, images_root: Path, pa
         "cross_patient_pairs": sum(1 for p in result.pairs if p.verdict != "rejected" and p.cross_patient
                                    and p.row.source_id == p.kept.source_id),
         "images_compared": comparer.compared,
-    }
+    }, marks
 
 
-def _write_exports(con, dataset: str, exports_dir: Path, include_coarse_caption: bool) -> dict:
+def _part_rows(parts: list[Path]) -> Iterator[dict]:
+    """Every part's rows, part after part (dataset/parts.py part_order), a batch at a time."""
+    columns = ["record_id", "source_id", "split", "verified", "labels", "description", "modality", "organs",
+               "label_state", "license", "source_text", "facts", "held_back", "image_ref", "review_json",
+               "llava_json", "conversations", "roi", "roi_origin", "image_bytes"]
+    for part in parts:
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            yield from batch.to_pylist()
+
+
+def _write_exports(parts: list[Path], marks: dict[str, dict], exports_dir: Path, shard_bytes: int) -> dict:
+    """The JSONL files and the training shards, streamed from the parts; ``marks``: the dedup
+    verdicts by record id (duplicate_of, duplicate_conflicts)."""
     exported = {split: 0 for split in SPLIT_NAMES}
     rejected = 0
     held_back_by_flag = {flag: 0 for flag in HELD_BACK_FLAGS}
@@ -254,40 +283,41 @@ def _write_exports(con, dataset: str, exports_dir: Path, include_coarse_caption:
         for name in [*(llava_file(s) for s in SPLIT_NAMES), REJECTED_FILE, FLAGGED_FILE, CONFLICTS_FILE]:
             tmp = stack.enter_context(atomic_path(exports_dir / name))
             files[name] = stack.enter_context(tmp.open("w", encoding="utf-8"))
-        reader = con.sql(
-            f"SELECT * FROM {dataset} WHERE duplicate_of IS NULL ORDER BY source_id, record_id"
-        ).to_arrow_reader(1024)
-        for batch in reader:
-            for row in batch.to_pylist():
-                flagged = held_back_flags(row)
-                if flagged:
-                    # The image itself is unfit for training, so this comes before the verdict.
-                    files[FLAGGED_FILE].write(json.dumps(_rejected_record(row), ensure_ascii=False) + "\n")
-                    held_back += 1
-                    for flag in flagged:
-                        held_back_by_flag[flag] += 1
-                elif row.get("duplicate_conflicts"):
-                    record = _rejected_record(row)
-                    record["held_back_reason"] = (
-                        "same pixels as " + ", ".join(row["duplicate_conflicts"]) + " under other labels"
-                    )
-                    record["labels"] = list(row.get("labels") or [])
-                    record["duplicate_conflicts"] = list(row["duplicate_conflicts"])
-                    files[CONFLICTS_FILE].write(json.dumps(record, ensure_ascii=False) + "\n")
-                    held_back_conflicts += 1
-                elif row["verified"] is True and row["split"] in exported:
-                    record = llava_record(row, include_coarse_caption)
-                    files[llava_file(row["split"])].write(json.dumps(record, ensure_ascii=False) + "\n")
-                    exported[row["split"]] += 1
-                else:
-                    files[REJECTED_FILE].write(json.dumps(_rejected_record(row), ensure_ascii=False) + "\n")
-                    rejected += 1
+        training = stack.enter_context(TrainingFiles(exports_dir, SPLIT_NAMES, shard_bytes))
+        for row in _part_rows(parts):
+            mark = marks.get(row["record_id"], {})
+            if mark.get("duplicate_of"):
+                continue  # a confirmed copy of a kept row: in the dataset table only
+            conflicts = mark.get("duplicate_conflicts")
+            flagged = row["held_back"] or []
+            if flagged:
+                # The image itself is unfit for training, so this comes before the verdict.
+                files[FLAGGED_FILE].write(row["review_json"] + "\n")
+                held_back += 1
+                for flag in flagged:
+                    held_back_by_flag[flag] += 1
+            elif conflicts:
+                record = json.loads(row["review_json"])
+                record["held_back_reason"] = "same pixels as " + ", ".join(conflicts) + " under other labels"
+                record["labels"] = list(row.get("labels") or [])
+                record["duplicate_conflicts"] = list(conflicts)
+                files[CONFLICTS_FILE].write(json.dumps(record, ensure_ascii=False) + "\n")
+                held_back_conflicts += 1
+            elif row["llava_json"] is not None:  # verified, not held back, a known split
+                files[llava_file(row["split"])].write(row["llava_json"] + "\n")
+                training.add(row["split"], row, json.loads(row["llava_json"]))
+                exported[row["split"]] += 1
+            else:
+                files[REJECTED_FILE].write(row["review_json"] + "\n")
+                rejected += 1
+        shards = training.shards()
     return {
         "exported": exported,
         "rejected_unverified": rejected,
         "held_back_flagged": held_back,
         "held_back_by_flag": held_back_by_flag,
         "held_back_conflicts": held_back_conflicts,
+        "shards": shards,
     }
 
 
@@ -299,7 +329,7 @@ def _table_md(header: list[str], rows: list[tuple]) -> list[str]:
     return lines
 
 
-def _dataset_card(con, dataset: str, stats: dict) -> str:
+def _dataset_card(con, dataset: str, stats: dict, root_prefix: str) -> str:
     kept = f"(SELECT * FROM {dataset} WHERE duplicate_of IS NULL)"
     # Held out of training: a review flag on the image, or the same pixels under other labels.
     held = f"({held_back_sql()} OR len(coalesce(duplicate_conflicts, []::VARCHAR[])) > 0)"
@@ -356,9 +386,51 @@ def _dataset_card(con, dataset: str, stats: dict) -> str:
         f"- `{REJECTED_FILE}`: {stats['rejected_unverified']} rows with their verifier flags",
         f"- `{FLAGGED_FILE}`: {stats['held_back_flagged']} rows held back by their record flags",
         f"- `{CONFLICTS_FILE}`: {stats['held_back_conflicts']} rows held back as duplicate label conflicts",
+        *[f"- `{HF_FOLDER}/{split}-*.parquet`: {len(stats['shards']['hf'][split])} shard(s), the {split} conversations"
+          " with their PNG bytes (Hugging Face `datasets` layout)" for split in SPLIT_NAMES],
+        *[f"- `{WEBDATASET_FOLDER}/{split}-*.tar`: {len(stats['shards']['webdataset'][split])} shard(s), the {split}"
+          " conversations as WebDataset samples (`<id>.png`, `<id>.json`, `<id>.txt`)" for split in SPLIT_NAMES],
         "",
+        *_loading_section(root_prefix),
     ]
     return "\n".join(lines)
+
+
+def _loading_section(root_prefix: str) -> list[str]:
+    """Where the image paths point, and how to load each format (the card's last section)."""
+    return [
+        "## Loading",
+        "",
+        "Every path below is relative to the folder holding this card (the exports folder). The `image`"
+        " of a JSONL line is relative to that folder as well: the images stay in the pipeline's"
+        f" content-addressed store, `{root_prefix}` from here (the data root), so open"
+        " `os.path.join(<this folder>, record['image'])`; move the exports folder together with the data"
+        " root, or use the Parquet or WebDataset files, which carry the image bytes and stand alone.",
+        "",
+        "```python",
+        "import json, os",
+        "import pandas as pd",
+        "",
+        "folder = 'path/to/exports'  # the folder of this card",
+        "train = pd.read_json(os.path.join(folder, 'llava_train.jsonl'), lines=True)",
+        "first_image = os.path.join(folder, train.loc[0, 'image'])",
+        "",
+        "# Hugging Face datasets: the image column decodes to PIL images",
+        "from datasets import load_dataset",
+        "ds = load_dataset('parquet', data_files={",
+        "    split: os.path.join(folder, 'hf', f'{split}-*.parquet') for split in ('train', 'val', 'test')})",
+        "ds['train'][0]['image']  # PIL.Image.Image",
+        "",
+        "# pyarrow alone: image is a struct {bytes, path} of PNG bytes",
+        "import pyarrow.parquet as pq",
+        "table = pq.read_table(os.path.join(folder, 'hf', 'train-00000.parquet'))",
+        "",
+        "# WebDataset: <id>.png, <id>.json (the LLaVA record), <id>.txt (the description)",
+        "import webdataset as wds",
+        "samples = wds.WebDataset(os.path.join(folder, 'webdataset', 'train-000000.tar'), shardshuffle=False).decode('pil')",
+        "```",
+        "",
+    ]
 
 
 def build_dataset(
@@ -369,30 +441,38 @@ def build_dataset(
     max_hamming: int = NEAR_DUPLICATE_MAX_HAMMING,
     images_root: Path | None = None,
     pairs_path: Path | None = None,
+    parts_dir: Path | None = None,
     include_coarse_caption: bool = False,
+    shard_bytes: int = SHARD_BYTES,
     memory_limit: str = "1GB",
 ) -> dict:
     """Union, deduplicate, write DATASET Parquet, DUPLICATE_PAIRS and the exports. Returns counts.
 
+    Each triplets file is one part (dataset/parts.py), rebuilt only when its content changed;
+    the dedup pass, the dataset table and the exports are then made from the parts.
     ``images_root`` is the folder the triplets' ``image_path`` values are relative to (the data
-    root) and ``pairs_path`` where the candidate pairs go; by default both follow the data-root
-    layout of ``out_path`` (``<root>/tables/medtrinity_dataset.parquet``): ``<root>`` and
-    ``<root>/tables/duplicate_pairs.parquet``.
+    root), ``pairs_path`` where the candidate pairs go and ``parts_dir`` the parts' folder; by
+    default all three follow the data-root layout of ``out_path``
+    (``<root>/tables/medtrinity_dataset.parquet``): ``<root>``,
+    ``<root>/tables/duplicate_pairs.parquet`` and ``<root>/tables/medtrinity_dataset_parts/``.
     """
     out_path, exports_dir = Path(out_path), Path(exports_dir)
     images_root = Path(images_root) if images_root is not None else out_path.parent.parent
     pairs_path = Path(pairs_path) if pairs_path is not None else out_path.with_name(f"{DUPLICATE_PAIRS_TABLE}.parquet")
+    parts_dir = Path(parts_dir) if parts_dir is not None else out_path.parent / PARTS_FOLDER
     missing = [str(p) for p in triplet_paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"triplet tables missing: {', '.join(missing)}")
+    settings = PartSettings(image_prefix(images_root, exports_dir), include_coarse_caption)
+    synced = sync_parts([Path(p) for p in triplet_paths], parts_dir, images_root, settings)
     con = connect(memory_limit=memory_limit, threads=2)
     try:
-        if triplet_paths:
-            con.execute(f"CREATE VIEW all_triplets AS SELECT * FROM {read_parquet(triplet_paths, union_by_name=True)}")
-            relation = "all_triplets"
+        if synced.parts:
+            con.execute(f"CREATE VIEW all_parts AS SELECT * FROM {read_parquet(synced.parts)}")
+            relation = "all_parts"
         else:
-            relation = _empty_triplets_relation(con)
-        stats = _mark_duplicates(con, relation, max_hamming, images_root, pairs_path)
+            relation = _empty_parts_relation(con)
+        stats, marks = _mark_duplicates(con, relation, max_hamming, images_root, pairs_path)
         columns = ",\n    ".join(
             "coalesce(d.kept_split, t.split) AS split" if name == "split" else f"t.{name}"
             for name in schemas.TRIPLETS.names
@@ -404,13 +484,14 @@ def build_dataset(
             con.execute(f"COPY ({query}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")
         dataset = read_parquet(out_path)
         stats["rows"] = con.execute(f"SELECT count(*) FROM {dataset}").fetchall()[0][0]
-        stats.update(_write_exports(con, dataset, exports_dir, include_coarse_caption))
+        stats.update(_write_exports(synced.parts, marks, exports_dir, shard_bytes))
         considered = stats["rows"] - stats["duplicates"]
         stats["rejected_fraction"] = stats["rejected_unverified"] / considered if considered else 0.0
         stats["by_source"] = dict(con.execute(f"SELECT source_id, count(*) FROM {dataset} GROUP BY 1 ORDER BY 1").fetchall())
-        card = _dataset_card(con, dataset, stats)
+        card = _dataset_card(con, dataset, stats, settings.image_prefix)
         with atomic_path(exports_dir / CARD_FILE) as tmp:
             tmp.write_text(card, encoding="utf-8")
     finally:
         con.close()
+    stats["parts"] = {"built": synced.built, "reused": synced.reused, "removed": synced.removed}
     return stats

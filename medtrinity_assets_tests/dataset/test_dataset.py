@@ -147,12 +147,25 @@ def write_source(root: DataRoot, source_id: str, records: list[dict], modality: 
                 "verifier_flags": [] if verified else ["side: description says left, ROI is right"],
             }
         )
+        if verified:
+            # A verified row may be exported, and the training shards carry its image's bytes.
+            write_png(root.root / f"blobs/images/{rid}.png", rid, w, h)
     write_table(root.table("raw_records", source_id), schemas.RAW_RECORDS, raw)
     write_table(root.table("normalized_images", source_id), schemas.NORMALIZED_IMAGES, normalized)
     write_table(root.table("rois", source_id), schemas.ROIS, rois)
     write_table(root.table("coarse_captions", source_id), schemas.COARSE_CAPTIONS, captions)
     write_table(root.table("descriptions", source_id), schemas.DESCRIPTIONS, descriptions)
     write_table(root.quarantine("normalized_images", source_id), schemas.QUARANTINE, quarantine)
+
+
+def write_png(path, seed: str, width: int, height: int) -> None:
+    """A small PNG whose pixels differ per record (deterministic, so reruns give the same bytes)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(sum(seed.encode()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (min(height, 32), min(width, 32)), dtype=np.uint8)).save(path)
 
 
 def labels_of(rec):
@@ -401,7 +414,7 @@ def test_build_dataset_dedups_guards_splits_and_exports(two_sources, tmp_path):
     # bytes under another label: a conflict, both held back, neither dropped as a duplicate.
     assert rows["kv01"]["duplicate_of"] is None and rows["kv01"]["duplicate_conflicts"] == ["br01"]
     assert rows["br01"]["duplicate_conflicts"] == ["kv01"]
-    # kv02 is 3 bits from br02, but their image files are absent: not confirmed, so not dropped.
+    # kv02 is 3 bits from br02, but kv02's image file is absent: not confirmed, so not dropped.
     assert rows["kv02"]["duplicate_of"] is None and rows["kv02"]["duplicate_conflicts"] is None
     assert {r["duplicate_of"] for r in rows.values()} == {None}
     # Conflicting rows keep their own (patient) split.
@@ -417,7 +430,7 @@ def test_build_dataset_dedups_guards_splits_and_exports(two_sources, tmp_path):
     assert pairs["kv01"]["match"] == "exact" and pairs["kv01"]["labels"] == ["polyp"] and pairs["kv01"]["kept_labels"] == ["glioma"]
     assert pairs["kv01"]["cross_source"] and pairs["kv01"]["cross_patient"]
     assert pairs["kv02"]["verdict"] == "rejected" and pairs["kv02"]["phash_distance"] == 3
-    assert pairs["kv02"]["correlation"] is None and "cannot read blobs/images/br02.png" in pairs["kv02"]["reason"]
+    assert pairs["kv02"]["correlation"] is None and "cannot read blobs/images/kv02.png" in pairs["kv02"]["reason"]
 
     exported = {split: read_jsonl(exports / llava_file(split)) for split in SPLIT_NAMES}
     ids = [rec["id"] for recs in exported.values() for rec in recs]
@@ -427,7 +440,9 @@ def test_build_dataset_dedups_guards_splits_and_exports(two_sources, tmp_path):
         for rec in records:
             assert rows[rec["id"]]["split"] == split
     br02 = next(rec for recs in exported.values() for rec in recs if rec["id"] == "br02")
-    assert br02["image"] == "blobs/images/br02.png" and br02["source_id"] == "brats_demo"
+    # Relative to the exports folder (var/exports), where the JSONL lies.
+    assert br02["image"] == "../blobs/images/br02.png" and br02["source_id"] == "brats_demo"
+    assert (exports / br02["image"]).is_file()
     assert br02["roi"] == [118, 92, 172, 149]
     human, gpt = br02["conversations"]
     assert human["from"] == "human" and human["value"].startswith("<image>\nDescribe this MRI image of the brain")
@@ -447,7 +462,7 @@ def test_build_dataset_dedups_guards_splits_and_exports(two_sources, tmp_path):
     assert "| mri | 1 | 4 | 4 |" in card
     assert "2 pairs; confirmed 0, conflict 1, rejected 1" in card
     assert sorted(p.name for p in exports.iterdir()) == sorted(
-        [CARD_FILE, FLAGGED_FILE, REJECTED_FILE, CONFLICTS_FILE, *(llava_file(s) for s in SPLIT_NAMES)]
+        [CARD_FILE, FLAGGED_FILE, REJECTED_FILE, CONFLICTS_FILE, *(llava_file(s) for s in SPLIT_NAMES), "hf", "webdataset"]
     )
 
 
