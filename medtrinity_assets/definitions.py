@@ -10,15 +10,23 @@ from medtrinity_assets.defs.automation import (
     source_pipeline_job,
 )
 from medtrinity_assets.defs.catalog import every_spec_loads, source_catalog
+from medtrinity_assets.defs.dataset_automation import (
+    automation_condition_sensor,
+    triplets_index,
+    triplets_index_sensor,
+)
 from medtrinity_assets.defs.experts import EXPERT_ASSETS, expert_training_sensor
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
 
 defs = dg.Definitions(
-    assets=[*ASSETS, *EXPERT_ASSETS, quarantine, source_catalog, *SQL_ASSETS],
+    assets=[*ASSETS, *EXPERT_ASSETS, quarantine, source_catalog, triplets_index, *SQL_ASSETS],
     asset_checks=[every_spec_loads],
     jobs=[source_pipeline_job],
-    sensors=[raw_files_sensor, expert_training_sensor],
+    # The dataset and the SQL models follow the triplets on their own: triplets_index_sensor
+    # observes the triplets files, automation_condition_sensor requests what a new version
+    # makes stale (defs/dataset_automation.py). Both start running with the daemon.
+    sensors=[raw_files_sensor, expert_training_sensor, triplets_index_sensor, automation_condition_sensor],
     schedules=[refresh_sources_schedule],
     # The descriptions asset's writer resource (defs/resources.py WriterSettings) is bound to
     # that asset (defs/assets.py), not listed here: Dagster refuses the same key in both places,

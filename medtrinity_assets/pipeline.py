@@ -75,6 +75,9 @@ class Stage:
     # Asset keys the stage also reads that are not stages, known when the definitions load
     # (model_rois: one expert_<id> asset per expert spec). None: only ``upstream``.
     extra_deps: Callable[[], tuple[str, ...]] | None = None
+    # The Dagster automation policy the asset follows, by name (defs/dataset_automation.py
+    # CONDITIONS); None: materialized only when asked (a run, a sensor's job, a backfill).
+    automation: str | None = None
 
     def table(self, root: DataRoot, partition: str | None) -> Path:
         return root.table(self.table_name or self.name, partition)
@@ -82,6 +85,11 @@ class Stage:
     def check_target(self, root: DataRoot, partition: str | None) -> CheckTarget:
         quarantine = root.quarantine(self.name, partition) if self.quarantines and partition else None
         return CheckTarget(root, self.table(root, partition), quarantine)
+
+
+# The observed set of triplets files (defs/dataset_automation.py): an unpartitioned upstream of
+# the dataset, so Dagster shows the dataset stale at any number of triplets partitions.
+TRIPLETS_INDEX = "triplets_index"
 
 
 STAGES: tuple[Stage, ...] = (
@@ -218,8 +226,11 @@ STAGES: tuple[Stage, ...] = (
             qc.duplicate_cross_patient(),
         ),
         "The final dataset over all materialized sources: cross-source deduplication, patient-level "
-        "splits, Parquet plus LLaVA-style conversation JSONL exports and a dataset card.",
+        "splits, Parquet plus LLaVA-style conversation JSONL, Hugging Face Parquet and WebDataset exports "
+        "and a dataset card. Assembled from per-partition parts, so one changed source is the only one "
+        "read again; follows the triplets by itself (automation condition follow_triplets).",
         partitioned=False, quarantines=False,
+        extra_deps=lambda: (TRIPLETS_INDEX,), automation="follow_triplets",
     ),
 )
 

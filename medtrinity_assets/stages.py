@@ -824,17 +824,12 @@ def run_triplets(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 def run_dataset(data_root: DataRoot, source_ids: list[str]) -> StageReport:
     from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE, build_dataset
-    from medtrinity_assets.dataset.parts import PARTS_FOLDER, part_order
+    from medtrinity_assets.dataset.parts import PARTS_FOLDER, part_order, triplets_files
 
     report = StageReport("medtrinity_dataset", None)
     started = time.perf_counter()
     # Every triplets file of a catalog source is one part: a whole source, or one of its shards.
-    folder = data_root.table("triplets", "_").parent
-    wanted = set(source_ids)
-    paths = sorted(
-        (p for p in folder.glob("*.parquet") if part_order(p.stem)[0] in wanted),
-        key=lambda p: part_order(p.stem),
-    ) if folder.is_dir() else []
+    paths = triplets_files(data_root.table("triplets", "_").parent, source_ids)
     out = data_root.table("medtrinity_dataset")
     stats = build_dataset(
         paths, out, data_root.exports, images_root=data_root.root, pairs_path=data_root.table(DUPLICATE_PAIRS_TABLE),

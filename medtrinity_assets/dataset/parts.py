@@ -229,3 +229,38 @@ def sync_parts(triplet_paths: list[Path], parts_dir: Path, images_root: Path, se
     parts = [Path(parts_dir) / f"{name}.parquet" for name in entries]
     return PartsSync(parts, built, reused, removed)
 
+
+
+def triplets_files(triplets_folder: Path, source_ids) -> list[Path]:
+    """The triplets files the dataset is made of: one per partition (a source or one of its
+    shards) of the given sources, in part order."""
+    folder = Path(triplets_folder)
+    if not folder.is_dir():
+        return []
+    wanted = set(source_ids)
+    found = [p for p in folder.glob("*.parquet") if part_order(p.stem)[0] in wanted]
+    return sorted(found, key=lambda p: part_order(p.stem))
+
+
+def triplets_fingerprint(files: list[Path], known: dict) -> tuple[str, dict]:
+    """One version for a set of triplets files: the sha256 over their names and content hashes.
+
+    ``known`` maps a file name to ``[size, mtime_ns, sha256]`` from an earlier call; a file whose
+    size and time did not change is not read again. Returns the version and the new map. A file
+    rewritten with the same rows keeps the version, so re-running a partition that changed
+    nothing does not make the dataset look stale.
+    """
+    state, digest = {}, hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # removed while listing: it is not part of this version
+            continue
+        previous = known.get(path.name)
+        if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns:
+            sha = previous[2]
+        else:
+            sha = file_sha256(path)
+        state[path.name] = [stat.st_size, stat.st_mtime_ns, sha]
+        digest.update(f"{path.name}\x1f{sha}\n".encode("utf-8"))
+    return digest.hexdigest(), state

@@ -14,6 +14,7 @@ import dagster as dg
 
 from medtrinity_assets import stages
 from medtrinity_assets.dataset.exports import held_back_sql
+from medtrinity_assets.defs.dataset_automation import condition_for
 from medtrinity_assets.defs.experts import EXPERT_KEYS
 from medtrinity_assets.defs.partitions import source_partitions
 from medtrinity_assets.defs.resources import WRITER_RESOURCE, PipelineSettings, WriterSettings
@@ -174,6 +175,7 @@ def _asset_decorator(stage: Stage):
         description=stage.description,
         kinds=set(stage.kinds),
         pool=stage.pool,
+        automation_condition=condition_for(stage.automation),
         # Bound to the asset, not given in Definitions: every run that materializes it (the
         # CLI, the UI, the tests) has the writer resource, grounded unless its run config or
         # the MEDTRINITY_WRITER / MEDTRINITY_LLM_* environment says otherwise.

@@ -7,10 +7,11 @@ import time
 import dagster as dg
 import duckdb
 
+from medtrinity_assets.defs.dataset_automation import follow_triplets
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
-from medtrinity_assets.pipeline import PARTITION_TABLES, STAGES
+from medtrinity_assets.pipeline import PARTITION_TABLES, STAGES, TRIPLETS_INDEX
 from medtrinity_assets.quality.sql_models import discover_models, run_model
 from medtrinity_assets.storage import file_mode, make_dirs
 
@@ -50,10 +51,22 @@ def _connect_warehouse(path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnect
             time.sleep(0.5)
 
 
+def _follows(model) -> tuple[list[str], dg.AutomationCondition]:
+    """Models follow their upstream like the dataset: one that reads the per-source tables (or
+    the quarantine they write) waits for a new triplets_index version, as the dataset does; one
+    that reads only other models runs when they do (eager: same tick, same run)."""
+    if any(ref not in MODEL_NAMES for ref in model.refs):
+        return [TRIPLETS_INDEX], follow_triplets()
+    return [], dg.AutomationCondition.eager()
+
+
 def _model_asset(model) -> dg.AssetsDefinition:
+    extra_deps, condition = _follows(model)
+
     @dg.asset(
         name=model.name,
-        deps=[dg.AssetKey(ref) for ref in model.refs],
+        deps=[dg.AssetKey(ref) for ref in model.refs] + [dg.AssetKey(key) for key in extra_deps],
+        automation_condition=condition,
         group_name="warehouse",
         description=f"SQL model {model.path.name}, run by DuckDB in the warehouse file.\n\n```sql\n{model.sql.strip()}\n```",
         kinds={"duckdb", "sql"},
