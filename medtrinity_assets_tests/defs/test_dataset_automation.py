@@ -27,8 +27,8 @@ DATASET = dg.AssetKey("medtrinity_dataset")
 
 
 class Ticks:
-    """The daemon's part: tick the index sensor (keeping its cursor) and the automation sensor
-    (keeping its evaluation cursor)."""
+    """The daemon's part: tick the index sensor (keeping its cursor, storing its events) and the
+    automation sensor (keeping its evaluation cursor)."""
 
     def __init__(self, instance: dg.DagsterInstance):
         self.instance = instance
@@ -85,10 +85,18 @@ def test_dataset_and_sql_models_carry_the_follow_condition():
     assert {"triplets_index_sensor", "automation_condition_sensor"} <= names
 
 
+def ensure_partitions(instance, keys) -> None:
+    """Partitions that follow the data are registered on the instance; static ones exist."""
+    partitions = defs.resolve_assets_def("triplets").partitions_def
+    if isinstance(partitions, dg.DynamicPartitionsDefinition):
+        instance.add_dynamic_partitions(partitions.name, list(keys))
+
+
 def test_new_triplets_request_the_dataset_once_and_mark_it_stale(isolated_env):
     instance = dg.DagsterInstance.get()
     root = DataRoot.from_env()
     source, other = sorted(CATALOG)[:2]
+    ensure_partitions(instance, [source, other])
     ticks = Ticks(instance)
 
     # No triplets yet: nothing to observe, nothing requested.
@@ -112,13 +120,20 @@ def test_new_triplets_request_the_dataset_once_and_mark_it_stale(isolated_env):
     assert pq.read_table(root.table("medtrinity_dataset")).num_rows == 3
     assert "medtrinity_dataset" not in ticks.requested()
 
-    # A second source's triplets land after the dataset was built: stale, and requested.
+    # A second source's run is under way; its triplets land after the dataset was built:
+    # stale at once, but not requested while the source's run (which plans its triplets) lasts.
+    run = instance.create_run_for_job(
+        job_def=defs.resolve_job_def("source_pipeline"), tags={"dagster/partition": other},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    # (The run writes the file before it ends; its materialization event comes with the run.)
     write_triplets(root, other, [triplet(root, other, n) for n in range(2)])
-    instance.report_runless_asset_event(dg.AssetMaterialization("triplets", partition=other))
     assert ticks.observe() == 1
     status, causes = stale_status(instance)
     assert status == StaleStatus.STALE
     assert any(cause.key.asset_key == dg.AssetKey("triplets_index") for cause in causes)
+    assert "medtrinity_dataset" not in ticks.requested()
+    instance.report_run_failed(run)  # the run ends (how does not matter): the wait is over
     assert "medtrinity_dataset" in ticks.requested()
 
     # Rebuilt: fresh again, the new source in it, only its part made anew.
