@@ -1,11 +1,15 @@
 """Stage 7b: the final dataset over all sources, and its training-ready exports.
 
-``build_dataset`` unions every source's triplets in DuckDB, deduplicates (``dedup``: hash
+``build_dataset`` brings the per-partition parts up to date (``parts``: one per triplets file,
+rebuilt only when that file's content changed), deduplicates across all of them (``dedup``: hash
 matches confirmed on the normalized pixels), writes the DATASET Parquet (duplicates stay in it,
 with ``duplicate_of``, so the decision can be audited), the DUPLICATE_PAIRS table of every
-candidate pair and its verdict, and then, from the dataset file, the exports:
+candidate pair and its verdict, and then, streaming the parts, the exports:
 
-- ``llava_<split>.jsonl``: LLaVA-style conversations of the verified, non-duplicate rows;
+- ``llava_<split>.jsonl``: LLaVA-style conversations of the verified, non-duplicate rows; their
+  ``image`` paths are relative to the exports folder (the card says so and where they lead);
+- ``hf/<split>-NNNNN.parquet`` and ``webdataset/<split>-NNNNNN.tar``: the same conversations
+  with the PNG bytes inside (``training_files``);
 - ``rejected_unverified.jsonl``: rows whose description the verifier flagged, with the flags,
   so a contradiction is never shipped for training but is never lost either;
 - ``held_back_flagged.jsonl``: rows whose image carries a review flag in ``HELD_BACK_FLAGS``
@@ -15,7 +19,10 @@ candidate pair and its verdict, and then, from the dataset file, the exports:
 - ``held_back_duplicate_conflicts.jsonl``: rows whose pixels match another row carrying other
   labels (``duplicate_conflicts``): at most one of the two can be right, and the pipeline cannot
   tell which, so both copies stay out of training and each is listed with the reason;
-- ``dataset_card.md``: counts per source, modality and split, licenses, rejection fraction.
+- ``dataset_card.md``: counts per source, modality and split, licenses, rejection fraction,
+  the files, the root of the image paths and how to load each format.
+
+Rows are written part after part (a source's shards in shard order), each part in record order.
 
 Each exported conversation carries the publisher's own text (``source_text``: captions and
 question-answer pairs) beside the generated description, never inside it.
