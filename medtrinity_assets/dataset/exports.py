@@ -270,7 +270,7 @@ def _part_rows(parts: list[Path]) -> Iterator[dict]:
     """Every part's rows, part after part (dataset/parts.py part_order), a batch at a time."""
     columns = ["record_id", "source_id", "split", "verified", "labels", "description", "modality", "organs",
                "label_state", "license", "source_text", "facts", "held_back", "image_ref", "review_json",
-               "llava_json", "conversations", "roi", "roi_origin", "image_bytes"]
+               "llava_json", "conversations", "roi", "roi_origin", "image_bytes", "wds_png_header", "wds_tail"]
     for part in parts:
         for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, columns=columns):
             yield from batch.to_pylist()
@@ -312,7 +312,7 @@ def _write_exports(parts: list[Path], marks: dict[str, dict], exports_dir: Path,
                 held_back_conflicts += 1
             elif row["llava_json"] is not None:  # verified, not held back, a known split
                 files[llava_file(row["split"])].write(row["llava_json"] + "\n")
-                training.add(row["split"], row, json.loads(row["llava_json"]))
+                training.add(row["split"], row)
                 exported[row["split"]] += 1
             else:
                 files[REJECTED_FILE].write(row["review_json"] + "\n")

@@ -36,11 +36,12 @@ import pyarrow.parquet as pq
 
 from medtrinity_assets import schemas
 from medtrinity_assets.duckdb_sql import connect, read_parquet
+from medtrinity_assets.dataset.training_files import webdataset_blocks
 from medtrinity_assets.splits import SPLIT_NAMES
 from medtrinity_assets.storage import atomic_path, make_dirs
 
 # Bump when a part's columns or the way a row is turned into export records change.
-PART_VERSION = "dataset-part-1"
+PART_VERSION = "dataset-part-2"
 PARTS_FOLDER = "medtrinity_dataset_parts"
 MANIFEST_FILE = "manifest.json"
 # Rows per record batch while a part is written or read (bounds memory: the batch carries PNGs).
@@ -62,8 +63,15 @@ PART_SCHEMA = pa.schema(
         ("roi", pa.list_(pa.int64())),
         ("roi_origin", pa.string()),
         ("image_bytes", pa.binary()),  # the normalized PNG; null when not exportable
+        # The WebDataset sample's tar blocks around the PNG (training_files.webdataset_blocks).
+        ("wds_png_header", pa.binary()),
+        ("wds_tail", pa.binary()),
     ]
 )
+
+
+# PNG bytes are compressed already: zstd would spend time on them for nothing.
+PART_COMPRESSION = {name: "none" if name == "image_bytes" else "zstd" for name in PART_SCHEMA.names}
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ def _part_row(row: dict, settings: PartSettings, images_root: Path, triplets_pat
                 f"image {image} of record {row['record_id']} (from {triplets_path}) cannot be read "
                 f"({type(error).__name__}); re-run normalized_images for its source"
             ) from error
+        part["wds_png_header"], part["wds_tail"] = webdataset_blocks(
+            row["record_id"], len(part["image_bytes"]), part["llava_json"], row.get("description") or "")
     return part
 
 
@@ -163,7 +173,7 @@ def build_part(triplets_path: Path, out_path: Path, images_root: Path, settings:
     """Write one part from one triplets file; returns its row count."""
     rows = 0
     with atomic_path(out_path) as tmp:
-        with pq.ParquetWriter(tmp, PART_SCHEMA, compression="zstd") as writer:
+        with pq.ParquetWriter(tmp, PART_SCHEMA, compression=PART_COMPRESSION) as writer:
             batch: list[dict] = []
             for row in _triplet_rows(triplets_path):
                 batch.append(_part_row(row, settings, images_root, triplets_path))

@@ -21,7 +21,6 @@ Tar members carry fixed owner, mode and time, so the same rows give the same byt
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tarfile
@@ -81,6 +80,10 @@ HF_FEATURES = {
 HF_SCHEMA = HF_SCHEMA.with_metadata({"huggingface": json.dumps({"info": {"features": HF_FEATURES}})})
 
 
+HF_COMPRESSION = {name: "zstd" for name in HF_SCHEMA.names if name != "image"} | {
+    "image.bytes": "none", "image.path": "zstd"}
+
+
 def hf_shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.parquet"
 
@@ -108,19 +111,31 @@ def hf_row(part_row: dict) -> dict:
     }
 
 
-def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+def _tar_header(name: str, size: int) -> bytes:
+    """One member's header block(s), with fixed owner, mode and time."""
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mode = 0o644
     info.mtime = 0
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info, io.BytesIO(data)
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def _tar_size(data_sizes: list[int]) -> int:
-    """Bytes a set of members adds to a tar: a 512-byte header each, data padded to 512."""
-    return sum(512 + -(-size // 512) * 512 for size in data_sizes)
+def _padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def webdataset_blocks(key: str, png_size: int, record_json: str, text: str) -> tuple[bytes, bytes]:
+    """A sample's tar blocks, built once per row (dataset/parts.py keeps them): the PNG member's
+    header, and the JSON and text members whole. The shard writer puts the PNG between them."""
+    if not _KEY.match(key):
+        # WebDataset splits a member name at its first dot: a key must be a plain word.
+        raise ValueError(f"record id {key!r} cannot be a WebDataset key (letters, digits, '_' and '-' only)")
+    record, caption = record_json.encode("utf-8"), text.encode("utf-8")
+    tail = (_tar_header(f"{key}.json", len(record)) + _padded(record)
+            + _tar_header(f"{key}.txt", len(caption)) + _padded(caption))
+    return _tar_header(f"{key}.png", png_size), tail
 
 
 class _Shards:
@@ -162,7 +177,8 @@ class HfWriter(_Shards):
 
     def _new_shard(self) -> None:
         tmp = self._open()
-        self.writer = pq.ParquetWriter(tmp, HF_SCHEMA, compression="zstd")
+        # PNG bytes are compressed already: zstd for the text columns only.
+        self.writer = pq.ParquetWriter(tmp, HF_SCHEMA, compression=HF_COMPRESSION)
 
     def _flush(self) -> None:
         if self.rows:
@@ -187,36 +203,32 @@ class HfWriter(_Shards):
 
 
 class WebDatasetWriter(_Shards):
+    """Tar shards written block by block (the members arrive as ready blocks), ended as tarfile
+    ends an archive: two zero blocks, then zeros up to a whole 10 KiB record."""
+
     def __init__(self, folder: Path, split: str, shard_bytes: int):
         super().__init__(folder, split, webdataset_shard_name)
         self.shard_bytes = shard_bytes
-        self.tar: tarfile.TarFile | None = None
+        self.file = None
         self._new_shard()
 
     def _new_shard(self) -> None:
         tmp = self._open()
-        self.tar = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)
+        self.file = self._shard_stack.enter_context(open(tmp, "wb"))
 
     def _close_file(self) -> None:
-        if self.tar is not None:
-            self.tar.close()
-            self.tar = None
+        if self.file is not None:
+            end = b"\0" * (2 * tarfile.BLOCKSIZE)
+            written = self.size + len(end)
+            self.file.write(end + b"\0" * (-written % tarfile.RECORDSIZE))
+            self.file = None  # closed by the shard's exit stack, before the rename
 
-    def add(self, key: str, png: bytes, record: dict, text: str) -> None:
-        if not _KEY.match(key):
-            # WebDataset splits a member name at its first dot: a key must be a plain word.
-            raise ValueError(f"record id {key!r} cannot be a WebDataset key (letters, digits, '_' and '-' only)")
-        members = [
-            (f"{key}.png", png),
-            (f"{key}.json", json.dumps(record, ensure_ascii=False).encode("utf-8")),
-            (f"{key}.txt", text.encode("utf-8")),
-        ]
-        size = _tar_size([len(data) for _, data in members])
-        if self.size and self.size + size > self.shard_bytes:
+    def add(self, png_header: bytes, png: bytes, tail: bytes) -> None:
+        sample = png_header + _padded(png) + tail
+        if self.size and self.size + len(sample) > self.shard_bytes:
             self._new_shard()
-        for name, data in members:
-            self.tar.addfile(*_tar_member(name, data))
-        self.size += size
+        self.file.write(sample)
+        self.size += len(sample)
 
 
 class TrainingFiles:
@@ -234,9 +246,9 @@ class TrainingFiles:
         self.wds = {s: WebDatasetWriter(self.wds_dir, s, self.shard_bytes) for s in self.splits}
         return self
 
-    def add(self, split: str, part_row: dict, llava: dict) -> None:
+    def add(self, split: str, part_row: dict) -> None:
         self.hf[split].add(hf_row(part_row))
-        self.wds[split].add(part_row["record_id"], part_row["image_bytes"], llava, part_row["description"] or "")
+        self.wds[split].add(part_row["wds_png_header"], part_row["image_bytes"], part_row["wds_tail"])
 
     def __exit__(self, exc_type, exc, tb) -> None:
         writers = [*self.hf.values(), *self.wds.values()]
