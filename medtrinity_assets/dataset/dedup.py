@@ -387,3 +387,36 @@ class ImageComparer:
                 return PixelMatch(None, None, image)
         self.compared += 1
         return compare_images(image_a, image_b)
+
+
+class RememberedComparer:
+    """A ``Comparer`` that asks ``inner`` only about image pairs it has not seen.
+
+    Images are content-addressed (their path is their sha256), so a pair's verdict never changes:
+    the incremental dataset keeps the pixel matches of one run for the next (``known``: (kept
+    image, row image) -> PixelMatch), and an unchanged candidate pair is not decoded again. A pair
+    that could not be compared (an image missing or unreadable) is asked again next time.
+    ``seen`` holds what this run used, to be kept for the next.
+    """
+
+    def __init__(self, inner: Comparer, known: dict[tuple[str, str], PixelMatch]):
+        self.inner, self.known = inner, known
+        self.seen: dict[tuple[str, str], PixelMatch] = {}
+
+    def __call__(self, row: DedupRow, kept: DedupRow) -> PixelMatch:
+        key = (kept.image_path or "", row.image_path or "")
+        match = self.known.get(key)
+        if match is None:
+            match = self.inner(row, kept)
+        if match.correlation is not None or _compared(match):
+            self.seen[key] = match
+        return match
+
+    @property
+    def compared(self) -> int:
+        return getattr(self.inner, "compared", 0)
+
+
+def _compared(match: PixelMatch) -> bool:
+    """True when the images were read (a None result from a too-small image is still final)."""
+    return bool(match.reason) and not match.reason.startswith(("cannot read", "no image path"))

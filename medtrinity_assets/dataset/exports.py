@@ -48,6 +48,7 @@ from medtrinity_assets.dataset.dedup import (
     VERDICTS,
     DedupRow,
     ImageComparer,
+    RememberedComparer,
     find_duplicates,
     volume_group,
 )
@@ -55,9 +56,12 @@ from medtrinity_assets.dataset.parts import (
     BATCH_ROWS,
     PART_SCHEMA,
     PARTS_FOLDER,
+    PIXEL_MATCHES_FILE,
     PartSettings,
     image_prefix,
+    read_pixel_matches,
     sync_parts,
+    write_pixel_matches,
 )
 from medtrinity_assets.dataset.training_files import (
     HF_FOLDER,
@@ -230,10 +234,12 @@ def _pair_record(pair) -> dict:
     }
 
 
-def _mark_duplicates(con, relation: str, max_hamming: int, images_root: Path, pairs_path: Path) -> dict:
+def _mark_duplicates(con, relation: str, max_hamming: int, images_root: Path, pairs_path: Path,
+                     matches_path: Path) -> dict:
     rows, split_of = _dedup_rows(con, relation)
-    comparer = ImageComparer(images_root)
+    comparer = RememberedComparer(ImageComparer(images_root), read_pixel_matches(matches_path))
     result = find_duplicates(rows, comparer, max_hamming=max_hamming)
+    write_pixel_matches(matches_path, comparer.seen)
     duplicates = list(result.duplicates.values())
     conflicts = sorted(result.conflicts.items())
     table = pa.table(
@@ -479,7 +485,8 @@ def build_dataset(
             relation = "all_parts"
         else:
             relation = _empty_parts_relation(con)
-        stats, marks = _mark_duplicates(con, relation, max_hamming, images_root, pairs_path)
+        stats, marks = _mark_duplicates(con, relation, max_hamming, images_root, pairs_path,
+                                        parts_dir / PIXEL_MATCHES_FILE)
         columns = ",\n    ".join(
             "coalesce(d.kept_split, t.split) AS split" if name == "split" else f"t.{name}"
             for name in schemas.TRIPLETS.names

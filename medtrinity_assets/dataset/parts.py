@@ -44,6 +44,10 @@ from medtrinity_assets.storage import atomic_path, make_dirs
 PART_VERSION = "dataset-part-2"
 PARTS_FOLDER = "medtrinity_dataset_parts"
 MANIFEST_FILE = "manifest.json"
+# The dedup pass's pixel comparisons of the last run (dedup.RememberedComparer).
+PIXEL_MATCHES_FILE = "pixel_matches.parquet"
+_MATCHES_SCHEMA = pa.schema([("kept_image", pa.string()), ("image", pa.string()), ("correlation", pa.float64()),
+                             ("ssim", pa.float64()), ("reason", pa.string())])
 # Rows per record batch while a part is written or read (bounds memory: the batch carries PNGs).
 BATCH_ROWS = 128
 # <source_id>.s<i>of<n>: a shard of a source (catalog/shards.py); a plain key is a whole source.
@@ -229,7 +233,7 @@ def sync_parts(triplet_paths: list[Path], parts_dir: Path, images_root: Path, se
     removed = []
     if Path(parts_dir).is_dir():
         for stale in sorted(Path(parts_dir).glob("*.parquet")):
-            if stale.stem not in entries:
+            if stale.stem not in entries and stale.name != PIXEL_MATCHES_FILE:
                 stale.unlink()
                 removed.append(stale.stem)
     make_dirs(Path(parts_dir))
@@ -274,3 +278,21 @@ def triplets_fingerprint(files: list[Path], known: dict) -> tuple[str, dict]:
         state[path.name] = [stat.st_size, stat.st_mtime_ns, sha]
         digest.update(f"{path.name}\x1f{sha}\n".encode("utf-8"))
     return digest.hexdigest(), state
+
+
+def read_pixel_matches(path: Path) -> dict:
+    """The pixel matches a previous run kept ({} when none, or unreadable: they are only a cache)."""
+    from medtrinity_assets.dataset.dedup import PixelMatch
+
+    try:
+        rows = pq.read_table(path, schema=_MATCHES_SCHEMA).to_pylist()
+    except (OSError, pa.ArrowInvalid):
+        return {}
+    return {(r["kept_image"], r["image"]): PixelMatch(r["correlation"], r["ssim"], r["reason"]) for r in rows}
+
+
+def write_pixel_matches(path: Path, matches: dict) -> None:
+    rows = [{"kept_image": kept, "image": image, "correlation": m.correlation, "ssim": m.ssim, "reason": m.reason}
+            for (kept, image), m in sorted(matches.items())]
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=_MATCHES_SCHEMA), tmp, compression="zstd")

@@ -28,7 +28,7 @@ from medtrinity_assets.dataset.exports import (
     build_dataset,
     llava_file,
 )
-from medtrinity_assets.dataset.parts import MANIFEST_FILE, PARTS_FOLDER
+from medtrinity_assets.dataset.parts import MANIFEST_FILE, PARTS_FOLDER, PIXEL_MATCHES_FILE
 from medtrinity_assets.dataset.training_files import HF_FOLDER, WEBDATASET_FOLDER
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.splits import SPLIT_NAMES
@@ -38,7 +38,7 @@ from triplet_factory import seed_of, triplet, write_triplets
 @pytest.fixture
 def three_sources(tmp_path):
     """alpha (with a held-back and an unverified row), beta (one row byte-identical to alpha's
-    first: a confirmed duplicate) and gamma in two shards."""
+    first: a confirmed duplicate) and gamma in two shards (one row a near candidate of alpha's)."""
     root = DataRoot(tmp_path / "var")
     alpha = [triplet(root, "alpha", n) for n in range(6)]
     alpha.append(triplet(root, "alpha", 6, flags=["burned_in_text"]))
@@ -47,7 +47,11 @@ def three_sources(tmp_path):
     beta.append({**triplet(root, "beta", 5, seed=seed_of("alpha", 0)), "patient_hash": alpha[0]["patient_hash"]})
     write_triplets(root, "alpha", alpha)
     write_triplets(root, "beta", beta)
-    write_triplets(root, "gamma.s0of2", [triplet(root, "gamma.s0of2", n) for n in range(4)])
+    gamma = [triplet(root, "gamma.s0of2", n) for n in range(4)]
+    # A near-duplicate candidate of alpha's second row (phash one bit away), other pixels: the
+    # dedup pass compares the two images and rejects the pair.
+    gamma[0]["phash"] = f"{int(alpha[1]['phash'], 16) ^ 1:016x}"
+    write_triplets(root, "gamma.s0of2", gamma)
     write_triplets(root, "gamma.s1of2", [triplet(root, "gamma.s1of2", n) for n in range(3)])
     return root
 
@@ -228,3 +232,24 @@ def test_missing_image_of_an_exportable_row_names_the_file(three_sources):
         build(root)
     # Nothing half-written: no export files appeared.
     assert not root.exports.exists() or not any(root.exports.glob("*.jsonl"))
+
+
+def test_pixel_comparisons_are_remembered_between_runs(three_sources):
+    root = three_sources
+    first = build(root)
+    assert first["pairs_by_verdict"] == {"confirmed": 1, "conflict": 0, "rejected": 1}
+    assert first["images_compared"] == 1
+    pairs = root.table("duplicate_pairs").read_bytes()
+    # The same candidate pair again (beta changed, not the pair's images): not decoded again.
+    beta = pq.read_table(root.table("triplets", "beta")).to_pylist()
+    write_triplets(root, "beta", beta[:-1] + [triplet(root, "beta", 7)])
+    second = build(root)
+    assert second["images_compared"] == 0 and second["pairs_by_verdict"]["rejected"] == 1
+    assert root.table("duplicate_pairs").read_bytes() != pairs  # beta's duplicate is gone...
+    rows = {r["record_id"]: r for r in pq.read_table(root.table("duplicate_pairs")).to_pylist()}
+    assert rows["gamma_s0of2_000"]["kept_record_id"] == "alpha_001" and rows["gamma_s0of2_000"]["ssim"] < 0.5
+    remembered = outputs(root)
+    # ...and forgetting the comparisons changes no output byte.
+    (root.table(PARTS_FOLDER, "_").parent / PIXEL_MATCHES_FILE).unlink()
+    third = build(root)
+    assert third["images_compared"] == 1 and outputs(root) == remembered
