@@ -421,8 +421,11 @@ def test_burned_in_annotation_rows_stay_in_dataset_but_out_of_training_files(tmp
         triplet_row("a3", ["burned_in_annotation"], verified=False),
         triplet_row("a4", [], verified=False),
     ])
+    # a1 may be exported, and the training shards carry its image: it must exist.
+    (tmp_path / "blobs" / "images").mkdir(parents=True)
+    Image.new("L", (8, 8), 90).save(tmp_path / "blobs" / "images" / "a1.png")
     exports = tmp_path / "exports"
-    stats = build_dataset([path], tmp_path / "dataset.parquet", exports)
+    stats = build_dataset([path], tmp_path / "dataset.parquet", exports, images_root=tmp_path)
     assert stats["rows"] == 4 and stats["held_back_flagged"] == 2
     assert stats["held_back_by_flag"] == {"burned_in_annotation": 2, "burned_in_text": 0}
     assert stats["exported"]["train"] == 1 and stats["rejected_unverified"] == 1
