@@ -19,9 +19,10 @@ from pathlib import Path
 # CPU index: pip install torch==<version> --index-url https://download.pytorch.org/whl/cpu).
 CPU_TORCH = "torch==2.13.0"
 
-# Distributions a CPU-only install leaves out: GPU runtime libraries, the GPU compiler, and the
+# Distributions a CPU-only install leaves out: GPU runtime libraries and their Python bindings
+# (cuda-*), the GPU compiler, and the
 # YOLO family (ultralytics needs torchvision, whose PyPI wheels only import beside the CUDA torch).
-_CPU_LEFT_OUT = re.compile(r"^(torch|torchvision|triton|nvidia-[a-z0-9-]+|ultralytics(-[a-z]+)?)==", re.IGNORECASE)
+_CPU_LEFT_OUT = re.compile(r"^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+|ultralytics(-[a-z]+)?)==", re.IGNORECASE)
 
 PROFILES = ("full", "cpu")
 
