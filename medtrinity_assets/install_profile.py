@@ -20,8 +20,8 @@ from pathlib import Path
 CPU_TORCH = "torch==2.13.0"
 
 # Distributions a CPU-only install leaves out: GPU runtime libraries and their Python bindings
-# (cuda-*), the GPU compiler, and the
-# YOLO family (ultralytics needs torchvision, whose PyPI wheels only import beside the CUDA torch).
+# (nvidia-*, cuda-*), the GPU compiler (triton), and the YOLO family (ultralytics needs
+# torchvision, whose PyPI wheels only import beside the CUDA torch).
 _CPU_LEFT_OUT = re.compile(r"^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+|ultralytics(-[a-z]+)?)==", re.IGNORECASE)
 
 PROFILES = ("full", "cpu")
