@@ -7,6 +7,7 @@ never retried. Plain Python: the Dagster layer (defs/retries.py) turns the answe
 from __future__ import annotations
 
 import errno
+import re
 
 # OSError numbers that a later attempt can clear: networks and network file systems (NFS, SMB,
 # FUSE mounts of object stores) report a dropped link as EIO or ESTALE, a busy resource as
@@ -35,7 +36,8 @@ _MAX_CHAIN = 8
 
 
 def _class_names(error: BaseException) -> set[str]:
-    return {f"{cls.__module__.split('.')[0]}.{cls.__name__}" for cls in type(error).__mro__}
+    # Compiled modules carry an underscore (duckdb's classes live in _duckdb).
+    return {f"{cls.__module__.split('.')[0].lstrip('_')}.{cls.__name__}" for cls in type(error).__mro__}
 
 
 def _transient_itself(error: BaseException) -> bool:
@@ -47,7 +49,7 @@ def _transient_itself(error: BaseException) -> bool:
     if names & TRANSIENT_CLASSES:
         return True
     # DuckDB allows one writer per file: another process holding the warehouse is a wait, not a fault.
-    return "duckdb.IOException" in names and "lock" in str(error).lower()
+    return "duckdb.IOException" in names and re.search(r"\block\b", str(error), re.IGNORECASE) is not None
 
 
 def is_transient(error: BaseException) -> bool:
