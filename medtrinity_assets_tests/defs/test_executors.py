@@ -33,3 +33,16 @@ def test_an_unknown_executor_is_an_error_listing_the_choices():
 def test_the_environment_is_read_when_no_value_is_given(monkeypatch):
     monkeypatch.setenv("MEDTRINITY_EXECUTOR", "celery")
     assert executor_from_env().name == "celery"
+
+
+def test_the_workers_config_matches_the_executor_s():
+    # Both sides of a Celery deployment must agree: the run's executor (code) and the workers
+    # (deploy/celery.yaml, what `dagster-celery worker start -y` reads).
+    import yaml
+
+    from medtrinity_assets.defs.executors import CELERY_ENV, CELERY_SETTINGS
+    from medtrinity_assets.paths import REPO_ROOT
+
+    shipped = yaml.safe_load((REPO_ROOT / "deploy" / "celery.yaml").read_text())["execution"]["config"]
+    assert shipped["config_source"] == CELERY_SETTINGS
+    assert {key: shipped[key] for key in CELERY_ENV} == {key: {"env": name} for key, name in CELERY_ENV.items()}

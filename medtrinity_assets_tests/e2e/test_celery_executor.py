@@ -16,7 +16,6 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-import yaml
 from services import (  # noqa: F401  (postgres_server, redis_server: fixtures)
     ensure_partition,
     postgres_server,
@@ -35,6 +34,8 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 TEMPLATE = REPO_ROOT / "deploy" / "dagster.postgres.yaml"
+# The workers' settings, as shipped; the run's side has the same (defs/executors.py).
+WORKER_CONFIG = REPO_ROOT / "deploy" / "celery.yaml"
 SOURCE = "demo_microscopy_cell"
 # Ingest to coarse captions (no knowledge base needed); facts and coarse_captions both wait on
 # model_rois alone, so they are submitted together and two idle workers take one each.
@@ -44,32 +45,18 @@ READY_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 240
 
 
-def _executor_config(broker: str, backend: str) -> dict:
-    # One file for the workers (-y) and the run (-c): they must agree on broker and settings.
-    # One task per worker at a time, acknowledged when done: a busy worker reserves no second
-    # step, so steps that are ready together go to different workers.
-    return {
-        "execution": {
-            "config": {
-                "broker": broker,
-                "backend": backend,
-                "config_source": {"worker_concurrency": 1, "task_acks_late": True, "worker_prefetch_multiplier": 1},
-            }
-        }
-    }
-
-
 @pytest.fixture
 def cluster(isolated_env, postgres_server, redis_server, tmp_path, monkeypatch):
-    """The instance (Postgres template), the celery config and two workers; workers stopped after."""
+    """The instance (Postgres template), the broker and two workers, one step at a time each (a
+    busy worker reserves no second step, so steps ready together go to both); stopped after."""
     home = isolated_env["dagster_home"]
     (home / "dagster.yaml").write_text(TEMPLATE.read_text())
     for name, value in postgres_server.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("MEDTRINITY_EXECUTOR", "celery")
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", redis_server.url(0))
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", redis_server.url(1))
     fetch_package_files(load_catalog()[SOURCE], isolated_env["raw"] / SOURCE)
-    config = tmp_path / "celery.yaml"
-    config.write_text(yaml.safe_dump(_executor_config(redis_server.url(0), redis_server.url(1))))
     env = {
         **os.environ,
         # The workers import this checkout (the job's code) and find `celery` beside this Python.
@@ -84,23 +71,27 @@ def cluster(isolated_env, postgres_server, redis_server, tmp_path, monkeypatch):
             log = open(tmp_path / f"{name}.log", "w")
             workers.append(
                 subprocess.Popen(
-                    [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
-                     "-n", name, "--loglevel", "INFO"],
+                    [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(WORKER_CONFIG),
+                     "-n", name, "--loglevel", "INFO", "--", "--concurrency=1"],
                     cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             )
-        hostnames = _wait_for_workers(config, workers, tmp_path)
-        yield {"config": config, "env": env, "workers": workers, "hostnames": hostnames, "logs": tmp_path}
+        hostnames = _wait_for_workers(workers, tmp_path)
+        yield {"env": env, "workers": workers, "hostnames": hostnames, "logs": tmp_path}
     finally:
         # SIGTERM: Celery's warm shutdown; then the whole group (the CLI, celery, its pool child).
         for worker in workers:
             stop_process_group(worker, signal.SIGTERM, timeout_s=15)
 
 
-def _wait_for_workers(config: Path, workers: list[subprocess.Popen], logs: Path) -> set[str]:
-    from dagster_celery.cli import get_app
+def _wait_for_workers(workers: list[subprocess.Popen], logs: Path) -> set[str]:
+    from dagster_celery.cli import get_validated_config
+    from dagster_celery.executor import CeleryExecutor
+    from dagster_celery.make_app import make_app
 
-    app = get_app(str(config))
+    # The broker as the workers read it (environment references resolved).
+    config = get_validated_config(str(WORKER_CONFIG))
+    app = make_app(CeleryExecutor.for_cli(config["broker"], config["backend"], config_source=config["config_source"]).app_args())
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         for worker, name in zip(workers, WORKERS):
@@ -117,7 +108,7 @@ def _materialize(cluster) -> subprocess.CompletedProcess:
     """What an operator types; the run's orchestration runs in this process, its steps in the workers."""
     return subprocess.run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "medtrinity_assets.definitions", "-a", "defs",
-         "--select", ",".join(STAGES), "--partition", SOURCE, "-c", str(cluster["config"])],
+         "--select", ",".join(STAGES), "--partition", SOURCE],
         cwd=REPO_ROOT, env=cluster["env"], capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
 
