@@ -150,8 +150,9 @@ def running_postgres(database: str = "dagster") -> Iterator[PostgresServer]:
     if bin_dir is None:
         missing_service("PostgreSQL binaries (initdb, postgres) not found: install the Debian package postgresql")
     owner = _owner()
-    # Not pytest's tmp_path: its parents are private to root, and the server may run as nobody.
-    folder = Path(tempfile.mkdtemp(prefix="medtrinity-pg-"))
+    # Not pytest's tmp_path: its parents are private to root, and the server may run as nobody
+    # (who must reach the folder: /tmp, not a TMPDIR inside root's home).
+    folder = Path(tempfile.mkdtemp(prefix="medtrinity-pg-", dir="/tmp" if owner and os.path.isdir("/tmp") else None))
     process = None
     try:
         if owner:
