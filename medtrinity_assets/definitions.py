@@ -15,6 +15,7 @@ from medtrinity_assets.defs.dataset_automation import (
     triplets_index,
     triplets_index_sensor,
 )
+from medtrinity_assets.defs.executors import executor_from_env
 from medtrinity_assets.defs.experts import EXPERT_ASSETS, expert_training_sensor
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
@@ -33,4 +34,6 @@ defs = dg.Definitions(
     # and bound to the asset it is there in every run, the CLI's and the tests' included. The
     # launchpad configures it per run under resources.writer.
     resources={"settings": PipelineSettings()},
+    # Dagster's default unless MEDTRINITY_EXECUTOR says celery or k8s (defs/executors.py).
+    executor=executor_from_env(),
 )
