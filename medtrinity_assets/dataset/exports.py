@@ -404,12 +404,12 @@ def _dataset_card(con, dataset: str, stats: dict, root_prefix: str) -> str:
         *[f"- `{WEBDATASET_FOLDER}/{split}-*.tar`: {len(stats['shards']['webdataset'][split])} shard(s), the {split}"
           " conversations as WebDataset samples (`<id>.png`, `<id>.json`, `<id>.txt`)" for split in SPLIT_NAMES],
         "",
-        *_loading_section(root_prefix),
+        *_loading_section(root_prefix, [s for s in SPLIT_NAMES if stats["shards"]["hf"][s]]),
     ]
     return "\n".join(lines)
 
 
-def _loading_section(root_prefix: str) -> list[str]:
+def _loading_section(root_prefix: str, splits: list[str]) -> list[str]:
     """Where the image paths point, and how to load each format (the card's last section)."""
     return [
         "## Loading",
@@ -421,26 +421,28 @@ def _loading_section(root_prefix: str) -> list[str]:
         " root, or use the Parquet or WebDataset files, which carry the image bytes and stand alone.",
         "",
         "```python",
-        "import json, os",
+        "import glob, json, os",
         "import pandas as pd",
         "",
         "folder = 'path/to/exports'  # the folder of this card",
-        "train = pd.read_json(os.path.join(folder, 'llava_train.jsonl'), lines=True)",
-        "first_image = os.path.join(folder, train.loc[0, 'image'])",
+        f"splits = {tuple(splits)!r}  # the splits with rows (a split without rows has no shard)",
+        "rows = pd.read_json(os.path.join(folder, f'llava_{splits[0]}.jsonl'), lines=True)",
+        "first_image = os.path.join(folder, rows.loc[0, 'image'])",
         "",
         "# Hugging Face datasets: the image column decodes to PIL images",
         "from datasets import load_dataset",
         "ds = load_dataset('parquet', data_files={",
-        "    split: os.path.join(folder, 'hf', f'{split}-*.parquet') for split in ('train', 'val', 'test')})",
-        "ds['train'][0]['image']  # PIL.Image.Image",
+        "    split: os.path.join(folder, 'hf', f'{split}-*.parquet') for split in splits})",
+        "ds[splits[0]][0]['image']  # PIL.Image.Image",
         "",
         "# pyarrow alone: image is a struct {bytes, path} of PNG bytes",
         "import pyarrow.parquet as pq",
-        "table = pq.read_table(os.path.join(folder, 'hf', 'train-00000.parquet'))",
+        "table = pq.read_table(sorted(glob.glob(os.path.join(folder, 'hf', f'{splits[0]}-*.parquet')))[0])",
         "",
         "# WebDataset: <id>.png, <id>.json (the LLaVA record), <id>.txt (the description)",
         "import webdataset as wds",
-        "samples = wds.WebDataset(os.path.join(folder, 'webdataset', 'train-000000.tar'), shardshuffle=False).decode('pil')",
+        "shards = sorted(glob.glob(os.path.join(folder, 'webdataset', f'{splits[0]}-*.tar')))",
+        "samples = wds.WebDataset(shards, shardshuffle=False).decode('pil')",
         "```",
         "",
     ]

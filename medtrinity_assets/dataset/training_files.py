@@ -13,8 +13,9 @@ them can be copied to a training machine alone.
   LLaVA record) and ``<key>.txt`` (the description); the key is the record id.
 
 Both are sharded by size: a shard is closed before a sample would take it past ``shard_bytes``
-(a sample larger than that gets a shard of its own). Every split gets at least one shard, empty
-if need be, so a loader's file pattern always matches. Shard files are written beside their
+(a sample larger than that gets a shard of its own). A split without rows gets no shard (the
+``datasets`` library refuses a split of zero rows; the card's loader names the splits that have
+shards). Shard files are written beside their
 final name and renamed into place; shards left from a larger earlier export are removed.
 Tar members carry fixed owner, mode and time, so the same rows give the same bytes.
 """
@@ -138,6 +139,10 @@ def webdataset_blocks(key: str, png_size: int, record_json: str, text: str) -> t
     return _tar_header(f"{key}.png", png_size), tail
 
 
+class _Discarded(Exception):
+    """Raised into a shard's atomic write to drop its temporary instead of renaming it."""
+
+
 class _Shards:
     """Numbered shard files of one split, each renamed into place when closed."""
 
@@ -160,7 +165,19 @@ class _Shards:
     def close(self) -> None:
         if self._shard_stack is not None:
             self._close_file()
-            self._shard_stack.close()  # renames the temporary onto the shard's name
+            if self.size:
+                self._shard_stack.close()  # renames the temporary onto the shard's name
+            else:
+                # A split without rows gets no shard: `datasets` refuses a split of zero rows.
+                self.discard()
+                self.written.remove(self.name_of(self.split, self.index))
+            self._shard_stack = None
+
+    def discard(self) -> None:
+        """Drop the open shard's temporary (its final name keeps what it had)."""
+        if self._shard_stack is not None:
+            self._close_file()
+            self._shard_stack.__exit__(_Discarded, _Discarded(), None)
             self._shard_stack = None
 
     def _close_file(self) -> None:  # overridden
@@ -254,10 +271,7 @@ class TrainingFiles:
         writers = [*self.hf.values(), *self.wds.values()]
         if exc_type is not None:
             for writer in writers:  # drop the temporaries; the previous shards stay as they were
-                if writer._shard_stack is not None:
-                    writer._close_file()
-                    writer._shard_stack.__exit__(exc_type, exc, tb)
-                    writer._shard_stack = None
+                writer.discard()
             return
         for writer in writers:
             writer.close()

@@ -501,6 +501,8 @@ def test_build_dataset_with_no_sources_writes_empty_outputs(tmp_path):
     assert stats["rows"] == 0 and stats["rejected_fraction"] == 0.0
     assert pq.read_table(tmp_path / "dataset.parquet").schema.names == schemas.DATASET.names
     assert (tmp_path / "exports" / llava_file("train")).read_text() == ""
+    # No rows, no shard: `datasets` refuses a split of zero rows.
+    assert list((tmp_path / "exports" / "hf").iterdir()) == [] and list((tmp_path / "exports" / "webdataset").iterdir()) == []
 
 
 def test_slices_of_one_volume_are_not_near_duplicates_of_each_other():

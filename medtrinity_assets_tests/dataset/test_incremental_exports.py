@@ -253,3 +253,20 @@ def test_pixel_comparisons_are_remembered_between_runs(three_sources):
     (root.table(PARTS_FOLDER, "_").parent / PIXEL_MATCHES_FILE).unlink()
     third = build(root)
     assert third["images_compared"] == 1 and outputs(root) == remembered
+
+
+def test_the_cards_loader_snippet_runs_as_written(three_sources, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("webdataset")
+    root = three_sources
+    build(root)
+    card = (root.exports / CARD_FILE).read_text(encoding="utf-8")
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "folder = 'path/to/exports'" in code
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    names: dict = {}
+    exec(code.replace("'path/to/exports'", repr(str(root.exports))), names)
+    assert Path(names["first_image"]).is_file()
+    assert names["ds"][names["splits"][0]][0]["image"].size == (24, 24)
+    assert names["table"].num_rows == len(names["rows"])
+    assert len(list(names["samples"])) == len(names["rows"])
