@@ -270,3 +270,25 @@ def test_the_cards_loader_snippet_runs_as_written(three_sources, tmp_path, monke
     assert names["ds"][names["splits"][0]][0]["image"].size == (24, 24)
     assert names["table"].num_rows == len(names["rows"])
     assert len(list(names["samples"])) == len(names["rows"])
+
+
+def test_triplets_fingerprint_follows_content_not_file_times(three_sources):
+    from medtrinity_assets.dataset.parts import triplets_files, triplets_fingerprint
+
+    root = three_sources
+    folder = root.table("triplets", "_").parent
+    files = triplets_files(folder, ["alpha", "beta", "gamma"])
+    assert [p.stem for p in files] == ["alpha", "beta", "gamma.s0of2", "gamma.s1of2"]
+    assert [p.stem for p in triplets_files(folder, ["gamma"])] == ["gamma.s0of2", "gamma.s1of2"]
+    version, known = triplets_fingerprint(files, {})
+    # Rewritten with the same bytes (a partition re-run that changed nothing): same version.
+    path = root.table("triplets", "beta")
+    path.write_bytes(path.read_bytes())
+    assert triplets_fingerprint(files, known)[0] == version
+    # New content, or a partition gone: a new version each time.
+    beta = pq.read_table(path).to_pylist()
+    write_triplets(root, "beta", beta[:-1])
+    changed, known = triplets_fingerprint(files, known)
+    assert changed != version
+    fewer, _ = triplets_fingerprint(files[:-1], known)
+    assert fewer not in (version, changed)
