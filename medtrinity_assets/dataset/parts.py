@@ -12,12 +12,14 @@ source costs one part plus the global step.
 A part holds the TRIPLETS columns (the dataset table is their union) and, per row, what the
 exports need: the dedup inputs out of the provenance JSON, the flags that hold the image back,
 the image path as the exports folder sees it, the reviewer record and the LLaVA record as JSON
-text, the conversation and box as typed columns, and the PNG bytes of rows that may be exported
-(verified, not held back). Nothing in a part depends on another partition, so a part built in an
+text, the conversation and box as typed columns, and for rows that may be exported (verified,
+not held back) the PNG bytes and the WebDataset sample's tar blocks, so the global step writes
+the shards by concatenation. Nothing in a part depends on another partition, so a part built in an
 incremental run is byte-identical to the one a full rebuild makes.
 
 ``PART_VERSION`` and the settings (the exports' image prefix, the coarse-caption option) are in
-the manifest: a change to either rebuilds every part, never mixes layouts.
+the manifest: a change to either rebuilds every part, never mixes layouts. The dedup pass keeps
+its pixel comparisons beside the parts (``pixel_matches.parquet``, dedup.RememberedComparer).
 """
 
 from __future__ import annotations
