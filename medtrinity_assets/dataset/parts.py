@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from medtrinity_assets import schemas
 from medtrinity_assets.duckdb_sql import connect, read_parquet
+from medtrinity_assets.dataset.records import box_of, held_back_flags, llava_record, review_record
 from medtrinity_assets.dataset.training_files import webdataset_blocks
 from medtrinity_assets.splits import SPLIT_NAMES
 from medtrinity_assets.storage import atomic_path, make_dirs
@@ -149,12 +150,9 @@ def _duck_type(arrow_type: pa.DataType) -> str:
 
 
 def _part_row(row: dict, settings: PartSettings, images_root: Path, triplets_path: Path) -> dict:
-    # The exports module owns the record layouts; imported here to keep one definition of each.
-    from medtrinity_assets.dataset.exports import _box_of, held_back_flags, llava_record, review_record
-
     held = held_back_flags(row)
     ref = settings.image_ref(row.get("image_path"))
-    box, origin = _box_of(row.get("rois"), row.get("primary_roi_id"))
+    box, origin = box_of(row.get("rois"), row.get("primary_roi_id"))
     part = {**row, "held_back": held, "image_ref": ref, "review_json": json.dumps(review_record(row, ref), ensure_ascii=False),
             "roi": box, "roi_origin": origin}
     if not held and row.get("verified") is True and row.get("split") in SPLIT_NAMES:
