@@ -33,9 +33,14 @@ def read_parquet(paths: PathLike | Iterable[PathLike], *, union_by_name: bool = 
     """``read_parquet(...)`` over one file, one glob or a list of them (paths, or URLs of a data
     root on an object store), quoted."""
     if isinstance(paths, (str, Path)) or objectstore.is_remote(paths):
-        target = literal(paths)
+        paths = [paths]
+        target = literal(paths[0])
     else:
+        paths = list(paths)
         target = "[" + ", ".join(literal(p) for p in paths) + "]"
+    for path in paths:
+        if objectstore.is_remote(path):  # connections opened from now on can read it
+            objectstore.register_filesystem(path.fs)
     return f"read_parquet({target}{', union_by_name = true' if union_by_name else ''})"
 
 

@@ -134,6 +134,26 @@ def attach(con) -> None:
         con.register_filesystem(fs)
 
 
+def filesystem_for(url: str):
+    """The filesystem opened for ``url``'s protocol in this process (a data root must have been
+    opened first: its options, e.g. the endpoint, are not in the URL)."""
+    protocol = url.split("://", 1)[0].lower()
+    with _lock:
+        fs = _filesystems.get(protocol)
+    if fs is None:
+        raise ObjectStoreError(f"{url}: no {protocol}:// data root was opened in this process (DataRoot(...) opens it)")
+    return fs
+
+
+def existing_files(location) -> list[str]:
+    """The objects a URL or glob names that exist now, as URLs DuckDB reads (sorted)."""
+    text = str(location)
+    fs = filesystem_for(text)
+    if any(c in text for c in "*?["):
+        return sorted(fs.unstrip_protocol(match) for match in fs.glob(text))
+    return [text] if fs.exists(text) else []
+
+
 def local_home() -> Path:
     """The local folder for what cannot live on an object store (the DuckDB warehouse file,
     Chroma, expert weights, the LLM cache, exports, temporaries, the blob read cache):

@@ -49,6 +49,11 @@ class DataRoot:
         else:
             object.__setattr__(self, "local", Path(self.local))
 
+    def __reduce__(self):
+        # Rebuilt through __init__ in the receiving process (a process pool's worker, a Dagster
+        # step), so an object store root opens there too and DuckDB connections can read it.
+        return (type(self), (self.root, self.local))
+
     @classmethod
     def from_env(cls) -> "DataRoot":
         value = os.environ.get(objectstore.ROOT_ENV, "")

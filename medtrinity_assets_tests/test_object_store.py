@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -19,36 +19,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
 from medtrinity_assets import objectstore, stages
 from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.settings import load_or_create_salt
 from medtrinity_assets.storage import BlobStore, TableWriter
+from s3_server import BUCKET, s3_server
 
-BUCKET = "medtrinity-test"
 DEMO_SOURCE = "demo_mri_brain_mni"  # a demo source with a label volume: ingest, normalize and rois all do work
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    """moto's S3 server on 127.0.0.1 (a free port), with one bucket; stopped after the module."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {
-        "endpoint_url": f"http://{host}:{port}",
-        "key": "testing",
-        "secret": "testing",
-    }
-    root = objectstore.as_root(f"s3://{BUCKET}", options)
-    root.fs.mkdir(BUCKET)
-    try:
+    with s3_server() as options:
         yield options
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -221,6 +206,30 @@ def test_a_writer_killed_mid_upload_leaves_no_object_at_the_final_key(s3_root, s
     assert _object_keys(s3_root) == []
 
 
+def test_a_data_root_sent_to_another_process_opens_its_store_there(s3_root, tmp_path):
+    """A process pool or a Dagster step gets the root pickled: it must reach the same bucket
+    (endpoint and credentials travel with it) and DuckDB there must read the tables by URL."""
+    final = s3_root.table("raw_records", "sent")
+    with TableWriter(final, SCHEMA) as writer:
+        writer.write_all({"record_id": str(i), "payload": b"x"} for i in range(7))
+    pickled = tmp_path / "root.pickle"
+    pickled.write_bytes(pickle.dumps(s3_root))
+    script = textwrap.dedent(
+        f"""
+        import pickle
+        from medtrinity_assets.duckdb_sql import connect, literal
+        root = pickle.loads(open({str(pickled)!r}, "rb").read())
+        con = connect()
+        print(con.sql("SELECT count(*) FROM read_parquet(" + literal(root.table("raw_records", "sent")) + ")").fetchall()[0][0])
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MEDTRINITY_STORAGE_OPTIONS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "7"
+
+
 # --- stages ----------------------------------------------------------------------------------
 
 
@@ -253,6 +262,18 @@ def test_ingest_normalize_and_rois_on_s3_give_the_rows_of_a_local_root(isolated_
         )
     finally:
         con.close()
+
+    # The stages' DuckDB checks (what Dagster reports after each stage) find and read the tables
+    # in the store and reach the same verdicts.
+    from medtrinity_assets.pipeline import STAGES
+    from medtrinity_assets.quality.checks import run_check_set
+
+    for stage in (s for s in STAGES if s.name in ("raw_records", "normalized_images", "rois")):
+        verdicts = [
+            [(o.name, o.passed) for o in run_check_set(stage.checks, stage.check_target(root, spec.id))] for root in (local, s3_root)
+        ]
+        assert verdicts[0] and verdicts[0] == verdicts[1], stage.name
+        assert not any("missing" in o.description for o in run_check_set(stage.checks, stage.check_target(s3_root, spec.id)))
 
     # The same content-addressed blobs, byte for byte.
     local_blobs = sorted(p.relative_to(local.root).as_posix() for p in (local.root / "blobs").rglob("*") if p.is_file())
