@@ -206,6 +206,21 @@ def test_a_writer_killed_mid_upload_leaves_no_object_at_the_final_key(s3_root, s
     assert _object_keys(s3_root) == []
 
 
+def test_a_table_another_worker_wrote_is_seen_after_a_listing(s3_root, s3_endpoint):
+    """This process lists the tables (a check's glob), then another worker writes one: the next
+    existence check and glob must see it (no listing cache on the root's filesystem)."""
+    import s3fs
+
+    with TableWriter(s3_root.table("raw_records", "first"), SCHEMA) as writer:
+        writer.write({"record_id": "1", "payload": b"x"})
+    assert [u.rsplit("/", 1)[1] for u in objectstore.existing_files(s3_root.table_glob("raw_records"))] == ["first.parquet"]
+    other_worker = s3fs.S3FileSystem(skip_instance_cache=True, **s3_endpoint)
+    second = s3_root.table("raw_records", "second")
+    other_worker.pipe_file(objectstore.key(second), s3_root.table("raw_records", "first").read_bytes())
+    assert second.exists()
+    assert [u.rsplit("/", 1)[1] for u in objectstore.existing_files(s3_root.table_glob("raw_records"))] == ["first.parquet", "second.parquet"]
+
+
 def test_a_data_root_sent_to_another_process_opens_its_store_there(s3_root, tmp_path):
     """A process pool or a Dagster step gets the root pickled: it must reach the same bucket
     (endpoint and credentials travel with it) and DuckDB there must read the tables by URL."""
