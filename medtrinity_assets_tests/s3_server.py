@@ -24,7 +24,9 @@ def s3_server(bucket: str = BUCKET) -> Iterator[dict]:
     host, port = server.get_host_and_port()
     options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
     try:
-        objectstore.as_root(f"s3://{bucket}", options).fs.mkdir(bucket)
+        # moto keeps its buckets in the process, not in the server: a second server started in
+        # the same test session finds the bucket of the first.
+        objectstore.as_root(f"s3://{bucket}", options).fs.makedirs(bucket, exist_ok=True)
         yield options
     finally:
         server.stop()
