@@ -561,7 +561,8 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
 
     report = StageReport("retrieved_knowledge", spec.id)
     _require(data_root.table("rois", spec.id), "retrieved_knowledge")
-    retriever = KnowledgeRetriever(data_root.chroma)
+    # Query vectors are kept beside the store: later partitions and reruns skip the model.
+    retriever = KnowledgeRetriever(data_root.chroma, cache_dir=data_root.root / "query_embeddings")
     out = data_root.table("retrieved_knowledge", spec.id)
     with stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE, quarantine=False) as (writer, _):
         pending: list[dict] = []
@@ -577,6 +578,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
             if len(pending) >= batch:
                 flush()
         flush()
+    report.extra.update({**retriever.counts, **{f"query_vectors_{k}": v for k, v in retriever.vectors.counts.items()}})
     return report
 
 
