@@ -251,8 +251,10 @@ class KnowledgeRetriever:
 
     # --- ranking ----------------------------------------------------------------------------
 
-    def _query(self, vectors: list, entry_ids: list[str], modality: str) -> list[list[tuple[str, str, float, dict]]]:
-        where = {
+    @staticmethod
+    def where(entry_ids: list[str], modality: str) -> dict:
+        """Chroma's filter for the passages of ``entry_ids`` a record of ``modality`` may get."""
+        return {
             "$and": [
                 {"entry_id": {"$in": entry_ids}},
                 {"section": {"$in": list(PASSAGE_SECTIONS)}},
@@ -260,9 +262,13 @@ class KnowledgeRetriever:
                 {"$or": [{"section": {"$ne": "appearance"}}, {modality_flag(modality): True}]},
             ]
         }
+
+    def _query(self, vectors: list, entry_ids: list[str], modality: str) -> list[list[tuple[str, str, float, dict]]]:
         result = self.collection.query(
             query_embeddings=vectors,
-            n_results=len(PASSAGE_SECTIONS) * len(entry_ids), where=where, include=["documents", "distances", "metadatas"]
+            n_results=len(PASSAGE_SECTIONS) * len(entry_ids),
+            where=self.where(entry_ids, modality),
+            include=["documents", "distances", "metadatas"],
         )
         self.counts["chroma_queries"] += 1
         # Only what ranking reads is kept of each passage's metadata: answers are memoized.
