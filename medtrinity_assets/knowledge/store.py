@@ -64,7 +64,24 @@ def finding_flag(finding: str) -> str:
     return f"f_{slug(normalize_label(finding))}"
 
 
+def _forget_deleted_store(path) -> None:
+    """Chroma keeps one open store per folder per process; once the folder is deleted, that
+    store's writes fail ("attempt to write a readonly database"). Drop it (Chroma has no public
+    call for one folder) so the next client starts a fresh store there."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    system = SharedSystemClient._identifier_to_system.pop(str(path), None)
+    SharedSystemClient._identifier_to_refcount.pop(str(path), None)
+    if system is not None:
+        try:
+            system.stop()
+        except Exception:  # the files under it are gone; nothing left to close cleanly
+            pass
+
+
 def open_client(path) -> chromadb.api.ClientAPI:
+    if not (Path(path) / "chroma.sqlite3").is_file():
+        _forget_deleted_store(path)
     make_dirs(Path(path))
     return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
 
