@@ -619,7 +619,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
             if len(pending) >= batch:
                 flush()
         flush()
-    report.extra.update({**retriever.counts, **{f"query_vectors_{k}": v for k, v in retriever.vectors.counts.items()}})
+    report.extra.update({**retriever.counts, **{f"query_vectors_{name}": n for name, n in retriever.vectors.counts.items()}})
     return report
 
 

@@ -188,7 +188,7 @@ class KnowledgeRetriever:
     A record's row depends on the record alone: the same as retrieving it by itself."""
 
     def __init__(
-        self, store_path, max_distance: float | None = MAX_DISTANCE, cache_dir=None, answer_memo: int = 2048
+        self, store_path, max_distance: float | None = MAX_DISTANCE, cache_dir=None, answer_memo: int = 512
     ):
         self.client = open_client(store_path)
         self.collection = open_collection(self.client, create=False)
