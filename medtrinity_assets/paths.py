@@ -106,6 +106,12 @@ class DataRoot:
         return self.local / "models"
 
     @property
+    def query_embeddings(self) -> Path:
+        """Retrieval's query vectors, one small file per (embedding model, text): a rerun or
+        another partition embeds no query twice (knowledge/embedder.py)."""
+        return self.local / "query_embeddings"
+
+    @property
     def llm_cache(self) -> Path:
         """The model writers' response cache (a rerun of a partition calls no endpoint)."""
         return self.local / "llm_cache"

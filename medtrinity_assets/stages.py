@@ -603,7 +603,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
     report = StageReport("retrieved_knowledge", spec.id)
     _require(data_root.table("rois", spec.id), "retrieved_knowledge")
     # Query vectors are kept beside the store: later partitions and reruns skip the model.
-    retriever = KnowledgeRetriever(data_root.chroma, cache_dir=data_root.root / "query_embeddings")
+    retriever = KnowledgeRetriever(data_root.chroma, cache_dir=data_root.query_embeddings)
     out = data_root.table("retrieved_knowledge", spec.id)
     with stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE, quarantine=False) as (writer, _):
         pending: list[dict] = []
