@@ -2,6 +2,13 @@
 
     python -m medtrinity_assets.bench_retrieval [--store PATH] [--k 3] [--show]
     python -m medtrinity_assets.bench_retrieval --store PATH --distances   (where the cut falls)
+    python -m medtrinity_assets.bench_retrieval --throughput [--images 1000] [--data-root DIR]
+
+``--throughput``: seconds of the knowledge_base stage on a fresh data root and on a rerun (the
+store reused), then images/s of the retrieval stage over the benchmark workload of bench.py
+(its upstream stages run first, or reused from ``--data-root``) with no query vectors on disk
+(the model loaded in the stage) and with them there (a rerun, another partition of the same
+queries). Every figure comes from a fresh process, as in bench.py.
 
 Builds a Chroma store from the corpus with the packaged embedding model (or uses ``--store``),
 runs every query through ``KnowledgeRetriever.retrieve_many`` and prints, over entries (the
@@ -227,6 +234,40 @@ def print_report(result: dict, k: int, show: bool = False, out=sys.stdout) -> No
     print(f"zero-passage queries: {none['zero_passage_queries']}", file=out)
 
 
+THROUGHPUT_UPSTREAM = ("raw_records", "normalized_images", "rois", "model_rois", "facts")
+
+
+def throughput(n_images: int, data_root: Path | None = None) -> list[dict]:
+    import shutil
+
+    from medtrinity_assets import bench
+
+    workload = bench.make_workload(n_images)
+    data_root = Path(data_root) if data_root else bench.CACHE / f"retrieval_{n_images}"
+    child = lambda stage: bench._child(["--child", stage, "--workload", str(workload), "--data-root", str(data_root)])  # noqa: E731
+    results = []
+    if not (data_root / "tables" / "facts").is_dir():
+        shutil.rmtree(data_root, ignore_errors=True)
+        for stage in THROUGHPUT_UPSTREAM:
+            child(stage)
+    shutil.rmtree(data_root / "chroma", ignore_errors=True)
+    (data_root / "tables" / "knowledge_chunks.parquet").unlink(missing_ok=True)
+    results.append({"run": "knowledge_base, fresh", **child("knowledge_base")})
+    results.append({"run": "knowledge_base, rerun", **child("knowledge_base")})
+    shutil.rmtree(data_root / "query_embeddings", ignore_errors=True)
+    results.append({"run": "retrieval, no vectors on disk", **child("retrieved_knowledge")})
+    results.append({"run": "retrieval, vectors on disk", **child("retrieved_knowledge")})
+    return results
+
+
+def print_throughput(results: list[dict], n_images: int, out=sys.stdout) -> None:
+    print(f"Benchmark workload of bench.py: {n_images} images; each line a fresh process", file=out)
+    print(f"{'run':32s}{'items':>8s}{'seconds':>10s}{'items/s':>10s}{'peak RSS MiB':>14s}", file=out)
+    for r in results:
+        rate = r["images"] / r["seconds"] if r["seconds"] else float("inf")
+        print(f"{r['run']:32s}{r['images']:>8d}{r['seconds']:>10.2f}{rate:>10.1f}{r['peak_rss_mib']:>14.0f}", file=out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=None, help="an existing Chroma store (default: build one)")
@@ -240,7 +281,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--distances", action="store_true", help="print where each relevance cut falls (needs --store)"
     )
+    parser.add_argument("--throughput", action="store_true", help="knowledge_base and retrieval stage speed (fresh processes)")
+    parser.add_argument("--images", type=int, default=1000, help="--throughput: size of the benchmark workload")
+    parser.add_argument("--data-root", type=Path, default=None, help="--throughput: data root with the upstream tables")
     args = parser.parse_args(argv)
+    if args.throughput:
+        print_throughput(throughput(args.images, args.data_root), args.images)
+        return 0
     if args.distances:
         if args.store is None:
             parser.error("--distances needs --store (a store built from the corpus)")

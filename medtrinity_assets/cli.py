@@ -361,7 +361,7 @@ def demo_with_local_model(writer: dict) -> int:
     if missing:
         print(f"the local model needs {', '.join(missing)} (pip install -r requirements.lock)", file=sys.stderr)
         return 2
-    log = DataRoot.from_env().root / "logs" / "llama_server.log"
+    log = DataRoot.from_env().local / "logs" / "llama_server.log"  # a local file, whatever the data root
     print(f"Starting the local model server (log: {log}):")
     with llama_server(log) as server:
         print(f"  {server.model} at {server.base_url}, ready in {server.startup_s:.0f}s")

@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 
 import duckdb
 
+from medtrinity_assets import objectstore
+
 PathLike = str | Path
 
 
@@ -28,18 +30,26 @@ def identifier(name: str) -> str:
 
 
 def read_parquet(paths: PathLike | Iterable[PathLike], *, union_by_name: bool = False) -> str:
-    """``read_parquet(...)`` over one file, one glob or a list of them, quoted."""
-    if isinstance(paths, (str, Path)):
-        target = literal(paths)
+    """``read_parquet(...)`` over one file, one glob or a list of them (paths, or URLs of a data
+    root on an object store), quoted."""
+    if isinstance(paths, (str, Path)) or objectstore.is_remote(paths):
+        paths = [paths]
+        target = literal(paths[0])
     else:
+        paths = list(paths)
         target = "[" + ", ".join(literal(p) for p in paths) + "]"
+    for path in paths:
+        if objectstore.is_remote(path):  # connections opened from now on can read it
+            objectstore.register_filesystem(path.fs)
     return f"read_parquet({target}{', union_by_name = true' if union_by_name else ''})"
 
 
 def connect(path: PathLike | None = None, *, memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection (in memory, or the database file ``path``), optionally capped so that
-    large joins spill to disk instead of growing."""
+    large joins spill to disk instead of growing. A data root on an object store opened in this
+    process is readable from it by URL (objectstore.attach)."""
     con = duckdb.connect(str(path)) if path is not None else duckdb.connect()
+    objectstore.attach(con)
     if memory_limit is not None:
         con.execute(f"SET memory_limit = {literal(memory_limit)}")
     if threads is not None:

@@ -2,6 +2,11 @@
 
 Everything the pipeline writes goes under one data root (``MEDTRINITY_HOME``, default
 ``<repo>/var``) so a run can be moved, wiped or pointed at another disk in one place.
+
+The data root may be an object store URL (``MEDTRINITY_HOME=s3://bucket/prefix``; see
+objectstore.py and docs/STORAGE.md): the tables and blobs then live there, and what needs a
+local filesystem (the warehouse file, Chroma, expert weights, the LLM cache, exports) goes under
+``MEDTRINITY_LOCAL_HOME`` instead. On a local root both are the same folder.
 """
 
 from __future__ import annotations
@@ -10,7 +15,12 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+from medtrinity_assets import objectstore
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,13 +32,40 @@ def _env_path(name: str, default: Path) -> Path:
 
 @dataclass(frozen=True)
 class DataRoot:
-    """The layout of the pipeline's outputs under one root folder."""
+    """The layout of the pipeline's outputs under one root folder.
 
-    root: Path
+    ``root`` holds the tables and blobs: a local ``Path``, or an object store location (a URL
+    string or ``UPath``, kept as a ``UPath``). ``local`` holds what must be on a local disk;
+    it defaults to ``root`` when that is local and to ``MEDTRINITY_LOCAL_HOME`` otherwise."""
+
+    root: "Path | UPath"  # a str given here is read as a path or URL (objectstore.as_root)
+    local: Path | None = None
+
+    def __post_init__(self):
+        root = objectstore.as_root(self.root)
+        object.__setattr__(self, "root", root)
+        if self.local is None:
+            object.__setattr__(self, "local", objectstore.local_home() if objectstore.is_remote(root) else root)
+        else:
+            object.__setattr__(self, "local", Path(self.local))
+
+    def __reduce__(self):
+        # Rebuilt through __init__ in the receiving process (a process pool's worker, a Dagster
+        # step), so an object store root opens there too and DuckDB connections can read it.
+        return (type(self), (self.root, self.local))
 
     @classmethod
     def from_env(cls) -> "DataRoot":
-        return cls(_env_path("MEDTRINITY_HOME", REPO_ROOT / "var"))
+        value = os.environ.get(objectstore.ROOT_ENV, "")
+        if objectstore.is_url(value):
+            root = objectstore.as_root(value)
+            return cls(root.expanduser().resolve() if isinstance(root, Path) else root)
+        return cls(_env_path(objectstore.ROOT_ENV, REPO_ROOT / "var"))
+
+    @property
+    def remote(self) -> bool:
+        """Whether the tables and blobs are on an object store."""
+        return objectstore.is_remote(self.root)
 
     def table(self, asset: str, partition: str | None = None) -> Path:
         """Parquet file of one asset (one file per partition for partitioned assets)."""
@@ -52,26 +89,32 @@ class DataRoot:
 
     @property
     def warehouse(self) -> Path:
-        return self.root / "warehouse.duckdb"
+        return self.local / "warehouse.duckdb"
 
     @property
     def chroma(self) -> Path:
-        return self.root / "chroma"
+        return self.local / "chroma"
 
     @property
     def exports(self) -> Path:
-        return self.root / "exports"
+        return self.local / "exports"
 
     @property
     def models(self) -> Path:
         """Expert model weights, content-addressed per expert: models/<expert_id>/<sha256>.pt,
         each with its manifest JSON, and models/<expert_id>/current.json naming the one in use."""
-        return self.root / "models"
+        return self.local / "models"
+
+    @property
+    def query_embeddings(self) -> Path:
+        """Retrieval's query vectors, one small file per (embedding model, text): a rerun or
+        another partition embeds no query twice (knowledge/embedder.py)."""
+        return self.local / "query_embeddings"
 
     @property
     def llm_cache(self) -> Path:
         """The model writers' response cache (a rerun of a partition calls no endpoint)."""
-        return self.root / "llm_cache"
+        return self.local / "llm_cache"
 
 
 @contextmanager

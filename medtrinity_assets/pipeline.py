@@ -78,6 +78,9 @@ class Stage:
     # The Dagster automation policy the asset follows, by name (defs/dataset_automation.py
     # CONDITIONS); None: materialized only when asked (a run, a sensor's job, a backfill).
     automation: str | None = None
+    # The asset's data version from its report (None: Dagster's default, new on every run).
+    # Downstream shows as stale only when it changes, e.g. when the knowledge corpus changes.
+    data_version: Callable[[stages.StageReport], str | None] | None = None
 
     def table(self, root: DataRoot, partition: str | None) -> Path:
         return root.table(self.table_name or self.name, partition)
@@ -180,6 +183,7 @@ STAGES: tuple[Stage, ...] = (
         "Knowledge base: the project's medical knowledge corpus, chunked, embedded with the local "
         "all-MiniLM-L6-v2 model and stored in a persistent Chroma collection.",
         partitioned=False, quarantines=False, kinds=frozenset({"chroma"}), table_name="knowledge_chunks",
+        data_version=lambda report: report.extra["content_fingerprint"],
     ),
     Stage(
         "retrieved_knowledge", schemas.RETRIEVED_KNOWLEDGE, ("facts", "knowledge_base"),

@@ -19,6 +19,15 @@ def load_or_create_salt(data_root: Path) -> str:
     from_env = os.environ.get("MEDTRINITY_SALT")
     if from_env:
         return from_env
+    from medtrinity_assets.objectstore import is_remote
+
+    if is_remote(data_root):
+        # Workers sharing an object store root must hash with one salt; a file each of them
+        # might create at once could differ, and a secret does not belong beside the data.
+        raise RuntimeError(
+            f"the data root {data_root} is on an object store: set MEDTRINITY_SALT (the same secret for every "
+            "worker, e.g. from a Kubernetes secret) instead of a salt file under the data root"
+        )
     path = Path(data_root) / "secrets" / "patient_salt"
     if not path.exists():
         make_dirs(Path(data_root))  # the data root itself follows the policy; only secrets/ is 0700

@@ -533,27 +533,68 @@ def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
 
 
 def run_knowledge_base(data_root: DataRoot, knowledge_folder: Path) -> StageReport:
+    """Chunks table and Chroma store of the corpus; reused as they are (``reused: true``, the
+    corpus not even parsed) when both carry the fingerprint of the current corpus files, chunker
+    and embedder and the store is intact. ``content_fingerprint`` (what is stored) is the
+    asset's data version."""
     from medtrinity_assets.knowledge.corpus import (
         chunk_corpus,
         corpus_fingerprint,
         load_corpus,
     )
-    from medtrinity_assets.knowledge.store import build_knowledge_base
+    from medtrinity_assets.knowledge.store import (
+        build_knowledge_base,
+        content_fingerprint,
+        mark_built,
+        source_fingerprint,
+        stored_knowledge,
+    )
 
     report = StageReport("knowledge_base", None)
     started = time.perf_counter()
-    entries = load_corpus(knowledge_folder)
-    chunks = chunk_corpus(entries)
-    report.inputs = len(entries)
+    source = source_fingerprint(corpus_fingerprint(knowledge_folder), schemas.KNOWLEDGE_CHUNKS)
     out = data_root.table("knowledge_chunks")
-    write_table(out, schemas.KNOWLEDGE_CHUNKS, chunks)
-    stats = build_knowledge_base(chunks, data_root.chroma)
-    apply_modes(data_root.chroma)  # Chroma writes with the umask's modes
-    report.rows = len(chunks)
+    stored = stored_knowledge(data_root.chroma)
+    reused = (
+        stored is not None
+        and stored["corpus_fingerprint"] == source
+        and _table_fingerprint(out) == (source, stored["chunks"])
+    )
+    if reused:
+        entries, chunks, content = stored["entries"], stored["chunks"], stored["content_fingerprint"]
+        stats = {"embedded": 0, "unchanged": chunks, "deleted": 0}
+    else:
+        loaded = load_corpus(knowledge_folder)
+        rows = chunk_corpus(loaded)
+        entries, chunks, content = len(loaded), len(rows), content_fingerprint(rows)
+        # The table first and the store's fingerprint last: a run killed in between leaves a
+        # store whose fingerprint does not match, so the next run rebuilds.
+        write_table(out, schemas.KNOWLEDGE_CHUNKS.with_metadata({"corpus_fingerprint": source}), rows)
+        stats = build_knowledge_base(rows, data_root.chroma)
+        stats.pop("chunks")
+        mark_built(data_root.chroma, source, content, entries)
+        apply_modes(data_root.chroma)  # Chroma writes with the umask's modes
+    report.inputs = entries
+    report.rows = chunks
     report.seconds = time.perf_counter() - started
     report.output = str(data_root.chroma)
-    report.extra.update({"entries": len(entries), "corpus_fingerprint": corpus_fingerprint(knowledge_folder), **stats})
+    report.extra.update(
+        {"entries": entries, "chunks": chunks, "corpus_fingerprint": source, "content_fingerprint": content,
+         "reused": reused, **stats}
+    )
     return report
+
+
+def _table_fingerprint(path: Path) -> tuple[str | None, int] | None:
+    """(fingerprint in the Parquet footer, row count) of the chunks table; None if unreadable."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, ValueError):
+        return None
+    stored = (meta.metadata or {}).get(b"corpus_fingerprint")
+    return (stored.decode("utf-8") if stored else None, meta.num_rows)
 
 
 def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int = 64) -> StageReport:
@@ -561,7 +602,8 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
 
     report = StageReport("retrieved_knowledge", spec.id)
     _require(data_root.table("rois", spec.id), "retrieved_knowledge")
-    retriever = KnowledgeRetriever(data_root.chroma)
+    # Query vectors are kept beside the store: later partitions and reruns skip the model.
+    retriever = KnowledgeRetriever(data_root.chroma, cache_dir=data_root.query_embeddings)
     out = data_root.table("retrieved_knowledge", spec.id)
     with stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE, quarantine=False) as (writer, _):
         pending: list[dict] = []
@@ -577,6 +619,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
             if len(pending) >= batch:
                 flush()
         flush()
+    report.extra.update({**retriever.counts, **{f"query_vectors_{name}": n for name, n in retriever.vectors.counts.items()}})
     return report
 
 

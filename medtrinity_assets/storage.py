@@ -4,6 +4,10 @@ A killed run must leave no half-written file: every write goes to a temporary fi
 same folder and is renamed into place only once it is complete (rename is atomic on POSIX).
 Tables are written batch by batch so a stage's memory does not grow with its partition.
 
+On a data root on an object store (objectstore.py) the temporary is a local file and "rename
+into place" is its upload to the final key, which the store makes visible only once complete;
+blobs go up in one PUT. Modes do not apply there: the bucket's policy decides who reads.
+
 Every file the pipeline writes gets ``file_mode()`` and every folder it creates ``dir_mode()``
 (README, "File modes"): set explicitly, so the umask of a shell, a cron job or the Dagster
 daemon cannot make one table world-readable and the next export unreadable to the group.
@@ -16,12 +20,14 @@ import io
 import os
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from medtrinity_assets import objectstore
 
 
 FILE_MODE_ENV = "MEDTRINITY_FILE_MODE"
@@ -83,12 +89,25 @@ def apply_modes(tree: Path) -> None:
                 os.chmod(os.path.join(folder, name), file_mode())
 
 
+def _target(final):
+    """A local ``Path`` or a remote ``UPath`` (a string URL is opened as a data root would be)."""
+    return final if isinstance(final, Path) else objectstore.as_root(final)
+
+
 @contextmanager
-def atomic_path(final: Path, mode: int | None = None) -> Iterator[Path]:
+def atomic_path(final, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only on success, with
     ``mode`` (default ``file_mode()``) set first, whoever wrote the temporary (DuckDB's COPY
-    recreates it with the umask's mode)."""
-    final = Path(final)
+    recreates it with the umask's mode).
+
+    When ``final`` is on an object store the temporary is a local file (under the local home's
+    tmp/), uploaded to ``final`` only on success: the yielded path is always a local ``Path``,
+    so DuckDB's COPY and pyarrow write to it as they would locally."""
+    final = _target(final)
+    if objectstore.is_remote(final):
+        with _atomic_upload(final) as tmp:
+            yield tmp
+        return
     mode = file_mode() if mode is None else mode
     make_dirs(final.parent, mode)
     _remove_orphaned_temporaries(final)
@@ -102,6 +121,22 @@ def atomic_path(final: Path, mode: int | None = None) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def _atomic_upload(final) -> Iterator[Path]:
+    scratch = objectstore.local_home() / "tmp"
+    make_dirs(scratch)
+    # Named after the key's file name, with the pid, so the orphan sweep below applies here too.
+    _remove_orphaned_temporaries(scratch / final.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=scratch)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        objectstore.upload_file(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _remove_orphaned_temporaries(final: Path) -> None:
@@ -121,7 +156,11 @@ def _remove_orphaned_temporaries(final: Path) -> None:
             pass  # alive, owned by someone else
 
 
-def write_bytes_atomic(final: Path, data: bytes, mode: int | None = None) -> None:
+def write_bytes_atomic(final, data: bytes, mode: int | None = None) -> None:
+    final = _target(final)
+    if objectstore.is_remote(final):
+        objectstore.put_bytes(final, data)  # one PUT: all or nothing
+        return
     with atomic_path(final, mode) as tmp:
         tmp.write_bytes(data)
 
@@ -133,8 +172,8 @@ class TableWriter:
     right columns, and so batches cannot drift in type.
     """
 
-    def __init__(self, final: Path, schema: pa.Schema, batch_rows: int = 512):
-        self.final = Path(final)
+    def __init__(self, final, schema: pa.Schema, batch_rows: int = 512):
+        self.final = _target(final)
         self.schema = schema
         self.batch_rows = batch_rows
         self._pending: list[dict] = []
@@ -170,7 +209,7 @@ class TableWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
-def write_table(final: Path, schema: pa.Schema, rows: Iterable[dict]) -> int:
+def write_table(final, schema: pa.Schema, rows: Iterable[dict]) -> int:
     with TableWriter(final, schema) as writer:
         writer.write_all(rows)
     return writer.rows_written
@@ -186,10 +225,14 @@ class BlobStore:
     The same content always lands at the same path, so a rerun rewrites nothing and two sources
     holding the same image share one file. Paths handed out are relative to the data root so
     the tables stay valid when the root moves.
+
+    ``data_root`` may be on an object store (a ``UPath``, or a URL): blobs then go up in one PUT
+    each and are read back through the root's filesystem; ``path`` hands out a local copy.
     """
 
-    def __init__(self, data_root: Path):
-        self.data_root = Path(data_root)
+    def __init__(self, data_root):
+        self.data_root = _target(data_root)
+        self.remote = objectstore.is_remote(self.data_root)
 
     def put(self, kind: str, data: bytes, ext: str) -> tuple[str, str]:
         digest = sha256_bytes(data)
@@ -200,7 +243,28 @@ class BlobStore:
         return digest, rel
 
     def path(self, rel: str) -> Path:
-        return self.data_root / rel
+        """A local file holding blob ``rel``: the blob itself on a local root; on an object store
+        a copy in the local home's cache/ (fetched once, checked against its sha256 name)."""
+        if not self.remote:
+            return self.data_root / rel
+        cached = objectstore.cache_path(rel)
+        if not cached.exists():
+            write_bytes_atomic(cached, self.read_bytes(rel))
+        return cached
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The blob's bytes; from an object store, checked against the sha256 its name holds."""
+        if not self.remote:
+            return (self.data_root / rel).read_bytes()
+        source = self.data_root / rel
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"blob {source} does not exist in the object store") from None
+        expected = PurePosixPath(rel).name.split(".", 1)[0]
+        if len(expected) == 64 and sha256_bytes(data) != expected:
+            raise ValueError(f"blob {source} does not hash to the sha256 its name holds: the object was altered")
+        return data
 
     def put_array(self, kind: str, array: np.ndarray) -> tuple[str, str]:
         buffer = io.BytesIO()
@@ -208,4 +272,6 @@ class BlobStore:
         return self.put(kind, buffer.getvalue(), "npy")
 
     def get_array(self, rel: str) -> np.ndarray:
+        if self.remote:
+            return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
         return np.load(self.path(rel), allow_pickle=False)

@@ -132,9 +132,11 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
             metadata.update(_writer_metadata(report))
         if extra_metadata:
             metadata.update(extra_metadata(settings, partition))
+        version = stage.data_version(report) if stage.data_version else None
         return dg.MaterializeResult(
             metadata=metadata,
             check_results=_check_results(stage, settings.root(), partition),
+            data_version=dg.DataVersion(version) if version else None,
         )
 
     # resource_defs is a beta parameter of dg.asset; dagster is pinned (requirements.lock).

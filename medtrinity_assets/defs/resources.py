@@ -29,7 +29,7 @@ class PipelineSettings(dg.ConfigurableResource):
     experts: str = ""  # folder of expert specs (grounding/experts/spec.py); default MEDTRINITY_EXPERTS
 
     def root(self) -> DataRoot:
-        return DataRoot(Path(self.data_root)) if self.data_root else DataRoot.from_env()
+        return DataRoot(self.data_root) if self.data_root else DataRoot.from_env()  # a path or an object store URL
 
     def specs(self) -> dict[str, SourceSpec]:
         return _cached_catalog(str(Path(self.catalog) if self.catalog else catalog_dir()))

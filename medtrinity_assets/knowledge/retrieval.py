@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from medtrinity_assets.knowledge.embedder import QueryVectors
 from medtrinity_assets.knowledge.store import (
     finding_flag,
     modality_flag,
@@ -177,13 +178,26 @@ def query_text(record: dict, rois: list[dict], spec, state: str | None = None) -
 
 
 class KnowledgeRetriever:
-    """One Chroma client and collection for a whole partition; queries are batched."""
+    """One Chroma client and collection for a whole partition.
 
-    def __init__(self, store_path, max_distance: float | None = MAX_DISTANCE):
+    Records of a source repeat a few query texts (same modality, organ, finding), so across
+    all calls of one retriever each distinct text is embedded once (``QueryVectors``; with
+    ``cache_dir`` also across processes) and each distinct (allowed entries, modality, text)
+    is asked of Chroma once, the texts of one filter in one query; the answers are kept
+    (``answer_memo`` of them, least recently used dropped) and fanned out to the records.
+    A record's row depends on the record alone: the same as retrieving it by itself."""
+
+    def __init__(
+        self, store_path, max_distance: float | None = MAX_DISTANCE, cache_dir=None, answer_memo: int = 512
+    ):
         self.client = open_client(store_path)
         self.collection = open_collection(self.client, create=False)
         self.max_distance = max_distance
         self.entries = _index_entries(self.collection.get(include=["metadatas"])["metadatas"])
+        self.vectors = QueryVectors(cache_dir)
+        self.answers: OrderedDict[tuple, list] = OrderedDict()
+        self.answer_memo = answer_memo
+        self.counts = {"records": 0, "distinct_queries": 0, "chroma_queries": 0, "answers_reused": 0}
 
     # --- which entries a record may get ---------------------------------------------------
 
@@ -237,8 +251,10 @@ class KnowledgeRetriever:
 
     # --- ranking ----------------------------------------------------------------------------
 
-    def _query(self, texts: list[str], entry_ids: list[str], modality: str) -> list[list[tuple[str, str, float, dict]]]:
-        where = {
+    @staticmethod
+    def where(entry_ids: list[str], modality: str) -> dict:
+        """Chroma's filter for the passages of ``entry_ids`` a record of ``modality`` may get."""
+        return {
             "$and": [
                 {"entry_id": {"$in": entry_ids}},
                 {"section": {"$in": list(PASSAGE_SECTIONS)}},
@@ -246,16 +262,48 @@ class KnowledgeRetriever:
                 {"$or": [{"section": {"$ne": "appearance"}}, {modality_flag(modality): True}]},
             ]
         }
+
+    def _query(self, vectors: list, entry_ids: list[str], modality: str) -> list[list[tuple[str, str, float, dict]]]:
         result = self.collection.query(
-            query_texts=texts,
-            n_results=len(PASSAGE_SECTIONS) * len(entry_ids), where=where, include=["documents", "distances", "metadatas"]
+            query_embeddings=vectors,
+            n_results=len(PASSAGE_SECTIONS) * len(entry_ids),
+            where=self.where(entry_ids, modality),
+            include=["documents", "distances", "metadatas"],
         )
+        self.counts["chroma_queries"] += 1
+        # Only what ranking reads is kept of each passage's metadata: answers are memoized.
         return [
-            list(zip(ids, documents, [float(d) for d in distances], metadatas))
+            [
+                (chunk_id, document, float(distance), {k: meta.get(k) for k in ("entry_id", "section", "body")})
+                for chunk_id, document, distance, meta in zip(ids, documents, distances, metadatas)
+            ]
             for ids, documents, distances, metadatas in zip(
                 result["ids"], result["documents"], result["distances"], result["metadatas"]
             )
         ]
+
+    def _answers_for(self, keys: list[tuple]) -> dict[tuple, list]:
+        """Chroma's answer per (allowed entry ids, modality, text): memoized ones reused, the
+        rest asked once per filter with all its texts' vectors in one query."""
+        answers: dict[tuple, list] = {}
+        missing: dict[tuple, list[str]] = defaultdict(list)
+        for key in dict.fromkeys(keys):
+            if key in self.answers:
+                self.answers.move_to_end(key)
+                answers[key] = self.answers[key]
+                self.counts["answers_reused"] += 1
+            else:
+                missing[key[:2]].append(key[2])
+        if missing:
+            vectors = self.vectors.get([text for texts in missing.values() for text in texts])
+            for (allowed, modality), texts in missing.items():
+                for text, hits in zip(texts, self._query([vectors[t] for t in texts], list(allowed), modality)):
+                    answers[(allowed, modality, text)] = hits
+                    self.answers[(allowed, modality, text)] = hits
+                    self.counts["distinct_queries"] += 1
+            while len(self.answers) > self.answer_memo:
+                self.answers.popitem(last=False)
+        return answers
 
     def _directions(self, rois: list[dict], allowed: list[str]) -> dict[str, str]:
         """Entry id -> measured direction of the largest annotated ROI whose label names it."""
@@ -308,30 +356,27 @@ class KnowledgeRetriever:
     def retrieve_many(self, records_with_rois: Iterable[tuple[dict, list[dict]]], spec, k: int = 3) -> list[dict]:
         items = [(record, list(rois or [])) for record, rois in records_with_rois]
         prepared = []
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for index, (record, rois) in enumerate(items):
+        for record, rois in items:
             state, filter_used, allowed = self.candidates(record, rois, spec)
             modality = record.get("modality") or spec.modality
+            text = query_text(record, rois, spec, state)
             prepared.append(
                 {
                     "state": state,
                     "filter": filter_used,
                     "modality": modality,
-                    "text": query_text(record, rois, spec, state),
+                    "text": text,
                     "directions": self._directions(rois, allowed),
+                    # No allowed entry: nothing to ask Chroma.
+                    "key": (tuple(allowed), modality, text) if allowed else None,
                     "ranked": [],
                 }
             )
-            if allowed:
-                groups[(tuple(allowed), modality)].append(index)
-        # Records that may get the same entries are embedded and queried in one batch.
-        for (allowed, modality), indexes in groups.items():
-            # Records of one source repeat the same few query texts: embed each text once.
-            texts = list(dict.fromkeys(prepared[i]["text"] for i in indexes))
-            answers = dict(zip(texts, self._query(texts, list(allowed), modality)))
-            for index in indexes:
-                item = prepared[index]
-                item["ranked"] = self._rank(answers[item["text"]], item["directions"], k)
+        self.counts["records"] += len(items)
+        answers = self._answers_for([item["key"] for item in prepared if item["key"] is not None])
+        for item in prepared:
+            if item["key"] is not None:
+                item["ranked"] = self._rank(answers[item["key"]], item["directions"], k)
 
         rows = []
         for (record, _), item in zip(items, prepared):

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import duckdb
 
-from medtrinity_assets import schemas
+from medtrinity_assets import objectstore, schemas
 from medtrinity_assets.dataset.exports import DUPLICATE_PAIRS_TABLE
 from medtrinity_assets.splits import SPLIT_NAMES
 from medtrinity_assets.generation.facts import PROVENANCES
@@ -78,6 +78,8 @@ def _dicts(con, sql: str) -> list[dict]:
 
 
 def _existing(path: PathLike) -> list[str]:
+    if objectstore.is_url(str(path)):  # a data root on an object store
+        return objectstore.existing_files(path)
     return sorted(glob.glob(str(path))) if any(c in str(path) for c in "*?[") else ([str(path)] if Path(path).exists() else [])
 
 

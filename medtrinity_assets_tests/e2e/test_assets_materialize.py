@@ -52,7 +52,7 @@ def _materializations(result) -> dict[str, dict]:
 @pytest.fixture
 def seeded_env(isolated_env, shared_knowledge):
     """The data root holds the session's knowledge base: materializing the knowledge_base asset
-    then runs the whole stage (corpus, chunks, store, checks) but embeds nothing again."""
+    then finds the store built from the same corpus and reuses it (its checks still run)."""
     shared_knowledge.copy_to(DataRoot(isolated_env["var"]))
     return isolated_env
 

@@ -25,6 +25,7 @@ from medtrinity_assets.duckdb_sql import connect, literal as sql_literal, read_p
 from medtrinity_assets.grounding.experts.base import ExpertError, Sample
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.paths import DataRoot
+from medtrinity_assets.storage import BlobStore
 from medtrinity_assets.sources.label_state import NORMAL
 
 # ROI origins that are annotations (whole_image is not; model ROIs never train an expert).
@@ -88,7 +89,7 @@ def dataset_split(spec: ExpertSpec, sample: Sample) -> str:
 
 
 def _png(root: DataRoot, rel: str) -> np.ndarray:
-    with Image.open(root.root / rel) as image:
+    with Image.open(BlobStore(root.root).path(rel)) as image:  # a local copy when the root is an object store
         return np.asarray(image)
 
 

@@ -41,7 +41,7 @@ OFFLINE_SETTINGS = {
 
 def config_dir() -> Path:
     """The folder ultralytics uses (YOLO_CONFIG_DIR); settings and fonts live in its ``Ultralytics/``."""
-    return DataRoot.from_env().root / "ultralytics"
+    return DataRoot.from_env().local / "ultralytics"  # a local folder, also with the data root on an object store
 
 
 def _set_switches() -> None:

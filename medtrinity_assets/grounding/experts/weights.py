@@ -63,7 +63,7 @@ class Manifest:
 
     def weights_file(self, data_root) -> Path:
         path = Path(self.path)
-        return path if path.is_absolute() else _root(data_root).root / path
+        return path if path.is_absolute() else _root(data_root).local / path  # weights are local files (paths.DataRoot.models)
 
 
 def _root(data_root) -> DataRoot:
@@ -149,7 +149,7 @@ def save_weights(data_root, spec: ExpertSpec, family, model, **manifest_fields) 
         tmp.unlink(missing_ok=True)
     manifest_fields.setdefault("architecture", spec.architecture)
     manifest = Manifest(
-        expert_id=spec.id, sha256=digest, path=final.relative_to(root.root).as_posix(), family=spec.family,
+        expert_id=spec.id, sha256=digest, path=final.relative_to(root.local).as_posix(), family=spec.family,
         task=spec.task, training_hash=spec.training_hash(), created_at=_now(), provenance="trained", **manifest_fields,
     )
     write_bytes_atomic(folder / f"{digest}.json", manifest.to_json().encode("utf-8"))
