@@ -161,9 +161,8 @@ def local_home() -> Path:
     value = os.environ.get(LOCAL_ENV)
     if value:
         return Path(value).expanduser().resolve()
-    from medtrinity_assets.paths import REPO_ROOT
-
-    return REPO_ROOT / "var"
+    # paths.REPO_ROOT, computed here: paths imports this module, not the other way round.
+    return Path(__file__).resolve().parents[1] / "var"
 
 
 def key(path) -> str:
