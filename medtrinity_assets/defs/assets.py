@@ -97,9 +97,10 @@ def _report_metadata(report: stages.StageReport) -> dict:
 def _inputs(stage: Stage, settings: PipelineSettings, partition: str | None, writer: WriterSettings | None = None) -> StageInputs:
     root = settings.root()
     if stage.partitioned:
-        config = writer.config_for(partition, root) if writer is not None else None
+        spec = settings.spec(partition)  # bound to the partition: a shard reads only its files
+        config = writer.config_for(spec.id, root) if writer is not None else None
         return StageInputs(
-            root, spec=settings.spec(partition), salt=settings.salt(), writer=config, experts_folder=settings.experts_folder()
+            root, spec=spec, salt=settings.salt(), writer=config, experts_folder=settings.experts_folder()
         )
     return StageInputs(root, knowledge_folder=settings.knowledge_folder(), source_ids=tuple(settings.specs()))
 

@@ -51,8 +51,11 @@ def asset_key(expert_id: str) -> dg.AssetKey:
 
 
 def training_partitions(spec: ExpertSpec, catalog: dict[str, SourceSpec], data_root: DataRoot) -> list[str]:
-    """The source partitions the expert learns from (for brought weights: is evaluated on), as
-    partitions of this code location: lineage is drawn to them."""
+    """The partitions the expert learns from (for brought weights: is evaluated on): every
+    shard of each training source as its files split it now (the source id itself while it has
+    no files), so lineage is drawn to all of them."""
+    from medtrinity_assets.catalog.fingerprint import source_state
+
     from medtrinity_assets.grounding.experts.samples import train_source_ids
 
     try:
@@ -60,7 +63,7 @@ def training_partitions(spec: ExpertSpec, catalog: dict[str, SourceSpec], data_r
     except ExpertError as error:  # e.g. train_sources naming a source not in the catalog
         log.warning("expert %s: %s", spec.id, error)
         return []
-    return [source_id for source_id in sources if source_id in CATALOG]
+    return [key for source_id in sources if source_id in CATALOG for key in (source_state(CATALOG[source_id]).partitions or (source_id,))]
 
 
 def _metadata_value(value):
