@@ -215,10 +215,16 @@ def _dataset_exports(settings: PipelineSettings, _partition: None) -> dict:
     return {"exports": dg.MetadataValue.path(str(settings.root().exports))}
 
 
+def _dataset_metadata(settings: PipelineSettings, partition: None) -> dict:
+    from medtrinity_assets.defs.rollup import source_rollup_metadata  # sums the shards per source
+
+    return {**_dataset_exports(settings, partition), **source_rollup_metadata(settings)}
+
+
 # Dagster-only metadata a stage adds beside its report (previews, links).
 EXTRA_METADATA: dict[str, Callable[[PipelineSettings, str | None], dict]] = {
     "triplets": _triplet_thumbnails,
-    "medtrinity_dataset": _dataset_exports,
+    "medtrinity_dataset": _dataset_metadata,
 }
 
 
