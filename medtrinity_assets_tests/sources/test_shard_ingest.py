@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 from conftest import REALDATA, needs_realdata
