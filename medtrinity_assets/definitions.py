@@ -10,6 +10,7 @@ from medtrinity_assets.defs.automation import (
     source_pipeline_job,
 )
 from medtrinity_assets.defs.catalog import every_spec_loads, source_catalog
+from medtrinity_assets.defs.executors import executor_from_env
 from medtrinity_assets.defs.experts import EXPERT_ASSETS, expert_training_sensor
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.defs.sql_models import SQL_ASSETS
@@ -25,4 +26,6 @@ defs = dg.Definitions(
     # and bound to the asset it is there in every run, the CLI's and the tests' included. The
     # launchpad configures it per run under resources.writer.
     resources={"settings": PipelineSettings()},
+    # Dagster's default unless MEDTRINITY_EXECUTOR says celery or k8s (defs/executors.py).
+    executor=executor_from_env(),
 )

@@ -138,6 +138,9 @@ STAGES: tuple[Stage, ...] = (
         "annotation (origin model:<expert>, confidence = score); on annotated records their IoU "
         "against the annotation is the drift check.",
         kinds=frozenset({"parquet", "duckdb", "pytorch"}), extra_deps=_expert_asset_keys,
+        # Loads every applicable expert network: the pool bounds how many partitions hold them
+        # (on the GPU where there is one) at once, across runs.
+        pool="gpu",
     ),
     Stage(
         "facts", schemas.FACTS, ("rois", "model_rois"),

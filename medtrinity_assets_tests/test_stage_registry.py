@@ -200,7 +200,7 @@ def test_quarantine_kinds_check_refuses_a_kind_outside_the_list(tmp_path):
 
 # Lowest first: a module may import its own package and any lower layer, nothing above it.
 LAYERS = [
-    {"paths", "shutdown", "schemas", "duckdb_sql", "validation", "vocabulary", "containment", "bounded_yaml", "splits", "__init__"},
+    {"paths", "shutdown", "schemas", "duckdb_sql", "validation", "vocabulary", "containment", "bounded_yaml", "splits", "transient", "__init__"},
     {"storage"},
     {"settings"},
     {"imaging"},

@@ -17,6 +17,7 @@ from medtrinity_assets.dataset.exports import held_back_sql
 from medtrinity_assets.defs.experts import EXPERT_KEYS
 from medtrinity_assets.defs.partitions import source_partitions
 from medtrinity_assets.defs.resources import WRITER_RESOURCE, PipelineSettings, WriterSettings
+from medtrinity_assets.defs.retries import retry_if_transient
 from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.preview import thumbnails_markdown
@@ -120,7 +121,8 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
 
     def materialize(context: dg.AssetExecutionContext, settings: PipelineSettings, writer: WriterSettings | None) -> dg.MaterializeResult:
         partition = context.partition_key if stage.partitioned else None
-        report = stage.run(_inputs(stage, settings, partition, writer))
+        with retry_if_transient(context):  # a dropped connection or share: retried with backoff
+            report = stage.run(_inputs(stage, settings, partition, writer))
         context.log.info(
             f"{stage.name}[{partition or '-'}]: {report.rows} rows from {report.inputs} inputs, "
             f"{report.quarantined} quarantined, {report.seconds:.1f}s"

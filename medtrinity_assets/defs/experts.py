@@ -170,6 +170,8 @@ def expert_asset(spec: ExpertSpec, partitions: list[str]) -> dg.AssetsDefinition
         group_name=EXPERTS_GROUP,
         deps=deps,
         kinds=KINDS[spec.family],
+        # Training takes the accelerator (or every core) for minutes: one at a time per pool slot.
+        pool="gpu",
         # A change to a training field (epochs, input size, network...) is a new code version.
         code_version=spec.training_hash()[:16],
         description=f"Expert model {spec.id}: {spec.family} {spec.architecture} finding '{spec.target}' "

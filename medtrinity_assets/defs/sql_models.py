@@ -8,6 +8,7 @@ import dagster as dg
 import duckdb
 
 from medtrinity_assets.defs.resources import PipelineSettings
+from medtrinity_assets.defs.retries import retry_if_transient
 from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.paths import REPO_ROOT, DataRoot
 from medtrinity_assets.pipeline import PARTITION_TABLES, STAGES
@@ -57,15 +58,19 @@ def _model_asset(model) -> dg.AssetsDefinition:
         group_name="warehouse",
         description=f"SQL model {model.path.name}, run by DuckDB in the warehouse file.\n\n```sql\n{model.sql.strip()}\n```",
         kinds={"duckdb", "sql"},
+        # DuckDB lets one process write the warehouse file: one model at a time, across runs,
+        # instead of waiting on its lock (deploy/dagster.postgres.yaml: limit 1).
+        pool="warehouse",
     )
     def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         root = settings.root()
-        con = _connect_warehouse(root.warehouse)
-        try:
-            rows = run_model(con, model, lambda ref: relation_for(root, ref))
-            preview = con.sql(f"SELECT * FROM {model.name} LIMIT 10").to_arrow_table().to_pylist()
-        finally:
-            con.close()
+        with retry_if_transient(context):
+            con = _connect_warehouse(root.warehouse)
+            try:
+                rows = run_model(con, model, lambda ref: relation_for(root, ref))
+                preview = con.sql(f"SELECT * FROM {model.name} LIMIT 10").to_arrow_table().to_pylist()
+            finally:
+                con.close()
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": rows,

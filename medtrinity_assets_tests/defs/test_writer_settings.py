@@ -28,7 +28,8 @@ def clean_writer_env(monkeypatch):
 def test_only_the_descriptions_asset_is_in_the_llm_pool_and_has_the_writer():
     pools = {name: asset.op.pool for name, asset in ASSETS_BY_NAME.items()}
     assert pools["descriptions"] == "llm"
-    assert {name for name, pool in pools.items() if pool} == {"descriptions"}
+    # model_rois holds expert networks: the "gpu" pool (deploy/dagster.postgres.yaml).
+    assert {name: pool for name, pool in pools.items() if pool} == {"descriptions": "llm", "model_rois": "gpu"}
     assert WRITER_RESOURCE in ASSETS_BY_NAME["descriptions"].resource_defs
     assert [s.name for s in STAGES if s.uses_writer] == ["descriptions"]
     # The whole code location still resolves with the resource bound to the asset.

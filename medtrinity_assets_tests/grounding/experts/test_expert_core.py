@@ -307,3 +307,14 @@ def test_brought_weights_without_annotated_partitions_are_recorded_unevaluated(k
     assert outcome.manifest.path == str((tmp_path / "mine.pt").resolve())
     expert = load_for_inference(expert_spec(weights="mine.pt"), root, tmp_path)
     assert expert.manifest.sha256 == outcome.manifest.sha256
+
+
+def test_a_family_whose_packages_are_missing_names_them_and_the_install(monkeypatch):
+    """The CPU-light install leaves ultralytics out: asking for such a family says what is
+    missing and which install has it, before any import is tried."""
+    from medtrinity_assets.grounding.experts import families
+
+    monkeypatch.setitem(families.REQUIRED_PACKAGES, "yolo", ("ultralytics", "no_such_package_medtrinity"))
+    with pytest.raises(ExpertError, match=r"'yolo' needs (ultralytics and )?no_such_package_medtrinity.*make setup PROFILE=cpu.*'monai'"):
+        families.family("yolo")
+    assert type(families.family("monai")).__name__ == "MonaiFamily"

@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 import torch
 
+# The CPU-light install (make setup PROFILE=cpu) has no ultralytics; the full one, CI's, has.
+pytest.importorskip("ultralytics", reason="ultralytics is not installed (the CPU-light install leaves it out)")
+
 from medtrinity_assets.grounding.experts.base import ExpertError, Prediction, Sample, WeightsError
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.grounding.experts.yolo_family import (
