@@ -106,3 +106,29 @@ def owns(shard: Shard | None, relative_path: str | None) -> bool:
     if relative_path in (None, "", "."):
         return shard.index == 0
     return shard_of(relative_path, shard.count) == shard.index
+
+
+def partitions_on_disk(folder, source_id: str) -> list[str]:
+    """The partition keys of ``source_id`` whose tables ``<key>.parquet`` are in ``folder`` (one
+    stage's table folder), for readers that take a source whole (expert training, roll-ups).
+
+    A source split anew (2 shards, later 4) leaves the older set's files behind until they are
+    removed; only one complete set is returned: the one written last (whose oldest file is the
+    newest), so no record is read twice. ``[]`` when no complete set exists."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    sets: dict[int, dict[str, float]] = {}
+    for path in folder.glob(f"{source_id}*.parquet") if folder.is_dir() else ():
+        key = path.name[: -len(".parquet")]
+        try:
+            found, shard = parse_partition_key(key)
+        except ValueError:
+            continue
+        if found == source_id:
+            sets.setdefault(shard.count if shard else 1, {})[key] = path.stat().st_mtime
+    complete = {count: keys for count, keys in sets.items() if len(keys) == count}
+    if not complete:
+        return []
+    count = max(complete, key=lambda n: (min(complete[n].values()), n))
+    return partition_keys(source_id, count)

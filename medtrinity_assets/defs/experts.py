@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from medtrinity_assets.catalog import SourceSpec
+from medtrinity_assets.catalog.shards import partitions_on_disk
 from medtrinity_assets.defs.partitions import CATALOG
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.grounding.experts.base import ExpertError
@@ -237,7 +238,7 @@ def stale_experts(settings: PipelineSettings) -> dict[str, str]:
         if spec.brings_weights:
             continue
         sources = train_source_ids(spec, catalog, root)
-        if not any(root.table("rois", source_id).exists() for source_id in sources):
+        if not any(partitions_on_disk(root.table("rois", source_id).parent, source_id) for source_id in sources):
             continue
         fingerprint = data_fingerprint(spec, root, sources)
         current = current_manifest(root, expert_id)

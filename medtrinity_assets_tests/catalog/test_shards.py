@@ -96,3 +96,20 @@ def test_source_state_counts_files_and_makes_the_shard_keys(tmp_path):
     state = source_state(spec)
     assert state.files == 7 and state.fingerprint == folder_state(root)[0]
     assert state.partitions == ("walked.s0of4", "walked.s1of4", "walked.s2of4", "walked.s3of4")
+
+
+def test_partitions_on_disk_returns_the_complete_set_written_last(tmp_path):
+    import os
+
+    from medtrinity_assets.catalog.shards import partitions_on_disk
+
+    assert partitions_on_disk(tmp_path / "absent", "src") == []
+    for key, when in [("src", 100), ("src.s0of2", 200), ("src.s1of2", 210), ("src.s0of4", 300), ("srcx", 50), ("src_two", 50)]:
+        path = tmp_path / f"{key}.parquet"
+        path.write_bytes(b"")
+        os.utime(path, (when, when))
+    # the 4-way set is incomplete: the 2-way set, newer than the unsharded table, is current
+    assert partitions_on_disk(tmp_path, "src") == ["src.s0of2", "src.s1of2"]
+    assert partitions_on_disk(tmp_path, "src_two") == ["src_two"]
+    os.utime(tmp_path / "src.parquet", (400, 400))  # the source shrank and ran unsharded since
+    assert partitions_on_disk(tmp_path, "src") == ["src"]
