@@ -161,9 +161,10 @@ GROUNDING_STAGES = ("raw_records", "normalized_images", "rois")
 
 
 def expert_plan(source_ids: list[str], data_root: DataRoot) -> tuple[list[str], list[str]]:
-    """(experts to materialize, sources to ground before them). An expert is materialized when
-    it brings weights or when one of its training sources is among ``source_ids`` or was
-    grounded before (its rois table exists); the others are left as they are."""
+    """(experts to materialize, partitions to ground before them). ``source_ids``: the partition
+    keys to run (a source id, or each shard key of a sharded source). An expert is materialized
+    when it brings weights or when one of its training partitions is among them or was grounded
+    before (its rois table exists); the others are left as they are."""
     from medtrinity_assets.defs.experts import EXPERT_SPECS, EXPERT_TRAINING
 
     experts, grounded_first = [], []
@@ -174,6 +175,22 @@ def expert_plan(source_ids: list[str], data_root: DataRoot) -> tuple[list[str], 
             experts.append(expert_id)
             grounded_first += [s for s in requested if s not in grounded_first]
     return experts, grounded_first
+
+
+def register_partitions(source_ids: list[str], settings, instance) -> list[str]:
+    """The partition keys of the named sources as their files split them now (the source id for
+    a source without files: its run reports them missing), added to the instance's dynamic
+    partitions, so the runs and the UI know them as the sensor would have made them."""
+    from medtrinity_assets.catalog.fingerprint import source_state
+    from medtrinity_assets.defs.partitions import SOURCES_PARTITIONS
+
+    specs = settings.specs()
+    keys = [key for source_id in source_ids for key in (source_state(specs[source_id]).partitions or (source_id,))]
+    known = set(instance.get_dynamic_partitions(SOURCES_PARTITIONS))
+    new = [key for key in keys if key not in known]
+    if new:
+        instance.add_dynamic_partitions(SOURCES_PARTITIONS, new)
+    return keys
 
 
 def materialize_sources(source_ids: list[str], instance=None, writer: dict | None = None) -> bool:
@@ -197,6 +214,7 @@ def materialize_sources(source_ids: list[str], instance=None, writer: dict | Non
     everything = [*ASSETS, *EXPERT_ASSETS_BY_ID.values(), *SQL_ASSETS]
     resources = {"settings": PipelineSettings()}
     ok = True
+    partitions = register_partitions(source_ids, resources["settings"], instance)
 
     def run(selection, partition_key=None, label=""):
         nonlocal ok
@@ -231,7 +249,7 @@ def materialize_sources(source_ids: list[str], instance=None, writer: dict | Non
         return result
 
     run(dg.AssetSelection.assets(knowledge_base), label="knowledge_base")
-    experts, grounded_first = expert_plan(source_ids, resources["settings"].root())
+    experts, grounded_first = expert_plan(partitions, resources["settings"].root())
     grounding = [ASSETS_BY_NAME[name] for name in GROUNDING_STAGES]
     for source_id in grounded_first:
         run(dg.AssetSelection.assets(*grounding), partition_key=source_id, label=f"{source_id} (grounding)")
@@ -239,9 +257,9 @@ def materialize_sources(source_ids: list[str], instance=None, writer: dict | Non
         result = run(dg.AssetSelection.assets(EXPERT_ASSETS_BY_ID[expert_id]), label=f"expert_{expert_id}")
         _print_expert(result)
     rest = [asset for asset in PARTITIONED_ASSETS if asset not in grounding]
-    for source_id in source_ids:
-        selection = rest if source_id in grounded_first else PARTITIONED_ASSETS
-        run(dg.AssetSelection.assets(*selection), partition_key=source_id, label=f"{source_id}")
+    for partition in partitions:
+        selection = rest if partition in grounded_first else PARTITIONED_ASSETS
+        run(dg.AssetSelection.assets(*selection), partition_key=partition, label=f"{partition}")
     run(dg.AssetSelection.assets(medtrinity_dataset, *SQL_ASSETS), label="medtrinity_dataset + SQL models")
     return ok
 

@@ -47,6 +47,8 @@ class StageReport:
     seconds: float = 0.0
     output: str | None = None
     extra: dict = field(default_factory=dict)
+    # The partition's key (catalog/shards.py) naming its tables and quarantine file; None: source_id.
+    partition: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -85,7 +87,7 @@ def stage_tables(
         writer = stack.enter_context(TableWriter(out, schema))
         log = None
         if quarantine:
-            q_writer = stack.enter_context(TableWriter(data_root.quarantine(report.stage, report.source_id), schemas.QUARANTINE))
+            q_writer = stack.enter_context(TableWriter(data_root.quarantine(report.stage, report.partition or report.source_id), schemas.QUARANTINE))
             log = _QuarantineLog(q_writer, report.stage, report.source_id, report)
         yield writer, log
     report.rows = writer.rows_written
@@ -121,17 +123,18 @@ def _require(path: Path, stage: str) -> Path:
 
 
 def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
+    from medtrinity_assets.catalog.shards import owns
     from medtrinity_assets.sources import IngestContext, Quarantined, read_source
-    from medtrinity_assets.sources.base import pseudonymous_path, pseudonymous_quarantine
+    from medtrinity_assets.sources.base import SHARD_PATH, pseudonymous_path, pseudonymous_quarantine, shard_path_of
 
     from medtrinity_assets.catalog.fingerprint import folder_fingerprint
 
-    report = StageReport("raw_records", spec.id)
+    report = StageReport("raw_records", spec.id, partition=spec.partition)
     # Taken before reading, so a file that changes during the run makes the source stale
     # for the schedule instead of being recorded as already ingested.
     report.extra["input_fingerprint"] = folder_fingerprint(source_root(spec)) or ""
-    ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(data_root.root), salt=salt)
-    out = data_root.table("raw_records", spec.id)
+    ctx = IngestContext(spec=spec, root=source_root(spec), blobs=BlobStore(data_root.root), salt=salt, shard=spec.shard)
+    out = data_root.table("raw_records", spec.partition)
     seen: set[str] = set()
     with stage_tables(report, data_root, out, schemas.RAW_RECORDS) as (records, log):
 
@@ -145,6 +148,10 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
         # A reader bug must not lose the rows already read.
         stopped = lambda error: quarantine_add(None, f"reader stopped early: {describe_error(error)}", kind="stage_error")  # noqa: E731
         for item in until_reader_error(read_source(ctx), stopped):
+            # Each item is kept by exactly one shard (items without a file by shard 0), whether
+            # or not its reader skipped the other shards' files (sources.base.IngestContext.owns).
+            if not owns(spec.shard, shard_path_of(item)):
+                continue
             report.inputs += 1
             if isinstance(item, Quarantined):
                 quarantine_add(item.source_file, item.reason, item.record_id, kind=item.kind)
@@ -152,6 +159,7 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
                 quarantine_add(item["source_file"], "duplicate record id (same file and slice listed twice)", item["record_id"], kind="duplicate")
             else:
                 seen.add(item["record_id"])
+                item.pop(SHARD_PATH, None)
                 if spec.pseudonymize_paths:
                     # Hashed only here, as the row is written: readers, box overlays and the
                     # spec check need the real path while the source is read.
@@ -168,12 +176,12 @@ def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) ->
     from medtrinity_assets.imaging.normalize import encode_png, normalize_pixels
     from medtrinity_assets.imaging.phash import phash
 
-    report = StageReport("normalized_images", spec.id)
+    report = StageReport("normalized_images", spec.id, partition=spec.partition)
     burned_in_kinds: Counter = Counter()
     burned_in_images = 0
     blobs = BlobStore(data_root.root)
-    source = _require(data_root.table("raw_records", spec.id), "normalized_images")
-    out = data_root.table("normalized_images", spec.id)
+    source = _require(data_root.table("raw_records", spec.partition), "normalized_images")
+    out = data_root.table("normalized_images", spec.partition)
     with stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES) as (writer, quarantine):
         def normalize_and_store(record: dict):
             normalized = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec.intensity_rule(), max_side=max_side)
@@ -236,10 +244,10 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     from medtrinity_assets.grounding.relations import relate
     from medtrinity_assets.grounding.rois import REFERENCE_PREFIX, ground_record
 
-    report = StageReport("rois", spec.id)
+    report = StageReport("rois", spec.id, partition=spec.partition)
     blobs = BlobStore(data_root.root)
-    _require(data_root.table("normalized_images", spec.id), "rois")
-    out = data_root.table("rois", spec.id)
+    _require(data_root.table("normalized_images", spec.partition), "rois")
+    out = data_root.table("rois", spec.partition)
     origins: Counter = Counter()
     tally: Counter = Counter()
     with stage_tables(report, data_root, out, schemas.ROIS) as (writer, quarantine):
@@ -248,7 +256,7 @@ def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
             relate(rois)
             return rois, problems
 
-        rows = stream_rows(_records_with_images(data_root, spec.id))
+        rows = stream_rows(_records_with_images(data_root, spec.partition))
         for record, (rois, problems) in _each_record(rows, report, quarantine, "ground", ground_and_relate):
             # An annotation that yields no usable region is reported; the image keeps its
             # other ROIs (or its whole-image entry), so nothing else is lost. Publisher boxes
@@ -389,14 +397,14 @@ def run_model_rois(
     rounded scores)."""
     from medtrinity_assets.grounding.model_rois import ExpertRun, model_roi_rows
 
-    report = StageReport("model_rois", spec.id)
+    report = StageReport("model_rois", spec.id, partition=spec.partition)
     blobs = BlobStore(data_root.root)
     for upstream in ("normalized_images", "rois"):
-        _require(data_root.table(upstream, spec.id), "model_rois")
+        _require(data_root.table(upstream, spec.partition), "model_rois")
     pairs, skipped = _load_experts(experts or {}, spec, data_root, spec_folder)
     runs = [(model, ExpertRun.of(model.spec, sha)) for model, sha in pairs]
     tallies = {run.expert_id: _ExpertTally(run) for _, run in runs}
-    out = data_root.table("model_rois", spec.id)
+    out = data_root.table("model_rois", spec.partition)
 
     def load_mask(rel: str) -> np.ndarray:
         return _load_png(blobs, rel)
@@ -437,7 +445,7 @@ def run_model_rois(
     with stage_tables(report, data_root, out, schemas.MODEL_ROIS) as (writer, quarantine):
         if runs:  # no expert to run: an empty table, and no model framework imported
             pending: list[dict] = []
-            for record in stream_rows(_records_for_experts(data_root, spec.id), batch_rows=max(batch, 16)):
+            for record in stream_rows(_records_for_experts(data_root, spec.partition), batch_rows=max(batch, 16)):
                 report.inputs += 1
                 pending.append(record)
                 if len(pending) >= batch:
@@ -482,13 +490,13 @@ def _records_with_rois_and_images(data_root: DataRoot, source_id: str) -> str:
 def run_facts(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     from medtrinity_assets.generation.fact_builder import build_facts
 
-    report = StageReport("facts", spec.id)
-    _require(data_root.table("rois", spec.id), "facts")
-    out = data_root.table("facts", spec.id)
+    report = StageReport("facts", spec.id, partition=spec.partition)
+    _require(data_root.table("rois", spec.partition), "facts")
+    out = data_root.table("facts", spec.partition)
     by_provenance: Counter = Counter()
     by_state: Counter = Counter()
     with stage_tables(report, data_root, out, schemas.FACTS) as (writer, quarantine):
-        rows = stream_rows(_records_with_rois_and_images(data_root, spec.id))
+        rows = stream_rows(_records_with_rois_and_images(data_root, spec.partition))
         for record, facts in _each_record(rows, report, quarantine, "build facts", lambda r: build_facts(r, r["rois"], spec)):
             for fact in facts:
                 by_provenance[fact.provenance] += 1
@@ -512,11 +520,11 @@ def _facts_by_record(data_root: DataRoot, source_id: str) -> str:
 def run_coarse_captions(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     from medtrinity_assets.generation.coarse import CAPTION_VERSION, coarse_caption
 
-    report = StageReport("coarse_captions", spec.id)
-    _require(data_root.table("rois", spec.id), "coarse_captions")
-    out = data_root.table("coarse_captions", spec.id)
+    report = StageReport("coarse_captions", spec.id, partition=spec.partition)
+    _require(data_root.table("rois", spec.partition), "coarse_captions")
+    out = data_root.table("coarse_captions", spec.partition)
     with stage_tables(report, data_root, out, schemas.COARSE_CAPTIONS) as (writer, quarantine):
-        rows = stream_rows(_records_with_rois(data_root, spec.id))
+        rows = stream_rows(_records_with_rois(data_root, spec.partition))
         for record, caption in _each_record(rows, report, quarantine, "caption", lambda r: coarse_caption(r, r["rois"], spec)):
             writer.write(
                 {
@@ -600,11 +608,11 @@ def _table_fingerprint(path: Path) -> tuple[str | None, int] | None:
 def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int = 64) -> StageReport:
     from medtrinity_assets.knowledge.retrieval import KnowledgeRetriever
 
-    report = StageReport("retrieved_knowledge", spec.id)
-    _require(data_root.table("rois", spec.id), "retrieved_knowledge")
+    report = StageReport("retrieved_knowledge", spec.id, partition=spec.partition)
+    _require(data_root.table("rois", spec.partition), "retrieved_knowledge")
     # Query vectors are kept beside the store: later partitions and reruns skip the model.
     retriever = KnowledgeRetriever(data_root.chroma, cache_dir=data_root.query_embeddings)
-    out = data_root.table("retrieved_knowledge", spec.id)
+    out = data_root.table("retrieved_knowledge", spec.partition)
     with stage_tables(report, data_root, out, schemas.RETRIEVED_KNOWLEDGE, quarantine=False) as (writer, _):
         pending: list[dict] = []
 
@@ -613,7 +621,7 @@ def run_retrieval(spec: SourceSpec, data_root: DataRoot, k: int = 3, batch: int 
                 writer.write(row)
             pending.clear()
 
-        for record in stream_rows(_records_with_rois(data_root, spec.id)):
+        for record in stream_rows(_records_with_rois(data_root, spec.partition)):
             report.inputs += 1
             pending.append(record)
             if len(pending) >= batch:
@@ -733,9 +741,9 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot, writer: "WriterConfi
         # The response cache lives with the data (a rerun of the partition makes no request).
         config = replace(config, cache_dir=config.cache_dir or data_root.llm_cache)
         make_dirs(config.cache_dir)
-    report = StageReport("descriptions", spec.id)
+    report = StageReport("descriptions", spec.id, partition=spec.partition)
     for upstream in ("facts", "coarse_captions", "retrieved_knowledge"):
-        _require(data_root.table(upstream, spec.id), "descriptions")
+        _require(data_root.table(upstream, spec.partition), "descriptions")
     with_image = config.kind == "vlm"
     fact_fields = [name for name in schemas.FACTS.names if name != "source_id"]
 
@@ -758,7 +766,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot, writer: "WriterConfi
             image_withheld=bool(record.get("burned_in")),
         )
 
-    out = data_root.table("descriptions", spec.id)
+    out = data_root.table("descriptions", spec.partition)
     flagged = 0
     states: Counter = Counter()
     mix: Counter = Counter()
@@ -774,7 +782,7 @@ def run_descriptions(spec: SourceSpec, data_root: DataRoot, writer: "WriterConfi
     started = time.perf_counter()
     try:
         with stage_tables(report, data_root, out, schemas.DESCRIPTIONS) as (table, quarantine):
-            rows = stream_rows(_description_jobs_sql(data_root, spec.id, with_image))
+            rows = stream_rows(_description_jobs_sql(data_root, spec.partition, with_image))
             for record, written in _ordered_in_flight(rows, describe, config.concurrency):
                 report.inputs += 1
                 if isinstance(written, Exception):
@@ -853,10 +861,10 @@ def _description_row(written, record_id: str, source_id: str, state: str) -> dic
 def run_triplets(spec: SourceSpec, data_root: DataRoot) -> StageReport:
     from medtrinity_assets.dataset.triplets import assemble_triplets
 
-    report = StageReport("triplets", spec.id)
+    report = StageReport("triplets", spec.id, partition=spec.partition)
     started = time.perf_counter()
-    _require(data_root.table("descriptions", spec.id), "triplets")
-    out = data_root.table("triplets", spec.id)
+    _require(data_root.table("descriptions", spec.partition), "triplets")
+    out = data_root.table("triplets", spec.partition)
     stats = assemble_triplets(data_root, spec.id, spec, out)
     report.rows = report.inputs = int(stats.get("rows", 0))
     report.seconds = time.perf_counter() - started

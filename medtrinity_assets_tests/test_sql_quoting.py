@@ -50,6 +50,7 @@ def test_literal_and_read_parquet_keep_an_apostrophe_inside_one_value(tmp_path):
 
 def test_triplets_asset_runs_under_a_data_root_with_apostrophes(apostrophe_root):
     with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("sources", [SOURCE])
         result = dg.materialize(
             [ASSETS_BY_NAME["triplets"]], partition_key=SOURCE, instance=instance,
             resources={"settings": PipelineSettings(data_root=str(apostrophe_root.root))}, raise_on_error=False,

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from medtrinity_assets import schemas, stages
+from medtrinity_assets.catalog import load_catalog
 from medtrinity_assets.defs.assets import ASSETS_BY_NAME, build_assets
 from medtrinity_assets.defs.partitions import source_partitions
 from medtrinity_assets.defs.resources import PipelineSettings
@@ -75,8 +76,8 @@ TOY_SCHEMA = pa.schema([("record_id", pa.string()), ("source_id", pa.string()), 
 def _run_toy(inputs: StageInputs) -> stages.StageReport:
     """A stage written as a new contributor would: one row kept, one quarantined."""
     spec, root = inputs.spec, inputs.data_root
-    report = stages.StageReport("toy_scores", spec.id)
-    with stages.stage_tables(report, root, root.table("toy_scores", spec.id), TOY_SCHEMA) as (writer, quarantine):
+    report = stages.StageReport("toy_scores", spec.id, partition=spec.partition)
+    with stages.stage_tables(report, root, root.table("toy_scores", spec.partition), TOY_SCHEMA) as (writer, quarantine):
         report.inputs = 2
         writer.write({"record_id": "r1", "source_id": spec.id, "score": 0.5})
         quarantine.add("b.png", "cannot score: empty image", "r2", kind="stage_error")
@@ -91,8 +92,9 @@ def test_a_new_registry_entry_becomes_an_asset_with_checks_and_its_own_quarantin
     )
     assets = build_assets((*STAGES, toy))
     assert "toy_scores" in assets
-    partition = source_partitions.get_partition_keys()[0]
+    partition = sorted(load_catalog())[0]
     with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(source_partitions.name, [partition])
         result = dg.materialize(
             [assets["toy_scores"]], partition_key=partition, instance=instance,
             resources={"settings": PipelineSettings()}, raise_on_error=False,

@@ -11,7 +11,7 @@ import codecs
 import re
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, HttpUrl, field_validator, model_validator
+from pydantic import Field, HttpUrl, PrivateAttr, field_validator, model_validator
 
 from medtrinity_assets.catalog.layouts import (
     BoxAnnotations,
@@ -26,6 +26,7 @@ from medtrinity_assets.catalog.layouts import (
     NiftiLayout,
     Strict,
 )
+from medtrinity_assets.catalog.shards import Shard, parse_partition_key, partition_key
 from medtrinity_assets.containment import climbs_out
 from medtrinity_assets.imaging.deid import PatientKeyRule
 from medtrinity_assets.imaging.geometry import normalize_laterality, normalize_view
@@ -413,6 +414,32 @@ class SourceSpec(Strict):
     # A row with bytes that are not valid in it is quarantined (bad_label), never read with
     # U+FFFD in place of its letters.
     encoding: str = "utf-8"
+    # Source files per shard (catalog/shards.py): a source with more files is split into the
+    # smallest power of two of shards that keeps each at or under this; None: the project's
+    # default (shards.DEFAULT_SHARD_SIZE).
+    shard_size: Optional[int] = Field(None, ge=1)
+
+    # The shard this copy is bound to (for_partition); not a field: never in the YAML.
+    _shard: Optional[Shard] = PrivateAttr(default=None)
+
+    def for_partition(self, key: str) -> "SourceSpec":
+        """A copy bound to the partition ``key`` (this source's id, or one of its shard keys)."""
+        source_id, shard = parse_partition_key(key)
+        if source_id != self.id:
+            raise ValueError(f"partition key {key!r} is not a partition of source {self.id!r}")
+        bound = self.model_copy()
+        bound._shard = shard
+        return bound
+
+    @property
+    def shard(self) -> Optional[Shard]:
+        """The shard this spec is bound to; None for the whole source."""
+        return self._shard
+
+    @property
+    def partition(self) -> str:
+        """The partition key its tables and quarantine files are named by (the id when unsharded)."""
+        return partition_key(self.id, self._shard)
 
     @field_validator("id")
     @classmethod

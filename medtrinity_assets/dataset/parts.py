@@ -113,6 +113,12 @@ def part_order(name: str) -> tuple[str, int, str]:
     return name, -1, name
 
 
+def shard_count_of(name: str) -> int:
+    """How many shards the partition ``name`` is one of (1: a whole source)."""
+    match = _SHARD_KEY.match(name)
+    return int(match["count"]) if match else 1
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -252,7 +258,19 @@ def triplets_files(triplets_folder: Path, source_ids) -> list[Path]:
     if not folder.is_dir():
         return []
     wanted = set(source_ids)
-    found = [p for p in folder.glob("*.parquet") if part_order(p.stem)[0] in wanted]
+    # A source split anew (2 shards, later 4) leaves the older set's files behind: per source,
+    # only the shard count written last is read, so no record enters the dataset twice. A set
+    # still being materialized counts with the shards it has so far.
+    sets: dict[tuple[str, int], list[Path]] = {}
+    for path in folder.glob("*.parquet"):
+        source = part_order(path.stem)[0]
+        if source in wanted:
+            sets.setdefault((source, shard_count_of(path.stem)), []).append(path)
+    newest: dict[str, tuple[float, int]] = {}
+    for (source, count), files in sets.items():
+        written = max(p.stat().st_mtime for p in files)
+        newest[source] = max(newest.get(source, (written, count)), (written, count))
+    found = [p for (source, count), files in sets.items() if newest[source][1] == count for p in files]
     return sorted(found, key=lambda p: part_order(p.stem))
 
 

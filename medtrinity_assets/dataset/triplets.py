@@ -130,12 +130,14 @@ def assemble_triplets(
     Returns {"rows", "by_split": {split: n}, "records", "records_without_triplet"}.
     Raises FileNotFoundError naming the first missing input table.
     """
-    inputs = {name: data_root.table(name, source_id) for name in INPUT_TABLES}
+    # Tables are named by the partition (a shard of a large source); rows keep the source id.
+    partition = getattr(spec, "partition", source_id)
+    inputs = {name: data_root.table(name, partition) for name in INPUT_TABLES}
     for name, path in inputs.items():
         if not path.exists():
             raise FileNotFoundError(f"triplets for '{source_id}' need the {name} table, missing: {path}")
     out_path = Path(out_path)
-    query = triplets_query(inputs, source_id, spec.license, spec.burned_in_text, grounded_rois_sql(data_root, source_id))
+    query = triplets_query(inputs, source_id, spec.license, spec.burned_in_text, grounded_rois_sql(data_root, partition))
     con = connect(memory_limit=memory_limit, threads=2)
     try:
         with atomic_path(out_path) as tmp:

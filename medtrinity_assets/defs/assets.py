@@ -99,9 +99,10 @@ def _report_metadata(report: stages.StageReport) -> dict:
 def _inputs(stage: Stage, settings: PipelineSettings, partition: str | None, writer: WriterSettings | None = None) -> StageInputs:
     root = settings.root()
     if stage.partitioned:
-        config = writer.config_for(partition, root) if writer is not None else None
+        spec = settings.spec(partition)  # bound to the partition: a shard reads only its files
+        config = writer.config_for(spec.id, root) if writer is not None else None
         return StageInputs(
-            root, spec=settings.spec(partition), salt=settings.salt(), writer=config, experts_folder=settings.experts_folder()
+            root, spec=spec, salt=settings.salt(), writer=config, experts_folder=settings.experts_folder()
         )
     return StageInputs(root, knowledge_folder=settings.knowledge_folder(), source_ids=tuple(settings.specs()))
 
@@ -220,10 +221,16 @@ def _dataset_exports(settings: PipelineSettings, _partition: None) -> dict:
     return {"exports": dg.MetadataValue.path(str(settings.root().exports))}
 
 
+def _dataset_metadata(settings: PipelineSettings, partition: None) -> dict:
+    from medtrinity_assets.defs.rollup import source_rollup_metadata  # sums the shards per source
+
+    return {**_dataset_exports(settings, partition), **source_rollup_metadata(settings)}
+
+
 # Dagster-only metadata a stage adds beside its report (previews, links).
 EXTRA_METADATA: dict[str, Callable[[PipelineSettings, str | None], dict]] = {
     "triplets": _triplet_thumbnails,
-    "medtrinity_dataset": _dataset_exports,
+    "medtrinity_dataset": _dataset_metadata,
 }
 
 

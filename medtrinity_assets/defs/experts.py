@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from medtrinity_assets.catalog import SourceSpec
+from medtrinity_assets.catalog.shards import partitions_on_disk
 from medtrinity_assets.defs.partitions import CATALOG
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.grounding.experts.base import ExpertError
@@ -51,8 +52,11 @@ def asset_key(expert_id: str) -> dg.AssetKey:
 
 
 def training_partitions(spec: ExpertSpec, catalog: dict[str, SourceSpec], data_root: DataRoot) -> list[str]:
-    """The source partitions the expert learns from (for brought weights: is evaluated on), as
-    partitions of this code location: lineage is drawn to them."""
+    """The partitions the expert learns from (for brought weights: is evaluated on): every
+    shard of each training source as its files split it now (the source id itself while it has
+    no files), so lineage is drawn to all of them."""
+    from medtrinity_assets.catalog.fingerprint import source_state
+
     from medtrinity_assets.grounding.experts.samples import train_source_ids
 
     try:
@@ -60,7 +64,7 @@ def training_partitions(spec: ExpertSpec, catalog: dict[str, SourceSpec], data_r
     except ExpertError as error:  # e.g. train_sources naming a source not in the catalog
         log.warning("expert %s: %s", spec.id, error)
         return []
-    return [source_id for source_id in sources if source_id in CATALOG]
+    return [key for source_id in sources if source_id in CATALOG for key in (source_state(CATALOG[source_id]).partitions or (source_id,))]
 
 
 def _metadata_value(value):
@@ -234,7 +238,7 @@ def stale_experts(settings: PipelineSettings) -> dict[str, str]:
         if spec.brings_weights:
             continue
         sources = train_source_ids(spec, catalog, root)
-        if not any(root.table("rois", source_id).exists() for source_id in sources):
+        if not any(partitions_on_disk(root.table("rois", source_id).parent, source_id) for source_id in sources):
             continue
         fingerprint = data_fingerprint(spec, root, sources)
         current = current_manifest(root, expert_id)

@@ -9,14 +9,28 @@ from pathlib import Path
 import dagster as dg
 
 from medtrinity_assets.catalog import SourceSpec, load_catalog
+from medtrinity_assets.catalog.shards import parse_partition_key
 from medtrinity_assets.generation.writers import WriterConfig
 from medtrinity_assets.paths import DataRoot, catalog_dir, experts_dir, knowledge_dir
 from medtrinity_assets.settings import load_or_create_salt
 
 
 @lru_cache(maxsize=4)
-def _cached_catalog(folder: str) -> dict[str, SourceSpec]:
+def _cached_catalog(folder: str, signature: tuple) -> dict[str, SourceSpec]:
     return load_catalog(Path(folder))
+
+
+def _catalog_signature(folder: Path) -> tuple:
+    """Name, size and change time of every spec file: a spec added, edited or removed since the
+    last read gives another signature, so the catalog is read again (no reload needed)."""
+    entries = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
 
 
 class PipelineSettings(dg.ConfigurableResource):
@@ -31,11 +45,24 @@ class PipelineSettings(dg.ConfigurableResource):
     def root(self) -> DataRoot:
         return DataRoot(self.data_root) if self.data_root else DataRoot.from_env()  # a path or an object store URL
 
-    def specs(self) -> dict[str, SourceSpec]:
-        return _cached_catalog(str(Path(self.catalog) if self.catalog else catalog_dir()))
+    def catalog_folder(self) -> Path:
+        return Path(self.catalog) if self.catalog else catalog_dir()
 
-    def spec(self, source_id: str) -> SourceSpec:
-        return self.specs()[source_id]
+    def specs(self) -> dict[str, SourceSpec]:
+        """The catalog as its folder is now (read again when a spec file changed)."""
+        folder = self.catalog_folder()
+        return _cached_catalog(str(folder), _catalog_signature(folder))
+
+    def spec(self, partition: str) -> SourceSpec:
+        """The spec of a partition (a source id or a shard key), bound to it (spec.partition)."""
+        source_id, _shard = parse_partition_key(partition)
+        specs = self.specs()
+        if source_id not in specs:
+            raise LookupError(
+                f"partition {partition!r}: no usable spec {source_id}.yaml in {self.catalog_folder()} "
+                "(removed, or it no longer loads: see the source_catalog asset's check)"
+            )
+        return specs[source_id].for_partition(partition)
 
     def knowledge_folder(self) -> Path:
         return Path(self.knowledge) if self.knowledge else knowledge_dir()

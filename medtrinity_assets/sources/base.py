@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
+from medtrinity_assets.catalog.shards import Shard, owns
 from medtrinity_assets.catalog.spec import SourceSpec
 from medtrinity_assets.containment import contained_glob
 from medtrinity_assets.storage import BlobStore
@@ -25,6 +26,14 @@ class IngestContext:
     root: Path  # the source's folder (publisher layout)
     blobs: BlobStore  # where de-identified pixel arrays and masks go
     salt: str  # secret salt for patient hashes (MEDTRINITY_SALT)
+    # The shard being ingested (None: the whole source). Readers skip the images another shard
+    # holds where they enumerate them (``owns``); run_ingest filters every item again, so a
+    # reader that does not ask still yields each record in exactly one shard.
+    shard: Shard | None = None
+
+    def owns(self, relative_path: str) -> bool:
+        """Whether this context's shard holds the image (or multi-file unit) at ``relative_path``."""
+        return owns(self.shard, relative_path)
 
     @property
     def limits(self):
@@ -60,6 +69,9 @@ class Quarantined:
     record_id: str | None = None
     # One of QUARANTINE_KINDS, no default: every site says what went wrong.
     kind: str = field(kw_only=True)
+    # The path that decides its shard when it is not source_file (a slice of a series read as
+    # one unit: ``in_unit``); not part of its identity.
+    shard_path: str | None = field(default=None, kw_only=True, compare=False)
 
     def __post_init__(self):
         if self.kind not in QUARANTINE_KINDS:
@@ -68,6 +80,30 @@ class Quarantined:
 
 IngestItem = Union[dict, Quarantined]
 IngestStream = Iterator[IngestItem]
+
+
+# A record read as part of a multi-file unit (a DICOM series, a NIfTI case folder) carries the
+# unit's path under this key until run_ingest has placed it; it is never written.
+SHARD_PATH = "_shard_path"
+
+
+def in_unit(unit_path: str, stream: IngestStream) -> IngestStream:
+    """The items of one multi-file unit, each marked with the unit's path, so the unit's
+    records and quarantine rows all land in the shard that read it (``shard_path_of``)."""
+    from dataclasses import replace
+
+    for item in stream:
+        if isinstance(item, Quarantined):
+            yield replace(item, shard_path=unit_path)
+        else:
+            yield {**item, SHARD_PATH: unit_path}
+
+
+def shard_path_of(item: IngestItem) -> str | None:
+    """The path that places an ingest item in a shard: its unit's path, else its file."""
+    if isinstance(item, Quarantined):
+        return item.shard_path or item.source_file
+    return item.get(SHARD_PATH) or item["source_file"]
 
 
 def describe_error(error: Exception) -> str:

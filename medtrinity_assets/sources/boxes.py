@@ -31,8 +31,10 @@ from medtrinity_assets.sources.base import (
     IngestContext,
     IngestStream,
     Quarantined,
+    in_unit,
     make_record,
     record_id_for,
+    shard_path_of,
 )
 from medtrinity_assets.sources.box_formats import (
     BoxTable,
@@ -177,6 +179,8 @@ def read(ctx: IngestContext) -> IngestStream:
     yield from table.problems
 
     for rel in table.boxes:
+        if not ctx.owns(rel):
+            continue  # another shard's image: its boxes follow it there
         image = _decode(ctx, rel, f"listed in {table.first_seen[rel]} but file is absent")
         if isinstance(image, Quarantined):
             yield image
@@ -219,12 +223,13 @@ def apply_extra_boxes(ctx: IngestContext, stream: IngestStream) -> IngestStream:
         if image_table is None:
             # yolo / voc: the record's own annotation file, found by the template.
             image_table = parse_for_images(ctx.root, settings, [rel], ctx.spec.encoding)
-            yield from image_table.problems
+            # Problems of this image's own box file go to the shard that holds the image.
+            yield from in_unit(shard_path_of(item), image_table.problems)
         if image_table.boxes.get(rel):
             annotations, labels, problems = boxes_on_image(
                 ctx, settings, image_table, rel, item["width"], item["height"], item["record_id"]
             )
-            yield from problems
+            yield from in_unit(shard_path_of(item), problems)
             reference = settings.role == "reference"
             if reference:
                 # Publisher boxes beside masks: kept for grounding's cross-check, not findings.

@@ -185,6 +185,8 @@ def read(ctx: IngestContext) -> IngestStream:
                 gathered.organs.setdefault(organ.strip().lower(), None)
 
     for relative_path, gathered in by_image.items():
+        if not ctx.owns(relative_path):
+            continue  # another shard's image: its rows follow it there
         if len(gathered.modalities) > 1:
             disagreement = ", ".join(f"{m} ({ref})" for m, ref in gathered.modalities.items())
             yield Quarantined(relative_path, f"rows of this image disagree on modality: {disagreement}", kind="invalid_annotation")

@@ -35,6 +35,8 @@ def read(ctx: IngestContext) -> IngestStream:
     for relative_path, objects in table.boxes.items():
         if not objects and not layout.keep_unannotated:
             continue
+        if not ctx.owns(relative_path):
+            continue  # another shard's image: its boxes follow it there
         decoded = decode_image(ctx, relative_path, f"listed in {layout.annotations} but file is absent")
         if isinstance(decoded, Quarantined):
             yield decoded

@@ -37,6 +37,7 @@ from medtrinity_assets.sources.base import (
     IngestStream,
     Quarantined,
     describe_error,
+    in_unit,
     list_files,
     make_record,
     record_id_for,
@@ -177,44 +178,52 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
             # A file without a SeriesInstanceUID is its own series (keyed by path, in memory only).
             series[header.series_uid or f"file:{rel}"].append((path, header))
     for path in multi_frame:
-        yield from _read_single_file(ctx, path, masks)
+        if ctx.owns(_relative(ctx, path)):
+            yield from _read_single_file(ctx, path, masks)
 
     for key in sorted(series, key=lambda k: _relative(ctx, series[k][0][0])):
-        members = series[key]
-        shapes = defaultdict(list)
-        for path, header in members:
-            shapes[(header.rows, header.columns)].append((path, header))
-        # Slices of another size than the series' majority cannot be stacked with it.
-        main_shape = max(shapes, key=lambda s: (len(shapes[s]), s))
-        for shape, odd in shapes.items():
-            if shape != main_shape:
-                for path, _ in odd:
-                    yield Quarantined(_relative(ctx, path), f"slice size {shape} differs from its series' {main_shape}", kind="unsupported")
-        ordered = _series_order(shapes[main_shape])
-        count = len(ordered)
-        keys = [(_relative(ctx, path), None) for path, _ in ordered]
-        # Slices cut by an RTSTRUCT / SEG annotation drive annotated_plus_context.
-        presence = np.array([key in masks for key in keys]) if any(key in masks for key in keys) else None
-        for index in select_slices(count, presence, ctx.spec.slicing.slice_rule()):
-            path, header = ordered[index]
-            rel = keys[index][0]
-            # The id comes from the file alone (one slice per file: frame -1), the series order
-            # stays in slice_index: a file added to or removed from the series changes no id.
-            flags = _burned_in(ctx, rel, header, -1)
-            if isinstance(flags, Quarantined):
-                yield flags
-                continue
-            try:
-                decoded = decode_frame(deidentify_dataset(ctx, read_dicom(path), header), header, None)
-                frame_kind = "slice" if count > 1 else dicom_frame_kind(
-                    header.modality, 1, None, has_orientation=header.orientation is not None
-                )
-                yield _record(
-                    ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags,
-                    dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None, frame_in_file=-1,
-                )
-            except Exception as error:
-                yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, -1), kind=_decode_kind(error))
+        # A series is stacked from all its files, so it is one unit, placed by the path of its
+        # first file in name order (every header was read: series form across shards).
+        unit = min(_relative(ctx, path) for path, _ in series[key])
+        if ctx.owns(unit):
+            yield from in_unit(unit, _read_one_series(ctx, series[key], masks))
+
+
+def _read_one_series(ctx: IngestContext, members: list[tuple[Path, DicomHeader]], masks: PlaneMasks) -> IngestStream:
+    shapes = defaultdict(list)
+    for path, header in members:
+        shapes[(header.rows, header.columns)].append((path, header))
+    # Slices of another size than the series' majority cannot be stacked with it.
+    main_shape = max(shapes, key=lambda s: (len(shapes[s]), s))
+    for shape, odd in shapes.items():
+        if shape != main_shape:
+            for path, _ in odd:
+                yield Quarantined(_relative(ctx, path), f"slice size {shape} differs from its series' {main_shape}", kind="unsupported")
+    ordered = _series_order(shapes[main_shape])
+    count = len(ordered)
+    keys = [(_relative(ctx, path), None) for path, _ in ordered]
+    # Slices cut by an RTSTRUCT / SEG annotation drive annotated_plus_context.
+    presence = np.array([key in masks for key in keys]) if any(key in masks for key in keys) else None
+    for index in select_slices(count, presence, ctx.spec.slicing.slice_rule()):
+        path, header = ordered[index]
+        rel = keys[index][0]
+        # The id comes from the file alone (one slice per file: frame -1), the series order
+        # stays in slice_index: a file added to or removed from the series changes no id.
+        flags = _burned_in(ctx, rel, header, -1)
+        if isinstance(flags, Quarantined):
+            yield flags
+            continue
+        try:
+            decoded = decode_frame(deidentify_dataset(ctx, read_dicom(path), header), header, None)
+            frame_kind = "slice" if count > 1 else dicom_frame_kind(
+                header.modality, 1, None, has_orientation=header.orientation is not None
+            )
+            yield _record(
+                ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags,
+                dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None, frame_in_file=-1,
+            )
+        except Exception as error:
+            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, -1), kind=_decode_kind(error))
 
 
 def _scan(ctx: IngestContext, files: Iterable[Path]):
@@ -267,4 +276,5 @@ def read(ctx: IngestContext) -> IngestStream:
         yield from _read_series(ctx, images, masks)
     else:
         for path, _ in images:
-            yield from _read_single_file(ctx, path, masks)
+            if ctx.owns(_relative(ctx, path)):
+                yield from _read_single_file(ctx, path, masks)

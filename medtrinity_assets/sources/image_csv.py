@@ -268,6 +268,8 @@ def read(ctx: IngestContext) -> IngestStream:
             )
             continue
         line_of_path[relative_path] = line_number
+        if not ctx.owns(relative_path):
+            continue  # another shard's image (the whole table is read: duplicates span shards)
         decoded = decode_image(ctx, relative_path)
         if isinstance(decoded, Quarantined):
             yield decoded

@@ -29,6 +29,8 @@ def read(ctx: IngestContext) -> IngestStream:
         if relative_path in excluded:
             continue
         found_any = True
+        if not ctx.owns(relative_path):
+            continue  # another shard's image
         decoded = decode_image(ctx, relative_path)
         if isinstance(decoded, Quarantined):
             yield decoded

@@ -275,6 +275,8 @@ def read(ctx: IngestContext) -> IngestStream:
         if not layout.instance_files and any(plan.path == image_path for plan in plans):
             continue  # the glob also matched a mask: the pairing rule maps it onto itself
         found_any = True
+        if not ctx.owns(image_path):
+            continue  # another shard's image: its masks follow it there
         outside = [plan.path for plan in plans if _mask_leaves_source(ctx, layout, plan.path)]
         if outside:
             yield Quarantined(image_path, f"mask path {outside[0]} leads outside the source folder; not read", kind="outside_source")

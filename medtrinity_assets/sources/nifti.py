@@ -54,6 +54,7 @@ from medtrinity_assets.sources.base import (
     IngestStream,
     Quarantined,
     describe_error,
+    in_unit,
     list_files,
     make_record,
     record_id_for,
@@ -583,6 +584,8 @@ def _read_structure_files(ctx: IngestContext) -> IngestStream:
     for rel in images:
         if rel in all_structures or not _wanted(_sequence_from_path(layout, rel), layout.use_sequences):
             continue
+        if not ctx.owns(rel):
+            continue  # another shard's case: its structure files follow it there
         folder = posixpath.dirname(rel) or "."
         if not structures[rel]:
             yield Quarantined(rel, f"no structure file matches '{layout.structure_glob}' in {folder}: image left out (incomplete download?)", kind="unpaired")
@@ -591,7 +594,7 @@ def _read_structure_files(ctx: IngestContext) -> IngestStream:
         if not grouped:
             yield Quarantined(rel, f"none of the {len(structures[rel])} structure files in {folder} is listed in layout.structure_names", kind="unpaired")
             continue
-        yield from _read_structure_case(ctx, rel, grouped, patient_identifier(ctx.spec.patient.key_rule(), rel))
+        yield from in_unit(rel, _read_structure_case(ctx, rel, grouped, patient_identifier(ctx.spec.patient.key_rule(), rel)))
 
 
 # --- the three layouts ---------------------------------------------------------------------
@@ -618,8 +621,8 @@ def _read_image_glob(ctx: IngestContext) -> IngestStream:
     # as an image of its own.
     label_files = {label_path_for(rel, layout) for rel in files} - {None}
     for rel in files:
-        if not _is_data_file(rel) or rel in label_files:
-            continue
+        if not _is_data_file(rel) or rel in label_files or not ctx.owns(rel):
+            continue  # (not owned: another shard's image; its label volume follows it there)
         label_rel = label_path_for(rel, layout)
         if label_rel is not None and not (ctx.root / label_rel).is_file():
             label_rel = None  # an image without its label file is kept, unannotated
@@ -627,7 +630,7 @@ def _read_image_glob(ctx: IngestContext) -> IngestStream:
         if not _wanted(sequence, layout.use_sequences):
             continue
         case = _Case(rel, (_Volume(rel, sequence),), label_rel, patient_identifier(ctx.spec.patient.key_rule(), rel))
-        yield from _read_case(ctx, case, names)
+        yield from in_unit(rel, _read_case(ctx, case, names))
 
 
 def _read_case_folders(ctx: IngestContext) -> IngestStream:
@@ -640,31 +643,38 @@ def _read_case_folders(ctx: IngestContext) -> IngestStream:
     if not folders:
         yield Quarantined(".", f"no case folder matches layout.case_glob '{layout.case_glob}'", kind="not_found")
     for case_rel in folders:
-        case_name = posixpath.basename(case_rel)
-        volumes = []
-        for sequence, template in layout.sequences.items():
-            if not _wanted(sequence, layout.use_sequences):
-                continue
-            rel = posixpath.join(case_rel, template.replace("{case}", case_name))
-            if (ctx.root / rel).is_file():
-                volumes.append(_Volume(rel, sequence))
-            else:
-                yield Quarantined(rel, f"sequence '{sequence}' of case {case_name} is missing; the case's other sequences are kept", kind="unpaired")
-        label_rel = None
-        if layout.label_template:
-            label_rel = posixpath.join(case_rel, layout.label_template.replace("{case}", case_name))
-            if not (ctx.root / label_rel).is_file():
-                yield Quarantined(case_rel, f"label file {label_rel} is missing: case {case_name} left out", kind="unpaired")
-                continue
-        if not volumes:
+        if ctx.owns(case_rel):
+            # A case is one unit: its sequences, label file and problems go to one shard.
+            yield from in_unit(case_rel, _read_case_folder(ctx, case_rel, names))
+
+
+def _read_case_folder(ctx: IngestContext, case_rel: str, names: dict[int, str]) -> IngestStream:
+    layout = ctx.spec.layout
+    case_name = posixpath.basename(case_rel)
+    volumes = []
+    for sequence, template in layout.sequences.items():
+        if not _wanted(sequence, layout.use_sequences):
             continue
-        # Every sequence of a case is the same patient: the default "file" rule would make
-        # each sequence file its own patient and let one case straddle the splits.
-        if ctx.spec.patient.source == "file":
-            patient = case_rel
+        rel = posixpath.join(case_rel, template.replace("{case}", case_name))
+        if (ctx.root / rel).is_file():
+            volumes.append(_Volume(rel, sequence))
         else:
-            patient = patient_identifier(ctx.spec.patient.key_rule(), label_rel or volumes[0].source_file)
-        yield from _read_case(ctx, _Case(case_rel, tuple(volumes), label_rel, patient), names)
+            yield Quarantined(rel, f"sequence '{sequence}' of case {case_name} is missing; the case's other sequences are kept", kind="unpaired")
+    label_rel = None
+    if layout.label_template:
+        label_rel = posixpath.join(case_rel, layout.label_template.replace("{case}", case_name))
+        if not (ctx.root / label_rel).is_file():
+            yield Quarantined(case_rel, f"label file {label_rel} is missing: case {case_name} left out", kind="unpaired")
+            return
+    if not volumes:
+        return
+    # Every sequence of a case is the same patient: the default "file" rule would make
+    # each sequence file its own patient and let one case straddle the splits.
+    if ctx.spec.patient.source == "file":
+        patient = case_rel
+    else:
+        patient = patient_identifier(ctx.spec.patient.key_rule(), label_rel or volumes[0].source_file)
+    yield from _read_case(ctx, _Case(case_rel, tuple(volumes), label_rel, patient), names)
 
 
 def _int_keyed(mapping, what: str) -> dict[int, str]:
@@ -727,8 +737,8 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
         if image_rel is None or (isinstance(listed_label, str) and label_rel is None):
             yield Quarantined(json_rel, f"entry {position} of {json_rel} points outside the source folder", kind="outside_source")
             continue
-        if not _is_data_file(image_rel):
-            continue
+        if not _is_data_file(image_rel) or not ctx.owns(image_rel):
+            continue  # (not owned: another shard's image; its label file follows it there)
         if not (ctx.root / image_rel).is_file():
             yield Quarantined(image_rel, f"listed in {json_rel} but missing", kind="orphan")
             continue
@@ -739,7 +749,7 @@ def _read_dataset_json(ctx: IngestContext) -> IngestStream:
             yield Quarantined(image_rel, f"label file {label_rel} listed in {json_rel} is missing", kind="unpaired")
             continue
         case = _Case(image_rel, (_Volume(image_rel, channel_names=channels),), label_rel, patient_identifier(ctx.spec.patient.key_rule(), image_rel))
-        yield from _read_case(ctx, case, names)
+        yield from in_unit(image_rel, _read_case(ctx, case, names))
 
 
 def read(ctx: IngestContext) -> IngestStream:

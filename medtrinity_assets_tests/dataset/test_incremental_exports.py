@@ -292,3 +292,20 @@ def test_triplets_fingerprint_follows_content_not_file_times(three_sources):
     assert changed != version
     fewer, _ = triplets_fingerprint(files[:-1], known)
     assert fewer not in (version, changed)
+
+
+def test_a_source_split_anew_enters_the_dataset_once(tmp_path):
+    """After a source goes from 2 shards to 4, the older set's files stay on disk until removed:
+    the dataset reads only the set written last (and a set still being written, as far as it is)."""
+    import os
+
+    from medtrinity_assets.dataset.parts import triplets_files
+
+    folder = tmp_path / "triplets"
+    folder.mkdir()
+    for name, when in [("polyps.s0of2", 100), ("polyps.s1of2", 110), ("polyps.s0of4", 200), ("polyps.s2of4", 210),
+                       ("other", 50), ("unlisted", 300)]:
+        path = folder / f"{name}.parquet"
+        path.write_bytes(b"")
+        os.utime(path, (when, when))
+    assert [p.stem for p in triplets_files(folder, ["polyps", "other"])] == ["other", "polyps.s0of4", "polyps.s2of4"]

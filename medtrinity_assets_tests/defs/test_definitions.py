@@ -32,15 +32,22 @@ def test_every_stage_is_an_asset_with_checks():
         assert node.check_keys or checks, f"{stage} has no asset checks"
 
 
-def test_partitioning_matches_the_catalog():
+def test_partitions_are_the_dynamic_sources_partitions():
+    """Partitions follow the data: none exist until the sensor (or the CLI) registers a source
+    with a spec and files; every per-source stage shares the one "sources" definition."""
     graph = _graph()
-    catalog = load_catalog()
+    assert load_catalog()  # the catalog has specs, yet no partition is fixed by it
     for stage in STAGES:
         partitions = graph.get(dg.AssetKey(stage)).partitions_def
         if stage in {"knowledge_base", "medtrinity_dataset"}:
             assert partitions is None
         else:
-            assert sorted(partitions.get_partition_keys()) == sorted(catalog)
+            assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "sources"
+    with dg.instance_for_test() as instance:
+        assert graph.get(dg.AssetKey("rois")).partitions_def.get_partition_keys(dynamic_partitions_store=instance) == []
+        instance.add_dynamic_partitions("sources", ["busi", "kvasir_seg.s0of2"])
+        assert graph.get(dg.AssetKey("triplets")).partitions_def.get_partition_keys(dynamic_partitions_store=instance) == [
+            "busi", "kvasir_seg.s0of2"]
 
 
 def test_lineage_follows_the_pipeline():

@@ -75,12 +75,13 @@ def test_readme_example_becomes_a_partition_the_sensor_runs_and_ingest_reads(cat
     assert cli.main(["check-source", source_id]) == 0
 
     with reloaded_definitions() as (_partitions, _experts, assets, automation, _catalog, definitions):
-        graph = definitions.defs.resolve_asset_graph()
-        keys = graph.get(dg.AssetKey("raw_records")).partitions_def.get_partition_keys()
-        assert source_id in keys and "busi" in keys  # added beside the existing sources
-
         with dg.DagsterInstance.ephemeral() as instance:
-            evaluation = automation.raw_files_sensor(dg.build_sensor_context(instance=instance))
+            evaluation = automation.raw_files_sensor(
+                dg.build_sensor_context(instance=instance, resources={"settings": assets.PipelineSettings()})
+            )
+            keys = [key for request in evaluation.dynamic_partitions_requests for key in request.partition_keys]
+            assert source_id in keys and "busi" in keys  # added beside the sources with files
+            instance.add_dynamic_partitions("sources", keys)  # as the daemon applies the request
             requested = {request.partition_key: request for request in evaluation.run_requests}
             assert source_id in requested
             assert requested[source_id].tags["medtrinity/trigger"] == "files_changed"

@@ -29,6 +29,8 @@ SOURCE = "busi" if (REALDATA / "busi").is_dir() else "demo_microscopy_cell"
 
 
 def _materialize(instance, selection, partition=None):
+    if partition and not instance.has_dynamic_partition("sources", partition):
+        instance.add_dynamic_partitions("sources", [partition])  # as the sensor registers it
     return dg.materialize(
         ALL, selection=selection, partition_key=partition, instance=instance,
         resources={"settings": PipelineSettings()}, raise_on_error=False,

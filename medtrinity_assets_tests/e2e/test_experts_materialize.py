@@ -135,6 +135,8 @@ def test_experts_train_apply_and_retrain_through_dagster(tiny_world, monkeypatch
         settings = PipelineSettings()
 
         def materialize(selection, partition=None):
+            if partition and not instance.has_dynamic_partition("sources", partition):
+                instance.add_dynamic_partitions("sources", [partition])  # as the sensor registers it
             return dg.materialize(everything, selection=selection, partition_key=partition, instance=instance,
                                   resources={"settings": settings}, raise_on_error=False)
 

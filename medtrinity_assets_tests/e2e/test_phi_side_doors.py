@@ -114,6 +114,7 @@ def test_dagster_event_log_holds_no_thumbnail_of_a_held_back_image(busi_subset, 
     monkeypatch.setenv("MEDTRINITY_SALT", "test-salt")
     settings = PipelineSettings(data_root=str(root.root), catalog=str(catalog))
     with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("sources", ["busi"])
         result = dg.materialize([ASSETS_BY_NAME["triplets"]], partition_key="busi", instance=instance, resources={"settings": settings})
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("triplets"))

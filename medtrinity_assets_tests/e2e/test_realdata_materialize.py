@@ -68,6 +68,7 @@ def test_realdata_source_materializes_with_its_own_annotations(source_id, instan
     records, quarantined = _read(spec, tmp_path)
     assert records, f"{source_id}: the reader found no image"
 
+    instance.add_dynamic_partitions("sources", [source_id])  # as the sensor registers it
     result = dg.materialize(
         [*PARTITIONED_ASSETS, knowledge_base], selection=dg.AssetSelection.assets(*PARTITIONED_ASSETS),
         partition_key=source_id, instance=instance, resources={"settings": PipelineSettings()}, raise_on_error=False,

@@ -149,9 +149,30 @@ def _wait(server: dict, run_id: str, timeout: float = 420) -> str:
     raise AssertionError(f"run {run_id} did not finish in {timeout}s")
 
 
+ADD_PARTITION = """
+mutation Add($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on PythonError { message }
+  }
+}
+"""
+
+PARTITION_KEYS = """
+query Keys($key: AssetKeyInput!) { assetNodes(assetKeys: [$key]) { partitionKeys } }
+"""
+
+
 def test_launch_partition_through_graphql(webserver):
     kb_run = _launch(webserver, "__ASSET_JOB", assets=["knowledge_base"])
     assert _wait(webserver, kb_run) == "SUCCESS"
+
+    # No partition until one is registered (the sensor, or the UI's "add partition" as here).
+    assert _graphql(webserver["url"], PARTITION_KEYS, {"key": {"path": ["raw_records"]}})["assetNodes"][0]["partitionKeys"] == []
+    selector = {"repositoryLocationName": webserver["location"], "repositoryName": webserver["repository"]}
+    added = _graphql(webserver["url"], ADD_PARTITION, {"selector": selector, "name": "sources", "key": SOURCE})
+    assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
+    assert _graphql(webserver["url"], PARTITION_KEYS, {"key": {"path": ["raw_records"]}})["assetNodes"][0]["partitionKeys"] == [SOURCE]
 
     run_id = _launch(webserver, "source_pipeline", partition=SOURCE)
     assert _wait(webserver, run_id) == "SUCCESS"

@@ -54,6 +54,8 @@ def _rows(path) -> list[dict]:
 
 def _materialize(instance, selection, partition, writer: dict | None = None):
     run_config = {"resources": {WRITER_RESOURCE: {"config": writer}}} if writer is not None else None
+    if partition and not instance.has_dynamic_partition("sources", partition):
+        instance.add_dynamic_partitions("sources", [partition])  # as the sensor registers it
     return dg.materialize(
         ASSETS, selection=selection, partition_key=partition, instance=instance,
         resources={"settings": PipelineSettings()}, run_config=run_config, raise_on_error=False,

@@ -187,6 +187,7 @@ def test_self_linking_folders_do_not_hang_ingest_the_sensor_or_check_source(tmp_
         from spec_factory import build_spec
         from medtrinity_assets import cli
         from medtrinity_assets.defs.automation import raw_files_sensor
+        from medtrinity_assets.defs.resources import PipelineSettings
         from medtrinity_assets.sources.check import _files_under, check_source
         from medtrinity_assets.catalog.fingerprint import folder_fingerprint
         from medtrinity_assets.sources import IngestContext, Quarantined, read_source
@@ -200,7 +201,8 @@ def test_self_linking_folders_do_not_hang_ingest_the_sensor_or_check_source(tmp_
             "outside": sorted(i.source_file for i in items if isinstance(i, Quarantined) and i.kind == "outside_source"),
             "fingerprint": folder_fingerprint(root), "has_files": cli._has_files(root),
             "walked": _files_under(root), "images": report.images,
-            "sensor": [r.partition_key for r in raw_files_sensor(dg.build_sensor_context()).run_requests],
+            "sensor": [r.partition_key for r in raw_files_sensor(dg.build_sensor_context(
+                instance=dg.DagsterInstance.ephemeral(), resources={{"settings": PipelineSettings()}})).run_requests],
         }}))
     """, env={"MEDTRINITY_CATALOG": str(catalog), "MEDTRINITY_ALLOWED_ROOTS": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]

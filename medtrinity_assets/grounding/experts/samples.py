@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medtrinity_assets.catalog.shards import partitions_on_disk
 from medtrinity_assets.splits import SPLIT_VERSION, patient_split
 from medtrinity_assets.duckdb_sql import connect, literal as sql_literal, read_parquet
 from medtrinity_assets.grounding.experts.base import ExpertError, Sample
@@ -58,15 +59,20 @@ def train_source_ids(spec: ExpertSpec, catalog: dict, data_root) -> list[str]:
     for source_id in sorted(catalog):
         if spec.modality not in source_modalities(catalog[source_id]):
             continue
-        table = root.table("rois", source_id)
-        if not table.exists():
+        tables = source_tables(root, "rois", source_id)
+        if not tables:
             continue
         count = con.execute(
-            f"SELECT count(*) FROM {read_parquet(table)} WHERE {_label_filter(spec)}"
+            f"SELECT count(*) FROM {read_parquet(tables)} WHERE {_label_filter(spec)}"
         ).fetchone()[0]
         if count:
             found.append(source_id)
     return found
+
+
+def source_tables(root: DataRoot, stage: str, source_id: str) -> list[Path]:
+    """A source's tables of one stage: one per partition (every shard of a sharded source)."""
+    return [root.table(stage, key) for key in partitions_on_disk(root.table(stage, source_id).parent, source_id)]
 
 
 def source_modalities(source) -> set[str]:
@@ -100,12 +106,16 @@ def _rows(con, sql: str) -> list[dict]:
 
 
 def _source_samples(spec: ExpertSpec, root: DataRoot, source_id: str, counts: dict) -> list[tuple[str, Sample]]:
-    tables = {name: root.table(name, source_id) for name in ("raw_records", "normalized_images", "rois")}
-    for name, path in tables.items():
-        if not path.exists():
-            raise ExpertError(f"expert {spec.id}: {path} does not exist: materialize {name} for partition {source_id} first")
+    # Every shard of a sharded source (catalog/shards.py): the expert learns from the whole source.
+    tables = {name: source_tables(root, name, source_id) for name in ("raw_records", "normalized_images", "rois")}
+    for name, paths in tables.items():
+        if not paths:
+            raise ExpertError(
+                f"expert {spec.id}: {root.table(name, source_id)} does not exist (nor a table per shard): "
+                f"materialize {name} for partition {source_id} first"
+            )
     con = connect()
-    lit = {name: read_parquet(path) for name, path in tables.items()}
+    lit = {name: read_parquet(paths) for name, paths in tables.items()}
     records = _rows(
         con,
         f"""

@@ -106,11 +106,16 @@ def data_fingerprint(spec: ExpertSpec, data_root, source_ids: list[str], weights
     tables; a brought expert adds its file's sha256. Any change retrains (or re-evaluates)."""
     root = _root(data_root)
     digest = hashlib.sha256(spec.training_hash().encode())
+    from medtrinity_assets.catalog.shards import partitions_on_disk
+
     for source_id in sorted(source_ids):
         for table in ("rois", "normalized_images", "raw_records"):
-            path = root.table(table, source_id)
-            value = sha256_file(path) if path.exists() else "missing"
-            digest.update(f"{source_id}\0{table}\0{value}\n".encode())
+            # Every shard of a sharded source; an unsharded one hashes as it always did.
+            keys = partitions_on_disk(root.table(table, source_id).parent, source_id) or [source_id]
+            for key in keys:
+                path = root.table(table, key)
+                value = sha256_file(path) if path.exists() else "missing"
+                digest.update(f"{key}\0{table}\0{value}\n".encode())
     if weights_sha256:
         digest.update(f"weights\0{weights_sha256}".encode())
     return digest.hexdigest()

@@ -75,6 +75,32 @@ def test_samples_join_images_and_masks_and_split_by_patient(kvasir_root):
         training_samples(expert_spec(train_labels=["tumour"]), root, catalog)
 
 
+def test_a_sharded_source_trains_on_all_its_shards(kvasir_root, tmp_path):
+    """The same 12 images ingested as two shards (tables per shard): the same samples, and a
+    data fingerprint that covers both shards."""
+    from medtrinity_assets.grounding.experts.weights import data_fingerprint
+
+    root, catalog = kvasir_root
+    source = catalog["kvasir_seg"]
+    sharded = DataRoot(tmp_path / "sharded")
+    for key in ("kvasir_seg.s0of2", "kvasir_seg.s1of2"):
+        ground(source.for_partition(key), sharded)
+    assert not sharded.table("rois", "kvasir_seg").exists()
+    assert all(pq.read_metadata(sharded.table("rois", key)).num_rows for key in ("kvasir_seg.s0of2", "kvasir_seg.s1of2"))
+    spec = expert_spec()
+    assert train_source_ids(spec, catalog, sharded) == ["kvasir_seg"]
+
+    def ids(found):
+        return sorted(sample.record_id for sample in found)
+
+    whole_train, whole_val, _ = training_samples(spec, root, catalog)
+    train, val, _ = training_samples(spec, sharded, catalog)
+    assert (ids(train), ids(val)) == (ids(whole_train), ids(whole_val)) and len(train) + len(val) == 12
+    before = data_fingerprint(spec, sharded, ["kvasir_seg"])
+    sharded.table("rois", "kvasir_seg.s1of2").write_bytes(root.table("rois", "kvasir_seg").read_bytes())
+    assert data_fingerprint(spec, sharded, ["kvasir_seg"]) != before  # a change in either shard counts
+
+
 @pytest.mark.slow  # its own BUSI data root and a training run: about 6-12 s here
 def test_normal_images_join_as_empty_negatives(tmp_path):
     source = busi_source(tmp_path / "busi", {"benign": 4, "malignant": 2, "normal": 3})
