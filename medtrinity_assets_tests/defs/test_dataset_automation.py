@@ -93,57 +93,59 @@ def ensure_partitions(instance, keys) -> None:
 
 
 def test_new_triplets_request_the_dataset_once_and_mark_it_stale(isolated_env):
-    instance = dg.DagsterInstance.get()
-    root = DataRoot.from_env()
-    source, other = sorted(CATALOG)[:2]
-    ensure_partitions(instance, [source, other])
-    ticks = Ticks(instance)
+    # Entered, so Dagster's current defs-state storage is this instance's, not one a
+    # test before left behind.
+    with dg.DagsterInstance.get() as instance:
+        root = DataRoot.from_env()
+        source, other = sorted(CATALOG)[:2]
+        ensure_partitions(instance, [source, other])
+        ticks = Ticks(instance)
 
-    # No triplets yet: nothing to observe, nothing requested.
-    assert ticks.observe() == 0
-    assert "medtrinity_dataset" not in ticks.requested()
+        # No triplets yet: nothing to observe, nothing requested.
+        assert ticks.observe() == 0
+        assert "medtrinity_dataset" not in ticks.requested()
 
-    # One source's triplets arrive (its partition materialized, its file written).
-    write_triplets(root, source, [triplet(root, source, n) for n in range(3)])
-    instance.report_runless_asset_event(dg.AssetMaterialization("triplets", partition=source))
-    assert ticks.observe() == 1
-    requested = ticks.requested()
-    assert {"medtrinity_dataset", "stg_triplets", "summary_by_source"} <= requested
-    # Nothing changed since: the index sensor stays quiet and nothing is requested again.
-    assert ticks.observe() == 0
-    assert "medtrinity_dataset" not in ticks.requested()
+        # One source's triplets arrive (its partition materialized, its file written).
+        write_triplets(root, source, [triplet(root, source, n) for n in range(3)])
+        instance.report_runless_asset_event(dg.AssetMaterialization("triplets", partition=source))
+        assert ticks.observe() == 1
+        requested = ticks.requested()
+        assert {"medtrinity_dataset", "stg_triplets", "summary_by_source"} <= requested
+        # Nothing changed since: the index sensor stays quiet and nothing is requested again.
+        assert ticks.observe() == 0
+        assert "medtrinity_dataset" not in ticks.requested()
 
-    # The requested run builds the dataset: fresh.
-    materialize_dataset(instance)
-    status, _ = stale_status(instance)
-    assert status == StaleStatus.FRESH
-    assert pq.read_table(root.table("medtrinity_dataset")).num_rows == 3
-    assert "medtrinity_dataset" not in ticks.requested()
+        # The requested run builds the dataset: fresh.
+        materialize_dataset(instance)
+        status, _ = stale_status(instance)
+        assert status == StaleStatus.FRESH
+        assert pq.read_table(root.table("medtrinity_dataset")).num_rows == 3
+        assert "medtrinity_dataset" not in ticks.requested()
 
-    # A second source's run is under way; its triplets land after the dataset was built:
-    # stale at once, but not requested while the source's run (which plans its triplets) lasts.
-    run = instance.create_run_for_job(
-        job_def=defs.resolve_job_def("source_pipeline"), tags={"dagster/partition": other},
-        status=dg.DagsterRunStatus.STARTED,
-    )
-    # (The run writes the file before it ends; its materialization event comes with the run.)
-    write_triplets(root, other, [triplet(root, other, n) for n in range(2)])
-    assert ticks.observe() == 1
-    status, causes = stale_status(instance)
-    assert status == StaleStatus.STALE
-    assert any(cause.key.asset_key == dg.AssetKey("triplets_index") for cause in causes)
-    assert "medtrinity_dataset" not in ticks.requested()
-    instance.report_run_failed(run)  # the run ends (how does not matter): the wait is over
-    assert "medtrinity_dataset" in ticks.requested()
+        # A second source's run is under way; its triplets land after the dataset was built:
+        # stale at once, but not requested while the source's run (which plans its triplets) lasts.
+        run = instance.create_run_for_job(
+            job_def=defs.resolve_job_def("source_pipeline"), tags={"dagster/partition": other},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+        # (The run writes the file before it ends; its materialization event comes with the run.)
+        write_triplets(root, other, [triplet(root, other, n) for n in range(2)])
+        assert ticks.observe() == 1
+        status, causes = stale_status(instance)
+        assert status == StaleStatus.STALE
+        assert any(cause.key.asset_key == dg.AssetKey("triplets_index") for cause in causes)
+        assert "medtrinity_dataset" not in ticks.requested()
+        instance.report_run_failed(run)  # the run ends (how does not matter): the wait is over
+        assert "medtrinity_dataset" in ticks.requested()
 
-    # Rebuilt: fresh again, the new source in it, only its part made anew.
-    materialize_dataset(instance)
-    assert stale_status(instance)[0] == StaleStatus.FRESH
-    assert pq.read_table(root.table("medtrinity_dataset")).num_rows == 5
-    assert "medtrinity_dataset" not in ticks.requested()
+        # Rebuilt: fresh again, the new source in it, only its part made anew.
+        materialize_dataset(instance)
+        assert stale_status(instance)[0] == StaleStatus.FRESH
+        assert pq.read_table(root.table("medtrinity_dataset")).num_rows == 5
+        assert "medtrinity_dataset" not in ticks.requested()
 
-    # A partition re-run that rewrote the same rows: same index version, nothing to do.
-    path = root.table("triplets", source)
-    path.write_bytes(path.read_bytes())
-    instance.report_runless_asset_event(dg.AssetMaterialization("triplets", partition=source))
-    assert ticks.observe() == 0
+        # A partition re-run that rewrote the same rows: same index version, nothing to do.
+        path = root.table("triplets", source)
+        path.write_bytes(path.read_bytes())
+        instance.report_runless_asset_event(dg.AssetMaterialization("triplets", partition=source))
+        assert ticks.observe() == 0
