@@ -37,21 +37,23 @@ def test_downstream_goes_stale_only_when_the_corpus_changes(tmp_path):
     corpus.mkdir()
     shutil.copy2(knowledge_dir() / "breast.yaml", corpus / "breast.yaml")
     settings = PipelineSettings(data_root=str(tmp_path / "var"), knowledge=str(corpus))
-    instance = dg.DagsterInstance.ephemeral()
+    # Entered, so Dagster's current defs-state storage is this instance's, not one a
+    # test before left behind.
+    with dg.DagsterInstance.ephemeral() as instance:
 
-    def status():
-        return get_stale_status_resolver(instance, [knowledge_base, reads_knowledge]).get_status(reads_knowledge.key)
+        def status():
+            return get_stale_status_resolver(instance, [knowledge_base, reads_knowledge]).get_status(reads_knowledge.key)
 
-    first = _materialize([knowledge_base, reads_knowledge], instance, settings)
-    assert first["reused"] is False and first["data_version"]
-    assert status() == StaleStatus.FRESH
+        first = _materialize([knowledge_base, reads_knowledge], instance, settings)
+        assert first["reused"] is False and first["data_version"]
+        assert status() == StaleStatus.FRESH
 
-    again = _materialize([knowledge_base], instance, settings)
-    assert again == {"data_version": first["data_version"], "reused": True}
-    assert status() == StaleStatus.FRESH
+        again = _materialize([knowledge_base], instance, settings)
+        assert again == {"data_version": first["data_version"], "reused": True}
+        assert status() == StaleStatus.FRESH
 
-    path = corpus / "breast.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace("Fibroadenoma is the", "A fibroadenoma is the"), encoding="utf-8")
-    edited = _materialize([knowledge_base], instance, settings)
-    assert edited["reused"] is False and edited["data_version"] != first["data_version"]
-    assert status() == StaleStatus.STALE
+        path = corpus / "breast.yaml"
+        path.write_text(path.read_text(encoding="utf-8").replace("Fibroadenoma is the", "A fibroadenoma is the"), encoding="utf-8")
+        edited = _materialize([knowledge_base], instance, settings)
+        assert edited["reused"] is False and edited["data_version"] != first["data_version"]
+        assert status() == StaleStatus.STALE
