@@ -124,7 +124,7 @@ def _require(path: Path, stage: str) -> Path:
 
 def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
     from medtrinity_assets.catalog.shards import owns
-    from medtrinity_assets.sources import IngestContext, Quarantined, read_source
+    from medtrinity_assets.sources import IngestContext, Quarantined, read_source_in_workers
     from medtrinity_assets.sources.base import SHARD_PATH, pseudonymous_path, pseudonymous_quarantine, shard_path_of
 
     from medtrinity_assets.catalog.fingerprint import folder_fingerprint
@@ -147,7 +147,8 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
 
         # A reader bug must not lose the rows already read.
         stopped = lambda error: quarantine_add(None, f"reader stopped early: {describe_error(error)}", kind="stage_error")  # noqa: E731
-        for item in until_reader_error(read_source(ctx), stopped):
+        # Files are decoded and stored by the worker processes (MEDTRINITY_WORKERS), in order.
+        for item in until_reader_error(read_source_in_workers(ctx), stopped):
             # Each item is kept by exactly one shard (items without a file by shard 0), whether
             # or not its reader skipped the other shards' files (sources.base.IngestContext.owns).
             if not owns(spec.shard, shard_path_of(item)):
@@ -172,51 +173,30 @@ def run_ingest(spec: SourceSpec, data_root: DataRoot, salt: str) -> StageReport:
 
 
 def run_normalize(spec: SourceSpec, data_root: DataRoot, max_side: int = 512) -> StageReport:
-    from medtrinity_assets.imaging.burned_in import DETECTOR_VERSION, detect_burned_in
-    from medtrinity_assets.imaging.normalize import encode_png, normalize_pixels
-    from medtrinity_assets.imaging.phash import phash
+    from medtrinity_assets import parallel
+    from medtrinity_assets.imaging.burned_in import DETECTOR_VERSION
+    from medtrinity_assets.stage_work import NormalizeJob, RecordProblem, normalize_record
 
     report = StageReport("normalized_images", spec.id, partition=spec.partition)
     burned_in_kinds: Counter = Counter()
     burned_in_images = 0
-    blobs = BlobStore(data_root.root)
     source = _require(data_root.table("raw_records", spec.partition), "normalized_images")
     out = data_root.table("normalized_images", spec.partition)
     with stage_tables(report, data_root, out, schemas.NORMALIZED_IMAGES) as (writer, quarantine):
-        def normalize_and_store(record: dict):
-            normalized = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, spec.intensity_rule(), max_side=max_side)
-            return normalized, *blobs.put("images", encode_png(normalized.display), "png")
-
         rows = stream_rows(f"SELECT * FROM {read_parquet(source)} ORDER BY record_id")
-        for record, (normalized, digest, rel) in _each_record(rows, report, quarantine, "normalize", normalize_and_store):
-            try:
-                burned_in = detect_burned_in(normalized.display)
-            except Exception as error:
-                # An image nobody could check for burned-in text must not reach training unseen.
-                quarantine.add(
-                    record["source_file"], f"cannot check for burned-in text: {describe_error(error)}", record["record_id"],
-                    kind="stage_error",
-                )
-                continue
-            display = normalized.display
-            if burned_in.present:
-                burned_in_images += 1
-                burned_in_kinds.update(set(burned_in.kinds))
-            writer.write(
-                {
-                    "record_id": record["record_id"],
-                    "source_id": spec.id,
-                    "image_sha256": digest,
-                    "image_path": rel,
-                    "height": int(display.shape[0]),
-                    "width": int(display.shape[1]),
-                    "channels": int(display.shape[2]) if display.ndim == 3 else 1,
-                    "scale": float(normalized.scale),
-                    "intensity_method": normalized.intensity_method,
-                    "phash": phash(display),
-                    "burned_in": burned_in.to_json(),
-                }
-            )
+        # Each record is normalized, checked and stored by a worker process (MEDTRINITY_WORKERS);
+        # the rows come back in record order, so the table is the same for any number of them.
+        with parallel.workers(NormalizeJob(spec, data_root, max_side), parallel.count_for(data_root.root)) as pool:
+            for record, done in pool.map(normalize_record, rows, describe=lambda r: r["source_file"]):
+                report.inputs += 1
+                if isinstance(done, (RecordProblem, parallel.Failed)):
+                    reason = done.reason if isinstance(done, RecordProblem) else f"cannot normalize: {done.error}"
+                    quarantine.add(record["source_file"], reason, record["record_id"], kind="stage_error")
+                    continue
+                if done.burned_in_present:
+                    burned_in_images += 1
+                    burned_in_kinds.update(done.burned_in_kinds)
+                writer.write(done.row)
     # Images flagged for burned-in text or markers, and how many showed each kind; whether they
     # are held back is the spec's burned_in_text policy, applied when triplets are assembled.
     report.extra["burned_in_images"] = burned_in_images
@@ -241,23 +221,26 @@ def _records_with_images(data_root: DataRoot, source_id: str) -> str:
 
 
 def run_ground(spec: SourceSpec, data_root: DataRoot) -> StageReport:
-    from medtrinity_assets.grounding.relations import relate
-    from medtrinity_assets.grounding.rois import REFERENCE_PREFIX, ground_record
+    from medtrinity_assets import parallel
+    from medtrinity_assets.grounding.rois import REFERENCE_PREFIX
+    from medtrinity_assets.stage_work import GroundJob, ground_one
 
     report = StageReport("rois", spec.id, partition=spec.partition)
-    blobs = BlobStore(data_root.root)
     _require(data_root.table("normalized_images", spec.partition), "rois")
     out = data_root.table("rois", spec.partition)
     origins: Counter = Counter()
     tally: Counter = Counter()
-    with stage_tables(report, data_root, out, schemas.ROIS) as (writer, quarantine):
-        def ground_and_relate(record: dict):
-            rois, problems = ground_record(record, _load_png(blobs, record["image_path"]), record["scale"], blobs, spec, tally)
-            relate(rois)
-            return rois, problems
-
+    with stage_tables(report, data_root, out, schemas.ROIS) as (writer, quarantine), \
+            parallel.workers(GroundJob(spec, data_root), parallel.count_for(data_root.root)) as pool:
         rows = stream_rows(_records_with_images(data_root, spec.partition))
-        for record, (rois, problems) in _each_record(rows, report, quarantine, "ground", ground_and_relate):
+        # Grounded by the worker processes (MEDTRINITY_WORKERS), written in record order.
+        for record, done in pool.map(ground_one, rows, describe=lambda r: r["source_file"]):
+            report.inputs += 1
+            if isinstance(done, parallel.Failed):
+                quarantine.add(record["source_file"], f"cannot ground: {done.error}", record["record_id"], kind="stage_error")
+                continue
+            rois, problems, record_tally = done
+            tally.update(record_tally)
             # An annotation that yields no usable region is reported; the image keeps its
             # other ROIs (or its whole-image entry), so nothing else is lost. Publisher boxes
             # the cross-check could not match are reported as they are (nothing was dropped).

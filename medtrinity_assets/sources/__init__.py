@@ -6,7 +6,7 @@ import importlib
 
 from medtrinity_assets.catalog.spec import FILE_FIELDS
 from medtrinity_assets.containment import inside_file, walk_files
-from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
+from medtrinity_assets.sources.base import FileTask, IngestContext, IngestStream, Quarantined, run_file_task
 
 FAMILY_MODULES = {
     "dicom": "medtrinity_assets.sources.dicom",
@@ -20,8 +20,11 @@ FAMILY_MODULES = {
 }
 
 
-def read_source(ctx: IngestContext) -> IngestStream:
-    """Yield a RAW_RECORDS row per 2D image and a ``Quarantined`` per unusable file."""
+def read_source(ctx: IngestContext, tasks: bool = False) -> IngestStream:
+    """Yield a RAW_RECORDS row per 2D image and a ``Quarantined`` per unusable file.
+
+    ``tasks=True``: a reader's per-file work is yielded as ``FileTask``s for the caller to run
+    (``read_source_in``, a stage's worker processes); otherwise it is run here, in order."""
     if not ctx.root.is_dir():
         yield Quarantined(str(ctx.root), f"source folder does not exist: {ctx.root} (download the source into it)", kind="not_found")
         return
@@ -39,7 +42,11 @@ def read_source(ctx: IngestContext) -> IngestStream:
             yield Quarantined(value, f"{where} leads outside the source folder; source not read", kind="outside_source")
             return
     module = importlib.import_module(FAMILY_MODULES[ctx.spec.layout.family])
-    stream = module.read(ctx)
+    # The extra-boxes overlay below matches finished records by path, so it gets them finished.
+    if tasks and ctx.spec.extra_boxes is None and getattr(module.read, "yields_file_tasks", False):
+        stream = module.read(ctx, tasks=True)
+    else:
+        stream = module.read(ctx)
     if ctx.spec.extra_boxes is not None:
         # Boxes from a second file (covid-chestxray's COCO lung boxes beside its label CSV),
         # matched to the family's records by relative image path.
@@ -49,4 +56,25 @@ def read_source(ctx: IngestContext) -> IngestStream:
     yield from stream
 
 
-__all__ = ["IngestContext", "Quarantined", "read_source"]
+def read_source_in_workers(ctx: IngestContext, workers: int | None = None) -> IngestStream:
+    """``read_source`` with each file's decoding and storing done by the stage's worker
+    processes (``parallel``; ``MEDTRINITY_WORKERS``), the items in the reader's order: the same
+    items, in the same order, whatever the number of processes. The processes end with the
+    stream (exhausted or closed)."""
+    from medtrinity_assets import parallel
+
+    with parallel.workers(ctx, workers) as pool:
+        outcomes = pool.map(
+            run_file_task, read_source(ctx, tasks=True),
+            passthrough=lambda item: not isinstance(item, FileTask), describe=lambda task: task.source_file,
+        )
+        for item, outcome in outcomes:
+            if not isinstance(item, FileTask):
+                yield item
+            elif isinstance(outcome, parallel.Failed):  # run_file_task catches the reader's errors: this is the pool's
+                yield Quarantined(item.source_file, f"cannot read: {outcome.error}", kind="unreadable")
+            else:
+                yield from outcome
+
+
+__all__ = ["FileTask", "IngestContext", "Quarantined", "read_source", "read_source_in_workers"]

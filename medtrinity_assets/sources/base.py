@@ -78,8 +78,54 @@ class Quarantined:
             raise ValueError(f"quarantine kind {self.kind!r} is not one of {QUARANTINE_KINDS}")
 
 
+@dataclass(frozen=True)
+class FileTask:
+    """The decoding and storing of one source file, as a call its consumer makes where it
+    chooses: in this process, or in a worker process of the stage (``parallel``), in the
+    reader's order either way. ``work(ctx, *args)`` returns the file's items (records and
+    ``Quarantined``); it is a module-level function and ``args`` are plain picklable values.
+    Readers do the cheap cross-file work (listing, pairing, tables) themselves and yield one
+    task per file for the expensive part."""
+
+    source_file: str
+    work: Callable
+    args: tuple = ()
+
+
+def run_file_task(ctx: "IngestContext", task: FileTask) -> list:
+    """A task's items; a task that raises quarantines its file, and the source goes on."""
+    try:
+        return list(task.work(ctx, *task.args))
+    except Exception as error:
+        return [Quarantined(task.source_file, f"cannot read: {describe_error(error)}", kind="unreadable")]
+
+
+def run_tasks_here(ctx: "IngestContext", stream: Iterator) -> Iterator:
+    """The stream with its ``FileTask``s run in this process, in order."""
+    for item in stream:
+        if isinstance(item, FileTask):
+            yield from run_file_task(ctx, item)
+        else:
+            yield item
+
+
+def file_task_reader(reader: Callable) -> Callable:
+    """Mark a family's ``read`` whose per-file work comes as ``FileTask``s: ``read(ctx)`` runs
+    them here and yields finished items as every reader does; ``read(ctx, tasks=True)`` leaves
+    them to the caller (``sources.read_source_in_workers``)."""
+    import functools
+
+    @functools.wraps(reader)
+    def read(ctx: "IngestContext", tasks: bool = False) -> Iterator:
+        stream = reader(ctx)
+        return stream if tasks else run_tasks_here(ctx, stream)
+
+    read.yields_file_tasks = True
+    return read
+
+
 IngestItem = Union[dict, Quarantined]
-IngestStream = Iterator[IngestItem]
+IngestStream = Iterator[Union[IngestItem, FileTask]]
 
 
 # A record read as part of a multi-file unit (a DICOM series, a NIfTI case folder) carries the

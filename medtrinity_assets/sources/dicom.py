@@ -32,11 +32,14 @@ from medtrinity_assets.imaging.dicom_io import (
 from medtrinity_assets.imaging.geometry import dicom_frame_kind
 from medtrinity_assets.imaging.limits import TooLarge
 from medtrinity_assets.imaging.slicing import select_slices
+from medtrinity_assets import parallel
 from medtrinity_assets.sources.base import (
+    FileTask,
     IngestContext,
     IngestStream,
     Quarantined,
     describe_error,
+    file_task_reader,
     in_unit,
     list_files,
     make_record,
@@ -109,11 +112,20 @@ def _not_an_image_kind(header: DicomHeader) -> str:
     return "unsupported" if header.modality in NON_IMAGE_MODALITIES | ANNOTATION_MODALITIES else "unreadable"
 
 
-def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks) -> IngestStream:
+def _masks_by_file(masks: PlaneMasks) -> dict[str, PlaneMasks]:
+    """The plane masks grouped by file: a file's task carries its own masks, not the source's."""
+    by_file: dict[str, PlaneMasks] = defaultdict(dict)
+    for key, plane in masks.items():
+        by_file[key[0]][key] = plane
+    return by_file
+
+
+def _read_single_file(ctx: IngestContext, path: Path, masks: PlaneMasks, header: DicomHeader | None = None) -> IngestStream:
+    """The records of one file; ``header``: the header pass's reading of it (not read twice)."""
     rel = _relative(ctx, path)
     try:
         ds = read_dicom(path)
-        header = read_header(ds)
+        header = header or read_header(ds)
         check_is_image(header)
         deidentify_dataset(ctx, ds, header)
     except NotAnImageObject as error:
@@ -177,9 +189,11 @@ def _read_series(ctx: IngestContext, images: list[tuple[Path, DicomHeader]], mas
         else:
             # A file without a SeriesInstanceUID is its own series (keyed by path, in memory only).
             series[header.series_uid or f"file:{rel}"].append((path, header))
+    by_file = _masks_by_file(masks)
     for path in multi_frame:
-        if ctx.owns(_relative(ctx, path)):
-            yield from _read_single_file(ctx, path, masks)
+        rel = _relative(ctx, path)
+        if ctx.owns(rel):
+            yield FileTask(rel, _read_single_file, (path, by_file.get(rel, {})))
 
     for key in sorted(series, key=lambda k: _relative(ctx, series[k][0][0])):
         # A series is stacked from all its files, so it is one unit, placed by the path of its
@@ -226,40 +240,63 @@ def _read_one_series(ctx: IngestContext, members: list[tuple[Path, DicomHeader]]
             yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, -1), kind=_decode_kind(error))
 
 
+def _scan_file(ctx: IngestContext, path: Path) -> tuple[str, object]:
+    """One file's header pass: ("image", header), ("annotation", modality) or ("quarantined", Quarantined)."""
+    rel = _relative(ctx, path)
+    header = None
+    try:
+        ds = read_dicom(path, with_pixels=False)
+        header = read_header(ds)
+        # Before any pixel is read, for images and SEG objects alike.
+        check_size(header, ctx.limits)
+        if header.modality in ANNOTATION_MODALITIES:
+            return "annotation", header.modality
+        check_is_image(header)
+        # Checked before series are formed: a broken slice must not join (and renumber) one.
+        problem = pixel_data_problem(ds)
+    except NotAnImageObject as error:
+        return "quarantined", Quarantined(rel, str(error), kind=_not_an_image_kind(header))
+    except TooLarge as error:
+        return "quarantined", Quarantined(rel, str(error), kind="too_large")
+    except Exception as error:
+        return "quarantined", Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}", kind="unreadable")
+    if problem:
+        return "quarantined", Quarantined(rel, problem, kind="unreadable")
+    return "image", header
+
+
+# Headers read per worker call: a header takes about a millisecond, so one call per file would
+# spend as much on the hand-over to the worker as on the reading.
+SCAN_CHUNK = 32
+
+
+def _scan_files(ctx: IngestContext, paths: list[Path]) -> list[tuple[str, object]]:
+    return [_scan_file(ctx, path) for path in paths]
+
+
 def _scan(ctx: IngestContext, files: Iterable[Path]):
     """Read every header once (no pixels): sort files into images and annotation objects, and
-    quarantine the rest. Yields Quarantined items; fills and returns the two lists at the end."""
+    quarantine the rest. Yields Quarantined items; fills and returns the two lists at the end.
+    The headers are read by the stage's worker processes when it has them, in file order."""
     images: list[tuple[Path, DicomHeader]] = []
     annotation_objects: list[tuple[str, str]] = []
-    for path in files:
-        rel = _relative(ctx, path)
-        try:
-            ds = read_dicom(path, with_pixels=False)
-            header = read_header(ds)
-            # Before any pixel is read, for images and SEG objects alike.
-            check_size(header, ctx.limits)
-            if header.modality in ANNOTATION_MODALITIES:
-                annotation_objects.append((rel, header.modality))
-                continue
-            check_is_image(header)
-            # Checked before series are formed: a broken slice must not join (and renumber) one.
-            problem = pixel_data_problem(ds)
-        except NotAnImageObject as error:
-            yield Quarantined(rel, str(error), kind=_not_an_image_kind(header))
-            continue
-        except TooLarge as error:
-            yield Quarantined(rel, str(error), kind="too_large")
-            continue
-        except Exception as error:
-            yield Quarantined(rel, f"not a readable DICOM file: {describe_error(error)}", kind="unreadable")
-            continue
-        if problem:
-            yield Quarantined(rel, problem, kind="unreadable")
-            continue
-        images.append((path, header))
+    files = list(files)
+    chunks = (files[start : start + SCAN_CHUNK] for start in range(0, len(files), SCAN_CHUNK))
+    for chunk, outcomes in parallel.map_with(ctx, _scan_files, chunks, describe=lambda c: _relative(ctx, c[0]), min_items=2):
+        if isinstance(outcomes, parallel.Failed):  # _scan_file catches each file's errors: this is the pool's
+            outcomes = [("quarantined", Quarantined(_relative(ctx, path), f"not a readable DICOM file: {outcomes.error}", kind="unreadable"))
+                        for path in chunk]
+        for path, (what, value) in zip(chunk, outcomes):
+            if what == "annotation":
+                annotation_objects.append((_relative(ctx, path), value))
+            elif what == "quarantined":
+                yield value
+            else:
+                images.append((path, value))
     return images, annotation_objects
 
 
+@file_task_reader
 def read(ctx: IngestContext) -> IngestStream:
     layout = ctx.spec.layout
     files = list_files(ctx.root, layout.glob, layout.exclude_glob)
@@ -275,6 +312,8 @@ def read(ctx: IngestContext) -> IngestStream:
     if layout.stack_series:
         yield from _read_series(ctx, images, masks)
     else:
-        for path, _ in images:
-            if ctx.owns(_relative(ctx, path)):
-                yield from _read_single_file(ctx, path, masks)
+        by_file = _masks_by_file(masks)
+        for path, header in images:
+            rel = _relative(ctx, path)
+            if ctx.owns(rel):
+                yield FileTask(rel, _read_single_file, (path, by_file.get(rel, {}), header))

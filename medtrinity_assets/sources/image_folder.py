@@ -9,7 +9,7 @@ Labels come from the spec's ``labels`` rule (``source: folder`` reads the class 
 from __future__ import annotations
 
 from medtrinity_assets.catalog.spec import ImageFolderLayout
-from medtrinity_assets.sources.base import IngestContext, IngestStream, Quarantined
+from medtrinity_assets.sources.base import FileTask, IngestContext, IngestStream, Quarantined, file_task_reader
 from medtrinity_assets.sources.image_common import (
     decode_image,
     image_record,
@@ -21,6 +21,7 @@ from medtrinity_assets.sources.image_common import (
 from medtrinity_assets.sources.label_state import decide_label_state
 
 
+@file_task_reader
 def read(ctx: IngestContext) -> IngestStream:
     layout: ImageFolderLayout = ctx.spec.layout
     excluded = set(iter_image_files(ctx.root, layout.exclude_glob)) if layout.exclude_glob else set()
@@ -31,22 +32,26 @@ def read(ctx: IngestContext) -> IngestStream:
         found_any = True
         if not ctx.owns(relative_path):
             continue  # another shard's image
-        decoded = decode_image(ctx, relative_path)
-        if isinstance(decoded, Quarantined):
-            yield decoded
-            continue
-        pixels, photometric = decoded
-        labels = path_labels(ctx.spec, relative_path)
-        yield image_record(
-            ctx,
-            relative_path,
-            pixels,
-            photometric,
-            labels=labels,
-            annotations=[],
-            patient_id=patient_id_for(ctx.spec, relative_path),
-            label_state=decide_label_state(bool(labels), path_says_normal(ctx.spec, relative_path)),
-        )
+        yield FileTask(relative_path, _read_image, (relative_path,))
     if not found_any:
         what = f"image_glob {layout.image_glob!r}" + (f" outside exclude_glob {layout.exclude_glob!r}" if excluded else "")
         yield Quarantined(".", f"no file matches {what} under the source folder", kind="not_found")
+
+
+def _read_image(ctx: IngestContext, relative_path: str) -> list:
+    """One file's record (a ``FileTask``: decoded and stored where the stage runs it)."""
+    decoded = decode_image(ctx, relative_path)
+    if isinstance(decoded, Quarantined):
+        return [decoded]
+    pixels, photometric = decoded
+    labels = path_labels(ctx.spec, relative_path)
+    return [image_record(
+        ctx,
+        relative_path,
+        pixels,
+        photometric,
+        labels=labels,
+        annotations=[],
+        patient_id=patient_id_for(ctx.spec, relative_path),
+        label_state=decide_label_state(bool(labels), path_says_normal(ctx.spec, relative_path)),
+    )]

@@ -31,6 +31,8 @@ from medtrinity_assets.catalog.spec import ImageMaskLayout
 from medtrinity_assets.containment import climbs_out, contained_glob, inside_file, is_inside
 from medtrinity_assets.imaging.image_io import ImageReadError, MaskValuesError, read_mask
 from medtrinity_assets.sources.base import (
+    FileTask,
+    file_task_reader,
     IngestContext,
     IngestStream,
     Quarantined,
@@ -257,6 +259,7 @@ def _absent_reason(layout: ImageMaskLayout, absent: list[MaskPlan]) -> str:
     return f"mask {names} is absent" if len(absent) == 1 else f"masks {names} are absent"
 
 
+@file_task_reader
 def read(ctx: IngestContext) -> IngestStream:
     layout: ImageMaskLayout = ctx.spec.layout
     default_label = layout.mask_label or (ctx.spec.diseases[0] if ctx.spec.diseases else "lesion")
@@ -286,39 +289,43 @@ def read(ctx: IngestContext) -> IngestStream:
         if absent:
             yield Quarantined(image_path, _absent_reason(layout, absent), kind="unpaired")
             continue
-        decoded = decode_image(ctx, image_path)
-        if isinstance(decoded, Quarantined):
-            yield decoded
-            continue
-        pixels, photometric = decoded
-        labels = path_labels(ctx.spec, image_path)
-        image_label = layout.mask_label or (labels[0] if labels else default_label)
-
-        mask_files = [(plan.path, plan.label or image_label, plan.finding) for plan in present]
-        if present and not layout.masks:
-            mask_files += [(path, image_label, layout.masks_are_findings) for path in extra_mask_paths(ctx, layout, present[0].path)]
-        annotations: list[dict] = []
-        try:
-            for path, label, is_finding in mask_files:
-                mask = _load_mask(ctx, layout, path, pixels.shape)
-                found = mask_annotations(ctx, layout, mask, path, label)
-                annotations += found
-                if is_finding:
-                    # An annotated lesion is a finding of its image, whatever its folder says.
-                    labels += [annotation["label"] for annotation in found]
-        except MaskProblem as problem:
-            yield Quarantined(image_path, str(problem), kind=problem.kind)
-            continue
-        yield image_record(
-            ctx,
-            image_path,
-            pixels,
-            photometric,
-            labels=labels,
-            annotations=annotations,
-            patient_id=patient_id_for(ctx.spec, image_path),
-            label_state=decide_label_state(bool(labels), path_says_normal(ctx.spec, image_path)),
-        )
+        yield FileTask(image_path, _read_pair, (image_path, present, default_label))
     if not found_any:
         where = f"image_glob {layout.image_glob!r}" + (f" and image_regex {layout.image_regex!r}" if pattern else "")
         yield Quarantined(".", f"no file matches {where} under the source folder", kind="not_found")
+
+
+def _read_pair(ctx: IngestContext, image_path: str, present: list, default_label: str) -> list:
+    """One image and its masks as a record (a ``FileTask``: decoded and stored where the stage runs it)."""
+    layout: ImageMaskLayout = ctx.spec.layout
+    decoded = decode_image(ctx, image_path)
+    if isinstance(decoded, Quarantined):
+        return [decoded]
+    pixels, photometric = decoded
+    labels = path_labels(ctx.spec, image_path)
+    image_label = layout.mask_label or (labels[0] if labels else default_label)
+
+    mask_files = [(plan.path, plan.label or image_label, plan.finding) for plan in present]
+    if present and not layout.masks:
+        mask_files += [(path, image_label, layout.masks_are_findings) for path in extra_mask_paths(ctx, layout, present[0].path)]
+    annotations: list[dict] = []
+    try:
+        for path, label, is_finding in mask_files:
+            mask = _load_mask(ctx, layout, path, pixels.shape)
+            found = mask_annotations(ctx, layout, mask, path, label)
+            annotations += found
+            if is_finding:
+                # An annotated lesion is a finding of its image, whatever its folder says.
+                labels += [annotation["label"] for annotation in found]
+    except MaskProblem as problem:
+        return [Quarantined(image_path, str(problem), kind=problem.kind)]
+    return [image_record(
+        ctx,
+        image_path,
+        pixels,
+        photometric,
+        labels=labels,
+        annotations=annotations,
+        patient_id=patient_id_for(ctx.spec, image_path),
+        label_state=decide_label_state(bool(labels), path_says_normal(ctx.spec, image_path)),
+    )]
