@@ -18,7 +18,9 @@ decodes whole volumes while ingest decodes only the chosen slices, so its ratio 
 Scaling: ingest of an image_folder source of 1,000 vs 10,000 files, each run in a fresh
 process; bounded memory means the peak RSS barely moves.
 
-Usage: python -m medtrinity_assets.bench_ingest [--images 400] [--scaling 1000,10000]
+Workers: each ingest runs with MEDTRINITY_WORKERS as set, or at each count of --workers 1,2.
+
+Usage: python -m medtrinity_assets.bench_ingest [--images 400] [--scaling 1000,10000] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -223,7 +225,10 @@ def run_floor(files: list[Path]) -> dict:
     import pydicom
     from PIL import Image
 
+    from medtrinity_assets.bench import _cpu_seconds
+
     with tempfile.TemporaryDirectory() as scratch:
+        cpu = _cpu_seconds()
         started = time.perf_counter()
         for index, path in enumerate(files):
             if path.suffix == ".dcm":
@@ -235,41 +240,56 @@ def run_floor(files: list[Path]) -> dict:
                     array = np.asarray(image.convert("RGB" if path.suffix == ".jpg" else "L"))
             np.save(Path(scratch) / f"{index}.npy", array)
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "files": len(files), "peak_rss_mib": _peak_rss_mib()}
+        cpu = _cpu_seconds() - cpu
+    return {"seconds": seconds, "files": len(files), "peak_rss_mib": _peak_rss_mib(), "cpu_seconds": cpu}
 
 
 def run_ingest(spec, data_root: Path) -> dict:
     from medtrinity_assets import stages
     from medtrinity_assets.paths import DataRoot
 
+    from medtrinity_assets import parallel
+    from medtrinity_assets.bench import _cpu_seconds, _TreeRss, warm_imports
+
+    warm_imports()
     baseline = _peak_rss_mib()
-    report = stages.run_ingest(spec, DataRoot(data_root), "bench-salt")
+    cpu = _cpu_seconds()
+    with _TreeRss() as tree:
+        report = stages.run_ingest(spec, DataRoot(data_root), "bench-salt")
     return {"seconds": report.seconds, "images": report.rows, "quarantined": report.quarantined,
-            "peak_rss_mib": _peak_rss_mib(), "rss_after_imports_mib": baseline}
+            "peak_rss_mib": _peak_rss_mib(), "rss_after_imports_mib": baseline, "peak_tree_rss_mib": max(tree.peak, _peak_rss_mib()),
+            "cpu_seconds": _cpu_seconds() - cpu + sum(tree.child_cpu.values()), "workers": parallel.worker_count()}
 
 
-def _child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-m", "medtrinity_assets.bench_ingest", *args], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+def _child(args: list[str], workers: int | None = None) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if workers is not None:
+        env["MEDTRINITY_WORKERS"] = str(workers)
+    out = subprocess.run([sys.executable, "-m", "medtrinity_assets.bench_ingest", *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child {args} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def per_family(n: int, families: list[str]) -> None:
+def per_family(n: int, families: list[str], workers: list[int]) -> None:
     print(f"\nIngest per layout family, {n} images each (fundus crops {PHOTO}x{PHOTO} JPEG, CT 512x512 DICOM, "
-          f"MNI152 2 mm volumes for nifti); {os.cpu_count()} CPUs")
-    print(f"{'family':<14}{'images':>8}{'quar.':>7}{'seconds':>9}{'images/s':>10}{'floor files/s':>15}{'x floor':>9}{'peak RSS MiB':>14}")
+          f"MNI152 2 mm volumes for nifti); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print("x floor: the floor's time over ingest's for the same files (wall clock); per CPU: the same with CPU seconds of "
+          "ingest's process and its workers (what a loaded machine does not distort). The floor runs in one process.")
+    print(f"{'family':<14}{'workers':>8}{'images':>8}{'quar.':>7}{'seconds':>9}{'images/s':>10}{'floor files/s':>15}{'x floor':>9}"
+          f"{'per CPU':>9}{'peak RSS MiB':>14}")
     for family in families:
         workload(family, n)  # written outside the timed children
         floor = _child(["--child", "floor", "--family", family, "--n", str(n)])
-        result = _child(["--child", "ingest", "--family", family, "--n", str(n)])
-        rate = result["images"] / result["seconds"] if result["seconds"] else float("inf")
-        # The floor decodes each file once; the ratio compares time for the same files.
-        ratio = floor["seconds"] / result["seconds"] if result["seconds"] else float("nan")
-        floor_rate = floor["files"] / floor["seconds"]
-        print(f"{family:<14}{result['images']:>8}{result['quarantined']:>7}{result['seconds']:>9.2f}{rate:>10.1f}"
-              f"{floor_rate:>15.1f}{ratio:>9.2f}{result['peak_rss_mib']:>14.0f}")
+        for count in workers:
+            result = _child(["--child", "ingest", "--family", family, "--n", str(n)], count)
+            rate = result["images"] / result["seconds"] if result["seconds"] else float("inf")
+            # The floor decodes each file once; the ratio compares time for the same files.
+            ratio = floor["seconds"] / result["seconds"] if result["seconds"] else float("nan")
+            cpu_ratio = floor["cpu_seconds"] / result["cpu_seconds"] if result["cpu_seconds"] else float("nan")
+            floor_rate = floor["files"] / floor["seconds"]
+            print(f"{family:<14}{result['workers']:>8}{result['images']:>8}{result['quarantined']:>7}{result['seconds']:>9.2f}{rate:>10.1f}"
+                  f"{floor_rate:>15.1f}{ratio:>9.2f}{cpu_ratio:>9.2f}{result['peak_tree_rss_mib']:>14.0f}")
 
 
 def scaling(sizes: list[int]) -> None:
@@ -278,9 +298,9 @@ def scaling(sizes: list[int]) -> None:
     for n in sizes:
         workload("image_folder", n)
         result = _child(["--child", "ingest", "--family", "image_folder", "--n", str(n)])
-        peaks.append(result["peak_rss_mib"])
-        print(f"  {n:>7} files: {result['images']:>7} images in {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB "
-              f"(after imports {result['rss_after_imports_mib']:.0f} MiB)")
+        peaks.append(result["peak_tree_rss_mib"])
+        print(f"  {n:>7} files: {result['images']:>7} images in {result['seconds']:.1f} s, peak RSS {result['peak_tree_rss_mib']:.0f} MiB "
+              f"with {result['workers']} worker(s) (stage process alone {result['peak_rss_mib']:.0f}, after imports {result['rss_after_imports_mib']:.0f} MiB)")
     print(f"  growth {sizes[0]} -> {sizes[-1]} files: {100 * (peaks[-1] / peaks[0] - 1):+.1f}%")
 
 
@@ -289,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--scaling", default="1000,10000", help="comma-separated partition sizes; empty to skip")
+    parser.add_argument("--workers", default="", help="comma-separated MEDTRINITY_WORKERS to run each family at (default: as set)")
     parser.add_argument("--child")
     parser.add_argument("--family")
     parser.add_argument("--n", type=int)
@@ -303,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_ingest(spec, data_root)
         print(json.dumps(result))
         return 0
-    per_family(args.images, [f for f in args.families.split(",") if f])
+    per_family(args.images, [f for f in args.families.split(",") if f], [int(w) for w in args.workers.split(",") if w.strip()] or [None])
     if args.scaling:
         scaling([int(s) for s in args.scaling.split(",")])
     return 0

@@ -145,11 +145,14 @@ class Workers:
             self._pool = None
 
     def map(self, fn: Callable, items: Iterable, passthrough: Callable[[Any], bool] | None = None,
-            describe: Callable[[Any], str] = repr) -> Iterator[tuple[Any, Any]]:
+            describe: Callable[[Any], str] = repr, min_items: int | None = None) -> Iterator[tuple[Any, Any]]:
         """(item, fn(shared, item) or ``Failed``) in input order. ``passthrough(item)`` True:
         the item is yielded as (item, item) in its place without calling ``fn``. An exception
         raised by ``items`` itself is raised after the items before it are yielded, as a serial
-        loop would. ``describe(item)`` names the item in a ``WorkerDied`` error."""
+        loop would. ``describe(item)`` names the item in a ``WorkerDied`` error. ``min_items``:
+        the stream length that starts the processes (default ``MIN_ITEMS_FOR_POOL``; fewer
+        for items that are batches already)."""
+        min_items = MIN_ITEMS_FOR_POOL if min_items is None else min(min_items, MIN_ITEMS_FOR_POOL)
         def here(item):
             return (item, item) if passthrough is not None and passthrough(item) else (item, guarded(fn, self.shared, item))
 
@@ -162,7 +165,7 @@ class Workers:
         source_error: BaseException | None = None
         if self._pool is None:
             try:
-                while len(head) < MIN_ITEMS_FOR_POOL:
+                while len(head) < min_items:
                     head.append(next(iterator))
             except StopIteration:
                 yield from (here(item) for item in head)
@@ -225,8 +228,9 @@ def workers(shared: Any, count: int | None = None) -> Iterator[Workers]:
         pool.close()
 
 
-def map_with(shared: Any, fn: Callable, items: Iterable, describe: Callable[[Any], str] = repr) -> Iterator[tuple[Any, Any]]:
+def map_with(shared: Any, fn: Callable, items: Iterable, describe: Callable[[Any], str] = repr,
+             min_items: int | None = None) -> Iterator[tuple[Any, Any]]:
     """``Workers.map`` on the current stage's pool when it was started with ``shared``; in this
     process otherwise (a spec check, a test calling a reader directly)."""
     pool = _current if _current is not None and _current.shared is shared else Workers(shared, 1)
-    return pool.map(fn, items, describe=describe)
+    return pool.map(fn, items, describe=describe, min_items=min_items)

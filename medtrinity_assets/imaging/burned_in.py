@@ -154,6 +154,10 @@ def _contrast(line: list[int], strokes: np.ndarray, darkest: np.ndarray, brighte
 
 def _components(mask: np.ndarray):
     """(labels, boxes array [n, 4] as y0, x0, y1, x1, pixel counts) of the 8-connected pieces."""
+    if not mask.any():
+        # Most photographs have no stroke at all: labelling an empty image still costs a
+        # millisecond, a third of the detector's time on them. The same result, without it.
+        return np.zeros(mask.shape, dtype=np.int32), np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
     labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return labels, np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
