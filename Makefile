@@ -60,8 +60,16 @@ check-source: setup
 	@test -n "$(ID)" || { echo "usage: make check-source ID=<source id or path/to/spec.yaml> [ROOT=dir]"; exit 2; }
 	$(BIN)/python -m medtrinity_assets.cli check-source $(ID) $(if $(ROOT),--root $(ROOT))
 
+# Per-stage images/s and per CPU-second beside the floor and the MONAI peer, then ingest,
+# normalize and ground at 1 and 2 worker processes (MEDTRINITY_WORKERS). A few minutes.
 bench: setup
 	$(BIN)/python -m medtrinity_assets.bench
+
+# The 10x run: ingest, normalize and ground at 1,000 and 10,000 images (time per image, peak
+# memory of the stage and its workers); docs/CAPACITY.md. About 15 min on 2 free cores.
+.PHONY: bench-10x
+bench-10x: setup
+	$(BIN)/python -m medtrinity_assets.bench --images 1000 --no-stages --workers "" --scale 10
 
 # The expert models (issue 10) on Kvasir-SEG and BUSI from ../shared/realdata: held-out Dice, box
 # IoU, mAP50, training minutes, find_rois vs the bare forward pass, peak memory at N and 4N images.
@@ -71,7 +79,7 @@ bench-experts: setup
 	$(BIN)/python -m medtrinity_assets.bench_experts $(if $(QUICK),--quick)
 
 bench-ingest: setup
-	$(BIN)/python -m medtrinity_assets.bench_ingest --images 400 --scaling 1000,10000
+	$(BIN)/python -m medtrinity_assets.bench_ingest --images 400 --scaling 1000,10000 --workers 1,2
 
 # Planted contradictions in sentences about real rows: catch rate per claim type, false alarms.
 bench-verifier: setup

@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="worker counts to compare on ingest, normalize, ground; empty to skip")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the worker comparison")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--no-stages", action="store_true", help="skip the table of every stage (only the worker comparison and --scale)")
     parser.add_argument("--child")
     parser.add_argument("--workload")
     parser.add_argument("--data-root")
@@ -380,10 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     figures: dict = {"images": args.images, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
-    results = benchmark(args.images)
-    figures["stages"] = results
-    _print(results, args.images)
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    if not args.no_stages:
+        results = benchmark(args.images)
+        figures["stages"] = results
+        _print(results, args.images)
+    elif counts:
+        workload = make_workload(args.images)
+        results = [_child(["--child", child, "--workload", str(workload), "--data-root", str(CACHE / "unused")]) for child in ("floor", "monai_peer")]
     if counts:
         rounds = benchmark_workers(args.images, counts, max(1, args.repeat))
         figures["workers"] = [{str(w): r[w] for w in r} for r in rounds]
