@@ -422,7 +422,8 @@ def benchmark_scaling(small: int, large: int) -> tuple[str, dict]:
         per_a, per_b = 1000 * a["seconds"] / a["images"], 1000 * b["seconds"] / b["images"]
         lines.append(
             f"  {stage:<18} {a['images']:>6} images {a['seconds']:7.1f} s ({per_a:5.1f} ms/image)   {b['images']:>6} images {b['seconds']:7.1f} s "
-            f"({per_b:5.1f} ms/image, x{per_b / per_a:.2f})   peak RSS {a['peak_tree_rss_mib']:.0f} -> {b['peak_tree_rss_mib']:.0f} MiB "
+            f"({per_b:5.1f} ms/image, x{per_b / per_a:.2f})   CPU {1000 * a['cpu_seconds'] / a['images']:.1f} -> "
+            f"{1000 * b['cpu_seconds'] / b['images']:.1f} ms/image   peak RSS {a['peak_tree_rss_mib']:.0f} -> {b['peak_tree_rss_mib']:.0f} MiB "
             f"({100 * (b['peak_tree_rss_mib'] / a['peak_tree_rss_mib'] - 1):+.1f}%)"
         )
     return "\n".join(lines), {f"{n}:{stage}": r for (n, stage), r in runs.items()}
