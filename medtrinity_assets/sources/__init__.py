@@ -56,16 +56,20 @@ def read_source(ctx: IngestContext, tasks: bool = False) -> IngestStream:
     yield from stream
 
 
-def read_source_in_workers(ctx: IngestContext, workers: int | None = None) -> IngestStream:
+def read_source_in_workers(ctx: IngestContext, workers: int | None = None, keep=None) -> IngestStream:
     """``read_source`` with each file's decoding and storing done by the stage's worker
     processes (``parallel``; ``MEDTRINITY_WORKERS``), the items in the reader's order: the same
     items, in the same order, whatever the number of processes. The processes end with the
-    stream (exhausted or closed)."""
+    stream (exhausted or closed). ``keep(source_file)``: the files whose tasks are run at all (a
+    shard's files); the other tasks are dropped before any decoding, other items pass."""
     from medtrinity_assets import parallel
 
+    stream = read_source(ctx, tasks=True)
+    if keep is not None:
+        stream = (item for item in stream if not isinstance(item, FileTask) or keep(item.source_file))
     with parallel.workers(ctx, workers) as pool:
         outcomes = pool.map(
-            run_file_task, read_source(ctx, tasks=True),
+            run_file_task, stream,
             passthrough=lambda item: not isinstance(item, FileTask), describe=lambda task: task.source_file,
         )
         for item, outcome in outcomes:
