@@ -144,3 +144,19 @@ def test_worker_count_from_the_environment(monkeypatch):
         parallel.worker_count()
     monkeypatch.delenv(parallel.WORKERS_ENV)
     assert 1 <= parallel.worker_count() <= parallel.DEFAULT_MAX_WORKERS
+
+
+def test_keep_drops_other_files_before_they_are_decoded(tmp_path):
+    from medtrinity_assets.sources import IngestContext, Quarantined, read_source_in_workers
+    from medtrinity_assets.storage import BlobStore
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("693_UNCR.dcm", "MR2_UNCR.dcm", "RG1_UNCR.dcm"):
+        shutil.copy(DATA_STORE / name, source / name)
+    spec = build_spec(id="keep", root=str(source), annotation_kinds=["none"], layout={"family": "dicom", "glob": "*.dcm"})
+    ctx = IngestContext(spec=spec, root=source, blobs=BlobStore(tmp_path / "out"), salt="s")
+    items = list(read_source_in_workers(ctx, workers=1, keep=lambda f: f == "MR2_UNCR.dcm"))
+    assert [i["source_file"] for i in items if not isinstance(i, Quarantined)] == ["MR2_UNCR.dcm"]
+    # Only the kept file's pixels were stored.
+    assert len(list((tmp_path / "out" / "blobs" / "pixels").rglob("*.npy"))) == 1
