@@ -73,6 +73,12 @@ def worker_count(requested: int | None = None) -> int:
     return max(1, int(requested))
 
 
+def count_for(root: Any) -> int | None:
+    """1 for a data root no other process can see (fsspec's memory://, which lives inside this
+    process: a worker would write its blobs into a store of its own), else None: the default."""
+    return 1 if getattr(root, "protocol", None) in ("memory", ("memory",)) else None
+
+
 @dataclass(frozen=True)
 class Failed:
     """An item whose function raised: its error as a quarantine reason ("Type: message")."""

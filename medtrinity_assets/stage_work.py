@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from medtrinity_assets.catalog import SourceSpec
+from medtrinity_assets.paths import DataRoot
 from medtrinity_assets.storage import BlobStore
 
 
 @dataclass(frozen=True)
 class NormalizeJob:
     spec: SourceSpec
-    data_root: Path
+    data_root: DataRoot  # pickled whole: a worker reopens an object-store root (DataRoot.__reduce__)
     max_side: int
 
 
@@ -45,7 +45,7 @@ def normalize_record(job: NormalizeJob, record: dict) -> NormalizedRow | RecordP
     from medtrinity_assets.imaging.phash import phash
     from medtrinity_assets.sources.base import describe_error
 
-    blobs = BlobStore(job.data_root)
+    blobs = BlobStore(job.data_root.root)
     try:
         normalized = normalize_pixels(blobs.get_array(record["pixel_ref"]), record, job.spec.intensity_rule(), max_side=job.max_side)
         digest, rel = blobs.put("images", encode_png(normalized.display), "png")
@@ -76,7 +76,7 @@ def normalize_record(job: NormalizeJob, record: dict) -> NormalizedRow | RecordP
 @dataclass(frozen=True)
 class GroundJob:
     spec: SourceSpec
-    data_root: Path
+    data_root: DataRoot
 
 
 def ground_one(job: GroundJob, record: dict) -> tuple[list[dict], list[str], Counter]:
@@ -85,7 +85,7 @@ def ground_one(job: GroundJob, record: dict) -> tuple[list[dict], list[str], Cou
     from medtrinity_assets.grounding.relations import relate
     from medtrinity_assets.grounding.rois import ground_record
 
-    blobs = BlobStore(job.data_root)
+    blobs = BlobStore(job.data_root.root)
     tally: Counter = Counter()
     with Image.open(blobs.path(record["image_path"])) as image:
         pixels = np.asarray(image)

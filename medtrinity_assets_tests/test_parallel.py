@@ -108,7 +108,7 @@ def test_a_dicom_series_with_its_structure_set_is_identical_in_two_workers(tmp_p
 def test_results_come_back_in_input_order_and_errors_as_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "MIN_ITEMS_FOR_POOL", 0)
     spec = build_spec(root=str(tmp_path))
-    job = NormalizeJob(spec, tmp_path, 64)
+    job = NormalizeJob(spec, DataRoot(tmp_path), 64)
     # Records whose pixel blob does not exist: each is a "cannot normalize" problem, in order.
     records = [{"record_id": f"r{i:03d}", "pixel_ref": f"blobs/pixels/none/{i}.npy", "source_file": f"f{i}"} for i in range(30)]
     with parallel.workers(job, 2) as pool:
@@ -119,7 +119,7 @@ def test_results_come_back_in_input_order_and_errors_as_failed(tmp_path, monkeyp
 
 def test_a_stream_error_comes_after_the_items_before_it(tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "MIN_ITEMS_FOR_POOL", 0)
-    job = NormalizeJob(build_spec(root=str(tmp_path)), tmp_path, 64)
+    job = NormalizeJob(build_spec(root=str(tmp_path)), DataRoot(tmp_path), 64)
 
     def stream():
         for i in range(5):
@@ -160,3 +160,33 @@ def test_keep_drops_other_files_before_they_are_decoded(tmp_path):
     assert [i["source_file"] for i in items if not isinstance(i, Quarantined)] == ["MR2_UNCR.dcm"]
     # Only the kept file's pixels were stored.
     assert len(list((tmp_path / "out" / "blobs" / "pixels").rglob("*.npy"))) == 1
+
+
+def test_workers_write_to_an_object_store_root_as_one_process_does(tmp_path, monkeypatch):
+    # Workers rebuild the DataRoot (and its store's filesystem) from its pickle: their blobs and
+    # the stage's tables land in the bucket, the same keys and bytes as a one-process run's.
+    import json
+    import uuid
+
+    from medtrinity_assets import objectstore
+    from s3_server import BUCKET, s3_server
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in PYDICOM_FILES:
+        shutil.copy(DATA_STORE / name, source / name)
+    spec = build_spec(id="pydicom_s3", modality="ct", organs=["head"], annotation_kinds=["none"], root=str(source),
+                      layout={"family": "dicom", "glob": "*.dcm"})
+    monkeypatch.setattr(parallel, "MIN_ITEMS_FOR_POOL", 0)
+    monkeypatch.setenv("MEDTRINITY_LOCAL_HOME", str(tmp_path / "local"))
+    with s3_server() as options:
+        monkeypatch.setenv("MEDTRINITY_STORAGE_OPTIONS", json.dumps(options))
+        stored = {}
+        for workers in (1, 2):
+            monkeypatch.setenv(parallel.WORKERS_ENV, str(workers))
+            root = DataRoot(f"s3://{BUCKET}/{uuid.uuid4().hex}")
+            rows = [stages.run_ingest(spec, root, "salt").rows, stages.run_normalize(spec, root).rows, stages.run_ground(spec, root).rows]
+            prefix = objectstore.key(root.root)
+            fs = root.root.fs
+            stored[workers] = (rows, {path[len(prefix):]: fs.cat_file(path) for path in fs.find(prefix)})
+    assert stored[1][0][0] > 0 and stored[1] == stored[2]

@@ -67,7 +67,7 @@ def read_source_in_workers(ctx: IngestContext, workers: int | None = None, keep=
     stream = read_source(ctx, tasks=True)
     if keep is not None:
         stream = (item for item in stream if not isinstance(item, FileTask) or keep(item.source_file))
-    with parallel.workers(ctx, workers) as pool:
+    with parallel.workers(ctx, workers if workers is not None else parallel.count_for(ctx.blobs.data_root)) as pool:
         outcomes = pool.map(
             run_file_task, stream,
             passthrough=lambda item: not isinstance(item, FileTask), describe=lambda task: task.source_file,
