@@ -139,10 +139,17 @@ def in_unit(unit_path: str, stream: IngestStream) -> IngestStream:
     from dataclasses import replace
 
     for item in stream:
-        if isinstance(item, Quarantined):
+        if isinstance(item, FileTask):
+            # Marked where the task runs: its items are made there.
+            yield FileTask(item.source_file, _task_in_unit, (unit_path, item))
+        elif isinstance(item, Quarantined):
             yield replace(item, shard_path=unit_path)
         else:
             yield {**item, SHARD_PATH: unit_path}
+
+
+def _task_in_unit(ctx: "IngestContext", unit_path: str, task: "FileTask") -> list:
+    return list(in_unit(unit_path, run_file_task(ctx, task)))
 
 
 def shard_path_of(item: IngestItem) -> str | None:

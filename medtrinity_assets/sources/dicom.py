@@ -227,17 +227,24 @@ def _read_one_series(ctx: IngestContext, members: list[tuple[Path, DicomHeader]]
         if isinstance(flags, Quarantined):
             yield flags
             continue
-        try:
-            decoded = decode_frame(deidentify_dataset(ctx, read_dicom(path), header), header, None)
-            frame_kind = "slice" if count > 1 else dicom_frame_kind(
-                header.modality, 1, None, has_orientation=header.orientation is not None
-            )
-            yield _record(
-                ctx, rel, header, decoded, index, count, masks.get(keys[index]), flags,
-                dicom_geometry(header, None, frame_kind), annotated_volume=presence is not None, frame_in_file=-1,
-            )
-        except Exception as error:
-            yield Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, -1), kind=_decode_kind(error))
+        yield FileTask(rel, _read_series_slice, (path, header, index, count, masks.get(keys[index]), flags, presence is not None))
+
+
+def _read_series_slice(
+    ctx: IngestContext, path: Path, header: DicomHeader, index: int, count: int,
+    plane_masks: dict | None, flags: list[str], annotated_volume: bool,
+) -> list:
+    """One chosen slice of a series as a record (a ``FileTask``: decoded and stored where the stage runs it)."""
+    rel = _relative(ctx, path)
+    try:
+        decoded = decode_frame(deidentify_dataset(ctx, read_dicom(path), header), header, None)
+        frame_kind = "slice" if count > 1 else dicom_frame_kind(header.modality, 1, None, has_orientation=header.orientation is not None)
+        return [_record(
+            ctx, rel, header, decoded, index, count, plane_masks, flags,
+            dicom_geometry(header, None, frame_kind), annotated_volume=annotated_volume, frame_in_file=-1,
+        )]
+    except Exception as error:
+        return [Quarantined(rel, describe_error(error), record_id_for(ctx.spec.id, rel, None, -1), kind=_decode_kind(error))]
 
 
 def _scan_file(ctx: IngestContext, path: Path) -> tuple[str, object]:
