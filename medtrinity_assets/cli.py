@@ -351,7 +351,7 @@ def summary() -> str:
             *lines,
             "Descriptions by writer:",
             *by_writer,
-            f"Exports (LLaVA JSONL, dataset card): {root.exports}",
+            f"Exports (LLaVA JSONL, Hugging Face Parquet in hf/, WebDataset shards in webdataset/, dataset card): {root.exports}",
             f"Warehouse (DuckDB, SQL models): {root.warehouse}",
             "Web UI: make ui   (then open http://127.0.0.1:3000 — assets, checks, thumbnails, runs)",
         ]
