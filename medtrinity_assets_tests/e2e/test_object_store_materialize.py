@@ -18,6 +18,7 @@ from medtrinity_assets.defs.assets import ASSETS, PARTITIONED_ASSETS
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.paths import DataRoot
 from s3_server import BUCKET, s3_server
+from services import ensure_partition
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +41,7 @@ def test_partitioned_assets_materialize_on_an_s3_data_root(isolated_env, shared_
         fetch_package_files(spec, isolated_env["raw"] / SOURCE)
 
         with dg.instance_for_test() as instance:
+            ensure_partition(instance, PARTITIONED_ASSETS[0].partitions_def, SOURCE)  # as the sensor would
             result = dg.materialize(
                 ASSETS, selection=dg.AssetSelection.assets(*ON_OBJECT_STORE), partition_key=SOURCE, instance=instance,
                 resources={"settings": PipelineSettings()}, raise_on_error=False,
