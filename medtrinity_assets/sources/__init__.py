@@ -41,6 +41,13 @@ def read_source(ctx: IngestContext, tasks: bool = False) -> IngestStream:
         if where.rsplit(".", 1)[-1] in FILE_FIELDS and value and inside_file(ctx.root, value) is None:
             yield Quarantined(value, f"{where} leads outside the source folder; source not read", kind="outside_source")
             return
+    # Rules of the whole source are checked before any file is read: a spec error (overlapping
+    # frame ranges, an absent range table) must stop the read, and inside a reader's FileTask it
+    # would instead quarantine every file, one by one, as unreadable.
+    if ctx.spec.patient.source == "ranges":
+        from medtrinity_assets.sources.frame_groups import frame_ranges
+
+        frame_ranges(ctx.root, ctx.spec.patient)
     module = importlib.import_module(FAMILY_MODULES[ctx.spec.layout.family])
     # The extra-boxes overlay below matches finished records by path, so it gets them finished.
     if tasks and ctx.spec.extra_boxes is None and getattr(module.read, "yields_file_tasks", False):
