@@ -98,6 +98,19 @@ def con():
     connection.close()
 
 
+@pytest.fixture(autouse=True)
+def _no_dagster_defs_state_storage_left_behind():
+    """Each test starts and ends with no "current" Dagster defs-state storage. Entering an
+    instance sets it in a context variable; one entered and never exited (a sensor or schedule
+    context built in a test) leaves it pointing at an instance that is closed by the next test,
+    whose definitions then fail to load ("Attempted to resolve undefined DagsterInstance weakref")."""
+    from dagster._core.storage.defs_state.base import _current_storage  # dagster pinned (requirements.lock)
+
+    _current_storage.set(None)
+    yield
+    _current_storage.set(None)
+
+
 _exit_status = {"code": 0}
 
 

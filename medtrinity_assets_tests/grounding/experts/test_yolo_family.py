@@ -4,6 +4,7 @@ their errors, and ultralytics running offline with its config folder under the d
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -19,7 +20,10 @@ import pytest
 import torch
 
 # The CPU-light install (make setup PROFILE=cpu) has no ultralytics; the full one, CI's, has.
-pytest.importorskip("ultralytics", reason="ultralytics is not installed (the CPU-light install leaves it out)")
+# Looked up, not imported: importing it here, before ultralytics_env sets its switches, would
+# run its online check and replace PIL.Image.open for the rest of the test session.
+if importlib.util.find_spec("ultralytics") is None:
+    pytest.skip("ultralytics is not installed (the CPU-light install leaves it out)", allow_module_level=True)
 
 from medtrinity_assets.grounding.experts.base import ExpertError, Prediction, Sample, WeightsError
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
