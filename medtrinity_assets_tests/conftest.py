@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,19 @@ def con():
     connection = duckdb.connect()
     yield connection
     connection.close()
+
+
+@contextmanager
+def no_defs_state_storage():
+    """Materialize with no "current" Dagster defs-state storage. Dagster keeps one in a context
+    variable, set when an instance is entered; sensor and automation-condition evaluations in a
+    test can leave it on a storage whose instance reference is unset, and the next definitions
+    load then fails ("Attempted to resolve undefined DagsterInstance weakref"). The project uses
+    no defs state, so loading without one changes nothing else."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage  # dagster pinned (requirements.lock)
+
+    with set_defs_state_storage(None):
+        yield
 
 
 @pytest.fixture(autouse=True)

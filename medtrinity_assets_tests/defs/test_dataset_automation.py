@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pyarrow.parquet as pq
+from conftest import no_defs_state_storage
 from triplet_factory import triplet, write_triplets
 
 from dagster._core.definitions.data_version import StaleStatus
@@ -67,10 +68,11 @@ def stale_status(instance: dg.DagsterInstance):
 
 
 def materialize_dataset(instance) -> None:
-    result = dg.materialize(
-        [medtrinity_dataset, triplets_index], selection=[DATASET], instance=instance,
-        resources={"settings": PipelineSettings()},
-    )
+    with no_defs_state_storage():
+        result = dg.materialize(
+            [medtrinity_dataset, triplets_index], selection=[DATASET], instance=instance,
+            resources={"settings": PipelineSettings()},
+        )
     assert result.success
 
 

@@ -15,6 +15,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver  # pinne
 from medtrinity_assets.defs.assets import knowledge_base
 from medtrinity_assets.defs.resources import PipelineSettings
 from medtrinity_assets.paths import knowledge_dir
+from conftest import no_defs_state_storage
 
 
 @dg.asset(deps=[knowledge_base])
@@ -23,8 +24,9 @@ def reads_knowledge() -> None:
 
 
 def _materialize(selection, instance, settings) -> dict:
-    result = dg.materialize([knowledge_base, reads_knowledge], selection=selection, instance=instance,
-                            resources={"settings": settings})
+    with no_defs_state_storage():
+        result = dg.materialize([knowledge_base, reads_knowledge], selection=selection, instance=instance,
+                                resources={"settings": settings})
     assert result.success
     event = next(e for e in result.get_asset_materialization_events() if e.asset_key == knowledge_base.key)
     materialization = event.event_specific_data.materialization
