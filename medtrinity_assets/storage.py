@@ -215,6 +215,15 @@ def write_table(final, schema: pa.Schema, rows: Iterable[dict]) -> int:
     return writer.rows_written
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a local file, read in 1 MiB blocks (weights, triplets files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

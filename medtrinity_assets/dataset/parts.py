@@ -41,7 +41,7 @@ from medtrinity_assets.duckdb_sql import connect, read_parquet
 from medtrinity_assets.dataset.records import box_of, held_back_flags, llava_record, review_record
 from medtrinity_assets.dataset.training_files import webdataset_blocks
 from medtrinity_assets.splits import SPLIT_NAMES
-from medtrinity_assets.storage import atomic_path, make_dirs
+from medtrinity_assets.storage import atomic_path, make_dirs, sha256_file
 
 # Bump when a part's columns or the way a row is turned into export records change.
 PART_VERSION = "dataset-part-2"
@@ -117,14 +117,6 @@ def shard_count_of(name: str) -> int:
     """How many shards the partition ``name`` is one of (1: a whole source)."""
     match = _SHARD_KEY.match(name)
     return int(match["count"]) if match else 1
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _triplet_rows(triplets_path: Path) -> Iterator[dict]:
@@ -227,7 +219,7 @@ def sync_parts(triplet_paths: list[Path], parts_dir: Path, images_root: Path, se
     entries, built, reused = {}, [], []
     for triplets_path in sorted(triplet_paths, key=lambda p: part_order(Path(p).stem)):
         name = Path(triplets_path).stem
-        digest = file_sha256(Path(triplets_path))
+        digest = sha256_file(Path(triplets_path))
         out = Path(parts_dir) / f"{name}.parquet"
         if known.get(name, {}).get("triplets_sha256") == digest and out.exists():
             entries[name] = known[name]
@@ -292,7 +284,7 @@ def triplets_fingerprint(files: list[Path], known: dict) -> tuple[str, dict]:
         if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns:
             sha = previous[2]
         else:
-            sha = file_sha256(path)
+            sha = sha256_file(path)
         state[path.name] = [stat.st_size, stat.st_mtime_ns, sha]
         digest.update(f"{path.name}\x1f{sha}\n".encode("utf-8"))
     return digest.hexdigest(), state

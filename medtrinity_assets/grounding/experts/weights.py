@@ -23,7 +23,7 @@ from pathlib import Path
 from medtrinity_assets.grounding.experts.base import ExpertError, WeightsError
 from medtrinity_assets.grounding.experts.spec import ExpertSpec
 from medtrinity_assets.paths import DataRoot
-from medtrinity_assets.storage import file_mode, make_dirs, write_bytes_atomic
+from medtrinity_assets.storage import file_mode, make_dirs, sha256_file, write_bytes_atomic
 
 CURRENT = "current.json"
 
@@ -72,14 +72,6 @@ def _root(data_root) -> DataRoot:
 
 def expert_folder(data_root, expert_id: str) -> Path:
     return _root(data_root).models / expert_id
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sha256_tree(path: Path) -> str:
