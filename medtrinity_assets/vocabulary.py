@@ -21,7 +21,7 @@ MODALITY_NAME = {
     "endoscopy": "endoscopy",
     "fundus": "fundus photography",
     "histopathology": "histopathology",
-    "microscopy": "fluorescence microscopy",
+    "microscopy": "microscopy",  # fluorescence, phase, brightfield: the spec does not say which
     "pet": "PET",
     "mammography": "mammography",
     "nuclear_medicine": "nuclear medicine scintigraphy",
@@ -35,7 +35,7 @@ MODALITY_IMAGE_NOUN = {
     "endoscopy": "endoscopic image",
     "fundus": "fundus photograph",
     "histopathology": "histopathology image",
-    "microscopy": "fluorescence microscopy image",
+    "microscopy": "microscopy image",
     "pet": "PET image",
     "mammography": "mammogram",
     "nuclear_medicine": "nuclear medicine scan",
